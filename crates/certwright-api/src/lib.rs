@@ -1,0 +1,41 @@
+//! Kubernetes resource types for certwright, and their pure validation.
+//!
+//! This crate knows serde, schemars and kube's derive, and nothing of I/O: it defines
+//! the `pki.certwright.io/v1alpha1` issuer kinds ([`InternalIssuer`],
+//! [`InternalClusterIssuer`]), our typed view of cert-manager's
+//! [`CertificateRequest`], Kubernetes-convention [`Condition`]s, and
+//! [`validate_issuer_spec`], which reports every problem in an issuer spec with its
+//! field path. The engine, the webhook and the CLI all build on these types.
+#![deny(missing_docs)]
+
+mod bytes;
+pub mod certificate_request;
+pub mod condition;
+pub mod duration;
+pub mod issuer;
+pub mod validation;
+
+pub use bytes::Base64Bytes;
+pub use certificate_request::{
+    CertificateRequest, CertificateRequestSpec, CertificateRequestStatus, IssuerRef, KeyUsage,
+};
+pub use condition::{Condition, ConditionStatus, Conditions};
+pub use duration::{DurationError, format_duration, parse_duration};
+pub use issuer::{
+    AdcsAuthMethod, AdcsBackend, BackendKind, CaBackend, EjbcaBackend, EndEntityName,
+    InternalClusterIssuer, InternalClusterIssuerSpec, InternalIssuer, IssuerSpec, IssuerStatus,
+    RestBackend, RestFlavor,
+};
+pub use validation::{FieldError, FieldErrorKind, validate_issuer_spec};
+
+/// The API group of certwright's own resources.
+pub const GROUP: &str = "pki.certwright.io";
+/// The API version of certwright's own resources.
+pub const VERSION: &str = "v1alpha1";
+
+/// CertificateRequest annotation that overrides the issuer's template or profile name,
+/// honoured only when the issuer sets `allowTemplateOverride`.
+pub const TEMPLATE_ANNOTATION: &str = "pki.certwright.io/template";
+/// CertificateRequest annotation in which the controller persists a CA-side pending
+/// request id, so that the request is polled and never submitted twice.
+pub const PENDING_ID_ANNOTATION: &str = "pki.certwright.io/pending-id";
