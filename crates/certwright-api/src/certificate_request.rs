@@ -171,52 +171,109 @@ impl CertificateRequestStatus {
     }
 }
 
-impl CertificateRequest {
-    fn condition(&self, type_: &str) -> Option<&Condition> {
-        self.status.as_ref()?.conditions.condition(type_)
+/// The flow-driving questions about a CertificateRequest's conditions, answered the
+/// same way for a full object and for the engine's slim cached copy.
+pub trait RequestConditions {
+    /// The Ready condition's reason, if there is a Ready condition.
+    fn ready_reason(&self) -> Option<&str>;
+    /// An approver set `Approved=True`.
+    fn is_approved(&self) -> bool;
+    /// An approver set `Denied=True`.
+    fn is_denied(&self) -> bool;
+    /// `Ready=True`: the certificate is in the status.
+    fn is_ready(&self) -> bool;
+    /// `Ready=False` with reason `Failed`.
+    fn is_failed(&self) -> bool;
+    /// `InvalidRequest=True`.
+    fn is_invalid(&self) -> bool;
+    /// Nothing more will happen to this request: Ready=True, or Ready=False with reason
+    /// Failed or Denied. A terminal request is never signed (again).
+    fn is_terminal(&self) -> bool;
+}
+
+fn condition_is(conditions: &[Condition], type_: &str, status: ConditionStatus) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == status)
+}
+
+impl RequestConditions for [Condition] {
+    fn ready_reason(&self) -> Option<&str> {
+        self.iter()
+            .find(|c| c.type_ == CONDITION_READY)
+            .map(|c| c.reason.as_str())
     }
 
-    fn condition_is(&self, type_: &str, status: ConditionStatus) -> bool {
-        self.condition(type_).is_some_and(|c| c.status == status)
+    fn is_approved(&self) -> bool {
+        condition_is(self, CONDITION_APPROVED, ConditionStatus::True)
+    }
+
+    fn is_denied(&self) -> bool {
+        condition_is(self, CONDITION_DENIED, ConditionStatus::True)
+    }
+
+    fn is_ready(&self) -> bool {
+        condition_is(self, CONDITION_READY, ConditionStatus::True)
+    }
+
+    fn is_failed(&self) -> bool {
+        condition_is(self, CONDITION_READY, ConditionStatus::False)
+            && self.ready_reason() == Some(REASON_FAILED)
+    }
+
+    fn is_invalid(&self) -> bool {
+        condition_is(self, CONDITION_INVALID_REQUEST, ConditionStatus::True)
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.is_ready()
+            || (condition_is(self, CONDITION_READY, ConditionStatus::False)
+                && matches!(self.ready_reason(), Some(REASON_FAILED | REASON_DENIED)))
+    }
+}
+
+impl CertificateRequest {
+    /// The request's conditions (empty without a status).
+    pub fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
     }
 
     /// The Ready condition's reason, if there is a Ready condition.
     pub fn ready_reason(&self) -> Option<&str> {
-        self.condition(CONDITION_READY).map(|c| c.reason.as_str())
+        self.conditions().ready_reason()
     }
 
     /// An approver set `Approved=True`.
     pub fn is_approved(&self) -> bool {
-        self.condition_is(CONDITION_APPROVED, ConditionStatus::True)
+        self.conditions().is_approved()
     }
 
     /// An approver set `Denied=True`.
     pub fn is_denied(&self) -> bool {
-        self.condition_is(CONDITION_DENIED, ConditionStatus::True)
+        self.conditions().is_denied()
     }
 
     /// `Ready=True`: the certificate is in the status.
     pub fn is_ready(&self) -> bool {
-        self.condition_is(CONDITION_READY, ConditionStatus::True)
+        self.conditions().is_ready()
     }
 
     /// `Ready=False` with reason `Failed`.
     pub fn is_failed(&self) -> bool {
-        self.condition_is(CONDITION_READY, ConditionStatus::False)
-            && self.ready_reason() == Some(REASON_FAILED)
+        self.conditions().is_failed()
     }
 
     /// `InvalidRequest=True`.
     pub fn is_invalid(&self) -> bool {
-        self.condition_is(CONDITION_INVALID_REQUEST, ConditionStatus::True)
+        self.conditions().is_invalid()
     }
 
     /// Nothing more will happen to this request: Ready=True, or Ready=False with reason
     /// Failed or Denied. A terminal request is never signed (again).
     pub fn is_terminal(&self) -> bool {
-        self.is_ready()
-            || (self.condition_is(CONDITION_READY, ConditionStatus::False)
-                && matches!(self.ready_reason(), Some(REASON_FAILED | REASON_DENIED)))
+        self.conditions().is_terminal()
     }
 
     /// The requested lifetime, if the request names one.

@@ -123,7 +123,7 @@ impl Conditions for Vec<Condition> {
 }
 
 /// Truncates a timestamp to whole seconds, the precision of a Kubernetes `Time`.
-pub(crate) fn whole_seconds(ts: Timestamp) -> Timestamp {
+pub fn whole_seconds(ts: Timestamp) -> Timestamp {
     Timestamp::from_second(ts.as_second()).unwrap_or(ts)
 }
 

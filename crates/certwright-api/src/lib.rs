@@ -18,6 +18,7 @@ pub mod validation;
 pub use bytes::Base64Bytes;
 pub use certificate_request::{
     CertificateRequest, CertificateRequestSpec, CertificateRequestStatus, IssuerRef, KeyUsage,
+    RequestConditions,
 };
 pub use condition::{Condition, ConditionStatus, Conditions};
 pub use duration::{DurationError, format_duration, parse_duration};

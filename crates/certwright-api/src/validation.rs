@@ -269,31 +269,8 @@ impl Validator {
         if name.trim().is_empty() {
             return self.push(field, FieldErrorKind::Required, "a name is required");
         }
-        if name.len() > 256 {
-            return self.push(
-                field,
-                FieldErrorKind::Invalid,
-                "is longer than 256 characters",
-            );
-        }
-        // These names are sent to the PKI inside form fields and attribute lists
-        // (AD CS `CertAttrib` is `Name:Value` pairs separated by CR LF): control
-        // characters and separators there would inject attributes.
-        if let Some(bad) = name
-            .chars()
-            .find(|c| c.is_control() || matches!(c, ':' | '&' | '=' | '\\'))
-        {
-            self.push(
-                field,
-                FieldErrorKind::Invalid,
-                format!("contains {bad:?}; use letters, digits, spaces, '.', '_' or '-'"),
-            );
-        } else if name != name.trim() {
-            self.push(
-                field,
-                FieldErrorKind::Invalid,
-                "has leading or trailing spaces",
-            );
+        if let Err(why) = check_template_name(name) {
+            self.push(field, FieldErrorKind::Invalid, why);
         }
     }
 
@@ -317,6 +294,29 @@ impl Validator {
             Ok(_) => {}
         }
     }
+}
+
+/// Checks a template, profile or CA name before it is sent to a PKI: at most 256
+/// characters, no leading or trailing spaces, no control characters and none of `:`,
+/// `&`, `=`, `\\`. These names travel inside form fields and attribute lists (AD CS
+/// `CertAttrib` is `Name:Value` pairs separated by CR LF), where such characters would
+/// inject attributes. Used for issuer specs and for per-request overrides alike.
+pub fn check_template_name(name: &str) -> Result<(), String> {
+    if name.len() > 256 {
+        return Err("is longer than 256 characters".to_string());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| c.is_control() || matches!(c, ':' | '&' | '=' | '\\'))
+    {
+        return Err(format!(
+            "contains {bad:?}; use letters, digits, spaces, '.', '_' or '-'"
+        ));
+    }
+    if name != name.trim() {
+        return Err("has leading or trailing spaces".to_string());
+    }
+    Ok(())
 }
 
 /// Checks a DNS-1123 subdomain, the rule for Secret names: at most 253 characters of

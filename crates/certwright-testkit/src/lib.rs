@@ -1,12 +1,18 @@
 //! Test support for certwright, never published: CSR and CA fixtures built with rcgen
-//! ([`fixtures`]).
+//! ([`fixtures`]), an HTTPS test server ([`tls`]), PKI simulators ([`rest_sim`]), a
+//! launcher for a real `cfssl serve` ([`cfssl`]) and the backend conformance suite
+//! ([`conformance`]).
 //!
 //! Fixtures return bytes and PEM strings rather than certwright types, so that crates
 //! below `certwright-pki` (such as `certwright-x509`) can use them in their own tests.
 
 #![deny(missing_docs)]
 
+pub mod cfssl;
+pub mod conformance;
 pub mod fixtures;
+pub mod rest_sim;
+pub mod tls;
 
 pub use fixtures::{
     CsrBuilder, GeneratedCert, GeneratedCsr, KeyKind, TestCa, VALID_FROM_UNIX, VALID_UNTIL_UNIX,

@@ -1,0 +1,139 @@
+//! The PKI backend contract for certwright, and its adapters.
+//!
+//! A backend turns a verified CSR into a certificate chain by asking a CA. The engine
+//! knows backends only through the [`Backend`] trait; each adapter is a type that
+//! implements it plus a constructor from its configuration, compiled in behind a cargo
+//! feature (`ca`, `rest`). A third party adds a backend by implementing [`Backend`] in
+//! its own crate. Nothing here knows Kubernetes.
+#![deny(missing_docs)]
+
+mod error;
+mod request;
+
+#[cfg(feature = "ca")]
+pub mod ca;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "api")]
+pub mod issuer;
+#[cfg(feature = "rest")]
+pub mod rest;
+
+use std::time::Duration;
+
+pub use error::Error;
+pub use request::{Requester, SignRequest};
+
+use certwright_x509::{Certificate, Chain};
+
+/// What a backend answers when it accepts a request.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one Outcome per sign call; boxing the bundle would only add an allocation"
+)]
+pub enum Outcome {
+    /// Signed: the chain, leaf first, and the root.
+    Issued(IssuedBundle),
+    /// Accepted but waiting on the CA side (e.g. CA-manager approval). The caller
+    /// persists `id` before anything else and later calls [`Backend::poll`]; it never
+    /// submits the same request again.
+    Pending(PendingRequest),
+}
+
+/// A request the CA holds for later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// The CA's id for the request; opaque to the caller, at most 256 bytes.
+    pub id: String,
+    /// When to poll next.
+    pub retry_after: Duration,
+}
+
+/// A signed certificate with its chain, ordered for cert-manager.
+#[derive(Clone, Debug)]
+pub struct IssuedBundle {
+    /// The leaf first, then intermediates: `status.certificate`.
+    pub chain: Vec<Certificate>,
+    /// The root CA: `status.ca`. `None` when the CA did not disclose it.
+    pub ca: Option<Certificate>,
+}
+
+impl IssuedBundle {
+    /// Orders whatever certificates the CA returned (in any order, with duplicates,
+    /// possibly including the root) into leaf, intermediates and root.
+    pub fn from_certificates(certs: Vec<Certificate>) -> Result<Self, Error> {
+        let chain = Chain::order(certs).map_err(|e| Error::InvalidResponse {
+            message: format!("the returned chain is unusable: {e}"),
+        })?;
+        let (chain, ca) = chain.split();
+        Ok(IssuedBundle { chain, ca })
+    }
+
+    /// The issued certificate.
+    pub fn leaf(&self) -> Option<&Certificate> {
+        self.chain.first()
+    }
+
+    /// `status.certificate`: leaf then intermediates, PEM.
+    pub fn certificate_pem(&self) -> String {
+        certwright_x509::certificates_to_pem(&self.chain)
+    }
+
+    /// `status.ca`: the root, PEM; empty when unknown.
+    pub fn ca_pem(&self) -> String {
+        self.ca
+            .as_ref()
+            .map(Certificate::to_pem)
+            .unwrap_or_default()
+    }
+}
+
+/// What a health check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// A sentence for the issuer's Ready condition, e.g.
+    /// `"cfssl answered; profile web-server; CA chain of 2"`.
+    pub message: String,
+}
+
+/// A PKI that signs certificates.
+///
+/// # Contract
+/// Every implementation must honour these rules; the conformance suite in
+/// `certwright-testkit` checks them against each adapter.
+/// - **Bounded.** Every network call has a timeout and every response a size cap; a
+///   call never hangs and never buffers an unbounded body.
+/// - **Exactly once.** `sign` submits the request to the CA at most once per call and
+///   never retries a submission internally: retries belong to the caller, which knows
+///   whether a previous attempt reached the CA. Backends whose CA accepts an
+///   idempotency key send [`SignRequest::idempotency_key`].
+/// - **Pending, not blocking.** A CA that needs out-of-band approval yields
+///   [`Outcome::Pending`] with its id; `poll` with that id returns `Issued`, `Pending`
+///   again, or [`Error::Rejected`] when the CA denied it, and never resubmits.
+/// - **Ordered chains.** `Issued` carries the leaf first, then intermediates, and the
+///   root (when known) in `ca`, built with [`IssuedBundle::from_certificates`].
+/// - **Classified errors.** Failures map to exactly one [`Error`] variant, which decides
+///   what the caller does next: retry later ([`Error::Transient`],
+///   [`Error::RateLimited`], [`Error::InvalidResponse`]), fail the request
+///   ([`Error::Rejected`]), or mark the issuer not ready ([`Error::Unauthorized`],
+///   [`Error::Misconfigured`]).
+/// - **Quiet about secrets.** No key, credential or whole CSR appears in an error
+///   message or a log line.
+/// - **Shareable.** One instance serves concurrent calls from many tasks.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// A short name for logs and metrics: `ca`, `rest`, `cfssl`, `adcs`, `ejbca`.
+    fn kind(&self) -> &'static str;
+
+    /// Submits a verified CSR to the CA.
+    async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error>;
+
+    /// Asks the CA about a request it answered with [`Outcome::Pending`]. `request` is
+    /// the original request, for backends that need it to finish the enrolment.
+    async fn poll(&self, pending_id: &str, request: &SignRequest) -> Result<Outcome, Error>;
+
+    /// Checks that the CA is reachable and accepts these credentials, without signing.
+    async fn check(&self) -> Result<Health, Error>;
+}

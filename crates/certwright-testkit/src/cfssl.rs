@@ -1,0 +1,218 @@
+//! A real CA server for tests: CloudFlare's `cfssl serve` (Debian package
+//! `golang-cfssl`), started on 127.0.0.1 over TLS with a generated CA, and stopped when
+//! dropped. `cargo xtask test` installs cfssl when it is missing.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fixtures::{KeyKind, TestCa};
+
+/// The profile `/sign` uses: no authentication, 48 hours.
+pub const PROFILE: &str = "web-server";
+/// The profile `/authsign` uses: HMAC-authenticated with [`CfsslServer::auth_key_hex`].
+pub const AUTH_PROFILE: &str = "web-server-auth";
+/// A profile whose name whitelist admits only `allowed.example.test`.
+pub const RESTRICTED_PROFILE: &str = "restricted";
+/// Lifetime of certificates from every profile.
+pub const PROFILE_EXPIRY: Duration = Duration::from_secs(48 * 3600);
+
+/// A running `cfssl serve`.
+pub struct CfsslServer {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    signing_ca: TestCa,
+    tls_ca: TestCa,
+    auth_key_hex: String,
+}
+
+impl std::fmt::Debug for CfsslServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CfsslServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why cfssl could not be started.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn find_cfssl() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("cfssl"))
+        .find(|candidate| candidate.is_file())
+}
+
+fn free_port() -> Result<u16, StartError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| StartError(format!("no free port on 127.0.0.1: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| StartError(e.to_string()))
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, StartError> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents)
+        .map_err(|e| StartError(format!("writing {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+fn random_hex_key() -> Result<String, StartError> {
+    use ring::rand::SecureRandom as _;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| StartError("no randomness for the HMAC key".to_string()))?;
+    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl CfsslServer {
+    /// Starts `cfssl serve` with a fresh ECDSA P-256 signing CA (a root), TLS from a
+    /// separate test CA, and the profiles [`PROFILE`], [`AUTH_PROFILE`] and
+    /// [`RESTRICTED_PROFILE`]. Waits until it accepts connections.
+    pub fn start() -> Result<CfsslServer, StartError> {
+        let cfssl = find_cfssl().ok_or_else(|| {
+            StartError(
+                "cfssl is not installed: install the Debian package golang-cfssl \
+                 (`cargo xtask test` does this)"
+                    .to_string(),
+            )
+        })?;
+        let dir = tempfile::tempdir().map_err(|e| StartError(format!("temp dir: {e}")))?;
+        let signing_ca = TestCa::root(KeyKind::EcdsaP256, "certwright cfssl test CA");
+        let tls_ca = TestCa::root(KeyKind::EcdsaP256, "certwright cfssl TLS CA");
+        let tls = tls_ca.issue_leaf(KeyKind::EcdsaP256, "localhost");
+        let auth_key_hex = random_hex_key()?;
+        let hours = PROFILE_EXPIRY.as_secs() / 3600;
+        let usages = r#"["digital signature", "key encipherment", "server auth", "client auth"]"#;
+        let config = format!(
+            r#"{{
+  "signing": {{
+    "default": {{ "expiry": "{hours}h", "usages": {usages} }},
+    "profiles": {{
+      "{PROFILE}": {{ "expiry": "{hours}h", "usages": {usages} }},
+      "{AUTH_PROFILE}": {{ "expiry": "{hours}h", "usages": {usages}, "auth_key": "primary" }},
+      "{RESTRICTED_PROFILE}": {{ "expiry": "{hours}h", "usages": {usages},
+                                 "name_whitelist": "^allowed\\.example\\.test$" }}
+    }}
+  }},
+  "auth_keys": {{ "primary": {{ "type": "standard", "key": "{auth_key_hex}" }} }}
+}}"#
+        );
+        let d = dir.path();
+        let ca = write(d, "ca.pem", signing_ca.cert_pem())?;
+        let ca_key = write(d, "ca-key.pem", signing_ca.key_pem())?;
+        let tls_cert = write(d, "tls.pem", &tls.cert_pem)?;
+        let tls_key = write(d, "tls-key.pem", &tls.key_pem)?;
+        let config = write(d, "config.json", &config)?;
+        let port = free_port()?;
+        let log = std::fs::File::create(d.join("cfssl.log"))
+            .map_err(|e| StartError(format!("log file: {e}")))?;
+        let log_err = log.try_clone().map_err(|e| StartError(e.to_string()))?;
+        let child = Command::new(cfssl)
+            .arg("serve")
+            .args(["-address", "127.0.0.1", "-port", &port.to_string()])
+            .arg("-ca")
+            .arg(&ca)
+            .arg("-ca-key")
+            .arg(&ca_key)
+            .arg("-config")
+            .arg(&config)
+            .arg("-tls-cert")
+            .arg(&tls_cert)
+            .arg("-tls-key")
+            .arg(&tls_key)
+            .args(["-loglevel", "2"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| StartError(format!("starting cfssl: {e}")))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = CfsslServer {
+            child,
+            addr,
+            dir,
+            signing_ca,
+            tls_ca,
+            auth_key_hex,
+        };
+        server.wait_until_listening(Duration::from_secs(20))?;
+        Ok(server)
+    }
+
+    fn wait_until_listening(&mut self, limit: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(StartError(format!(
+                    "cfssl exited ({status}) before listening: {}",
+                    self.log()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(StartError(format!(
+                    "cfssl did not listen on {} within {limit:?}: {}",
+                    self.addr,
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What cfssl has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cfssl.log")).unwrap_or_default()
+    }
+
+    /// The server's base URL, e.g. `https://localhost:41234`.
+    pub fn url(&self) -> String {
+        // The TLS certificate names localhost, as a real server names its host.
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// The PEM CA certificate that signs the server's TLS certificate: the `caBundle`.
+    pub fn tls_ca_pem(&self) -> &str {
+        self.tls_ca.cert_pem()
+    }
+
+    /// The PEM certificate of the CA that signs issued certificates.
+    pub fn signing_ca_pem(&self) -> &str {
+        self.signing_ca.cert_pem()
+    }
+
+    /// The hex HMAC key of [`AUTH_PROFILE`]: the Secret's `key`.
+    pub fn auth_key_hex(&self) -> &str {
+        &self.auth_key_hex
+    }
+
+    /// Stops the server; later connections are refused.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CfsslServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

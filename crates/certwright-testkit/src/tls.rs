@@ -1,0 +1,241 @@
+//! HTTPS for simulators: serves an axum [`Router`] on 127.0.0.1 over TLS with a server
+//! certificate (for `localhost` and `127.0.0.1`) from a generated test CA, optionally
+//! requiring client certificates, and stops when the handle is dropped.
+//!
+//! TLS is rustls with the `ring` provider through tokio-rustls; HTTP/1.1 and HTTP/2 are
+//! served by hyper-util's auto builder.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use crate::fixtures::{CsrBuilder, KeyKind, TestCa};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a [`TlsServer`] runs.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// Require a client certificate issued by this CA (PEM).
+    pub client_ca_pem: Option<String>,
+}
+
+impl TlsOptions {
+    /// Plain server-authenticated TLS.
+    pub fn new() -> Self {
+        TlsOptions::default()
+    }
+
+    /// Requires clients to present a certificate issued by `client_ca_pem` (mTLS).
+    pub fn require_client_certificates(mut self, client_ca_pem: impl Into<String>) -> Self {
+        self.client_ca_pem = Some(client_ca_pem.into());
+        self
+    }
+}
+
+/// The certificates the client presented on this connection (DER, leaf first; empty
+/// without mTLS). Every request carries it as an axum `Extension`.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
+
+/// Starts HTTPS servers; see [`TlsServer::start`].
+#[derive(Debug)]
+pub struct TlsServer;
+
+impl TlsServer {
+    /// Serves `router` over HTTPS on 127.0.0.1 with a fresh port, server certificate and
+    /// test CA. Must be called inside a tokio runtime; the server runs until the returned
+    /// handle is dropped.
+    ///
+    /// # Errors
+    /// When the port cannot be bound or the TLS configuration is refused (for example an
+    /// unreadable client CA).
+    pub async fn start(router: Router, options: TlsOptions) -> io::Result<RunningServer> {
+        let ca = TestCa::root(KeyKind::EcdsaP256, "certwright test TLS CA");
+        let server = CsrBuilder::new(KeyKind::EcdsaP256)
+            .common_name("localhost")
+            .dns("localhost")
+            .ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .ip(IpAddr::V6(Ipv6Addr::LOCALHOST))
+            .ext_key_usages([rcgen::ExtendedKeyUsagePurpose::ServerAuth])
+            .build();
+        let cert_pem = ca.sign_csr(&server.csr_pem).map_err(io::Error::other)?;
+        let config = server_config(&cert_pem, &server.key_pem, &options)?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(serve(listener, acceptor, router));
+        Ok(RunningServer {
+            addr,
+            ca_pem: ca.cert_pem().to_string(),
+            task,
+        })
+    }
+}
+
+/// A running HTTPS server; dropping it stops the server and its open connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    ca_pem: String,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// `https://127.0.0.1:<port>`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// `https://localhost:<port>`, for tests of name-based verification.
+    pub fn localhost_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// The PEM certificate of the CA that issued the server certificate: the caBundle a
+    /// client needs.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every connection.
+        self.task.abort();
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
+///
+/// # Panics
+/// If no port can be bound on 127.0.0.1 (a broken test environment).
+pub fn unused_local_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port on 127.0.0.1");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// An https URL on 127.0.0.1 where connections are refused.
+pub fn refused_url() -> String {
+    format!("https://127.0.0.1:{}", unused_local_port())
+}
+
+fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    options: &TlsOptions,
+) -> io::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(io::Error::other)?;
+    let verifier = match &options.client_ca_pem {
+        None => WebPkiClientVerifier::no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots
+                    .add(cert.map_err(io::Error::other)?)
+                    .map_err(io::Error::other)?;
+            }
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(io::Error::other)?
+        }
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let acceptor = acceptor.clone();
+                let router = router.clone();
+                connections.spawn(async move {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let peer = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
+                        .unwrap_or_default();
+                    let router = router.layer(axum::Extension(PeerCertificates(Arc::new(peer))));
+                    let service = TowerToHyperService::new(router);
+                    // A failed connection (client gone, bad request) ends only itself.
+                    let _ = ConnectionBuilder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_over_tls_with_its_own_ca() {
+        let router = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        let server = TlsServer::start(router, TlsOptions::new())
+            .await
+            .expect("server");
+        assert!(server.url().starts_with("https://127.0.0.1:"));
+        assert!(server.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+
+        // A raw TLS handshake trusting the server's CA succeeds.
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(server.ca_pem().as_bytes()) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("tcp");
+        let name = rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+        connector.connect(name, tcp).await.expect("handshake");
+
+        let refused = tokio::net::TcpStream::connect(("127.0.0.1", unused_local_port())).await;
+        assert!(refused.is_err());
+    }
+}
