@@ -27,7 +27,10 @@ pub use issuer::{
     InternalClusterIssuer, InternalClusterIssuerSpec, InternalIssuer, IssuerSpec, IssuerStatus,
     RestBackend, RestFlavor,
 };
-pub use validation::{FieldError, FieldErrorKind, validate_issuer_spec};
+pub use validation::{
+    FieldError, FieldErrorKind, KeyAlternative, SecretRequirement, secret_requirements,
+    validate_issuer_spec,
+};
 
 /// The API group of certwright's own resources.
 pub const GROUP: &str = "pki.certwright.io";

@@ -343,6 +343,143 @@ pub fn check_dns1123_subdomain(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A set of Secret keys that together satisfy one way of authenticating (or, for the
+/// `ca` backend, of signing). Keys count as present only with a non-empty value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyAlternative {
+    /// The keys, all of which must be present.
+    pub keys: &'static [&'static str],
+}
+
+impl KeyAlternative {
+    const fn of(keys: &'static [&'static str]) -> Self {
+        KeyAlternative { keys }
+    }
+
+    /// The keys of this alternative that `has_key` says are absent, in order.
+    pub fn missing(&self, has_key: impl Fn(&str) -> bool) -> Vec<&'static str> {
+        self.keys.iter().copied().filter(|k| !has_key(k)).collect()
+    }
+}
+
+impl std::fmt::Display for KeyAlternative {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.keys.join(" + "))
+    }
+}
+
+/// A Secret an issuer spec references, and the keys it must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRequirement {
+    /// The field that names the Secret, e.g. `spec.adcs.authSecretName`.
+    pub field: &'static str,
+    /// The Secret's name, as written in the spec.
+    pub secret: String,
+    /// The key sets that satisfy the configuration; any one of them suffices.
+    pub keys: Vec<KeyAlternative>,
+}
+
+impl SecretRequirement {
+    /// Whether some alternative is complete in a Secret whose keys `has_key` reports.
+    pub fn is_met(&self, has_key: impl Fn(&str) -> bool) -> bool {
+        self.keys.iter().any(|alt| alt.missing(&has_key).is_empty())
+    }
+
+    /// What the Secret lacks, in words (`has no tls.key`), or `None` when some
+    /// alternative is complete. With several alternatives, it names each of them. It
+    /// names keys only, never values.
+    pub fn unmet(&self, has_key: impl Fn(&str) -> bool) -> Option<String> {
+        if self.is_met(&has_key) {
+            return None;
+        }
+        match self.keys.as_slice() {
+            [one] => Some(format!("has no {}", one.missing(&has_key).join(", "))),
+            alternatives => Some(format!(
+                "holds none of the key sets {}",
+                alternatives
+                    .iter()
+                    .map(|alt| format!("[{alt}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+const TLS_PAIR: KeyAlternative = KeyAlternative::of(&["tls.crt", "tls.key"]);
+const USER_PASSWORD: KeyAlternative = KeyAlternative::of(&["username", "password"]);
+
+/// The Secrets `spec` references, each with the keys it must hold for the configured
+/// backend and auth method:
+///
+/// | backend | keys (any one set) |
+/// |---|---|
+/// | `ca` | `tls.crt` + `tls.key` |
+/// | `rest`, certwright flavour | `token`, or `username` + `password`, or `tls.crt` + `tls.key` |
+/// | `rest`, cfssl | `key` |
+/// | `adcs` ntlm, basic | `username` + `password` |
+/// | `adcs` kerberos | `username` + `realm` + `kdc` + `password`, or ... + `keytab` |
+/// | `adcs` clientCertificate | `tls.crt` + `tls.key` |
+/// | `ejbca` | `tls.crt` + `tls.key`, or `tokenUrl` + `clientId` + `clientSecret` |
+///
+/// Every backend block that is set contributes (a spec with two blocks is invalid, but
+/// its Secrets are still listed). Unset or blank names are left out:
+/// [`validate_issuer_spec`] reports those. Pure: whether the Secrets exist is the
+/// caller's business.
+pub fn secret_requirements(spec: &IssuerSpec) -> Vec<SecretRequirement> {
+    use crate::issuer::{AdcsAuthMethod, RestFlavor};
+    let mut out = Vec::new();
+    let mut push = |field: &'static str, name: Option<&str>, keys: &[KeyAlternative]| {
+        if let Some(name) = name.filter(|n| !n.trim().is_empty()) {
+            out.push(SecretRequirement {
+                field,
+                secret: name.to_string(),
+                keys: keys.to_vec(),
+            });
+        }
+    };
+    if let Some(ca) = &spec.ca {
+        push("spec.ca.secretName", Some(&ca.secret_name), &[TLS_PAIR]);
+    }
+    if let Some(rest) = &spec.rest {
+        let keys: &[KeyAlternative] = match rest.flavor {
+            RestFlavor::Cfssl => &[KeyAlternative::of(&["key"])],
+            RestFlavor::Certwright => &[KeyAlternative::of(&["token"]), USER_PASSWORD, TLS_PAIR],
+        };
+        push(
+            "spec.rest.authSecretName",
+            rest.auth_secret_name.as_deref(),
+            keys,
+        );
+    }
+    if let Some(adcs) = &spec.adcs {
+        let keys: &[KeyAlternative] = match adcs.auth_method {
+            AdcsAuthMethod::Ntlm | AdcsAuthMethod::Basic => &[USER_PASSWORD],
+            AdcsAuthMethod::Kerberos => &[
+                KeyAlternative::of(&["username", "realm", "kdc", "password"]),
+                KeyAlternative::of(&["username", "realm", "kdc", "keytab"]),
+            ],
+            AdcsAuthMethod::ClientCertificate => &[TLS_PAIR],
+        };
+        push(
+            "spec.adcs.authSecretName",
+            Some(&adcs.auth_secret_name),
+            keys,
+        );
+    }
+    if let Some(ejbca) = &spec.ejbca {
+        push(
+            "spec.ejbca.authSecretName",
+            Some(&ejbca.auth_secret_name),
+            &[
+                TLS_PAIR,
+                KeyAlternative::of(&["tokenUrl", "clientId", "clientSecret"]),
+            ],
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -537,5 +674,168 @@ mod tests {
         ] {
             assert!(check_dns1123_subdomain(bad).is_err(), "{bad}");
         }
+    }
+
+    fn keys_of(spec: &IssuerSpec) -> Vec<(&'static str, String, Vec<Vec<&'static str>>)> {
+        secret_requirements(spec)
+            .into_iter()
+            .map(|r| {
+                let keys = r.keys.iter().map(|alt| alt.keys.to_vec()).collect();
+                (r.field, r.secret, keys)
+            })
+            .collect()
+    }
+
+    fn adcs_with(method: AdcsAuthMethod) -> IssuerSpec {
+        IssuerSpec {
+            adcs: Some(AdcsBackend {
+                auth_method: method,
+                ..good_adcs()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secret_requirements_of_each_backend_and_auth_method() {
+        let ca = IssuerSpec {
+            ca: Some(CaBackend {
+                secret_name: "dev-ca".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            keys_of(&ca),
+            vec![(
+                "spec.ca.secretName",
+                "dev-ca".to_string(),
+                vec![vec!["tls.crt", "tls.key"]]
+            )]
+        );
+
+        let rest = |flavor, auth: Option<&str>| IssuerSpec {
+            rest: Some(RestBackend {
+                url: "https://pki.corp.example/api/v1".into(),
+                flavor,
+                auth_secret_name: auth.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            keys_of(&rest(RestFlavor::Certwright, Some("pki-auth"))),
+            vec![(
+                "spec.rest.authSecretName",
+                "pki-auth".to_string(),
+                vec![
+                    vec!["token"],
+                    vec!["username", "password"],
+                    vec!["tls.crt", "tls.key"]
+                ]
+            )]
+        );
+        assert_eq!(
+            keys_of(&rest(RestFlavor::Cfssl, Some("cfssl-key")))[0].2,
+            vec![vec!["key"]]
+        );
+        // The REST CA may need no credentials at all.
+        assert!(secret_requirements(&rest(RestFlavor::Certwright, None)).is_empty());
+
+        for method in [AdcsAuthMethod::Ntlm, AdcsAuthMethod::Basic] {
+            assert_eq!(
+                keys_of(&adcs_with(method)),
+                vec![(
+                    "spec.adcs.authSecretName",
+                    "adcs-auth".to_string(),
+                    vec![vec!["username", "password"]]
+                )]
+            );
+        }
+        assert_eq!(
+            keys_of(&adcs_with(AdcsAuthMethod::Kerberos))[0].2,
+            vec![
+                vec!["username", "realm", "kdc", "password"],
+                vec!["username", "realm", "kdc", "keytab"]
+            ]
+        );
+        assert_eq!(
+            keys_of(&adcs_with(AdcsAuthMethod::ClientCertificate))[0].2,
+            vec![vec!["tls.crt", "tls.key"]]
+        );
+
+        let ejbca = IssuerSpec {
+            ejbca: Some(EjbcaBackend {
+                auth_secret_name: "ejbca-client".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            keys_of(&ejbca),
+            vec![(
+                "spec.ejbca.authSecretName",
+                "ejbca-client".to_string(),
+                vec![
+                    vec!["tls.crt", "tls.key"],
+                    vec!["tokenUrl", "clientId", "clientSecret"]
+                ]
+            )]
+        );
+    }
+
+    #[test]
+    fn secret_requirements_list_every_block_and_skip_blank_names() {
+        let spec = IssuerSpec {
+            ca: Some(CaBackend {
+                secret_name: "dev-ca".into(),
+            }),
+            adcs: Some(good_adcs()),
+            ejbca: Some(EjbcaBackend {
+                auth_secret_name: " ".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let fields: Vec<_> = secret_requirements(&spec)
+            .into_iter()
+            .map(|r| r.field)
+            .collect();
+        assert_eq!(
+            fields,
+            vec!["spec.ca.secretName", "spec.adcs.authSecretName"]
+        );
+        assert!(secret_requirements(&IssuerSpec::default()).is_empty());
+    }
+
+    #[test]
+    fn unmet_requirements_name_the_missing_keys() {
+        let has = |present: &'static [&'static str]| move |k: &str| present.contains(&k);
+        let ca = &secret_requirements(&IssuerSpec {
+            ca: Some(CaBackend {
+                secret_name: "dev-ca".into(),
+            }),
+            ..Default::default()
+        })[0];
+        assert_eq!(ca.unmet(has(&["tls.crt", "tls.key"])), None);
+        assert_eq!(
+            ca.unmet(has(&["tls.crt"])).as_deref(),
+            Some("has no tls.key")
+        );
+        assert_eq!(
+            ca.unmet(has(&[])).as_deref(),
+            Some("has no tls.crt, tls.key")
+        );
+
+        let kerberos = &secret_requirements(&adcs_with(AdcsAuthMethod::Kerberos))[0];
+        assert!(kerberos.is_met(has(&["username", "realm", "kdc", "keytab"])));
+        assert!(kerberos.is_met(has(&["username", "realm", "kdc", "password", "domain"])));
+        let unmet = kerberos
+            .unmet(has(&["username", "password"]))
+            .unwrap_or_default();
+        assert_eq!(
+            unmet,
+            "holds none of the key sets [username + realm + kdc + password], \
+             [username + realm + kdc + keytab]"
+        );
     }
 }

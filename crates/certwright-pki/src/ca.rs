@@ -27,7 +27,7 @@ use x509_cert::ext::pkix::{
 };
 use x509_cert::spki::SubjectPublicKeyInfoRef;
 
-use crate::{Backend, Error, Health, IssuedBundle, Outcome, SignRequest};
+use crate::{Backend, DEFAULT_DURATION, Error, Health, IssuedBundle, Outcome, SignRequest};
 
 /// How far notBefore is set back from the time of signing, so that a relying party whose
 /// clock is slightly behind accepts a fresh certificate. The lifetime stays the requested
@@ -36,9 +36,6 @@ const BACKDATE: i64 = 60;
 
 /// Length of the random serial numbers, in bytes (126 bits of randomness).
 const SERIAL_BYTES: usize = 16;
-
-/// cert-manager's default certificate lifetime: 90 days.
-const DEFAULT_DURATION: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 
 /// The usages cert-manager requests when a Certificate names none.
 const DEFAULT_USAGES: [&str; 2] = ["digital signature", "key encipherment"];
@@ -61,7 +58,8 @@ const ED25519: &[u8] = &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
 /// Settings of a [`LocalCa`] that do not come from its Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalCaConfig {
-    /// Lifetime of certificates whose request names no duration. Default: 90 days.
+    /// Lifetime of certificates whose request names no duration. Default:
+    /// [`DEFAULT_DURATION`], 90 days.
     pub default_duration: Duration,
 }
 
@@ -349,10 +347,18 @@ impl Backend for LocalCa {
         self.sign_at(request, unix_now()?)
     }
 
-    async fn poll(&self, _pending_id: &str, _request: &SignRequest) -> Result<Outcome, Error> {
-        Err(Error::misconfigured(
-            "the local CA never returns pending requests; nothing to poll",
-        ))
+    /// The local CA signs at once and never holds a request, so a pending id (say, a
+    /// stale annotation left by another issuer) fails that one request: it says nothing
+    /// about this issuer's health.
+    async fn poll(&self, pending_id: &str, _request: &SignRequest) -> Result<Outcome, Error> {
+        // The id comes from an editable annotation: quote a bounded prefix of it.
+        let shown: String = pending_id.chars().take(64).collect();
+        Err(Error::Rejected {
+            reason: format!(
+                "the local CA never holds requests, so pending request {shown:?} cannot be \
+                 polled"
+            ),
+        })
     }
 
     async fn check(&self) -> Result<Health, Error> {
@@ -1418,13 +1424,11 @@ mod tests {
         );
         let request = SignRequest::new(full_csr(TestKey::EcdsaP256), "uid-1");
         match ca.poll("42", &request).await {
-            Err(e @ Error::Misconfigured { .. }) => {
-                assert!(
-                    e.to_string().contains("never returns pending requests"),
-                    "{e}"
-                );
+            Err(Error::Rejected { reason }) => {
+                assert!(reason.contains("never holds requests"), "{reason}");
+                assert!(reason.contains("\"42\""), "{reason}");
             }
-            other => panic!("expected Misconfigured, got {other:?}"),
+            other => panic!("expected Rejected, got {other:?}"),
         }
     }
 

@@ -14,16 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::Error;
+use crate::{DEFAULT_TIMEOUT, Error};
 
 pub use reqwest::header::{self, HeaderMap};
 pub use reqwest::{Method, RequestBuilder, StatusCode, Url};
 
 /// Default cap on a response body: 1 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// Default timeout of a whole call (connect, send, read the body).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default timeout for establishing a connection (TCP and TLS).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +59,7 @@ pub struct HttpConfig {
     pub ca_bundle_pem: Option<Vec<u8>>,
     /// A client certificate to present, for PKIs that authenticate with mTLS.
     pub client_identity: Option<ClientIdentity>,
-    /// Timeout of each whole call, body included.
+    /// Timeout of each whole call, body included. Default: [`DEFAULT_TIMEOUT`].
     pub timeout: Duration,
     /// Timeout for establishing each connection.
     pub connect_timeout: Duration,
@@ -127,6 +124,21 @@ impl HttpResponse {
             .map(|b| b.to_ascii_lowercase())
             .collect();
         start.starts_with(b"<!doctype html") || start.starts_with(b"<html")
+    }
+
+    /// The [`Error::InvalidResponse`] for a 2xx answer that is an HTML page where
+    /// `expected` (e.g. `"JSON"`, `"cfssl's JSON"`) was due: a login portal or proxy
+    /// stands in front of the PKI. `call` (from [`describe_call`]) names the call; the
+    /// message quotes a short [`excerpt`] of the page.
+    pub fn html_instead_of(&self, call: &str, expected: &str) -> Error {
+        Error::InvalidResponse {
+            message: format!(
+                "{call} answered {} with an HTML page instead of {expected} (a login page or \
+                 proxy in front of the PKI?): {}",
+                self.status,
+                self.excerpt()
+            ),
+        }
     }
 
     /// The delay asked for by a `Retry-After` header, seconds or HTTP-date, relative to

@@ -12,13 +12,10 @@ use std::time::Duration;
 use certwright_api::validation::ValidationErrors;
 use certwright_api::{BackendKind, IssuerSpec, parse_duration, validate_issuer_spec};
 
-use crate::{Backend, Error};
+use crate::{Backend, DEFAULT_TIMEOUT, Error};
 
 /// The data of one Secret: key to bytes, as in `Secret.data`.
 pub type SecretData = BTreeMap<String, Vec<u8>>;
-
-/// Default timeout of each call to a PKI.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a backend could not be built from an issuer.
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,14 @@ pub use request::{Requester, SignRequest};
 
 use certwright_x509::{Certificate, Chain};
 
+/// Default timeout of each call to a PKI (connect, send, read the whole answer), for
+/// issuers that name none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default lifetime of a certificate whose request and issuer name none: 90 days, as
+/// cert-manager's own default.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// What a backend answers when it accepts a request.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -136,4 +144,23 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Checks that the CA is reachable and accepts these credentials, without signing.
     async fn check(&self) -> Result<Health, Error>;
+}
+
+#[cfg(all(test, feature = "ca", feature = "rest"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_adapter_defaults_to_the_shared_timeout_and_duration() {
+        assert_eq!(DEFAULT_DURATION, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(30));
+        assert_eq!(
+            ca::LocalCaConfig::default().default_duration,
+            DEFAULT_DURATION
+        );
+        let rest = rest::RestConfig::new("https://pki.example/api/v1");
+        assert_eq!(rest.default_duration, DEFAULT_DURATION);
+        assert_eq!(rest.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(http::HttpConfig::default().timeout, DEFAULT_TIMEOUT);
+    }
 }

@@ -18,6 +18,10 @@ pub const RESTRICTED_PROFILE: &str = "restricted";
 /// Lifetime of certificates from every profile.
 pub const PROFILE_EXPIRY: Duration = Duration::from_secs(48 * 3600);
 
+/// How many ports [`CfsslServer::start`] tries. The port is found free, released, and
+/// only then bound by cfssl, so another process may take it in between.
+const START_ATTEMPTS: usize = 5;
+
 /// A running `cfssl serve`.
 pub struct CfsslServer {
     child: Child,
@@ -80,11 +84,66 @@ fn random_hex_key() -> Result<String, StartError> {
     Ok(key.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Why cfssl did not come to listen.
+#[derive(Debug)]
+enum NotListening {
+    /// cfssl exited because its port was taken.
+    AddressInUse,
+    /// Any other failure.
+    Failed(StartError),
+}
+
+/// Waits until `child` accepts connections on `addr`.
+fn wait_until_listening(
+    child: &mut Child,
+    addr: SocketAddr,
+    log: &Path,
+    limit: Duration,
+) -> Result<(), NotListening> {
+    let deadline = Instant::now() + limit;
+    loop {
+        // Exited first: whoever took the port may be listening on it.
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = read_log(log);
+            // Go's words for EADDRINUSE: "listen tcp 127.0.0.1:N: bind: address already
+            // in use".
+            if log.contains("address already in use") {
+                return Err(NotListening::AddressInUse);
+            }
+            return Err(NotListening::Failed(StartError(format!(
+                "cfssl exited ({status}) before listening: {log}"
+            ))));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(NotListening::Failed(StartError(format!(
+                "cfssl did not listen on {addr} within {limit:?}: {}",
+                read_log(log)
+            ))));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 impl CfsslServer {
     /// Starts `cfssl serve` with a fresh ECDSA P-256 signing CA (a root), TLS from a
     /// separate test CA, and the profiles [`PROFILE`], [`AUTH_PROFILE`] and
-    /// [`RESTRICTED_PROFILE`]. Waits until it accepts connections.
+    /// [`RESTRICTED_PROFILE`]. Waits until it accepts connections. When cfssl cannot bind
+    /// its port because something took it meanwhile, starts again on another one.
     pub fn start() -> Result<CfsslServer, StartError> {
+        Self::start_on(free_port)
+    }
+
+    /// [`start`](Self::start), on the ports `next_port` picks.
+    fn start_on(
+        mut next_port: impl FnMut() -> Result<u16, StartError>,
+    ) -> Result<CfsslServer, StartError> {
         let cfssl = find_cfssl().ok_or_else(|| {
             StartError(
                 "cfssl is not installed: install the Debian package golang-cfssl \
@@ -119,68 +178,62 @@ impl CfsslServer {
         let tls_cert = write(d, "tls.pem", &tls.cert_pem)?;
         let tls_key = write(d, "tls-key.pem", &tls.key_pem)?;
         let config = write(d, "config.json", &config)?;
-        let port = free_port()?;
-        let log = std::fs::File::create(d.join("cfssl.log"))
-            .map_err(|e| StartError(format!("log file: {e}")))?;
-        let log_err = log.try_clone().map_err(|e| StartError(e.to_string()))?;
-        let child = Command::new(cfssl)
-            .arg("serve")
-            .args(["-address", "127.0.0.1", "-port", &port.to_string()])
-            .arg("-ca")
-            .arg(&ca)
-            .arg("-ca-key")
-            .arg(&ca_key)
-            .arg("-config")
-            .arg(&config)
-            .arg("-tls-cert")
-            .arg(&tls_cert)
-            .arg("-tls-key")
-            .arg(&tls_key)
-            .args(["-loglevel", "2"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| StartError(format!("starting cfssl: {e}")))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut server = CfsslServer {
-            child,
-            addr,
-            dir,
-            signing_ca,
-            tls_ca,
-            auth_key_hex,
-        };
-        server.wait_until_listening(Duration::from_secs(20))?;
-        Ok(server)
-    }
-
-    fn wait_until_listening(&mut self, limit: Duration) -> Result<(), StartError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
+        let log_path = d.join("cfssl.log");
+        let mut taken = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = next_port()?;
+            let log = std::fs::File::create(&log_path)
+                .map_err(|e| StartError(format!("log file: {e}")))?;
+            let log_err = log.try_clone().map_err(|e| StartError(e.to_string()))?;
+            let mut child = Command::new(&cfssl)
+                .arg("serve")
+                .args(["-address", "127.0.0.1", "-port", &port.to_string()])
+                .arg("-ca")
+                .arg(&ca)
+                .arg("-ca-key")
+                .arg(&ca_key)
+                .arg("-config")
+                .arg(&config)
+                .arg("-tls-cert")
+                .arg(&tls_cert)
+                .arg("-tls-key")
+                .arg(&tls_key)
+                .args(["-loglevel", "2"])
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                .spawn()
+                .map_err(|e| StartError(format!("starting cfssl: {e}")))?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match wait_until_listening(&mut child, addr, &log_path, Duration::from_secs(20)) {
+                Ok(()) => {
+                    return Ok(CfsslServer {
+                        child,
+                        addr,
+                        dir,
+                        signing_ca,
+                        tls_ca,
+                        auth_key_hex,
+                    });
+                }
+                // cfssl has exited: try another port.
+                Err(NotListening::AddressInUse) => taken.push(port),
+                Err(NotListening::Failed(e)) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e);
+                }
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(StartError(format!(
-                    "cfssl exited ({status}) before listening: {}",
-                    self.log()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(StartError(format!(
-                    "cfssl did not listen on {} within {limit:?}: {}",
-                    self.addr,
-                    self.log()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
+        Err(StartError(format!(
+            "cfssl found its port taken {START_ATTEMPTS} times (ports {taken:?}): {}",
+            read_log(&log_path)
+        )))
     }
 
     /// What cfssl has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("cfssl.log")).unwrap_or_default()
+        read_log(&self.dir.path().join("cfssl.log"))
     }
 
     /// The server's base URL, e.g. `https://localhost:41234`.
@@ -214,5 +267,41 @@ impl CfsslServer {
 impl Drop for CfsslServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_before_cfssl_binds_it_is_traded_for_another() {
+        // A connected socket holds its local port without listening on it: cfssl cannot
+        // bind there and connections are refused, as when another process took the port
+        // between `free_port` and cfssl's bind.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+        let holder = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let taken = holder.local_addr().expect("local addr").port();
+
+        let mut offered = Vec::new();
+        let server = CfsslServer::start_on(|| {
+            let port = if offered.is_empty() {
+                taken
+            } else {
+                free_port()?
+            };
+            offered.push(port);
+            Ok(port)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(offered.len(), 2, "{offered:?}");
+        assert_ne!(server.addr.port(), taken);
+        assert!(TcpStream::connect(server.addr).is_ok());
+
+        // A port that stays taken is given up on after a few tries.
+        let err = CfsslServer::start_on(|| Ok(taken))
+            .map(|_| ())
+            .expect_err("no free port");
+        assert!(err.0.contains("taken 5 times"), "{err}");
     }
 }

@@ -103,10 +103,9 @@ pub trait Harness: Send + Sync {
     fn submissions(&self) -> Option<u64>;
 }
 
-fn not_applicable(harness: &dyn Harness, scenario: Scenario) {
+fn not_applicable(harness: &dyn Harness, what: impl std::fmt::Debug) {
     eprintln!(
-        "conformance: {:?} does not apply to the {} backend",
-        scenario,
+        "conformance: {what:?} does not apply to the {} backend",
         harness.name()
     );
 }
@@ -231,7 +230,7 @@ pub async fn issues_ecdsa(harness: &dyn Harness) {
 /// `isCA` yields a CA certificate.
 pub async fn issues_ca_certificate(harness: &dyn Harness) {
     if !harness.capabilities().issues_ca_certificates {
-        return not_applicable(harness, Scenario::Issue);
+        return not_applicable(harness, "isCA");
     }
     let Some(mut setup) = harness.setup(Scenario::Issue).await else {
         return not_applicable(harness, Scenario::Issue);
@@ -334,6 +333,7 @@ async fn expect_error(
         return not_applicable(harness, scenario);
     };
     let request = request(&setup, KeyKind::EcdsaP256, Duration::from_secs(3600));
+    let before = harness.submissions();
     // Every call is bounded: no backend may take a minute to give up.
     let outcome = tokio::time::timeout(Duration::from_secs(30), setup.backend.sign(&request))
         .await
@@ -345,6 +345,14 @@ async fn expect_error(
         });
     match outcome {
         Err(e) if check(&e) => {
+            if let (Some(before), Some(after)) = (before, harness.submissions()) {
+                assert!(
+                    after - before <= 1,
+                    "{}: {scenario:?}: a failed sign must not be resubmitted by the backend ({} submissions)",
+                    harness.name(),
+                    after - before
+                );
+            }
             let text = e.to_string();
             assert!(
                 !text.contains("BEGIN CERTIFICATE REQUEST"),

@@ -8,8 +8,10 @@
 
 #![deny(missing_docs)]
 
+pub mod apiserver;
 pub mod cfssl;
 pub mod conformance;
+pub mod crds;
 pub mod fixtures;
 pub mod rest_sim;
 pub mod tls;

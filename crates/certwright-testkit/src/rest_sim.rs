@@ -103,6 +103,9 @@ pub enum SimAuth {
 enum Held {
     Waiting(SignRequest),
     Approved(SignRequest),
+    /// Approved, and one poll is signing it: other polls meanwhile hear that it is still
+    /// pending, so that a request is signed once however many polls race.
+    Signing,
     Issued(Value),
     Denied(String),
 }
@@ -123,6 +126,7 @@ struct Inner {
     polls: u64,
     info_calls: u64,
     issued: u64,
+    signing_delay: Duration,
     last_idempotency_key: Option<String>,
     last_sign_body: Option<Value>,
     answered: HashMap<String, Answered>,
@@ -234,6 +238,12 @@ impl RestSimulator {
     /// Changes what the cfssl `info` endpoint answers from now on.
     pub fn set_cfssl_info(&self, info: CfsslInfo) {
         self.shared.lock().cfssl_info = info;
+    }
+
+    /// Makes every signature take this long from now on, as a CA behind a slow HSM does,
+    /// so that tests can overlap calls with a signature in progress. Zero by default.
+    pub fn set_signing_delay(&self, delay: Duration) {
+        self.shared.lock().signing_delay = delay;
     }
 
     /// Changes the credentials the simulator requires from now on.
@@ -474,14 +484,10 @@ async fn poll(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (behaviour, auth, held) = {
+    let (behaviour, auth) = {
         let mut inner = shared.lock();
         inner.polls += 1;
-        (
-            inner.behaviour.clone(),
-            inner.auth.clone(),
-            inner.held.get(&id).cloned(),
-        )
+        (inner.behaviour.clone(), inner.auth.clone())
     };
     if !authorized(&auth, &headers) {
         return reason(StatusCode::UNAUTHORIZED, "invalid credentials");
@@ -489,18 +495,67 @@ async fn poll(
     if let Some(response) = failure(&behaviour).await {
         return response;
     }
+    // Read the state and, for an approved request, claim its signing in one step under
+    // the lock: of two racing polls, only one signs.
+    let held = {
+        let mut inner = shared.lock();
+        match inner.held.get_mut(&id) {
+            Some(held @ Held::Approved(_)) => Some(std::mem::replace(held, Held::Signing)),
+            Some(held) => Some(held.clone()),
+            None => None,
+        }
+    };
     match held {
         None => reason(StatusCode::NOT_FOUND, &format!("no request {id}")),
-        Some(Held::Waiting(_)) => pending(&id),
+        Some(Held::Waiting(_) | Held::Signing) => pending(&id),
         Some(Held::Denied(why)) => reason(StatusCode::UNPROCESSABLE_ENTITY, &why),
         Some(Held::Issued(body)) => (StatusCode::OK, axum::Json(body)).into_response(),
-        Some(Held::Approved(request)) => match issue(&shared, &request).await {
-            Ok(body) => {
-                shared.lock().held.insert(id, Held::Issued(body.clone()));
-                (StatusCode::OK, axum::Json(body)).into_response()
+        Some(Held::Approved(request)) => {
+            let claim = SigningClaim {
+                shared: &shared,
+                id: &id,
+                request,
+                done: false,
+            };
+            match issue(&shared, &claim.request).await {
+                Ok(body) => {
+                    claim.issued(body.clone());
+                    (StatusCode::OK, axum::Json(body)).into_response()
+                }
+                Err(response) => response,
             }
-            Err(response) => response,
-        },
+        }
+    }
+}
+
+/// A poll's claim on signing an approved request. Unless [`SigningClaim::issued`] ends
+/// it, dropping it (signing failed, or the client left mid-signature) makes the request
+/// approved again, for the next poll to sign.
+struct SigningClaim<'a> {
+    shared: &'a Shared,
+    id: &'a str,
+    request: SignRequest,
+    done: bool,
+}
+
+impl SigningClaim<'_> {
+    fn issued(mut self, body: Value) {
+        self.done = true;
+        self.shared
+            .lock()
+            .held
+            .insert(self.id.to_string(), Held::Issued(body));
+    }
+}
+
+impl Drop for SigningClaim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared
+                .lock()
+                .held
+                .insert(self.id.to_string(), Held::Approved(self.request.clone()));
+        }
     }
 }
 
@@ -642,6 +697,10 @@ async fn cfssl_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
 
 /// Signs with the local CA: the 200 body, or the error answer.
 async fn issue(shared: &Shared, request: &SignRequest) -> Result<Value, Response> {
+    let delay = shared.lock().signing_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match shared.ca.sign(request).await {
         Ok(Outcome::Issued(bundle)) => {
             let Some(leaf) = bundle.leaf() else {

@@ -17,7 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
@@ -25,6 +25,12 @@ use crate::fixtures::{CsrBuilder, KeyKind, TestCa};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the accept loop waits after a failed accept (out of file descriptors, say)
+/// before it tries again: this at first, doubling with each failure in a row...
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// ...up to this. A successful accept starts over from [`ACCEPT_BACKOFF_MIN`].
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How a [`TlsServer`] runs.
 #[derive(Clone, Debug, Default)]
@@ -64,18 +70,7 @@ impl TlsServer {
     /// When the port cannot be bound or the TLS configuration is refused (for example an
     /// unreadable client CA).
     pub async fn start(router: Router, options: TlsOptions) -> io::Result<RunningServer> {
-        let ca = TestCa::root(KeyKind::EcdsaP256, "certwright test TLS CA");
-        let server = CsrBuilder::new(KeyKind::EcdsaP256)
-            .common_name("localhost")
-            .dns("localhost")
-            .ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .ip(IpAddr::V6(Ipv6Addr::LOCALHOST))
-            .ext_key_usages([rcgen::ExtendedKeyUsagePurpose::ServerAuth])
-            .build();
-        let cert_pem = ca.sign_csr(&server.csr_pem).map_err(io::Error::other)?;
-        let config = server_config(&cert_pem, &server.key_pem, &options)?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-
+        let (acceptor, ca) = acceptor(&options)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(serve(listener, acceptor, router));
@@ -136,6 +131,22 @@ pub fn refused_url() -> String {
     format!("https://127.0.0.1:{}", unused_local_port())
 }
 
+/// A TLS acceptor with a fresh server certificate for `localhost` and `127.0.0.1`, and
+/// the test CA that issued it.
+fn acceptor(options: &TlsOptions) -> io::Result<(TlsAcceptor, TestCa)> {
+    let ca = TestCa::root(KeyKind::EcdsaP256, "certwright test TLS CA");
+    let server = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("localhost")
+        .dns("localhost")
+        .ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .ip(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        .ext_key_usages([rcgen::ExtendedKeyUsagePurpose::ServerAuth])
+        .build();
+    let cert_pem = ca.sign_csr(&server.csr_pem).map_err(io::Error::other)?;
+    let config = server_config(&cert_pem, &server.key_pem, options)?;
+    Ok((TlsAcceptor::from(Arc::new(config)), ca))
+}
+
 fn server_config(
     cert_pem: &str,
     key_pem: &str,
@@ -170,12 +181,39 @@ fn server_config(
     Ok(config)
 }
 
-async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
+/// Where the accept loop takes connections from: a [`TcpListener`] (or, in tests, one
+/// that fails).
+trait Incoming: Send + 'static {
+    /// The next connection.
+    fn next(&mut self) -> impl Future<Output = io::Result<TcpStream>> + Send;
+}
+
+impl Incoming for TcpListener {
+    async fn next(&mut self) -> io::Result<TcpStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+async fn serve(mut incoming: impl Incoming, acceptor: TlsAcceptor, router: Router) {
     let mut connections = JoinSet::new();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            accepted = incoming.next() => {
+                let stream = match accepted {
+                    Ok(stream) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        stream
+                    }
+                    Err(_) => {
+                        // Accept fails at once for as long as the cause lasts (no file
+                        // descriptor left, say): retrying at once would spin a core.
+                        // Open connections run on meanwhile.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
+                };
                 let acceptor = acceptor.clone();
                 let router = router.clone();
                 connections.spawn(async move {
@@ -237,5 +275,33 @@ mod tests {
 
         let refused = tokio::net::TcpStream::connect(("127.0.0.1", unused_local_port())).await;
         assert!(refused.is_err());
+    }
+
+    /// A listener whose every accept fails, as one out of file descriptors does, and
+    /// counts the attempts.
+    struct Exhausted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Incoming for Exhausted {
+        async fn next(&mut self) -> io::Result<TcpStream> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // A real listener yields now and then (tokio's budget), so a loop that
+            // spins on it can still be aborted.
+            tokio::task::yield_now().await;
+            Err(io::Error::other("Too many open files (os error 24)"))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_accepts_back_off_instead_of_spinning() {
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (acceptor, _ca) = acceptor(&TlsOptions::new()).expect("acceptor");
+        let task = tokio::spawn(serve(Exhausted(attempts.clone()), acceptor, Router::new()));
+        // Attempts at 0, 50, 150 and 350 ms, then a wait of 400 ms: four within 600 ms
+        // where a spinning loop makes thousands.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        task.abort();
+        let _ = task.await;
+        let attempts = attempts.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((2..=6).contains(&attempts), "{attempts} accept attempts");
     }
 }

@@ -282,21 +282,15 @@ fn read_envelope<T: serde::de::DeserializeOwned>(
                 response.excerpt()
             ),
         }),
+        Err(_) if response.status.is_success() && response.looks_like_html() => {
+            Err(response.html_instead_of(call, "cfssl's JSON"))
+        }
         Err(e) if response.status.is_success() => Err(Error::InvalidResponse {
-            message: if response.looks_like_html() {
-                format!(
-                    "{call} answered {} with an HTML page instead of cfssl's JSON (a login \
-                     page or proxy in front of cfssl?): {}",
-                    response.status,
-                    response.excerpt()
-                )
-            } else {
-                format!(
-                    "{call} answered {} with a body that is not cfssl's JSON ({e}): {}",
-                    response.status,
-                    response.excerpt()
-                )
-            },
+            message: format!(
+                "{call} answered {} with a body that is not cfssl's JSON ({e}): {}",
+                response.status,
+                response.excerpt()
+            ),
         }),
         Err(_) => Err(
             status_error(response, call, None, SystemTime::now()).unwrap_or_else(|| {
@@ -308,9 +302,58 @@ fn read_envelope<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Whose fault a cfssl error code says it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// Our credentials: the issuer is not Ready.
+    Credentials,
+    /// cfssl's configuration as the issuer uses it (its CA key or chain, the profile):
+    /// every request would fail the same way, so the issuer is not Ready.
+    Configuration,
+    /// This request: its CSR or its names. The request fails.
+    Request,
+    /// Something cfssl depends on, for now (a remote signer, a CT log, its database):
+    /// retried later.
+    Outage,
+}
+
+/// Reads a code of cfssl's `errors` package: the category is the code divided by 1000,
+/// the reason the hundreds below it. `None` for codes outside the table, including the
+/// HTTP statuses cfssl uses as codes for malformed calls.
+fn fault_of(code: i64) -> Option<Fault> {
+    Some(match code {
+        // CertificateError/MissingSerial: the profile wants the client to choose serial
+        // numbers, which certwright never sends.
+        1400..=1499 => Fault::Configuration,
+        // CertificateError: cfssl cannot read the CSR (cfssl 1.2 files CSR faults here).
+        1000..=1999 => Fault::Request,
+        // PrivateKeyError, IntermediatesError, RootError: cfssl cannot use its own CA key,
+        // intermediates or root.
+        2000..=4999 => Fault::Configuration,
+        // PolicyError/NoKeyUsages, InvalidPolicy, UnknownProfile: the profile permits no
+        // usage, is invalid or does not exist.
+        5100..=5299 | 5400..=5499 => Fault::Configuration,
+        // PolicyError/Unknown, InvalidRequest, UnmatchedWhitelist and later reasons: the
+        // request breaks the profile's policy.
+        5000..=5999 => Fault::Request,
+        // DialError: a remote signer cannot be reached.
+        6000..=6999 => Fault::Outage,
+        // APIClientError/AuthenticationFailure.
+        7100..=7199 => Fault::Credentials,
+        // APIClientError: JSON, I/O or HTTP failures talking to a remote signer.
+        7000..=7999 => Fault::Outage,
+        // OCSPError (not a signing failure) and CSRError: the request is unusable.
+        8000..=9999 => Fault::Request,
+        // CTError: submitting the precertificate to a CT log failed. CertStoreError: the
+        // certificate database failed. Nothing was issued.
+        10000..=11999 => Fault::Outage,
+        _ => return None,
+    })
+}
+
 /// Maps a cfssl failure to an error kind. cfssl answers its own errors with HTTP 400 and a
-/// four-digit code (category x1000 + reason), and request errors with the HTTP status as
-/// the code.
+/// code from its `errors` package (category x1000 + reason, see [`fault_of`]), and
+/// malformed calls with the HTTP status as the code.
 fn cfssl_error(
     call: &str,
     response: &HttpResponse,
@@ -357,27 +400,23 @@ fn cfssl_error(
         );
     }
     let said = format!("cfssl: {message} (code {code})");
-    match code {
-        // APIClientError/AuthenticationFailure.
-        7100..=7199 => Error::Unauthorized {
+    match fault_of(code) {
+        Some(Fault::Credentials) => Error::Unauthorized {
             message: format!("{call}: {said}"),
         },
-        // PolicyError/NoKeyUsages and InvalidPolicy: the profile itself is broken.
-        5100..=5299 => Error::misconfigured(format!(
-            "{call}: cfssl cannot use profile {profile}: {said}"
+        Some(Fault::Configuration) => Error::misconfigured(format!(
+            "{call}: cfssl cannot sign with profile {profile}: {said}"
         )),
-        // PolicyError/Unknown and InvalidRequest: the request breaks the profile's policy;
-        // CertificateError and CSRError: cfssl cannot use the CSR.
-        5000..=5099 | 5300..=5999 | 1000..=1999 | 9000..=9999 => Error::Rejected { reason: said },
-        // The CA's own key, intermediates or root, or a remote signer, fail.
-        2000..=4999 | 6000..=6999 => Error::Transient {
-            message: format!("{call}: cfssl cannot sign: {said}"),
+        Some(Fault::Request) => Error::Rejected { reason: said },
+        Some(Fault::Outage) => Error::Transient {
+            message: format!("{call}: cfssl cannot sign for now: {said}"),
             source: None,
         },
-        _ if status == StatusCode::BAD_REQUEST || status.is_success() => {
+        // Not in cfssl's table: this request's problem, in cfssl's words.
+        None if status == StatusCode::BAD_REQUEST || status.is_success() => {
             Error::Rejected { reason: said }
         }
-        _ => status_error(response, call, Some(&said), SystemTime::now()).unwrap_or_else(|| {
+        None => status_error(response, call, Some(&said), SystemTime::now()).unwrap_or_else(|| {
             Error::InvalidResponse {
                 message: format!("{call}: {said}"),
             }
@@ -624,8 +663,29 @@ mod tests {
                 400,
                 2300,
                 "Private key does not match public key",
+                "misconfigured",
+            ),
+            (400, 5400, "Unknown policy profile", "misconfigured"),
+            (
+                400,
+                1400,
+                "Missing serial number in request",
+                "misconfigured",
+            ),
+            (
+                400,
+                5500,
+                "Request does not match policy whitelist",
+                "rejected",
+            ),
+            (
+                400,
+                10100,
+                "Certificate transparency precertificate submission failed",
                 "transient",
             ),
+            (400, 6000, "Failed to dial remote server", "transient"),
+            (400, 12345, "something new", "rejected"),
             (
                 400,
                 400,
@@ -650,6 +710,89 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn cfssl_codes_are_read_by_category() {
+        use Fault::*;
+        let cases: &[(i64, Option<Fault>)] = &[
+            // CertificateError: the CSR, except a profile that wants client serials.
+            (1000, Some(Request)),
+            (1002, Some(Request)),
+            (1003, Some(Request)),
+            (1300, Some(Request)),
+            (1400, Some(Configuration)),
+            // PrivateKeyError, IntermediatesError, RootError: cfssl's own CA.
+            (2000, Some(Configuration)),
+            (2300, Some(Configuration)),
+            (2500, Some(Configuration)),
+            (3003, Some(Configuration)),
+            (4001, Some(Configuration)),
+            // PolicyError: the profile, or the request against it.
+            (5000, Some(Request)),
+            (5100, Some(Configuration)),
+            (5200, Some(Configuration)),
+            (5300, Some(Request)),
+            (5400, Some(Configuration)),
+            (5500, Some(Request)),
+            (5999, Some(Request)),
+            // DialError and APIClientError: a remote signer; its authentication.
+            (6000, Some(Outage)),
+            (7100, Some(Credentials)),
+            (7200, Some(Outage)),
+            (7400, Some(Outage)),
+            (7500, Some(Outage)),
+            // OCSPError, CSRError.
+            (8100, Some(Request)),
+            (9000, Some(Request)),
+            (9002, Some(Request)),
+            (9300, Some(Request)),
+            // CTError, CertStoreError.
+            (10000, Some(Outage)),
+            (10100, Some(Outage)),
+            (11000, Some(Outage)),
+            // Outside the table: HTTP statuses as codes, and codes cfssl may add.
+            (0, None),
+            (400, None),
+            (999, None),
+            (12000, None),
+            (-1, None),
+        ];
+        for (code, fault) in cases {
+            assert_eq!(fault_of(*code), *fault, "code {code}");
+        }
+
+        let err = failure(400, 5400, "Unknown policy profile");
+        assert!(err.is_issuer_fault(), "{err}");
+        assert!(err.to_string().contains("profile web-server"), "{err}");
+        let err = failure(400, 10000, "Certificate transparency parsing failed");
+        assert!(err.is_retryable(), "{err}");
+        match failure(400, 12345, "something new") {
+            Error::Rejected { reason } => {
+                assert_eq!(reason, "cfssl: something new (code 12345)")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn html_answers_read_alike_in_both_flavours() {
+        let html = answer(
+            200,
+            "<!DOCTYPE html><html><title>Corporate SSO</title><p>Sign in</p></html>",
+        );
+        let cfssl = read_envelope::<CertificateResult>("POST https://cfssl/x", &html, None)
+            .expect_err("html")
+            .to_string();
+        let certwright =
+            super::super::parse_json::<serde_json::Value>("POST https://cfssl/x", &html)
+                .expect_err("html")
+                .to_string();
+        assert_eq!(
+            cfssl,
+            certwright.replace("instead of JSON", "instead of cfssl's JSON")
+        );
+        assert!(cfssl.contains("Corporate SSO Sign in"), "{cfssl}");
     }
 
     #[test]

@@ -18,18 +18,15 @@ use crate::http::{
     HttpClient, HttpConfig, HttpResponse, Method, RequestBuilder, StatusCode, Url, describe_call,
     header, redacted_url, status_error,
 };
-use crate::{Backend, Error, Health, IssuedBundle, Outcome, PendingRequest, SignRequest};
+use crate::{
+    Backend, DEFAULT_DURATION, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome,
+    PendingRequest, SignRequest,
+};
 
 pub use crate::http::ClientIdentity;
 
 /// The header carrying [`SignRequest::idempotency_key`] in the certwright contract.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
-
-/// Default timeout of each call to the CA.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Default certificate lifetime when neither the request nor the issuer names one: 90 days.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(2160 * 3600);
 
 /// Poll delay used when a pending answer names none.
 pub const DEFAULT_POLL_DELAY: Duration = Duration::from_secs(60);
@@ -109,10 +106,10 @@ pub struct RestConfig {
     pub ca_bundle_pem: Option<Vec<u8>>,
     /// The template (cfssl: signing profile) to request, unless the request names one.
     pub template: Option<String>,
-    /// Timeout of each call.
+    /// Timeout of each call. Default: [`DEFAULT_TIMEOUT`].
     pub timeout: Duration,
     /// Lifetime requested when the request names none (ignored by cfssl, whose profile
-    /// decides).
+    /// decides). Default: [`DEFAULT_DURATION`].
     pub default_duration: Duration,
 }
 
@@ -306,6 +303,11 @@ impl RestBackend {
             SystemTime::now(),
         ) {
             return Err(err);
+        }
+        // Any body will do, except the page of a login portal or proxy that answers in
+        // the CA's place.
+        if response.looks_like_html() {
+            return Err(response.html_instead_of(&call, "the CA's health answer"));
         }
         let host = self.base.host_str().unwrap_or("?");
         let template = match &self.template {
@@ -577,14 +579,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     response: &HttpResponse,
 ) -> Result<T, Error> {
     if response.looks_like_html() {
-        return Err(Error::InvalidResponse {
-            message: format!(
-                "{call} answered {} with an HTML page instead of JSON (a login page or proxy \
-                 in front of the CA?): {}",
-                response.status,
-                response.excerpt()
-            ),
-        });
+        return Err(response.html_instead_of(call, "JSON"));
     }
     serde_json::from_slice(&response.body).map_err(|e| Error::InvalidResponse {
         message: format!(
@@ -882,6 +877,87 @@ mod tests {
                 assert!(reason.contains("expired after 30 days"), "{reason}")
             }
             other => panic!("expected Rejected, got {other:?}"),
+        }
+    }
+
+    mod against_the_simulator {
+        use std::time::Duration;
+
+        use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
+
+        use super::sign_request;
+        use crate::rest::{RestBackend, RestConfig};
+        use crate::{Backend, Error, Outcome};
+
+        async fn simulator() -> RestSimulator {
+            RestSimulator::start().await.expect("simulator starts")
+        }
+
+        fn backend(sim: &RestSimulator) -> RestBackend {
+            let mut config = RestConfig::new(sim.url());
+            config.ca_bundle_pem = Some(sim.tls_ca_pem().as_bytes().to_vec());
+            config.timeout = Duration::from_secs(5);
+            RestBackend::new(config).expect("valid configuration")
+        }
+
+        #[tokio::test]
+        async fn a_login_page_answering_the_health_check_is_not_health() {
+            let sim = simulator().await;
+            let backend = backend(&sim);
+            backend.check().await.expect("healthy");
+
+            sim.set_behaviour(Behaviour::Html200);
+            match backend.check().await {
+                Err(Error::InvalidResponse { message }) => {
+                    assert!(message.contains("GET https://127.0.0.1:"), "{message}");
+                    assert!(message.contains("/health answered 200 OK"), "{message}");
+                    assert!(message.contains("HTML page"), "{message}");
+                    assert!(message.contains("Corporate SSO Sign in"), "{message}");
+                    assert!(!message.contains("<script"), "{message}");
+                }
+                other => panic!("expected InvalidResponse, got {other:?}"),
+            }
+        }
+
+        #[tokio::test]
+        async fn racing_polls_of_an_approved_request_sign_it_once() {
+            let sim = simulator().await;
+            let backend = backend(&sim);
+            let request = sign_request();
+            sim.set_behaviour(Behaviour::Pending);
+            let id = match backend.sign(&request).await.expect("accepted") {
+                Outcome::Pending(pending) => pending.id,
+                other => panic!("expected Pending, got {other:?}"),
+            };
+            assert!(sim.approve(&id));
+            // The first poll to arrive is still signing when the second arrives.
+            sim.set_signing_delay(Duration::from_millis(300));
+            let before = sim.certificates_issued();
+
+            let (first, second) =
+                tokio::join!(backend.poll(&id, &request), backend.poll(&id, &request));
+            let outcomes = [first.expect("first poll"), second.expect("second poll")];
+            assert_eq!(sim.certificates_issued(), before + 1);
+            let serials: Vec<String> = outcomes
+                .iter()
+                .filter_map(|outcome| match outcome {
+                    Outcome::Issued(bundle) => bundle.leaf().map(|leaf| leaf.serial_hex()),
+                    Outcome::Pending(_) => None,
+                })
+                .collect();
+            assert_eq!(serials.len(), 1, "one poll signs, the other hears pending");
+
+            // Later polls get the certificate signed then, without signing again.
+            match backend.poll(&id, &request).await.expect("issued") {
+                Outcome::Issued(bundle) => {
+                    assert_eq!(
+                        bundle.leaf().map(|leaf| leaf.serial_hex()),
+                        serials.first().cloned()
+                    )
+                }
+                other => panic!("expected Issued, got {other:?}"),
+            }
+            assert_eq!(sim.certificates_issued(), before + 1);
         }
     }
 

@@ -1,0 +1,55 @@
+//! How the engine is tuned. Every field has a default that suits a production cluster;
+//! the controller binary maps its flags onto these.
+
+use std::time::Duration;
+
+use crate::decide::Backoff;
+
+/// Engine configuration.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Requests reconciled at once (each may wait on its issuer's own cap).
+    pub max_concurrent_reconciles: usize,
+    /// Where cluster-scoped issuers read their Secrets.
+    pub cluster_resource_namespace: String,
+    /// How often each issuer's PKI is health-checked when nothing changes.
+    pub issuer_health_check_interval: Duration,
+    /// Delays between attempts of a request that failed transiently.
+    pub retry: Backoff,
+    /// Longest wait between polls of a request pending on the CA side.
+    pub max_poll_interval: Duration,
+    /// In-flight calls per issuer when its spec sets none.
+    pub default_max_concurrent_requests: u32,
+    /// Calls per second per issuer when its spec sets none.
+    pub default_requests_per_second: f64,
+    /// Consecutive transient failures that open an issuer's circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long a breaker stays open before its first probe; doubles per failed probe.
+    pub breaker_open_for: Duration,
+    /// The longest a breaker stays open between probes.
+    pub breaker_max_open_for: Duration,
+    /// Name reported on Events and used as the field manager.
+    pub controller_name: String,
+    /// This replica's name (the pod name), reported on Events.
+    pub instance: Option<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_concurrent_reconciles: 16,
+            cluster_resource_namespace: "cert-manager".to_string(),
+            issuer_health_check_interval: Duration::from_secs(300),
+            retry: Backoff::default(),
+            max_poll_interval: Duration::from_secs(300),
+            default_max_concurrent_requests:
+                certwright_api::issuer::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            default_requests_per_second: certwright_api::issuer::DEFAULT_REQUESTS_PER_SECOND,
+            breaker_failure_threshold: 5,
+            breaker_open_for: Duration::from_secs(30),
+            breaker_max_open_for: Duration::from_secs(300),
+            controller_name: "certwright".to_string(),
+            instance: None,
+        }
+    }
+}

@@ -1,0 +1,1227 @@
+//! The engine at run time: watches, work queues, workers, and the thin layer that
+//! performs what [`crate::decide`] decided. Requests and issuers are reconciled by
+//! separate queues; a key is never processed by two workers at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use certwright_api::certificate_request::{
+    CONDITION_APPROVED, CONDITION_INVALID_REQUEST, CONDITION_READY, REASON_DENIED,
+};
+use certwright_api::{
+    Base64Bytes, CertificateRequest, Condition, ConditionStatus, Conditions, PENDING_ID_ANNOTATION,
+    RequestConditions, TEMPLATE_ANNOTATION,
+};
+use certwright_pki::{Outcome, Requester, SignRequest};
+use certwright_x509::Csr;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::EngineConfig;
+use crate::cached::{CachedRequest, RequestKey};
+use crate::decide::{Attempt, Decision, IssuerState, Plan, Requeue, StatusChange, decide, plan};
+use crate::error::{Error, api_code};
+use crate::events::{EventSink, Transition};
+use crate::issuers::{
+    Fingerprint, Health, IssuerEntry, IssuerKey, NamespacedSecrets, REASON_CIRCUIT_OPEN,
+    REASON_UNREACHABLE, REASON_VERIFIED, Snapshot, build_health, check_health, protection_config,
+};
+use crate::kinds::{IssuerKinds, IssuerResource};
+use crate::metrics::Metrics;
+use crate::protection::{BreakerState, CallOutcome, Protection};
+use crate::workqueue::WorkQueue;
+
+/// How many times a status write is retried after a 409 before trying again later.
+const CONFLICT_RETRIES: usize = 5;
+/// Health checks may not take longer than this.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the engine keeps per request that is neither terminal nor unapproved.
+struct RequestEntry {
+    cached: CachedRequest,
+    /// Failed attempts so far (for backoff).
+    attempts: u32,
+    /// No attempt before this instant (backoff, CA poll interval).
+    not_before: Option<Instant>,
+    /// Hash of the last Ready reason and message written, to skip identical writes.
+    last_written: Option<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hash_of(reason: &str, message: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    reason.hash(&mut h);
+    message.hash(&mut h);
+    h.finish()
+}
+
+/// The state shared by all watchers and workers.
+pub(crate) struct Shared {
+    client: Client,
+    config: EngineConfig,
+    metrics: Metrics,
+    events: EventSink,
+    group: &'static str,
+    namespaced_kind: String,
+    cluster_kind: String,
+    namespaced_resource: kube::core::ApiResource,
+    cluster_resource: kube::core::ApiResource,
+    snapshots: Mutex<HashMap<IssuerKey, Snapshot>>,
+    issuers: Mutex<HashMap<IssuerKey, Arc<IssuerEntry>>>,
+    last_checked: Mutex<HashMap<IssuerKey, Instant>>,
+    secret_index: Mutex<HashMap<(String, String), HashSet<IssuerKey>>>,
+    requests: Mutex<HashMap<RequestKey, RequestEntry>>,
+    unwritten: Mutex<HashMap<RequestKey, Plan>>,
+    request_queue: WorkQueue<RequestKey>,
+    issuer_queue: WorkQueue<IssuerKey>,
+    /// Issuer watchers that have completed their initial list (two when synced).
+    issuer_watchers_synced: AtomicUsize,
+}
+
+/// The reconcile engine for the issuer kinds `K`.
+pub struct Engine<K: IssuerKinds> {
+    shared: Arc<Shared>,
+    _kinds: PhantomData<K>,
+}
+
+impl<K: IssuerKinds> Engine<K> {
+    /// An engine that talks to the API server through `client` and reports to
+    /// `metrics`. Events are written in the background.
+    pub fn new(client: Client, config: EngineConfig, metrics: Metrics) -> Self {
+        let events = EventSink::start(
+            client.clone(),
+            config.controller_name.clone(),
+            config.instance.clone(),
+        );
+        let shared = Shared {
+            group: K::GROUP,
+            namespaced_kind: K::Namespaced::kind(&()).into_owned(),
+            cluster_kind: K::Cluster::kind(&()).into_owned(),
+            namespaced_resource: kube::core::ApiResource::erase::<K::Namespaced>(&()),
+            cluster_resource: kube::core::ApiResource::erase::<K::Cluster>(&()),
+            client,
+            config,
+            metrics,
+            events,
+            snapshots: Mutex::default(),
+            issuers: Mutex::default(),
+            last_checked: Mutex::default(),
+            secret_index: Mutex::default(),
+            requests: Mutex::default(),
+            unwritten: Mutex::default(),
+            request_queue: WorkQueue::new(),
+            issuer_queue: WorkQueue::new(),
+            issuer_watchers_synced: AtomicUsize::new(0),
+        };
+        Engine {
+            shared: Arc::new(shared),
+            _kinds: PhantomData,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops taking new work, lets in-flight
+    /// signing finish and write its results, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let s = self.shared;
+        let client = s.client.clone();
+        // Fail fast, with a cause a person can act on, when a kind is not served.
+        let probe = kube::api::ListParams::default().limit(1);
+        Api::<CachedRequest>::all(client.clone())
+            .list_metadata(&probe)
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    "listing cert-manager CertificateRequests (is cert-manager installed?)",
+                    e,
+                )
+            })?;
+        Api::<K::Namespaced>::all(client.clone())
+            .list_metadata(&probe)
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    format!("listing {} (are the CRDs installed?)", s.namespaced_kind),
+                    e,
+                )
+            })?;
+        Api::<K::Cluster>::all(client.clone())
+            .list_metadata(&probe)
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    format!("listing {} (are the CRDs installed?)", s.cluster_kind),
+                    e,
+                )
+            })?;
+        let watchers = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(watch_issuers(
+                s.clone(),
+                Api::<K::Namespaced>::all(client.clone()),
+                false,
+                watchers.clone(),
+            )),
+            tokio::spawn(watch_issuers(
+                s.clone(),
+                Api::<K::Cluster>::all(client.clone()),
+                true,
+                watchers.clone(),
+            )),
+            tokio::spawn(watch_secrets(s.clone(), watchers.clone())),
+            tokio::spawn(watch_requests(s.clone(), watchers.clone())),
+            tokio::spawn(report_pending(s.clone(), watchers.clone())),
+        ];
+        let mut workers = Vec::new();
+        for _ in 0..2 {
+            let s = s.clone();
+            workers.push(tokio::spawn(async move {
+                while let Some(key) = s.issuer_queue.next().await {
+                    s.reconcile_issuer(&key).await;
+                    s.issuer_queue.done(&key);
+                }
+            }));
+        }
+        for _ in 0..s.config.max_concurrent_reconciles.max(1) {
+            let s = s.clone();
+            workers.push(tokio::spawn(async move {
+                while let Some(key) = s.request_queue.next().await {
+                    s.reconcile_request(&key).await;
+                    s.request_queue.done(&key);
+                }
+            }));
+        }
+        info!(group = s.group, "engine started");
+        shutdown.cancelled().await;
+        info!("shutting down: finishing in-flight requests");
+        watchers.cancel();
+        s.request_queue.shutdown();
+        s.issuer_queue.shutdown();
+        for w in workers {
+            let _ = w.await;
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        info!("engine stopped");
+        Ok(())
+    }
+}
+
+async fn watch_issuers<R: IssuerResource>(
+    s: Arc<Shared>,
+    api: Api<R>,
+    cluster: bool,
+    stop: CancellationToken,
+) {
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut seen: Option<HashSet<IssuerKey>> = None;
+    let mut synced = false;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = stream.next() => match event { Some(e) => e, None => return },
+        };
+        match event {
+            Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
+                let key = IssuerKey {
+                    cluster,
+                    namespace: if cluster {
+                        String::new()
+                    } else {
+                        obj.namespace().unwrap_or_default()
+                    },
+                    name: obj.name_any(),
+                };
+                if let Some(seen) = &mut seen {
+                    seen.insert(key.clone());
+                }
+                let snapshot = Snapshot {
+                    generation: obj.meta().generation,
+                    spec: obj.issuer_spec().clone(),
+                    conditions: obj.conditions().to_vec(),
+                    secret_names: obj.secret_names(),
+                    build: {
+                        let obj = obj.clone();
+                        Arc::new(move |secrets| obj.build_backend(secrets))
+                    },
+                };
+                lock(&s.snapshots).insert(key.clone(), snapshot);
+                s.issuer_queue.add(key);
+            }
+            Ok(Event::Delete(obj)) => {
+                let key = IssuerKey {
+                    cluster,
+                    namespace: if cluster {
+                        String::new()
+                    } else {
+                        obj.namespace().unwrap_or_default()
+                    },
+                    name: obj.name_any(),
+                };
+                lock(&s.snapshots).remove(&key);
+                s.issuer_queue.add(key);
+            }
+            Ok(Event::Init) => seen = Some(HashSet::new()),
+            Ok(Event::InitDone) => {
+                if let Some(seen) = seen.take() {
+                    let gone: Vec<IssuerKey> = lock(&s.snapshots)
+                        .keys()
+                        .filter(|k| k.cluster == cluster && !seen.contains(k))
+                        .cloned()
+                        .collect();
+                    for key in gone {
+                        lock(&s.snapshots).remove(&key);
+                        s.issuer_queue.add(key);
+                    }
+                }
+                if !synced {
+                    synced = true;
+                    s.issuer_watchers_synced.fetch_add(1, Ordering::SeqCst);
+                    // Requests that arrived first waited for the issuers to be known.
+                    s.requeue_all_requests();
+                }
+            }
+            Err(e) => warn!(error = %e, cluster, "issuer watch failed; retrying"),
+        }
+    }
+}
+
+async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
+    // Metadata only: Secret data is read with a GET when a backend is built, never cached.
+    let api: Api<PartialObjectMeta<Secret>> = Api::all(s.client.clone());
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = stream.next() => match event { Some(e) => e, None => return },
+        };
+        let meta = match event {
+            Ok(Event::Apply(m) | Event::InitApply(m) | Event::Delete(m)) => m,
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(error = %e, "secret watch failed; retrying");
+                continue;
+            }
+        };
+        let key = (meta.namespace().unwrap_or_default(), meta.name_any());
+        let issuers: Vec<IssuerKey> = lock(&s.secret_index)
+            .get(&key)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        for issuer in issuers {
+            s.issuer_queue.add(issuer);
+        }
+    }
+}
+
+async fn watch_requests(s: Arc<Shared>, stop: CancellationToken) {
+    let api: Api<CachedRequest> = Api::all(s.client.clone());
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut seen: Option<HashSet<RequestKey>> = None;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = stream.next() => match event { Some(e) => e, None => return },
+        };
+        match event {
+            Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
+                let obj = obj.slim();
+                if let Some(seen) = &mut seen {
+                    seen.insert(obj.key());
+                }
+                s.observe_request(obj);
+            }
+            Ok(Event::Delete(obj)) => {
+                let key = obj.key();
+                lock(&s.requests).remove(&key);
+                lock(&s.unwritten).remove(&key);
+            }
+            Ok(Event::Init) => seen = Some(HashSet::new()),
+            Ok(Event::InitDone) => {
+                if let Some(seen) = seen.take() {
+                    lock(&s.requests).retain(|k, _| seen.contains(k));
+                    lock(&s.unwritten).retain(|k, _| seen.contains(k));
+                }
+            }
+            Err(e) => warn!(error = %e, "CertificateRequest watch failed; retrying"),
+        }
+    }
+}
+
+async fn report_pending(s: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut reported: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        for entry in lock(&s.requests).values() {
+            if let Some(key) = s.issuer_key_for(&entry.cached) {
+                *counts.entry(s.issuer_label(&key)).or_default() += 1;
+            }
+        }
+        for label in reported.drain().collect::<Vec<_>>() {
+            counts.entry(label).or_insert(0);
+        }
+        for (label, count) in counts {
+            s.metrics.set_pending(&label, count);
+            if count > 0 {
+                reported.insert(label);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn issuer_key_for(&self, r: &CachedRequest) -> Option<IssuerKey> {
+        let issuer_ref = &r.spec.issuer_ref;
+        if issuer_ref.group != self.group {
+            return None;
+        }
+        if issuer_ref.kind == self.cluster_kind {
+            Some(IssuerKey {
+                cluster: true,
+                namespace: String::new(),
+                name: issuer_ref.name.clone(),
+            })
+        } else if issuer_ref.kind == self.namespaced_kind || issuer_ref.kind.is_empty() {
+            Some(IssuerKey {
+                cluster: false,
+                namespace: r.metadata.namespace.clone().unwrap_or_default(),
+                name: issuer_ref.name.clone(),
+            })
+        } else {
+            None
+        }
+    }
+
+    fn issuer_label(&self, key: &IssuerKey) -> String {
+        if key.cluster {
+            format!("{}/{}", self.cluster_kind, key.name)
+        } else {
+            format!("{}/{}/{}", self.namespaced_kind, key.namespace, key.name)
+        }
+    }
+
+    /// Takes a watched request into the cache, or drops it when nothing will ever be
+    /// needed of it (not ours, terminal, or not yet approved or denied).
+    fn observe_request(&self, obj: CachedRequest) {
+        let key = obj.key();
+        let conditions = obj.conditions();
+        let relevant = obj.spec.issuer_ref.group == self.group
+            && !conditions.is_terminal()
+            && (conditions.is_approved() || conditions.is_denied());
+        if !relevant {
+            lock(&self.requests).remove(&key);
+            if conditions.is_terminal() {
+                lock(&self.unwritten).remove(&key);
+            }
+            return;
+        }
+        {
+            let mut requests = lock(&self.requests);
+            match requests.get_mut(&key) {
+                Some(entry) => entry.cached = obj,
+                None => {
+                    requests.insert(
+                        key.clone(),
+                        RequestEntry {
+                            cached: obj,
+                            attempts: 0,
+                            not_before: None,
+                            last_written: None,
+                        },
+                    );
+                }
+            }
+        }
+        self.request_queue.add(key);
+    }
+
+    fn requeue_all_requests(&self) {
+        let keys: Vec<RequestKey> = lock(&self.requests).keys().cloned().collect();
+        for key in keys {
+            self.request_queue.add(key);
+        }
+    }
+
+    /// Looks again at every request waiting for this issuer, at once.
+    fn requeue_requests_for(&self, issuer: &IssuerKey) {
+        let mut keys = Vec::new();
+        for (key, entry) in lock(&self.requests).iter_mut() {
+            if self.issuer_key_for(&entry.cached).as_ref() == Some(issuer) {
+                entry.not_before = None;
+                keys.push(key.clone());
+            }
+        }
+        for key in keys {
+            self.request_queue.add(key);
+        }
+    }
+
+    fn issuers_synced(&self) -> bool {
+        self.issuer_watchers_synced.load(Ordering::SeqCst) >= 2
+    }
+
+    // ---- requests -------------------------------------------------------------
+
+    async fn reconcile_request(&self, key: &RequestKey) {
+        // A result that could not be written yet is written before anything else, so
+        // that a failed write never leads to a second submission.
+        let unwritten = lock(&self.unwritten).remove(key);
+        if let Some(plan) = unwritten {
+            self.apply(key, plan, None, None).await;
+            return;
+        }
+        let (cached, not_before) = {
+            let requests = lock(&self.requests);
+            match requests.get(key) {
+                Some(e) => (e.cached.clone(), e.not_before),
+                None => return,
+            }
+        };
+        if let Some(at) = not_before {
+            let now = Instant::now();
+            if at > now {
+                self.request_queue.add_after(key.clone(), at - now);
+                return;
+            }
+        }
+        if !self.issuers_synced() {
+            self.request_queue
+                .add_after(key.clone(), Duration::from_millis(100));
+            return;
+        }
+        let issuer_key = self.issuer_key_for(&cached);
+        let entry = issuer_key
+            .as_ref()
+            .and_then(|k| lock(&self.issuers).get(k).cloned());
+        let known = issuer_key
+            .as_ref()
+            .is_some_and(|k| lock(&self.snapshots).contains_key(k));
+        if known && entry.is_none() {
+            // The issuer exists but has not been checked yet: its reconcile requeues us.
+            return;
+        }
+        let health = entry.as_ref().map(|e| e.health());
+        let state = match &health {
+            None => IssuerState::Missing,
+            Some(h) if h.usable() => IssuerState::Ready,
+            Some(h) => IssuerState::NotReady {
+                message: &h.message,
+            },
+        };
+        let decision = decide(&cached, self.group, state);
+        let label = issuer_key
+            .as_ref()
+            .map(|k| self.issuer_label(k))
+            .unwrap_or_default();
+        let span = info_span!(
+            "request",
+            namespace = %key.namespace,
+            name = %key.name,
+            uid = cached.metadata.uid.as_deref().unwrap_or_default(),
+            issuer = %label,
+        );
+        async {
+            match decision {
+                Decision::Nothing => {}
+                Decision::Deny => {
+                    let status = StatusChange {
+                        ready: ConditionStatus::False,
+                        reason: REASON_DENIED,
+                        message: "The CertificateRequest was denied by an approver".to_string(),
+                        invalid_request: false,
+                        failed: true,
+                        issued: None,
+                    };
+                    let plan = Plan {
+                        pending_id: None,
+                        status,
+                        event: ("Denied", true),
+                        issuer_fault: None,
+                        breaker: CallOutcome::Neutral,
+                        metric_outcome: "denied",
+                        requeue: Requeue::Never,
+                    };
+                    self.apply(key, plan, None, issuer_key.as_ref()).await;
+                }
+                Decision::WaitForIssuer { message } => {
+                    let plan = Plan {
+                        pending_id: None,
+                        status: StatusChange::pending(message),
+                        event: ("WaitingForIssuer", false),
+                        issuer_fault: None,
+                        breaker: CallOutcome::Neutral,
+                        metric_outcome: "waiting",
+                        requeue: Requeue::IssuerChange(crate::decide::ISSUER_BACKSTOP),
+                    };
+                    self.apply(key, plan, None, issuer_key.as_ref()).await;
+                }
+                Decision::Sign | Decision::Poll { .. } => {
+                    if let (Some(entry), Some(issuer_key)) = (entry, issuer_key.as_ref()) {
+                        self.attempt(key, entry, issuer_key, &label).await;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Reads the full request, submits or polls it through the issuer's protection,
+    /// and applies the outcome.
+    async fn attempt(
+        &self,
+        key: &RequestKey,
+        entry: Arc<IssuerEntry>,
+        issuer: &IssuerKey,
+        label: &str,
+    ) {
+        let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
+        let full = match api.get(&key.name).await {
+            Ok(full) => full,
+            Err(e) if api_code(&e) == Some(404) => {
+                lock(&self.requests).remove(key);
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "could not read the CertificateRequest; retrying");
+                self.request_queue
+                    .add_after(key.clone(), self.config.retry.min);
+                return;
+            }
+        };
+        // The cache may lag behind: the fresh object decides whether this is terminal
+        // and whether the CA already holds it.
+        if full.is_terminal() {
+            lock(&self.requests).remove(key);
+            return;
+        }
+        let pending_id = full
+            .annotations()
+            .get(PENDING_ID_ANNOTATION)
+            .filter(|id| !id.is_empty())
+            .cloned();
+        let Some(backend) = entry.backend.clone() else {
+            return;
+        };
+        let attempts = lock(&self.requests).get(key).map_or(0, |e| e.attempts);
+        let request = match sign_request(&full, &entry) {
+            Ok(r) => r,
+            Err(why) => {
+                let plan = plan(
+                    Attempt::Invalid(why),
+                    attempts + 1,
+                    self.config.retry,
+                    self.poll_interval(&entry),
+                );
+                self.apply(key, plan, Some(full), Some(issuer)).await;
+                return;
+            }
+        };
+        let (attempt, permit) = match entry.protection.admit().await {
+            Err(deferred) => (Attempt::Deferred(deferred), None),
+            Ok(permit) => {
+                let started = std::time::Instant::now();
+                let (operation, result) = match &pending_id {
+                    Some(id) => ("poll", backend.poll(id, &request).await),
+                    None => ("sign", backend.sign(&request).await),
+                };
+                let outcome = match &result {
+                    Ok(Outcome::Issued(_)) => "success",
+                    Ok(_) => "pending",
+                    Err(e) => e.metric_label(),
+                };
+                self.metrics
+                    .observe_signing(label, outcome, started.elapsed().as_secs_f64());
+                self.metrics
+                    .backend_call(label, backend.kind(), operation, outcome);
+                debug!(operation, outcome, "PKI answered");
+                (Attempt::Answered(result), Some(permit))
+            }
+        };
+        let plan = plan(
+            attempt,
+            attempts + 1,
+            self.config.retry,
+            self.poll_interval(&entry),
+        );
+        if let Some(permit) = permit {
+            permit.record(plan.breaker);
+        }
+        self.reflect_breaker(issuer, &entry, plan.breaker).await;
+        self.apply(key, plan, Some(full), Some(issuer)).await;
+    }
+
+    fn poll_interval(&self, entry: &IssuerEntry) -> Duration {
+        entry
+            .spec
+            .adcs
+            .as_ref()
+            .and_then(|a| a.poll_interval.as_deref())
+            .and_then(|p| certwright_api::parse_duration(p).ok())
+            .unwrap_or(self.config.max_poll_interval)
+            .min(self.config.max_poll_interval)
+    }
+
+    /// Keeps the issuer's condition in step with its breaker: CircuitOpen while it is
+    /// open, Verified again once a call succeeds.
+    async fn reflect_breaker(&self, issuer: &IssuerKey, entry: &IssuerEntry, outcome: CallOutcome) {
+        let label = self.issuer_label(issuer);
+        let state = entry.protection.breaker();
+        self.metrics.set_breaker_state(&label, state.metric_value());
+        let current = entry.health();
+        let next = match (state, outcome) {
+            (BreakerState::Open { .. }, _) => Health {
+                reason: REASON_CIRCUIT_OPEN,
+                message: "The PKI failed repeatedly; calls are paused and probed periodically (circuit breaker open)".to_string(),
+            },
+            (BreakerState::Closed, CallOutcome::Success)
+                if matches!(current.reason, REASON_UNREACHABLE | REASON_CIRCUIT_OPEN) =>
+            {
+                Health {
+                    reason: REASON_VERIFIED,
+                    message: "The PKI answers again".to_string(),
+                }
+            }
+            _ => return,
+        };
+        if entry.set_health(next) {
+            self.write_issuer_status(issuer, entry).await;
+        }
+    }
+
+    /// Performs a plan: persist the pending id, write the status (retrying conflicts
+    /// without signing again), emit the event, update metrics, requeue.
+    async fn apply(
+        &self,
+        key: &RequestKey,
+        plan: Plan,
+        full: Option<CertificateRequest>,
+        issuer: Option<&IssuerKey>,
+    ) {
+        let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
+        let mut full = match full {
+            Some(f) => f,
+            None => match api.get(&key.name).await {
+                Ok(f) => f,
+                Err(e) if api_code(&e) == Some(404) => return,
+                Err(e) => {
+                    warn!(error = %e, "could not read the CertificateRequest to write a result; retrying");
+                    self.defer_write(key, plan);
+                    return;
+                }
+            },
+        };
+        if full.is_terminal() {
+            lock(&self.requests).remove(key);
+            return;
+        }
+        let digest = hash_of(plan.status.reason, &plan.status.message);
+        let unchanged = lock(&self.requests)
+            .get(key)
+            .is_some_and(|e| e.last_written == Some(digest))
+            && full.ready_reason() == Some(plan.status.reason);
+        // 1. The CA's pending id is persisted before anything else.
+        if let Some(id) = &plan.pending_id
+            && full.annotations().get(PENDING_ID_ANNOTATION) != Some(id)
+        {
+            let patch = json!({"metadata": {"annotations": {PENDING_ID_ANNOTATION: id}}});
+            match api
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => full = updated,
+                Err(e) => {
+                    warn!(error = %e, pending_id = %id, "could not persist the CA's pending id; retrying");
+                    self.defer_write(key, plan);
+                    return;
+                }
+            }
+        }
+        // 2. The status, unless exactly this was written last time.
+        if !unchanged {
+            match self.write_status(&api, key, full, &plan.status).await {
+                Ok(Some(written)) => full = written,
+                Ok(None) => {
+                    // Became terminal meanwhile, or was deleted.
+                    lock(&self.requests).remove(key);
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not write the status; retrying without signing again");
+                    self.defer_write(key, plan);
+                    return;
+                }
+            }
+            // 3. An event per transition.
+            self.events.emit(Transition {
+                regarding: object_reference(&full),
+                reason: plan.event.0,
+                note: plan.status.message.clone(),
+                warning: plan.event.1,
+            });
+            let level_warn = plan.event.1;
+            if level_warn {
+                warn!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+            } else {
+                info!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+            }
+        }
+        let label = issuer.map(|k| self.issuer_label(k)).unwrap_or_default();
+        // 4. Metrics for finished requests.
+        let terminal = plan.requeue == Requeue::Never;
+        if terminal {
+            let result = match plan.status.reason {
+                certwright_api::certificate_request::REASON_ISSUED => "issued",
+                REASON_DENIED => "denied",
+                _ => "failed",
+            };
+            self.metrics.request_finished(&label, result);
+            if result == "issued"
+                && let Some(approved) = full
+                    .conditions()
+                    .iter()
+                    .find(|c| c.type_ == CONDITION_APPROVED)
+                && let Some(at) = approved.last_transition_time
+            {
+                let seconds = jiff::Timestamp::now().duration_since(at).as_secs_f64();
+                self.metrics
+                    .observe_approval_to_ready(&label, seconds.max(0.0));
+            }
+        }
+        // 5. The issuer, when it is at fault.
+        if let (Some((reason, message)), Some(issuer)) = (&plan.issuer_fault, issuer) {
+            let entry = lock(&self.issuers).get(issuer).cloned();
+            if let Some(entry) = entry
+                && entry.set_health(Health {
+                    reason,
+                    message: message.clone(),
+                })
+            {
+                self.write_issuer_status(issuer, &entry).await;
+            }
+        }
+        // 6. When to look again.
+        let mut requests = lock(&self.requests);
+        match plan.requeue {
+            Requeue::Never => {
+                requests.remove(key);
+            }
+            Requeue::After(delay) | Requeue::IssuerChange(delay) => {
+                if let Some(entry) = requests.get_mut(key) {
+                    entry.last_written = Some(digest);
+                    entry.not_before = Some(Instant::now() + delay);
+                    entry.attempts = match plan.breaker {
+                        CallOutcome::Success => 0,
+                        _ if plan.metric_outcome == "deferred" => entry.attempts,
+                        _ => entry.attempts.saturating_add(1),
+                    };
+                }
+                drop(requests);
+                self.request_queue.add_after(key.clone(), delay);
+            }
+        }
+    }
+
+    fn defer_write(&self, key: &RequestKey, plan: Plan) {
+        lock(&self.unwritten).insert(key.clone(), plan);
+        self.request_queue
+            .add_after(key.clone(), self.config.retry.min);
+    }
+
+    /// Writes the status with the object's resourceVersion as a precondition; on a
+    /// conflict, reads the object again and recomputes the conditions (never signing
+    /// again). `Ok(None)` when the request became terminal or disappeared meanwhile.
+    async fn write_status(
+        &self,
+        api: &Api<CertificateRequest>,
+        key: &RequestKey,
+        mut full: CertificateRequest,
+        change: &StatusChange,
+    ) -> Result<Option<CertificateRequest>, kube::Error> {
+        let mut conflicts = 0;
+        loop {
+            let patch = request_status_patch(&full, change, jiff::Timestamp::now());
+            match api
+                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(written) => return Ok(Some(written)),
+                Err(e) if api_code(&e) == Some(409) && conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    debug!(
+                        conflicts,
+                        "status write conflicted; reading the request again"
+                    );
+                    full = match api.get(&key.name).await {
+                        Ok(f) => f,
+                        Err(e) if api_code(&e) == Some(404) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    if full.is_terminal() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) if api_code(&e) == Some(404) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    // ---- issuers --------------------------------------------------------------
+
+    async fn reconcile_issuer(&self, key: &IssuerKey) {
+        let label = self.issuer_label(key);
+        let snapshot = lock(&self.snapshots).get(key).cloned();
+        let Some(snapshot) = snapshot else {
+            if lock(&self.issuers).remove(key).is_some() {
+                info!(issuer = %label, "issuer deleted");
+                self.metrics.forget_issuer(&label);
+            }
+            lock(&self.last_checked).remove(key);
+            self.index_secrets(key, None);
+            self.requeue_requests_for(key);
+            return;
+        };
+        let namespace = if key.cluster {
+            self.config.cluster_resource_namespace.clone()
+        } else {
+            key.namespace.clone()
+        };
+        self.index_secrets(key, Some((&namespace, &snapshot.secret_names)));
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let mut data = BTreeMap::new();
+        let mut versions = Vec::new();
+        for name in &snapshot.secret_names {
+            match secrets_api.get_opt(name).await {
+                Ok(Some(secret)) => {
+                    versions.push((name.clone(), secret.metadata.resource_version.clone()));
+                    let mut map: BTreeMap<String, Vec<u8>> = secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    for (k, v) in secret.string_data.unwrap_or_default() {
+                        map.insert(k, v.into_bytes());
+                    }
+                    data.insert(name.clone(), map);
+                }
+                Ok(None) => versions.push((name.clone(), None)),
+                Err(e) => {
+                    warn!(issuer = %label, secret = %name, error = %e, "could not read a Secret; retrying");
+                    self.issuer_queue
+                        .add_after(key.clone(), Duration::from_secs(5));
+                    return;
+                }
+            }
+        }
+        let fingerprint = Fingerprint {
+            generation: snapshot.generation,
+            secrets: versions,
+        };
+        let existing = lock(&self.issuers).get(key).cloned();
+        let (entry, rebuilt) = match existing {
+            Some(entry) if entry.fingerprint == fingerprint => (entry, false),
+            previous => {
+                let protection_cfg = protection_config(&snapshot.spec, &self.config);
+                let (backend, health) = match (snapshot.build)(&NamespacedSecrets {
+                    namespace: namespace.clone(),
+                    data,
+                }) {
+                    Ok(backend) => (
+                        Some(backend),
+                        Health {
+                            reason: REASON_VERIFIED,
+                            message: String::new(),
+                        },
+                    ),
+                    Err(e) => (None, build_health(&e)),
+                };
+                // A rebuild for a rotated Secret keeps the breaker's memory of the PKI.
+                let protection = match previous {
+                    Some(prev)
+                        if prev.spec.max_concurrent_requests
+                            == snapshot.spec.max_concurrent_requests
+                            && prev.spec.requests_per_second
+                                == snapshot.spec.requests_per_second =>
+                    {
+                        prev.protection.clone()
+                    }
+                    _ => Arc::new(Protection::new(protection_cfg)),
+                };
+                info!(issuer = %label, backend = backend.as_ref().map(|b| b.kind()).unwrap_or("none"), "issuer backend built");
+                let entry = Arc::new(IssuerEntry {
+                    fingerprint,
+                    spec: snapshot.spec.clone(),
+                    backend,
+                    protection,
+                    health: Mutex::new(health),
+                });
+                lock(&self.issuers).insert(key.clone(), entry.clone());
+                (entry, true)
+            }
+        };
+        // Health check when built, and when due; never while the breaker holds calls.
+        let interval = self.config.issuer_health_check_interval;
+        let due = lock(&self.last_checked)
+            .get(key)
+            .is_none_or(|at| at.elapsed() >= interval);
+        let mut health_changed = false;
+        if let Some(backend) = entry.backend.clone()
+            && (rebuilt || due)
+        {
+            let health = match entry.protection.breaker() {
+                BreakerState::Open { .. } | BreakerState::HalfOpen => Health {
+                    reason: REASON_CIRCUIT_OPEN,
+                    message: "The PKI failed repeatedly; calls are paused and probed periodically (circuit breaker open)".to_string(),
+                },
+                BreakerState::Closed => {
+                    let result = tokio::time::timeout(CHECK_TIMEOUT, backend.check()).await;
+                    self.metrics.backend_call(
+                        &label,
+                        backend.kind(),
+                        "check",
+                        match &result {
+                            Ok(Ok(_)) => "success",
+                            Ok(Err(e)) => e.metric_label(),
+                            Err(_) => "transient",
+                        },
+                    );
+                    match result {
+                        Ok(Ok(h)) => Health {
+                            reason: REASON_VERIFIED,
+                            message: h.message,
+                        },
+                        Ok(Err(e)) => check_health(&e),
+                        Err(_) => Health {
+                            reason: REASON_UNREACHABLE,
+                            message: format!("the health check did not finish within {}", certwright_api::format_duration(CHECK_TIMEOUT)),
+                        },
+                    }
+                }
+            };
+            lock(&self.last_checked).insert(key.clone(), Instant::now());
+            health_changed = entry.set_health(health);
+        }
+        let health = entry.health();
+        if health.reason != REASON_VERIFIED || health_changed || rebuilt {
+            info!(issuer = %label, reason = health.reason, message = %health.message, "issuer checked");
+        }
+        self.metrics
+            .set_issuer_ready(&label, health.ready() == ConditionStatus::True);
+        self.metrics
+            .set_breaker_state(&label, entry.protection.breaker().metric_value());
+        self.write_issuer_status(key, &entry).await;
+        if rebuilt || health_changed {
+            self.requeue_requests_for(key);
+        }
+        self.issuer_queue.add_after(key.clone(), interval);
+    }
+
+    /// Remembers which issuers use which Secrets, so that a Secret change rebuilds them.
+    fn index_secrets(&self, issuer: &IssuerKey, uses: Option<(&str, &[String])>) {
+        let mut index = lock(&self.secret_index);
+        index.retain(|_, set| {
+            set.remove(issuer);
+            !set.is_empty()
+        });
+        if let Some((namespace, names)) = uses {
+            for name in names {
+                index
+                    .entry((namespace.to_string(), name.clone()))
+                    .or_default()
+                    .insert(issuer.clone());
+            }
+        }
+    }
+
+    async fn write_issuer_status(&self, key: &IssuerKey, entry: &IssuerEntry) {
+        let (conditions, generation) = match lock(&self.snapshots).get(key) {
+            Some(s) => (s.conditions.clone(), s.generation),
+            None => return,
+        };
+        let health = entry.health();
+        let backend = entry.spec.backend_kind().map(|k| k.as_str());
+        let Some(patch) = crate::issuers::status_patch(
+            &conditions,
+            &health,
+            generation,
+            backend,
+            jiff::Timestamp::now(),
+        ) else {
+            return;
+        };
+        let resource = if key.cluster {
+            &self.cluster_resource
+        } else {
+            &self.namespaced_resource
+        };
+        let api: Api<kube::core::DynamicObject> = if key.cluster {
+            Api::all_with(self.client.clone(), resource)
+        } else {
+            Api::namespaced_with(self.client.clone(), &key.namespace, resource)
+        };
+        match api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(written) => {
+                if let Some(snapshot) = lock(&self.snapshots).get_mut(key)
+                    && let Some(conditions) = written
+                        .data
+                        .pointer("/status/conditions")
+                        .and_then(|c| serde_json::from_value::<Vec<Condition>>(c.clone()).ok())
+                {
+                    snapshot.conditions = conditions;
+                }
+                let label = self.issuer_label(key);
+                let reference = ObjectReference {
+                    api_version: Some(resource.api_version.clone()),
+                    kind: Some(resource.kind.clone()),
+                    name: Some(key.name.clone()),
+                    namespace: (!key.cluster).then(|| key.namespace.clone()),
+                    uid: written.metadata.uid.clone(),
+                    ..Default::default()
+                };
+                self.events.emit(Transition {
+                    regarding: reference,
+                    reason: health.reason,
+                    note: health.message.clone(),
+                    warning: health.ready() != ConditionStatus::True,
+                });
+                debug!(issuer = %label, reason = health.reason, "issuer status written");
+            }
+            Err(e) if api_code(&e) == Some(404) => {}
+            Err(e) => {
+                warn!(issuer = %self.issuer_label(key), error = %e, "could not write the issuer status; retrying");
+                self.issuer_queue
+                    .add_after(key.clone(), Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Builds what the backend is asked from the full CertificateRequest, or says why the
+/// request itself cannot be signed.
+fn sign_request(full: &CertificateRequest, entry: &IssuerEntry) -> Result<SignRequest, String> {
+    let csr = Csr::parse(full.spec.request.as_bytes())
+        .map_err(|e| format!("spec.request is not a usable CSR: {e}"))?;
+    let duration = full
+        .requested_duration()
+        .map_err(|e| format!("spec.duration: {e}"))?;
+    let template = match full.annotations().get(TEMPLATE_ANNOTATION) {
+        None => None,
+        Some(t) if !entry.spec.allow_template_override => {
+            return Err(format!(
+                "annotation {TEMPLATE_ANNOTATION}={t:?} is set, but the issuer does not allow template overrides (spec.allowTemplateOverride)"
+            ));
+        }
+        Some(t) => {
+            certwright_api::validation::check_template_name(t)
+                .map_err(|why| format!("annotation {TEMPLATE_ANNOTATION}: {why}"))?;
+            Some(t.clone())
+        }
+    };
+    let mut usages = Vec::with_capacity(full.spec.usages.len());
+    for usage in &full.spec.usages {
+        match serde_json::to_value(usage) {
+            Ok(serde_json::Value::String(name)) if *usage != certwright_api::KeyUsage::Unknown => {
+                usages.push(name)
+            }
+            _ => return Err("spec.usages names a usage certwright does not know".to_string()),
+        }
+    }
+    let mut request = SignRequest::new(csr, full.uid().unwrap_or_default());
+    request.duration = duration;
+    request.is_ca = full.spec.is_ca;
+    request.usages = usages;
+    request.template = template;
+    request.requester = Requester {
+        namespace: full.namespace().unwrap_or_default(),
+        name: full.name_any(),
+    };
+    Ok(request)
+}
+
+/// The merge patch that writes `change` onto the request's current conditions, with
+/// the request's resourceVersion as a precondition.
+fn request_status_patch(
+    full: &CertificateRequest,
+    change: &StatusChange,
+    now: jiff::Timestamp,
+) -> serde_json::Value {
+    let mut conditions = full.conditions().to_vec();
+    conditions.set_condition(
+        Condition::new(
+            CONDITION_READY,
+            change.ready,
+            change.reason,
+            change.message.clone(),
+        ),
+        now,
+    );
+    if change.invalid_request {
+        conditions.set_condition(
+            Condition::new(
+                CONDITION_INVALID_REQUEST,
+                ConditionStatus::True,
+                "InvalidRequest",
+                change.message.clone(),
+            ),
+            now,
+        );
+    }
+    let mut status = json!({ "conditions": conditions });
+    if let Some(bundle) = &change.issued {
+        status["certificate"] = json!(Base64Bytes::from(bundle.certificate_pem().as_str()));
+        if let Some(ca) = &bundle.ca {
+            status["ca"] = json!(Base64Bytes::from(ca.to_pem().as_str()));
+        }
+    }
+    if change.failed {
+        status["failureTime"] = json!(certwright_api::condition::whole_seconds(now));
+    }
+    json!({
+        "metadata": { "resourceVersion": full.resource_version() },
+        "status": status,
+    })
+}
+
+fn object_reference(full: &CertificateRequest) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("cert-manager.io/v1".to_string()),
+        kind: Some("CertificateRequest".to_string()),
+        name: full.metadata.name.clone(),
+        namespace: full.metadata.namespace.clone(),
+        uid: full.metadata.uid.clone(),
+        resource_version: full.metadata.resource_version.clone(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,615 @@
+//! The CertificateRequest flow as pure functions: [`decide`] reads a request and its
+//! issuer and says what to do; [`plan`] turns what the PKI answered into the status to
+//! write, the annotation to persist first, the event, and when to look again. Time comes
+//! in as an argument, so every row of the flow is testable without I/O or sleeping.
+
+use std::time::Duration;
+
+use certwright_api::certificate_request::{REASON_FAILED, REASON_ISSUED, REASON_PENDING};
+use certwright_api::{ConditionStatus, PENDING_ID_ANNOTATION, RequestConditions, format_duration};
+use certwright_pki::{Error as PkiError, IssuedBundle, Outcome};
+
+use crate::cached::CachedRequest;
+use crate::protection::{CallOutcome, DeferReason, Deferred};
+
+/// What the engine knows of the issuer a request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuerState<'a> {
+    /// No such issuer (yet).
+    Missing,
+    /// The issuer exists but cannot sign; `message` says why.
+    NotReady {
+        /// What is wrong, for the request's condition.
+        message: &'a str,
+    },
+    /// The issuer can sign.
+    Ready,
+}
+
+/// What a request needs, decided from the cached request alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not ours, terminal, or not yet approved: nothing to do until it changes.
+    Nothing,
+    /// Denied by an approver: write Ready=False reason Denied and the failure time.
+    Deny,
+    /// Write Ready=False reason Pending with this message; look again when the issuer
+    /// changes.
+    WaitForIssuer {
+        /// Which issuer, and why it cannot sign.
+        message: String,
+    },
+    /// Submit the CSR to the PKI.
+    Sign,
+    /// The CA holds this request: ask about it, never resubmit.
+    Poll {
+        /// The CA's id, from the `pki.certwright.io/pending-id` annotation.
+        id: String,
+    },
+}
+
+/// Decides what a request needs, following the flow table in DESIGN.md row by row.
+pub fn decide(request: &CachedRequest, group: &str, issuer: IssuerState<'_>) -> Decision {
+    let conditions = request.conditions();
+    if request.spec.issuer_ref.group != group {
+        return Decision::Nothing;
+    }
+    // Ready=True, or Ready=False Failed/Denied: terminal, never signed (again).
+    if conditions.is_terminal() {
+        return Decision::Nothing;
+    }
+    if conditions.is_denied() {
+        return Decision::Deny;
+    }
+    // Approval arrives later as a status change, which the watch delivers.
+    if !conditions.is_approved() {
+        return Decision::Nothing;
+    }
+    let issuer_name = issuer_display(request);
+    match issuer {
+        IssuerState::Missing => Decision::WaitForIssuer {
+            message: format!("Waiting for {issuer_name}: it does not exist"),
+        },
+        IssuerState::NotReady { message } => Decision::WaitForIssuer {
+            message: format!("Waiting for {issuer_name} to be Ready: {message}"),
+        },
+        IssuerState::Ready => match request.annotation(PENDING_ID_ANNOTATION) {
+            Some(id) if !id.is_empty() => Decision::Poll { id: id.to_string() },
+            _ => Decision::Sign,
+        },
+    }
+}
+
+/// `InternalClusterIssuer corp` or `InternalIssuer apps/corp`.
+pub fn issuer_display(request: &CachedRequest) -> String {
+    let r = &request.spec.issuer_ref;
+    if r.kind.ends_with("ClusterIssuer") {
+        format!("{} {}", r.kind, r.name)
+    } else {
+        let ns = request.metadata.namespace.as_deref().unwrap_or_default();
+        format!("{} {ns}/{}", r.kind, r.name)
+    }
+}
+
+/// How a signing attempt ended, before it is written anywhere.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived: built and consumed within one reconcile"
+)]
+pub enum Attempt {
+    /// The PKI answered (or failed to).
+    Answered(Result<Outcome, PkiError>),
+    /// The issuer's protection asked us to come back later.
+    Deferred(Deferred),
+    /// The request itself cannot be signed: malformed or oversized CSR, bad duration,
+    /// a template override the issuer does not allow.
+    Invalid(String),
+}
+
+/// When to look at the request again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Never: the request is terminal.
+    Never,
+    /// After this delay.
+    After(Duration),
+    /// When the issuer changes; the delay is a backstop.
+    IssuerChange(Duration),
+}
+
+/// The Ready condition and the rest of the status to write.
+#[derive(Clone, Debug)]
+pub struct StatusChange {
+    /// Ready's status.
+    pub ready: ConditionStatus,
+    /// Ready's reason: Issued, Pending, Failed or Denied.
+    pub reason: &'static str,
+    /// Ready's message.
+    pub message: String,
+    /// Also set `InvalidRequest=True`.
+    pub invalid_request: bool,
+    /// Set `failureTime`.
+    pub failed: bool,
+    /// `status.certificate` and `status.ca`.
+    pub issued: Option<IssuedBundle>,
+}
+
+impl StatusChange {
+    /// Ready=False reason Pending with `message`.
+    pub fn pending(message: String) -> Self {
+        StatusChange {
+            ready: ConditionStatus::False,
+            reason: REASON_PENDING,
+            message,
+            invalid_request: false,
+            failed: false,
+            issued: None,
+        }
+    }
+
+    fn failed(message: String, invalid_request: bool) -> Self {
+        StatusChange {
+            ready: ConditionStatus::False,
+            reason: REASON_FAILED,
+            message,
+            invalid_request,
+            failed: true,
+            issued: None,
+        }
+    }
+}
+
+/// Everything to do after an attempt, in order: persist the pending id, write the
+/// status, emit the event, tell the issuer, requeue.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// A CA-side pending id to persist on the request before anything else.
+    pub pending_id: Option<String>,
+    /// The status to write.
+    pub status: StatusChange,
+    /// Event reason (PascalCase) and whether it is a warning; the message is the
+    /// status message.
+    pub event: (&'static str, bool),
+    /// When the issuer, not the request, is at fault: its Ready reason and message.
+    pub issuer_fault: Option<(&'static str, String)>,
+    /// What the circuit breaker should learn from this attempt.
+    pub breaker: CallOutcome,
+    /// A low-cardinality label for metrics.
+    pub metric_outcome: &'static str,
+    /// When to look again.
+    pub requeue: Requeue,
+}
+
+/// Exponential backoff between attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay.
+    pub min: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after `attempt` failed attempts (counting from 1).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        self.min
+            .saturating_mul(1u32 << exp)
+            .min(self.max)
+            .max(self.min)
+    }
+}
+
+/// How long to wait for an issuer that is not ready before looking again anyway.
+pub const ISSUER_BACKSTOP: Duration = Duration::from_secs(300);
+
+fn plain(
+    pending_id: Option<String>,
+    status: StatusChange,
+    event: (&'static str, bool),
+    breaker: CallOutcome,
+    metric_outcome: &'static str,
+    requeue: Requeue,
+) -> Plan {
+    Plan {
+        pending_id,
+        status,
+        event,
+        issuer_fault: None,
+        breaker,
+        metric_outcome,
+        requeue,
+    }
+}
+
+/// Maps an attempt to exactly one plan: one match, one condition, one requeue decision.
+/// `attempt` counts the failed attempts of this request so far, this one included;
+/// `poll_interval` bounds how long a CA-side pending request waits between polls.
+pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Duration) -> Plan {
+    match outcome {
+        Attempt::Answered(Ok(Outcome::Issued(bundle))) => {
+            let message = bundle.leaf().map_or_else(
+                || "Certificate issued".to_string(),
+                |l| {
+                    format!(
+                        "Certificate issued: {} serial {}, valid until {}",
+                        l.subject(),
+                        l.serial_hex(),
+                        l.not_after()
+                    )
+                },
+            );
+            let status = StatusChange {
+                ready: ConditionStatus::True,
+                reason: REASON_ISSUED,
+                message,
+                invalid_request: false,
+                failed: false,
+                issued: Some(bundle),
+            };
+            plain(
+                None,
+                status,
+                ("Issued", false),
+                CallOutcome::Success,
+                "issued",
+                Requeue::Never,
+            )
+        }
+        Attempt::Answered(Ok(Outcome::Pending(p))) => {
+            let every = p.retry_after.min(poll_interval).max(Duration::from_secs(1));
+            let message = format!(
+                "Waiting for approval by the CA: request id {} (polling every {})",
+                p.id,
+                format_duration(every)
+            );
+            plain(
+                Some(p.id),
+                StatusChange::pending(message),
+                ("CAPending", false),
+                CallOutcome::Success,
+                "pending",
+                Requeue::After(every),
+            )
+        }
+        Attempt::Answered(Ok(other)) => {
+            let requeue = Requeue::After(backoff.delay(attempt));
+            let message =
+                format!("The PKI answered something this version cannot handle: {other:?}");
+            plain(
+                None,
+                StatusChange::pending(message),
+                ("Retrying", true),
+                CallOutcome::Neutral,
+                "invalid_response",
+                requeue,
+            )
+        }
+        Attempt::Answered(Err(e)) => {
+            let label = e.metric_label();
+            match &e {
+                PkiError::Rejected { .. } => plain(
+                    None,
+                    StatusChange::failed(e.to_string(), false),
+                    ("Rejected", true),
+                    CallOutcome::Neutral,
+                    label,
+                    Requeue::Never,
+                ),
+                PkiError::Unauthorized { .. } | PkiError::Misconfigured { .. } => {
+                    let reason = if matches!(e, PkiError::Unauthorized { .. }) {
+                        "Unauthorized"
+                    } else {
+                        "InvalidSpec"
+                    };
+                    Plan {
+                        issuer_fault: Some((reason, e.to_string())),
+                        ..plain(
+                            None,
+                            StatusChange::pending(format!(
+                                "Waiting for the issuer to be fixed: {e}"
+                            )),
+                            ("IssuerNotReady", true),
+                            CallOutcome::Neutral,
+                            label,
+                            Requeue::IssuerChange(ISSUER_BACKSTOP),
+                        )
+                    }
+                }
+                _ => {
+                    // Transient, rate limited, invalid response: retry later, at the
+                    // CA's requested time when it gave one.
+                    let delay = e.retry_after().unwrap_or_else(|| backoff.delay(attempt));
+                    let breaker = if e.trips_breaker() {
+                        CallOutcome::Failure
+                    } else {
+                        CallOutcome::Neutral
+                    };
+                    plain(
+                        None,
+                        StatusChange::pending(format!(
+                            "{e}; retrying in {}",
+                            format_duration(delay)
+                        )),
+                        ("Retrying", true),
+                        breaker,
+                        label,
+                        Requeue::After(delay),
+                    )
+                }
+            }
+        }
+        Attempt::Deferred(Deferred {
+            retry_after,
+            reason,
+        }) => {
+            let message = match reason {
+                DeferReason::CircuitOpen { .. } | DeferReason::ProbeInFlight => format!(
+                    "The PKI is failing; certwright paused calls to it (circuit breaker open) and will try again in {}",
+                    format_duration(retry_after)
+                ),
+                DeferReason::RateLimited => format!(
+                    "Waiting for the issuer's rate limit (requestsPerSecond); next attempt in {}",
+                    format_duration(retry_after)
+                ),
+            };
+            plain(
+                None,
+                StatusChange::pending(message),
+                ("Throttled", false),
+                CallOutcome::Neutral,
+                "deferred",
+                Requeue::After(retry_after.max(Duration::from_millis(10))),
+            )
+        }
+        Attempt::Invalid(why) => plain(
+            None,
+            StatusChange::failed(why, true),
+            ("InvalidRequest", true),
+            CallOutcome::Neutral,
+            "invalid_request",
+            Requeue::Never,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cached::{CachedSpec, CachedStatus};
+    use certwright_api::{Condition, IssuerRef};
+    use certwright_pki::PendingRequest;
+
+    const GROUP: &str = "pki.certwright.io";
+    const APPROVED: (&str, ConditionStatus, &str) = ("Approved", ConditionStatus::True, "policy");
+
+    fn request(conditions: &[(&str, ConditionStatus, &str)]) -> CachedRequest {
+        let mut r = CachedRequest {
+            spec: CachedSpec {
+                issuer_ref: IssuerRef {
+                    name: "corp".into(),
+                    kind: "InternalClusterIssuer".into(),
+                    group: GROUP.into(),
+                },
+            },
+            status: CachedStatus {
+                conditions: conditions
+                    .iter()
+                    .map(|(t, s, r)| Condition::new(*t, *s, *r, ""))
+                    .collect(),
+            },
+            ..Default::default()
+        };
+        r.metadata.namespace = Some("apps".into());
+        r.metadata.name = Some("web-1".into());
+        r
+    }
+
+    #[test]
+    fn other_groups_are_not_ours() {
+        let mut r = request(&[APPROVED]);
+        r.spec.issuer_ref.group = "cert-manager.io".into();
+        assert_eq!(decide(&r, GROUP, IssuerState::Ready), Decision::Nothing);
+    }
+
+    #[test]
+    fn terminal_requests_are_never_signed_again() {
+        for ready in [
+            ("Ready", ConditionStatus::True, "Issued"),
+            ("Ready", ConditionStatus::False, "Failed"),
+            ("Ready", ConditionStatus::False, "Denied"),
+        ] {
+            let r = request(&[APPROVED, ready]);
+            assert_eq!(
+                decide(&r, GROUP, IssuerState::Ready),
+                Decision::Nothing,
+                "{ready:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn denied_is_written_as_denied() {
+        let r = request(&[("Denied", ConditionStatus::True, "policy")]);
+        assert_eq!(decide(&r, GROUP, IssuerState::Ready), Decision::Deny);
+    }
+
+    #[test]
+    fn unapproved_waits_for_approval_silently() {
+        let r = request(&[("Ready", ConditionStatus::False, "Pending")]);
+        assert_eq!(decide(&r, GROUP, IssuerState::Ready), Decision::Nothing);
+    }
+
+    #[test]
+    fn a_missing_or_unready_issuer_is_named() {
+        let r = request(&[APPROVED]);
+        assert_eq!(
+            decide(&r, GROUP, IssuerState::Missing),
+            Decision::WaitForIssuer {
+                message: "Waiting for InternalClusterIssuer corp: it does not exist".into()
+            }
+        );
+        let mut r = request(&[APPROVED]);
+        r.spec.issuer_ref.kind = "InternalIssuer".into();
+        let d = decide(
+            &r,
+            GROUP,
+            IssuerState::NotReady {
+                message: "Secret \"x\" not found",
+            },
+        );
+        assert_eq!(
+            d,
+            Decision::WaitForIssuer {
+                message: "Waiting for InternalIssuer apps/corp to be Ready: Secret \"x\" not found"
+                    .into()
+            }
+        );
+    }
+
+    #[test]
+    fn approved_with_a_ready_issuer_signs_or_polls() {
+        let mut r = request(&[APPROVED]);
+        assert_eq!(decide(&r, GROUP, IssuerState::Ready), Decision::Sign);
+        r.metadata.annotations =
+            Some([(PENDING_ID_ANNOTATION.to_string(), "42".to_string())].into());
+        assert_eq!(
+            decide(&r, GROUP, IssuerState::Ready),
+            Decision::Poll { id: "42".into() }
+        );
+    }
+
+    fn plan_of(result: Result<Outcome, PkiError>) -> Plan {
+        plan(
+            Attempt::Answered(result),
+            1,
+            Backoff::default(),
+            Duration::from_secs(300),
+        )
+    }
+
+    #[test]
+    fn pending_persists_the_id_and_polls() {
+        let p = plan_of(Ok(Outcome::Pending(PendingRequest {
+            id: "42".into(),
+            retry_after: Duration::from_secs(60),
+        })));
+        assert_eq!(p.pending_id.as_deref(), Some("42"));
+        assert_eq!(p.status.reason, "Pending");
+        assert!(
+            p.status.message.contains("request id 42"),
+            "{}",
+            p.status.message
+        );
+        assert_eq!(p.requeue, Requeue::After(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn rejection_fails_for_good() {
+        let p = plan_of(Err(PkiError::Rejected {
+            reason: "CN not allowed".into(),
+        }));
+        assert_eq!(
+            (p.status.ready, p.status.reason, p.status.failed),
+            (ConditionStatus::False, "Failed", true)
+        );
+        assert!(p.status.message.contains("CN not allowed"));
+        assert_eq!(p.requeue, Requeue::Never);
+        assert_eq!(p.breaker, CallOutcome::Neutral);
+    }
+
+    #[test]
+    fn transient_and_rate_limited_retry_with_backoff_or_the_cas_delay() {
+        let p = plan(
+            Attempt::Answered(Err(PkiError::transient(
+                "down",
+                std::io::Error::other("refused"),
+            ))),
+            3,
+            Backoff::default(),
+            Duration::from_secs(300),
+        );
+        assert_eq!(p.status.reason, "Pending");
+        assert_eq!(p.requeue, Requeue::After(Duration::from_secs(4)));
+        assert_eq!(p.breaker, CallOutcome::Failure);
+        let p = plan_of(Err(PkiError::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+            message: "slow".into(),
+        }));
+        assert_eq!(p.requeue, Requeue::After(Duration::from_secs(7)));
+        assert_eq!(p.breaker, CallOutcome::Neutral);
+        assert!(
+            p.status.message.contains("retrying in 7s"),
+            "{}",
+            p.status.message
+        );
+    }
+
+    #[test]
+    fn an_issuer_fault_marks_the_issuer_and_waits_for_it() {
+        let p = plan_of(Err(PkiError::Unauthorized {
+            message: "401".into(),
+        }));
+        assert_eq!(p.issuer_fault.as_ref().map(|f| f.0), Some("Unauthorized"));
+        assert_eq!(p.status.reason, "Pending");
+        assert_eq!(p.requeue, Requeue::IssuerChange(ISSUER_BACKSTOP));
+        let p = plan_of(Err(PkiError::misconfigured("TLS not trusted")));
+        assert_eq!(p.issuer_fault.as_ref().map(|f| f.0), Some("InvalidSpec"));
+    }
+
+    #[test]
+    fn an_invalid_request_fails_with_invalid_request() {
+        let p = plan(
+            Attempt::Invalid("CSR: bad signature".into()),
+            1,
+            Backoff::default(),
+            Duration::from_secs(1),
+        );
+        assert!(p.status.invalid_request && p.status.failed);
+        assert_eq!(p.status.reason, "Failed");
+        assert_eq!(p.requeue, Requeue::Never);
+    }
+
+    #[test]
+    fn a_deferral_says_why_and_when() {
+        let p = plan(
+            Attempt::Deferred(Deferred {
+                retry_after: Duration::from_secs(30),
+                reason: DeferReason::CircuitOpen {
+                    until: tokio::time::Instant::now(),
+                },
+            }),
+            1,
+            Backoff::default(),
+            Duration::from_secs(1),
+        );
+        assert!(
+            p.status.message.contains("circuit breaker open"),
+            "{}",
+            p.status.message
+        );
+        assert_eq!(p.requeue, Requeue::After(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let b = Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+        };
+        let delays: Vec<u64> = (1..=6).map(|a| b.delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(b.delay(1000), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,263 @@
+//! The issuer side of the engine: one entry per issuer holding its backend, its PKI
+//! protection and its health, rebuilt when the spec or a referenced Secret changes,
+//! health-checked on change and periodically, with a Ready condition a person can act on.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use certwright_api::{Condition, ConditionStatus, Conditions, IssuerSpec};
+use certwright_pki::issuer::{BuildError, SecretData, SecretSource};
+use certwright_pki::{Backend, Error as PkiError};
+
+use crate::protection::{Protection, ProtectionConfig};
+
+/// Identifies one issuer object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IssuerKey {
+    /// Cluster-scoped kind (else namespaced).
+    pub cluster: bool,
+    /// The namespace; empty for cluster-scoped issuers.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+/// Builds an issuer's backend from Secrets (the issuer kind's own `build_backend`).
+pub(crate) type BuildFn =
+    Arc<dyn Fn(&dyn SecretSource) -> Result<Arc<dyn Backend>, BuildError> + Send + Sync>;
+
+/// What the engine keeps of an issuer object, independent of its Rust type.
+#[derive(Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) generation: Option<i64>,
+    pub(crate) spec: IssuerSpec,
+    pub(crate) conditions: Vec<Condition>,
+    pub(crate) secret_names: Vec<String>,
+    pub(crate) build: BuildFn,
+}
+
+/// Identifies the inputs a backend was built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    pub(crate) generation: Option<i64>,
+    /// Each referenced Secret's name and resourceVersion (None when missing).
+    pub(crate) secrets: Vec<(String, Option<String>)>,
+}
+
+/// An issuer's Ready condition as the engine last determined it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Verified, InvalidSpec, SecretNotFound, Unauthorized, Unreachable, CircuitOpen.
+    pub reason: &'static str,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+impl Health {
+    /// Whether requests may be sent: only faults of the issuer's own configuration or
+    /// credentials stop them. An unreachable PKI or an open breaker is handled by the
+    /// protection layer, which lets probes through.
+    pub fn usable(&self) -> bool {
+        matches!(
+            self.reason,
+            REASON_VERIFIED | REASON_UNREACHABLE | REASON_CIRCUIT_OPEN
+        )
+    }
+
+    /// The Ready condition's status.
+    pub fn ready(&self) -> ConditionStatus {
+        if self.reason == REASON_VERIFIED {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+/// Ready reason: the PKI answered a health check with these credentials.
+pub const REASON_VERIFIED: &str = "Verified";
+/// Ready reason: the spec (or what the backend made of it) cannot work.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// Ready reason: a referenced Secret or one of its keys is missing.
+pub const REASON_SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// Ready reason: the PKI refused the credentials.
+pub const REASON_UNAUTHORIZED: &str = "Unauthorized";
+/// Ready reason: the PKI could not be reached or answered garbage.
+pub const REASON_UNREACHABLE: &str = "Unreachable";
+/// Ready reason: the circuit breaker paused calls to a failing PKI.
+pub const REASON_CIRCUIT_OPEN: &str = "CircuitOpen";
+
+/// The Ready health a failed build means.
+pub(crate) fn build_health(e: &BuildError) -> Health {
+    Health {
+        reason: match e {
+            BuildError::SecretNotFound { .. } | BuildError::SecretKeyMissing { .. } => {
+                REASON_SECRET_NOT_FOUND
+            }
+            _ => REASON_INVALID_SPEC,
+        },
+        message: e.to_string(),
+    }
+}
+
+/// The Ready health a failed health check means.
+pub(crate) fn check_health(e: &PkiError) -> Health {
+    Health {
+        reason: match e {
+            PkiError::Unauthorized { .. } => REASON_UNAUTHORIZED,
+            PkiError::Misconfigured { .. } => REASON_INVALID_SPEC,
+            _ => REASON_UNREACHABLE,
+        },
+        message: e.to_string(),
+    }
+}
+
+/// One issuer's live state.
+pub(crate) struct IssuerEntry {
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) spec: IssuerSpec,
+    pub(crate) backend: Option<Arc<dyn Backend>>,
+    pub(crate) protection: Arc<Protection>,
+    pub(crate) health: Mutex<Health>,
+}
+
+impl IssuerEntry {
+    pub(crate) fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_health(&self, health: Health) -> bool {
+        let mut current = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == health {
+            return false;
+        }
+        *current = health;
+        true
+    }
+}
+
+/// The protection an issuer spec asks for, with engine defaults.
+pub(crate) fn protection_config(
+    spec: &IssuerSpec,
+    config: &crate::EngineConfig,
+) -> ProtectionConfig {
+    let rps = spec
+        .requests_per_second
+        .unwrap_or(config.default_requests_per_second);
+    let max_concurrent = spec
+        .max_concurrent_requests
+        .unwrap_or(config.default_max_concurrent_requests);
+    ProtectionConfig {
+        failure_threshold: config.breaker_failure_threshold,
+        open_for: config.breaker_open_for,
+        max_open_for: config.breaker_max_open_for,
+        ..ProtectionConfig::new(max_concurrent, rps)
+    }
+}
+
+/// The Secrets of one issuer, read from the namespace it may read them from.
+pub(crate) struct NamespacedSecrets {
+    pub(crate) namespace: String,
+    pub(crate) data: BTreeMap<String, SecretData>,
+}
+
+impl SecretSource for NamespacedSecrets {
+    fn secret(&self, name: &str) -> Option<&SecretData> {
+        self.data.get(name)
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        Some(&self.namespace)
+    }
+}
+
+/// The status to write on an issuer object, when its Ready condition changed.
+pub(crate) fn status_patch(
+    current: &[Condition],
+    health: &Health,
+    generation: Option<i64>,
+    backend: Option<&str>,
+    now: jiff::Timestamp,
+) -> Option<serde_json::Value> {
+    let mut conditions = current.to_vec();
+    let changed = conditions.set_condition(
+        Condition::new(
+            "Ready",
+            health.ready(),
+            health.reason,
+            health.message.clone(),
+        )
+        .with_observed_generation(generation),
+        now,
+    );
+    changed.then(|| {
+        serde_json::json!({
+            "status": {
+                "conditions": conditions,
+                "backend": backend,
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn only_configuration_faults_stop_requests() {
+        let h = |reason| Health {
+            reason,
+            message: String::new(),
+        };
+        assert!(h(REASON_VERIFIED).usable());
+        assert!(h(REASON_UNREACHABLE).usable());
+        assert!(h(REASON_CIRCUIT_OPEN).usable());
+        assert!(!h(REASON_UNAUTHORIZED).usable());
+        assert!(!h(REASON_INVALID_SPEC).usable());
+        assert!(!h(REASON_SECRET_NOT_FOUND).usable());
+        assert_eq!(h(REASON_VERIFIED).ready(), ConditionStatus::True);
+        assert_eq!(h(REASON_UNREACHABLE).ready(), ConditionStatus::False);
+    }
+
+    #[test]
+    fn check_errors_map_to_reasons() {
+        let e = PkiError::Unauthorized {
+            message: "401".into(),
+        };
+        assert_eq!(check_health(&e).reason, REASON_UNAUTHORIZED);
+        assert_eq!(
+            check_health(&PkiError::misconfigured("tls")).reason,
+            REASON_INVALID_SPEC
+        );
+        assert_eq!(
+            check_health(&PkiError::transient("x", std::io::Error::other("y"))).reason,
+            REASON_UNREACHABLE
+        );
+        let missing = BuildError::SecretNotFound {
+            name: "a".into(),
+            namespace: None,
+        };
+        assert_eq!(build_health(&missing).reason, REASON_SECRET_NOT_FOUND);
+    }
+
+    #[test]
+    fn status_is_written_only_when_it_changes() {
+        let now = jiff::Timestamp::from_second(1_000).unwrap();
+        let health = Health {
+            reason: REASON_VERIFIED,
+            message: "ok".into(),
+        };
+        let patch = status_patch(&[], &health, Some(2), Some("ca"), now).unwrap();
+        assert_eq!(patch["status"]["conditions"][0]["reason"], "Verified");
+        assert_eq!(patch["status"]["conditions"][0]["observedGeneration"], 2);
+        assert_eq!(patch["status"]["backend"], "ca");
+        let written: Vec<Condition> =
+            serde_json::from_value(patch["status"]["conditions"].clone()).unwrap();
+        assert!(status_patch(&written, &health, Some(2), Some("ca"), now).is_none());
+    }
+}

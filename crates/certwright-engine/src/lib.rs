@@ -1,0 +1,37 @@
+//! certwright's reconcile engine: the only library that talks to the API server.
+//!
+//! It watches cert-manager `CertificateRequest`s that name an issuer of the configured
+//! kinds, decides what each needs with a pure function ([`decide`]), and applies that
+//! decision: signs approved requests exactly once through the issuer's
+//! [`certwright_pki::Backend`], protects the PKI ([`protection`]: concurrency cap, token
+//! bucket, circuit breaker), writes conditions, emits Kubernetes Events and Prometheus
+//! [`metrics`]. It is generic over the issuer kinds ([`IssuerKinds`]), so an embedder can
+//! drive it with their own CRDs.
+//!
+//! ```no_run
+//! # async fn demo(client: kube::Client) -> Result<(), certwright_engine::Error> {
+//! use certwright_engine::{CertwrightIssuers, Engine, EngineConfig, metrics::Metrics};
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let engine = Engine::<CertwrightIssuers>::new(client, EngineConfig::default(), Metrics::new());
+//! engine.run(shutdown).await
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod cached;
+mod config;
+mod controller;
+pub mod decide;
+mod error;
+pub mod events;
+pub mod issuers;
+pub mod kinds;
+pub mod leader;
+pub mod metrics;
+pub mod protection;
+pub mod workqueue;
+
+pub use config::EngineConfig;
+pub use controller::Engine;
+pub use error::Error;
+pub use kinds::{CertwrightIssuers, IssuerKinds, IssuerResource};

@@ -1,0 +1,487 @@
+//! The CertificateRequest flow, row by row, against the testkit API server: the engine
+//! talks HTTP to it exactly as to a cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use certwright_api::{Base64Bytes, IssuerSpec, PENDING_ID_ANNOTATION, RestBackend};
+use certwright_testkit::apiserver::Method;
+use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
+use support::{CLUSTER_NS, Env, ca_spec, cluster_ref, issued_chain, namespaced_ref};
+
+fn rest_spec(sim: &RestSimulator) -> IssuerSpec {
+    IssuerSpec {
+        rest: Some(RestBackend {
+            url: sim.url(),
+            ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+            timeout: Some("2s".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_request_is_issued_with_its_chain_and_an_event() {
+    let env = Env::start().await;
+    let ca = env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    env.request("apps", "web-1", cluster_ref("dev")).await;
+    env.approve("apps", "web-1").await;
+
+    let cr = env.wait_ready_reason("apps", "web-1", "Issued").await;
+    let (chain, root) = issued_chain(&cr);
+    assert_eq!(chain[0].sans().dns, ["web-1.apps.example.test"]);
+    assert_eq!(root[0].to_pem(), ca.cert_pem().replace("\r\n", "\n"));
+    chain[0].verify_signed_by(&root[0]).unwrap();
+    let lifetime = chain[0].not_after().duration_since(chain[0].not_before());
+    assert_eq!(lifetime.as_secs(), 24 * 3600, "spec.duration is honoured");
+    // An event about the request, and the metrics say so.
+    let mut found = false;
+    for _ in 0..100 {
+        let events = env.server.list_json("events.events.k8s.io", "apps");
+        if events
+            .iter()
+            .any(|e| e["reason"] == "Issued" && e["regarding"]["name"] == "web-1")
+        {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(found, "an Issued event is written");
+    let metrics = env.metrics.encode().unwrap();
+    assert!(
+        metrics.contains(r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",result="issued"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_happens_before_approval_and_signing_follows_it() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    env.request("apps", "later", cluster_ref("dev")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cr = env.requests("apps").get("later").await.unwrap();
+    assert!(
+        cr.status.is_none(),
+        "no status before approval: {:?}",
+        cr.status
+    );
+    assert_eq!(
+        env.server.count(Method::PATCH, "certificaterequests/later"),
+        0
+    );
+
+    env.approve("apps", "later").await;
+    env.wait_ready_reason("apps", "later", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_request_is_marked_denied_with_a_failure_time() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.request("apps", "nope", cluster_ref("dev")).await;
+    env.deny("apps", "nope").await;
+    let cr = env.wait_ready_reason("apps", "nope", "Denied").await;
+    let status = cr.status.unwrap();
+    assert!(status.failure_time.is_some());
+    assert!(status.certificate.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_an_issuer_created_after_it() {
+    let env = Env::start().await;
+    env.request("apps", "early", cluster_ref("late")).await;
+    env.approve("apps", "early").await;
+    let cr = env
+        .wait_request(
+            "apps",
+            "early",
+            "a Pending condition naming the issuer",
+            |cr| {
+                cr.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.reason == "Pending"
+                            && c.message
+                                .contains("InternalClusterIssuer late: it does not exist")
+                    })
+                })
+            },
+        )
+        .await;
+    assert!(!cr.is_terminal());
+    env.ca_secret(CLUSTER_NS, "late-ca").await;
+    env.cluster_issuer("late", ca_spec("late-ca")).await;
+    env.wait_ready_reason("apps", "early", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_missing_its_secret_is_not_ready_until_the_secret_appears() {
+    let env = Env::start().await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    let issuer = env.wait_cluster_issuer("dev", "SecretNotFound").await;
+    let ready = &issuer.status.unwrap().conditions[0];
+    assert!(
+        ready
+            .message
+            .contains(r#"Secret "dev-ca" not found in namespace "cert-manager""#),
+        "{}",
+        ready.message
+    );
+    env.request("apps", "web", cluster_ref("dev")).await;
+    env.approve("apps", "web").await;
+    env.wait_request("apps", "web", "waiting for the issuer", |cr| {
+        cr.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.message
+                    .contains("to be Ready: Secret \"dev-ca\" not found")
+            })
+        })
+    })
+    .await;
+    // The Secret arrives: the issuer becomes Ready and the request is issued.
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    env.wait_ready_reason("apps", "web", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_issuer_reads_secrets_from_its_own_namespace_only() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "team-ca").await;
+    env.namespaced_issuer("team", "corp", ca_spec("team-ca"))
+        .await;
+    env.request("team", "svc", namespaced_ref("corp")).await;
+    env.approve("team", "svc").await;
+    env.wait_request("team", "svc", "waiting for the issuer", |cr| {
+        cr.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.message.contains(r#"not found in namespace "team""#))
+        })
+    })
+    .await;
+    env.ca_secret("team", "team-ca").await;
+    env.wait_ready_reason("team", "svc", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_csr_fails_as_an_invalid_request() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.request_with("apps", "bad", cluster_ref("dev"), |cr| {
+        cr.spec.request = Base64Bytes::from(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        );
+    })
+    .await;
+    env.approve("apps", "bad").await;
+    let cr = env.wait_ready_reason("apps", "bad", "Failed").await;
+    assert!(cr.is_invalid(), "InvalidRequest=True");
+    let status = cr.status.unwrap();
+    assert!(status.failure_time.is_some());
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("spec.request"), "{}", ready.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_policy_refusal_fails_the_request() {
+    let env = Env::start().await;
+    // A CA with pathLen 0 refuses to issue CA certificates.
+    let root = certwright_testkit::fixtures::TestCa::root(
+        certwright_testkit::fixtures::KeyKind::EcdsaP256,
+        "root",
+    );
+    let intermediate =
+        root.intermediate(certwright_testkit::fixtures::KeyKind::EcdsaP256, "pathlen0");
+    env.put_ca_secret(CLUSTER_NS, "sub-ca", &intermediate).await;
+    env.cluster_issuer("sub", ca_spec("sub-ca")).await;
+    env.request_with("apps", "ca-please", cluster_ref("sub"), |cr| {
+        cr.spec.is_ca = true
+    })
+    .await;
+    env.approve("apps", "ca-please").await;
+    let cr = env.wait_ready_reason("apps", "ca-please", "Failed").await;
+    assert!(!cr.is_invalid());
+    let ready = cr
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("path length"), "{}", ready.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_side_pending_request_is_persisted_polled_and_never_resubmitted() {
+    let env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    sim.set_behaviour(Behaviour::Pending);
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    env.request("apps", "held", cluster_ref("corp")).await;
+    env.approve("apps", "held").await;
+    let cr = env
+        .wait_request("apps", "held", "the pending id annotation", |cr| {
+            cr.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(PENDING_ID_ANNOTATION))
+        })
+        .await;
+    let id = cr.metadata.annotations.unwrap()[PENDING_ID_ANNOTATION].clone();
+    env.wait_request("apps", "held", "Pending naming the CA's id", |cr| {
+        cr.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.message.contains(&id)))
+    })
+    .await;
+    // Polls happen (at the CA's pace, at least a second apart), submissions do not.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(sim.polls() >= 2, "polled {} times", sim.polls());
+    assert_eq!(sim.sign_submissions(), 1);
+    assert!(sim.approve(&id));
+    env.wait_ready_reason("apps", "held", "Issued").await;
+    assert_eq!(sim.sign_submissions(), 1, "never resubmitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_on_the_status_write_does_not_sign_twice() {
+    let env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    env.request("apps", "racy", cluster_ref("corp")).await;
+    // The first two status writes to this request answer 409, as when another writer
+    // got there first.
+    env.server
+        .faults()
+        .fail_next(Method::PATCH, "certificaterequests/racy/status", 409, 2);
+    env.approve_in_store("apps", "racy");
+    env.wait_ready_reason("apps", "racy", "Issued").await;
+    assert_eq!(
+        sim.sign_submissions(),
+        1,
+        "one submission despite two conflicts"
+    );
+    assert!(
+        env.server
+            .count(Method::PATCH, "certificaterequests/racy/status")
+            >= 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_status_write_is_retried_without_signing_again() {
+    let env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    env.request("apps", "flaky", cluster_ref("corp")).await;
+    env.server
+        .faults()
+        .fail_next(Method::PATCH, "certificaterequests/flaky/status", 500, 3);
+    env.approve_in_store("apps", "flaky");
+    env.wait_ready_reason("apps", "flaky", "Issued").await;
+    assert_eq!(sim.sign_submissions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_requests_pending_opens_the_breaker_and_bounds_the_calls() {
+    let env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    sim.set_behaviour(Behaviour::Fail500);
+    for i in 0..10 {
+        env.request("apps", &format!("o-{i}"), cluster_ref("corp"))
+            .await;
+        env.approve("apps", &format!("o-{i}")).await;
+    }
+    // The breaker (3 failures, 400 ms open) opens and the issuer says so.
+    env.wait_cluster_issuer("corp", "CircuitOpen").await;
+    let opened_at = sim.sign_submissions();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let during = sim.sign_submissions() - opened_at;
+    // At most one probe per 400 ms open period (plus one in flight at the boundary).
+    assert!(during <= 6, "{during} calls in 2 s while open");
+    for i in 0..10 {
+        let cr = env.requests("apps").get(&format!("o-{i}")).await.unwrap();
+        assert!(!cr.is_terminal(), "o-{i} must wait, not fail");
+    }
+    let metrics = env.metrics.encode().unwrap();
+    assert!(
+        metrics
+            .contains(r#"certwright_circuit_breaker_state{issuer="InternalClusterIssuer/corp"} 2"#)
+            || metrics.contains(
+                r#"certwright_circuit_breaker_state{issuer="InternalClusterIssuer/corp"} 1"#
+            ),
+        "{metrics}"
+    );
+    // Recovery: everything issues, and the issuer is Verified again.
+    sim.set_behaviour(Behaviour::Issue);
+    for i in 0..10 {
+        env.wait_ready_reason("apps", &format!("o-{i}"), "Issued")
+            .await;
+    }
+    env.wait_cluster_issuer("corp", "Verified").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_rebuilds_the_backend() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.request("apps", "before", cluster_ref("dev")).await;
+    env.approve("apps", "before").await;
+    let before = env.wait_ready_reason("apps", "before", "Issued").await;
+    let new_ca = env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    // Give the Secret watch a moment to rebuild, then sign with the new CA.
+    let mut n = 0;
+    loop {
+        n += 1;
+        let name = format!("after-{n}");
+        env.request("apps", &name, cluster_ref("dev")).await;
+        env.approve("apps", &name).await;
+        let after = env.wait_ready_reason("apps", &name, "Issued").await;
+        let (_, root) = issued_chain(&after);
+        if root[0].to_pem() == new_ca.cert_pem().replace("\r\n", "\n") {
+            break;
+        }
+        assert!(n < 20, "the backend was never rebuilt with the rotated CA");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, old_root) = issued_chain(&before);
+    assert_ne!(
+        old_root[0].to_pem(),
+        new_ca.cert_pem().replace("\r\n", "\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_thousand_completed_requests_makes_no_backend_calls() {
+    let mut env = Env::new().await;
+    let sim = RestSimulator::start().await.unwrap();
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    for i in 0..1000 {
+        let object = serde_json::json!({
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "CertificateRequest",
+            "metadata": {"name": format!("done-{i}"), "namespace": "apps"},
+            "spec": {
+                "request": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0K",
+                "issuerRef": {"name": "corp", "kind": "InternalClusterIssuer", "group": "pki.certwright.io"}
+            },
+            "status": {
+                "conditions": [
+                    {"type": "Approved", "status": "True", "reason": "policy", "message": ""},
+                    {"type": "Ready", "status": if i % 10 == 0 { "False" } else { "True" }, "reason": if i % 10 == 0 { "Failed" } else { "Issued" }, "message": ""}
+                ],
+                "certificate": "LS0tLS1CRUdJTg=="
+            }
+        });
+        env.server
+            .create_json("certificaterequests.cert-manager.io", object)
+            .unwrap();
+    }
+    env.start_engine(support::fast_config());
+    env.wait_cluster_issuer("corp", "Verified").await;
+    env.request("apps", "fresh", cluster_ref("corp")).await;
+    env.approve("apps", "fresh").await;
+    env.wait_ready_reason("apps", "fresh", "Issued").await;
+    assert_eq!(
+        sim.sign_submissions(),
+        1,
+        "only the new request reached the PKI"
+    );
+    assert_eq!(sim.polls(), 0);
+    // Only the new request was read in full or written.
+    assert_eq!(
+        env.server.count(Method::PATCH, "certificaterequests/done-"),
+        0
+    );
+    assert_eq!(
+        env.server.count(Method::GET, "certificaterequests/done-"),
+        0
+    );
+    env.stop_engine().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_pki_keeps_the_request_pending_until_it_accepts() {
+    let env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    sim.set_behaviour(Behaviour::RateLimit(1));
+    env.request("apps", "slow", cluster_ref("corp")).await;
+    env.approve("apps", "slow").await;
+    env.wait_request("apps", "slow", "a rate-limit message", |cr| {
+        cr.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.message.contains("rate limit"))
+        })
+    })
+    .await;
+    sim.set_behaviour(Behaviour::Issue);
+    env.wait_ready_reason("apps", "slow", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_other_issuers_are_left_alone() {
+    let env = Env::start().await;
+    env.request_with("apps", "acme", cluster_ref("x"), |cr| {
+        cr.spec.issuer_ref.group = "cert-manager.io".into();
+        cr.spec.issuer_ref.kind = "ClusterIssuer".into();
+    })
+    .await;
+    env.approve("apps", "acme").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cr = env.requests("apps").get("acme").await.unwrap();
+    assert!(cr.ready_reason().is_none(), "not ours: {:?}", cr.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_in_flight_signing_and_its_write() {
+    let mut env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    // Slow status writes: the engine is mid-write when asked to stop.
+    env.server.faults().delay_next(
+        Method::PATCH,
+        "certificaterequests/last/status",
+        Duration::from_millis(500),
+        1,
+    );
+    env.request("apps", "last", cluster_ref("corp")).await;
+    env.approve("apps", "last").await;
+    for _ in 0..200 {
+        if sim.sign_submissions() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    env.stop_engine().await;
+    let cr = env.requests("apps").get("last").await.unwrap();
+    assert!(
+        cr.is_ready(),
+        "the in-flight result was written before stopping: {:?}",
+        cr.status
+    );
+}

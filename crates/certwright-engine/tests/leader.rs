@@ -1,0 +1,120 @@
+//! Leader election on a Lease against the testkit API server: one leader at a time, a
+//! graceful stop hands over at once, a leader that cannot renew stops at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use certwright_engine::Error;
+use certwright_engine::leader::{LeaderElector, LeaseConfig};
+use certwright_testkit::apiserver::Method;
+use support::Env;
+use tokio_util::sync::CancellationToken;
+
+fn config(identity: &str) -> LeaseConfig {
+    LeaseConfig {
+        // Leases count whole seconds.
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(800),
+        retry_period: Duration::from_millis(100),
+        ..LeaseConfig::new("cert-manager", "certwright-controller", identity)
+    }
+}
+
+/// Work that records how many leaders run at once.
+fn work(
+    running: Arc<AtomicUsize>,
+    overlap: Arc<AtomicBool>,
+) -> impl FnOnce(
+    CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>> {
+    move |token| {
+        Box::pin(async move {
+            if running.fetch_add(1, Ordering::SeqCst) > 0 {
+                overlap.store(true, Ordering::SeqCst);
+            }
+            token.cancelled().await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_a_graceful_stop_hands_over() {
+    let env = Env::new().await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicBool::new(false));
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let a = LeaderElector::new(env.client.clone(), config("replica-a"));
+    let b = LeaderElector::new(env.client.clone(), config("replica-b"));
+    let task_a = tokio::spawn({
+        let (stop, work) = (stop_a.clone(), work(running.clone(), overlap.clone()));
+        async move { a.run(stop, work).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let task_b = tokio::spawn({
+        let (stop, work) = (stop_b.clone(), work(running.clone(), overlap.clone()));
+        async move { b.run(stop, work).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(running.load(Ordering::SeqCst), 1, "exactly one leader");
+    let lease = env
+        .server
+        .get_json(
+            "leases.coordination.k8s.io",
+            "cert-manager",
+            "certwright-controller",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+
+    // A graceful stop releases the lease; the standby takes over well before it expires.
+    stop_a.cancel();
+    task_a.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lease = env
+        .server
+        .get_json(
+            "leases.coordination.k8s.io",
+            "cert-manager",
+            "certwright-controller",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(running.load(Ordering::SeqCst), 1);
+    stop_b.cancel();
+    task_b.await.unwrap().unwrap();
+    assert!(
+        !overlap.load(Ordering::SeqCst),
+        "two leaders never ran at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_stops_at_once() {
+    let env = Env::new().await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicBool::new(false));
+    let elector = LeaderElector::new(env.client.clone(), config("replica-a"));
+    let task = tokio::spawn({
+        let work = work(running.clone(), overlap.clone());
+        async move { elector.run(CancellationToken::new(), work).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(running.load(Ordering::SeqCst), 1);
+    // Every renewal fails from now on.
+    env.server
+        .faults()
+        .fail_next(Method::PUT, "leases/certwright-controller", 500, 1000);
+    let result = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(Error::LeadershipLost)), "{result:?}");
+    assert_eq!(running.load(Ordering::SeqCst), 0, "the work was stopped");
+}

@@ -1,0 +1,301 @@
+//! Fault injection (answer an error, or answer late, on matching calls) and the log of
+//! the calls the server received, so that a test can provoke retries and assert that
+//! no call was missing or extra. How rules match: see [`Faults`].
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::http::Method;
+
+/// Which methods a fault rule or a count applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MethodMatch {
+    /// Every method.
+    Any,
+    /// Only this one.
+    Only(Method),
+}
+
+impl MethodMatch {
+    fn matches(&self, method: &Method) -> bool {
+        match self {
+            MethodMatch::Any => true,
+            MethodMatch::Only(m) => m == method,
+        }
+    }
+}
+
+impl From<Method> for MethodMatch {
+    fn from(method: Method) -> Self {
+        MethodMatch::Only(method)
+    }
+}
+
+impl From<&Method> for MethodMatch {
+    fn from(method: &Method) -> Self {
+        MethodMatch::Only(method.clone())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Fail(u16),
+    Delay(Duration),
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    method: MethodMatch,
+    pattern: String,
+    action: Action,
+    /// `None`: until [`Faults::clear`].
+    remaining: Option<usize>,
+}
+
+/// What the fault rules decided for one call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Decision {
+    pub(crate) delay: Option<Duration>,
+    pub(crate) fail: Option<u16>,
+}
+
+/// The fault rules of a server ([`ApiServer::faults`](super::ApiServer::faults)).
+///
+/// A rule matches a call when its method matches ([`MethodMatch`]; a [`Method`]
+/// converts into one) and the request path, without the query string, *contains* the
+/// rule's pattern as a substring: `"/status"` matches every status subresource call,
+/// `"/namespaces/ns1/secrets/a"` every call on Secret `ns1/a` (and its subresources),
+/// `""` every call. List and watch calls share a path; both match.
+///
+/// Failures answer before the store is touched, so a failed write changed nothing.
+/// Rules are checked in the order they were added: the first matching delay rule and
+/// the first matching failure rule each spend one call, so a call may be delayed and
+/// then failed.
+#[derive(Debug, Default)]
+pub struct Faults {
+    rules: Mutex<Vec<Rule>>,
+}
+
+impl Faults {
+    fn rules(&self) -> MutexGuard<'_, Vec<Rule>> {
+        self.rules.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers the next `times` matching calls with `code` and a `Status` body whose
+    /// reason is the one upstream uses for that code (409 `Conflict`, 429
+    /// `TooManyRequests` with `Retry-After: 1`, 500 `InternalError`, ...), without
+    /// touching the store.
+    pub fn fail_next(
+        &self,
+        method: impl Into<MethodMatch>,
+        pattern: impl Into<String>,
+        code: u16,
+        times: usize,
+    ) {
+        self.rules().push(Rule {
+            method: method.into(),
+            pattern: pattern.into(),
+            action: Action::Fail(code),
+            remaining: Some(times),
+        });
+    }
+
+    /// Delays every matching call by `delay` until [`Faults::clear`].
+    pub fn delay(
+        &self,
+        method: impl Into<MethodMatch>,
+        pattern: impl Into<String>,
+        delay: Duration,
+    ) {
+        self.rules().push(Rule {
+            method: method.into(),
+            pattern: pattern.into(),
+            action: Action::Delay(delay),
+            remaining: None,
+        });
+    }
+
+    /// Delays the next `times` matching calls by `delay`.
+    pub fn delay_next(
+        &self,
+        method: impl Into<MethodMatch>,
+        pattern: impl Into<String>,
+        delay: Duration,
+        times: usize,
+    ) {
+        self.rules().push(Rule {
+            method: method.into(),
+            pattern: pattern.into(),
+            action: Action::Delay(delay),
+            remaining: Some(times),
+        });
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.rules().clear();
+    }
+
+    /// The first matching delay rule and the first matching failure rule each spend one
+    /// of their calls; a call may be both delayed and then failed.
+    pub(crate) fn decide(&self, method: &Method, path: &str) -> Decision {
+        let mut rules = self.rules();
+        let mut decision = Decision::default();
+        for rule in rules.iter_mut() {
+            if rule.remaining == Some(0)
+                || !rule.method.matches(method)
+                || !path.contains(rule.pattern.as_str())
+            {
+                continue;
+            }
+            let spend = match rule.action {
+                Action::Fail(code) if decision.fail.is_none() => {
+                    decision.fail = Some(code);
+                    true
+                }
+                Action::Delay(d) if decision.delay.is_none() => {
+                    decision.delay = Some(d);
+                    true
+                }
+                _ => false,
+            };
+            if spend && let Some(n) = rule.remaining.as_mut() {
+                *n -= 1;
+            }
+        }
+        rules.retain(|r| r.remaining != Some(0));
+        decision
+    }
+}
+
+/// One call the server received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordedRequest {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, e.g. `/apis/cert-manager.io/v1/namespaces/ns/certificaterequests/a/status`.
+    pub path: String,
+    /// The raw query string, without `?` ("" when none).
+    pub query: String,
+}
+
+impl RecordedRequest {
+    /// The decoded value of one query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        super::routes::query_pairs(&self.query)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Whether this was a watch (`watch=true` or `watch=1`).
+    pub fn is_watch(&self) -> bool {
+        matches!(self.query_param("watch").as_deref(), Some("true" | "1"))
+    }
+}
+
+/// The calls received, oldest first, up to a limit (older ones are forgotten).
+#[derive(Debug)]
+pub(crate) struct RequestLog {
+    entries: Mutex<std::collections::VecDeque<RecordedRequest>>,
+    limit: usize,
+}
+
+impl RequestLog {
+    pub(crate) fn new(limit: usize) -> RequestLog {
+        RequestLog {
+            entries: Mutex::default(),
+            limit,
+        }
+    }
+
+    fn entries(&self) -> MutexGuard<'_, std::collections::VecDeque<RecordedRequest>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn record(&self, request: RecordedRequest) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut entries = self.entries();
+        if entries.len() >= self.limit {
+            entries.pop_front();
+        }
+        entries.push_back(request);
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<RecordedRequest> {
+        self.entries().iter().cloned().collect()
+    }
+
+    pub(crate) fn count(&self, method: &MethodMatch, path_substring: &str) -> usize {
+        self.entries()
+            .iter()
+            .filter(|r| method.matches(&r.method) && r.path.contains(path_substring))
+            .count()
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_spent_then_gone() {
+        let faults = Faults::default();
+        faults.fail_next(Method::PUT, "/status", 409, 2);
+        assert_eq!(faults.decide(&Method::GET, "/a/b/status").fail, None);
+        assert_eq!(faults.decide(&Method::PUT, "/a/b").fail, None);
+        assert_eq!(faults.decide(&Method::PUT, "/a/b/status").fail, Some(409));
+        assert_eq!(faults.decide(&Method::PUT, "/a/c/status").fail, Some(409));
+        assert_eq!(faults.decide(&Method::PUT, "/a/b/status").fail, None);
+    }
+
+    #[test]
+    fn delays_last_until_cleared_and_combine_with_failures() {
+        let faults = Faults::default();
+        let d = Duration::from_millis(5);
+        faults.delay(MethodMatch::Any, "/secrets", d);
+        faults.fail_next(MethodMatch::Any, "", 500, 1);
+        assert_eq!(
+            faults.decide(&Method::GET, "/api/v1/secrets"),
+            Decision {
+                delay: Some(d),
+                fail: Some(500)
+            }
+        );
+        assert_eq!(
+            faults.decide(&Method::GET, "/api/v1/secrets").delay,
+            Some(d)
+        );
+        faults.clear();
+        assert_eq!(
+            faults.decide(&Method::GET, "/api/v1/secrets"),
+            Decision::default()
+        );
+    }
+
+    #[test]
+    fn the_log_forgets_the_oldest_past_its_limit() {
+        let log = RequestLog::new(2);
+        for path in ["/a", "/b", "/c"] {
+            log.record(RecordedRequest {
+                method: Method::GET,
+                path: path.to_string(),
+                query: "watch=1&x=a%20b".to_string(),
+            });
+        }
+        let entries = log.snapshot();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].path, "/b");
+        assert!(entries[0].is_watch());
+        assert_eq!(entries[0].query_param("x").as_deref(), Some("a b"));
+        assert_eq!(log.count(&MethodMatch::Any, "/c"), 1);
+    }
+}

@@ -1,0 +1,108 @@
+//! `certwright-apiserver`: the testkit's in-memory Kubernetes API server as a process,
+//! for demos and benchmarks that run the real controller against it.
+//!
+//! Prints its URL as the first line of stdout once it serves (CRDs registered, kubeconfig
+//! written), then runs until SIGTERM or SIGINT.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use certwright_testkit::apiserver::{ApiServer, ApiServerOptions};
+use clap::Parser;
+
+/// An in-memory Kubernetes API server over plain HTTP, for tests and demos.
+#[derive(Debug, Parser)]
+#[command(name = "certwright-apiserver", version)]
+struct Args {
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// A YAML file with one or more CustomResourceDefinitions to serve (repeatable).
+    #[arg(long = "crd", value_name = "FILE")]
+    crds: Vec<PathBuf>,
+    /// Write a kubeconfig pointing at this server here.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig_out: Option<PathBuf>,
+    /// The kubeconfig's default namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Changes retained per kind for resuming watches (older resourceVersions get 410).
+    #[arg(long, default_value_t = 10_000)]
+    history_limit: usize,
+    /// Seconds between watch bookmarks.
+    #[arg(long, default_value_t = 1.0)]
+    bookmark_interval: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bookmark_interval = Duration::try_from_secs_f64(args.bookmark_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--bookmark-interval must be a positive number of seconds")?;
+    let options = ApiServerOptions::new()
+        .address(args.address)
+        .port(args.port)
+        .history_limit(args.history_limit)
+        .bookmark_interval(bookmark_interval)
+        // Nobody can read the log of a separate process: do not keep it.
+        .request_log_limit(0);
+    let server = ApiServer::start_with(options)
+        .await
+        .with_context(|| format!("listening on {}:{}", args.address, args.port))?;
+    for file in &args.crds {
+        let yaml =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let count = server
+            .register_crds_yaml(&yaml)
+            .with_context(|| format!("registering the CRDs of {}", file.display()))?;
+        eprintln!(
+            "certwright-apiserver: {count} CRD(s) from {}",
+            file.display()
+        );
+    }
+    if let Some(path) = &args.kubeconfig_out {
+        std::fs::write(path, server.kubeconfig_yaml(&args.namespace))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{}", server.url()).context("writing the URL to stdout")?;
+    stdout.flush().context("writing the URL to stdout")?;
+
+    shutdown_signal().await?;
+    eprintln!("certwright-apiserver: stopping");
+    drop(server);
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("listening for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("listening for Ctrl-C")?;
+    Ok(())
+}
