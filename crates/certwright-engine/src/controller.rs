@@ -18,7 +18,9 @@ use certwright_api::{
 };
 use certwright_pki::{Outcome, Requester, SignRequest};
 use certwright_x509::Csr;
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -44,10 +46,17 @@ use crate::metrics::Metrics;
 use crate::protection::{BreakerState, CallOutcome, Protection};
 use crate::workqueue::WorkQueue;
 
+/// How often the pending and cached gauges are computed.
+const REPORT_INTERVAL: Duration = Duration::from_secs(2);
+/// Issuers reconciled at once (a health check may wait on a slow PKI).
+const ISSUER_WORKERS: usize = 4;
+/// Attempts of a write that failed for a reason other than a conflict, before the
+/// result is kept for a later attempt.
+const WRITE_ATTEMPTS: u32 = 3;
 /// How many times a status write is retried after a 409 before trying again later.
 const CONFLICT_RETRIES: usize = 5;
 /// Health checks may not take longer than this.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the engine keeps per request that is neither terminal nor unapproved.
 struct RequestEntry {
@@ -58,6 +67,43 @@ struct RequestEntry {
     not_before: Option<Instant>,
     /// Hash of the last Ready reason and message written, to skip identical writes.
     last_written: Option<u64>,
+}
+
+/// A result on its way to a request, kept until it is written.
+struct Unwritten {
+    /// The request's uid: the result is never written onto a namesake.
+    uid: String,
+    /// The issuer, for metrics and issuer faults.
+    issuer: Option<IssuerKey>,
+    plan: Plan,
+    /// Failed attempts to write it so far (for backoff).
+    write_failures: u32,
+}
+
+impl Unwritten {
+    fn new(uid: String, issuer: Option<IssuerKey>, plan: Plan) -> Self {
+        Unwritten {
+            uid,
+            issuer,
+            plan,
+            write_failures: 0,
+        }
+    }
+}
+
+/// A per-request delay of up to a second, so that requests deferred together do not
+/// all come back in the same instant.
+fn spread(key: &RequestKey) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    Duration::from_millis(h.finish() % 1000)
+}
+
+fn circuit_open() -> Health {
+    Health {
+        reason: REASON_CIRCUIT_OPEN,
+        message: "The PKI failed repeatedly; calls are paused and probed periodically (circuit breaker open)".to_string(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,11 +133,16 @@ pub(crate) struct Shared {
     last_checked: Mutex<HashMap<IssuerKey, Instant>>,
     secret_index: Mutex<HashMap<(String, String), HashSet<IssuerKey>>>,
     requests: Mutex<HashMap<RequestKey, RequestEntry>>,
-    unwritten: Mutex<HashMap<RequestKey, Plan>>,
+    unwritten: Mutex<HashMap<RequestKey, Unwritten>>,
     request_queue: WorkQueue<RequestKey>,
     issuer_queue: WorkQueue<IssuerKey>,
     /// Issuer watchers that have completed their initial list (two when synced).
     issuer_watchers_synced: AtomicUsize,
+    /// Cancelled when the engine must stop signing (shutdown or lost leadership): no
+    /// new call reaches a PKI after this, even from a worker already past its checks.
+    stopping: CancellationToken,
+    /// The Ready health last written per issuer, to skip identical writes.
+    issuer_written: Mutex<HashMap<IssuerKey, (Health, Option<i64>)>>,
 }
 
 /// The reconcile engine for the issuer kinds `K`.
@@ -128,6 +179,8 @@ impl<K: IssuerKinds> Engine<K> {
             request_queue: WorkQueue::new(),
             issuer_queue: WorkQueue::new(),
             issuer_watchers_synced: AtomicUsize::new(0),
+            stopping: CancellationToken::new(),
+            issuer_written: Mutex::default(),
         };
         Engine {
             shared: Arc::new(shared),
@@ -188,11 +241,17 @@ impl<K: IssuerKinds> Engine<K> {
             tokio::spawn(report_pending(s.clone(), watchers.clone())),
         ];
         let mut workers = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..ISSUER_WORKERS {
             let s = s.clone();
             workers.push(tokio::spawn(async move {
                 while let Some(key) = s.issuer_queue.next().await {
-                    s.reconcile_issuer(&key).await;
+                    // A panic must neither strand the key nor shrink the pool.
+                    let run = AssertUnwindSafe(s.reconcile_issuer(&key)).catch_unwind();
+                    if run.await.is_err() {
+                        tracing::error!(?key, "issuer reconcile panicked; retrying later");
+                        s.issuer_queue
+                            .add_after(key.clone(), Duration::from_secs(30));
+                    }
                     s.issuer_queue.done(&key);
                 }
             }));
@@ -201,7 +260,11 @@ impl<K: IssuerKinds> Engine<K> {
             let s = s.clone();
             workers.push(tokio::spawn(async move {
                 while let Some(key) = s.request_queue.next().await {
-                    s.reconcile_request(&key).await;
+                    let run = AssertUnwindSafe(s.reconcile_request(&key)).catch_unwind();
+                    if run.await.is_err() {
+                        tracing::error!(%key, "request reconcile panicked; retrying later");
+                        s.request_queue.add_after(key.clone(), s.config.retry.max);
+                    }
                     s.request_queue.done(&key);
                 }
             }));
@@ -209,6 +272,7 @@ impl<K: IssuerKinds> Engine<K> {
         info!(group = s.group, "engine started");
         shutdown.cancelled().await;
         info!("shutting down: finishing in-flight requests");
+        s.stopping.cancel();
         watchers.cancel();
         s.request_queue.shutdown();
         s.issuer_queue.shutdown();
@@ -254,6 +318,7 @@ async fn watch_issuers<R: IssuerResource>(
                     seen.insert(key.clone());
                 }
                 let snapshot = Snapshot {
+                    uid: obj.meta().uid.clone(),
                     generation: obj.meta().generation,
                     spec: obj.issuer_spec().clone(),
                     conditions: obj.conditions().to_vec(),
@@ -371,7 +436,7 @@ async fn watch_requests(s: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn report_pending(s: Arc<Shared>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
     let mut reported: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
@@ -379,6 +444,8 @@ async fn report_pending(s: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let mut counts: HashMap<String, i64> = HashMap::new();
+        s.metrics
+            .set_cached_requests(i64::try_from(lock(&s.requests).len()).unwrap_or(i64::MAX));
         for entry in lock(&s.requests).values() {
             if let Some(key) = s.issuer_key_for(&entry.cached) {
                 *counts.entry(s.issuer_label(&key)).or_default() += 1;
@@ -445,8 +512,10 @@ impl Shared {
         {
             let mut requests = lock(&self.requests);
             match requests.get_mut(&key) {
-                Some(entry) => entry.cached = obj,
-                None => {
+                // The same object: keep its backoff and what was written.
+                Some(entry) if entry.cached.metadata.uid == obj.metadata.uid => entry.cached = obj,
+                // New, or deleted and created again under the same name: start afresh.
+                _ => {
                     requests.insert(
                         key.clone(),
                         RequestEntry {
@@ -469,12 +538,15 @@ impl Shared {
         }
     }
 
-    /// Looks again at every request waiting for this issuer, at once.
-    fn requeue_requests_for(&self, issuer: &IssuerKey) {
+    /// Looks again at every request waiting for this issuer. With `now`, at once
+    /// (the issuer became usable); otherwise each keeps its own backoff or poll time.
+    fn requeue_requests_for(&self, issuer: &IssuerKey, now: bool) {
         let mut keys = Vec::new();
         for (key, entry) in lock(&self.requests).iter_mut() {
             if self.issuer_key_for(&entry.cached).as_ref() == Some(issuer) {
-                entry.not_before = None;
+                if now {
+                    entry.not_before = None;
+                }
                 keys.push(key.clone());
             }
         }
@@ -487,14 +559,32 @@ impl Shared {
         self.issuer_watchers_synced.load(Ordering::SeqCst) >= 2
     }
 
+    /// Whether exactly this status was the last one written for the request, so that
+    /// writing it again can be skipped without reading the object.
+    fn already_written(&self, key: &RequestKey, plan: &Plan) -> bool {
+        let digest = hash_of(plan.status.reason, &plan.status.message);
+        lock(&self.requests)
+            .get(key)
+            .is_some_and(|e| e.last_written == Some(digest))
+    }
+
+    /// Schedules the next look at a request without touching the API server.
+    fn schedule(&self, key: &RequestKey, delay: Duration) {
+        let delay = delay.min(self.config.retry.max.max(crate::decide::ISSUER_BACKSTOP));
+        if let Some(entry) = lock(&self.requests).get_mut(key) {
+            entry.not_before = Instant::now().checked_add(delay);
+        }
+        self.request_queue.add_after(key.clone(), delay);
+    }
+
     // ---- requests -------------------------------------------------------------
 
     async fn reconcile_request(&self, key: &RequestKey) {
         // A result that could not be written yet is written before anything else, so
         // that a failed write never leads to a second submission.
         let unwritten = lock(&self.unwritten).remove(key);
-        if let Some(plan) = unwritten {
-            self.apply(key, plan, None, None).await;
+        if let Some(pending) = unwritten {
+            self.apply(key, pending, None).await;
             return;
         }
         let (cached, not_before) = {
@@ -540,68 +630,81 @@ impl Shared {
             .as_ref()
             .map(|k| self.issuer_label(k))
             .unwrap_or_default();
+        let uid = cached.metadata.uid.clone().unwrap_or_default();
         let span = info_span!(
             "request",
             namespace = %key.namespace,
             name = %key.name,
-            uid = cached.metadata.uid.as_deref().unwrap_or_default(),
+            uid = %uid,
             issuer = %label,
         );
         async {
-            match decision {
-                Decision::Nothing => {}
-                Decision::Deny => {
-                    let status = StatusChange {
-                        ready: ConditionStatus::False,
-                        reason: REASON_DENIED,
-                        message: "The CertificateRequest was denied by an approver".to_string(),
-                        invalid_request: false,
-                        failed: true,
-                        issued: None,
-                    };
-                    let plan = Plan {
-                        pending_id: None,
-                        status,
-                        event: ("Denied", true),
-                        issuer_fault: None,
-                        breaker: CallOutcome::Neutral,
-                        metric_outcome: "denied",
-                        requeue: Requeue::Never,
-                    };
-                    self.apply(key, plan, None, issuer_key.as_ref()).await;
-                }
-                Decision::WaitForIssuer { message } => {
-                    let plan = Plan {
-                        pending_id: None,
-                        status: StatusChange::pending(message),
-                        event: ("WaitingForIssuer", false),
-                        issuer_fault: None,
-                        breaker: CallOutcome::Neutral,
-                        metric_outcome: "waiting",
-                        requeue: Requeue::IssuerChange(crate::decide::ISSUER_BACKSTOP),
-                    };
-                    self.apply(key, plan, None, issuer_key.as_ref()).await;
-                }
+            let plan = match decision {
+                Decision::Nothing => return,
+                Decision::Deny => crate::decide::plan_denied(),
+                Decision::WaitForIssuer { message } => crate::decide::plan_waiting(message),
                 Decision::Sign | Decision::Poll { .. } => {
-                    if let (Some(entry), Some(issuer_key)) = (entry, issuer_key.as_ref()) {
-                        self.attempt(key, entry, issuer_key, &label).await;
+                    if let (Some(entry), Some(issuer_key)) = (entry, issuer_key) {
+                        self.attempt(key, &uid, entry, issuer_key, &label).await;
                     }
+                    return;
                 }
+            };
+            // Nothing new to say: no read, no write.
+            if self.already_written(key, &plan) {
+                if let Requeue::After(delay) | Requeue::IssuerChange(delay) = plan.requeue {
+                    self.schedule(key, delay);
+                }
+                return;
             }
+            let pending = Unwritten::new(uid, issuer_key, plan);
+            self.apply(key, pending, None).await;
         }
         .instrument(span)
         .await;
     }
 
-    /// Reads the full request, submits or polls it through the issuer's protection,
-    /// and applies the outcome.
+    /// Submits or polls a request through the issuer's protection, then reads the full
+    /// object and applies the outcome.
     async fn attempt(
         &self,
         key: &RequestKey,
+        uid: &str,
         entry: Arc<IssuerEntry>,
-        issuer: &IssuerKey,
+        issuer: IssuerKey,
         label: &str,
     ) {
+        let Some(backend) = entry.backend.clone() else {
+            return;
+        };
+        let attempts = lock(&self.requests).get(key).map_or(0, |e| e.attempts);
+        let poll_interval = self.poll_interval(&entry);
+        // Protection first: a deferred request costs no API call unless its status
+        // changes.
+        let admitted = tokio::select! {
+            admitted = entry.protection.admit() => admitted,
+            _ = self.stopping.cancelled() => return,
+        };
+        let permit = match admitted {
+            Ok(permit) => permit,
+            Err(deferred) => {
+                let plan = plan(
+                    Attempt::Deferred(deferred),
+                    attempts + 1,
+                    self.config.retry,
+                    poll_interval,
+                );
+                if self.already_written(key, &plan) {
+                    if let Requeue::After(delay) = plan.requeue {
+                        self.schedule(key, delay + spread(key));
+                    }
+                    return;
+                }
+                let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
+                self.apply(key, pending, None).await;
+                return;
+            }
+        };
         let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
         let full = match api.get(&key.name).await {
             Ok(full) => full,
@@ -611,13 +714,16 @@ impl Shared {
             }
             Err(e) => {
                 warn!(error = %e, "could not read the CertificateRequest; retrying");
-                self.request_queue
-                    .add_after(key.clone(), self.config.retry.min);
+                self.schedule(key, self.config.retry.min);
                 return;
             }
         };
-        // The cache may lag behind: the fresh object decides whether this is terminal
-        // and whether the CA already holds it.
+        // The cache may lag behind: the fresh object decides whether this is still the
+        // same request, whether it is terminal, and whether the CA already holds it.
+        if full.uid().as_deref() != Some(uid) {
+            self.request_queue.add(key.clone());
+            return;
+        }
         if full.is_terminal() {
             lock(&self.requests).remove(key);
             return;
@@ -627,10 +733,6 @@ impl Shared {
             .get(PENDING_ID_ANNOTATION)
             .filter(|id| !id.is_empty())
             .cloned();
-        let Some(backend) = entry.backend.clone() else {
-            return;
-        };
-        let attempts = lock(&self.requests).get(key).map_or(0, |e| e.attempts);
         let request = match sign_request(&full, &entry) {
             Ok(r) => r,
             Err(why) => {
@@ -638,44 +740,42 @@ impl Shared {
                     Attempt::Invalid(why),
                     attempts + 1,
                     self.config.retry,
-                    self.poll_interval(&entry),
+                    poll_interval,
                 );
-                self.apply(key, plan, Some(full), Some(issuer)).await;
+                let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
+                self.apply(key, pending, Some(full)).await;
                 return;
             }
         };
-        let (attempt, permit) = match entry.protection.admit().await {
-            Err(deferred) => (Attempt::Deferred(deferred), None),
-            Ok(permit) => {
-                let started = std::time::Instant::now();
-                let (operation, result) = match &pending_id {
-                    Some(id) => ("poll", backend.poll(id, &request).await),
-                    None => ("sign", backend.sign(&request).await),
-                };
-                let outcome = match &result {
-                    Ok(Outcome::Issued(_)) => "success",
-                    Ok(_) => "pending",
-                    Err(e) => e.metric_label(),
-                };
-                self.metrics
-                    .observe_signing(label, outcome, started.elapsed().as_secs_f64());
-                self.metrics
-                    .backend_call(label, backend.kind(), operation, outcome);
-                debug!(operation, outcome, "PKI answered");
-                (Attempt::Answered(result), Some(permit))
-            }
+        // Leadership may have been lost while this worker waited for a slot.
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let (operation, result) = match &pending_id {
+            Some(id) => ("poll", backend.poll(id, &request).await),
+            None => ("sign", backend.sign(&request).await),
         };
+        let outcome = match &result {
+            Ok(Outcome::Issued(_)) => "success",
+            Ok(_) => "pending",
+            Err(e) => e.metric_label(),
+        };
+        self.metrics
+            .observe_signing(label, outcome, started.elapsed().as_secs_f64());
+        self.metrics
+            .backend_call(label, backend.kind(), operation, outcome);
+        debug!(operation, outcome, "PKI answered");
         let plan = plan(
-            attempt,
+            Attempt::Answered(result),
             attempts + 1,
             self.config.retry,
-            self.poll_interval(&entry),
+            poll_interval,
         );
-        if let Some(permit) = permit {
-            permit.record(plan.breaker);
-        }
-        self.reflect_breaker(issuer, &entry, plan.breaker).await;
-        self.apply(key, plan, Some(full), Some(issuer)).await;
+        permit.record(plan.breaker);
+        self.reflect_breaker(&issuer, &entry, plan.breaker).await;
+        let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
+        self.apply(key, pending, Some(full)).await;
     }
 
     fn poll_interval(&self, entry: &IssuerEntry) -> Duration {
@@ -697,10 +797,7 @@ impl Shared {
         self.metrics.set_breaker_state(&label, state.metric_value());
         let current = entry.health();
         let next = match (state, outcome) {
-            (BreakerState::Open { .. }, _) => Health {
-                reason: REASON_CIRCUIT_OPEN,
-                message: "The PKI failed repeatedly; calls are paused and probed periodically (circuit breaker open)".to_string(),
-            },
+            (BreakerState::Open { .. }, _) => circuit_open(),
             (BreakerState::Closed, CallOutcome::Success)
                 if matches!(current.reason, REASON_UNREACHABLE | REASON_CIRCUIT_OPEN) =>
             {
@@ -717,14 +814,9 @@ impl Shared {
     }
 
     /// Performs a plan: persist the pending id, write the status (retrying conflicts
-    /// without signing again), emit the event, update metrics, requeue.
-    async fn apply(
-        &self,
-        key: &RequestKey,
-        plan: Plan,
-        full: Option<CertificateRequest>,
-        issuer: Option<&IssuerKey>,
-    ) {
+    /// without signing again), emit the event, update metrics, requeue. A plan that
+    /// cannot be written is kept and written on the next attempt, before anything else.
+    async fn apply(&self, key: &RequestKey, pending: Unwritten, full: Option<CertificateRequest>) {
         let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
         let mut full = match full {
             Some(f) => f,
@@ -733,25 +825,33 @@ impl Shared {
                 Err(e) if api_code(&e) == Some(404) => return,
                 Err(e) => {
                     warn!(error = %e, "could not read the CertificateRequest to write a result; retrying");
-                    self.defer_write(key, plan);
+                    self.defer_write(key, pending);
                     return;
                 }
             },
         };
+        // A result belongs to one object: never to a namesake created later.
+        if full.uid().as_deref() != Some(pending.uid.as_str()) {
+            debug!("the request was replaced; dropping the result for the old one");
+            self.request_queue.add(key.clone());
+            return;
+        }
         if full.is_terminal() {
             lock(&self.requests).remove(key);
             return;
         }
-        let digest = hash_of(plan.status.reason, &plan.status.message);
-        let unchanged = lock(&self.requests)
-            .get(key)
-            .is_some_and(|e| e.last_written == Some(digest))
-            && full.ready_reason() == Some(plan.status.reason);
-        // 1. The CA's pending id is persisted before anything else.
+        let plan = &pending.plan;
+        // 1. The CA's pending id is persisted before anything else, on this very object
+        //    (the resourceVersion is a precondition).
         if let Some(id) = &plan.pending_id
             && full.annotations().get(PENDING_ID_ANNOTATION) != Some(id)
         {
-            let patch = json!({"metadata": {"annotations": {PENDING_ID_ANNOTATION: id}}});
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": full.resource_version(),
+                    "annotations": {PENDING_ID_ANNOTATION: id}
+                }
+            });
             match api
                 .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -759,44 +859,44 @@ impl Shared {
                 Ok(updated) => full = updated,
                 Err(e) => {
                     warn!(error = %e, pending_id = %id, "could not persist the CA's pending id; retrying");
-                    self.defer_write(key, plan);
+                    self.defer_write(key, pending);
                     return;
                 }
             }
         }
-        // 2. The status, unless exactly this was written last time.
-        if !unchanged {
-            match self.write_status(&api, key, full, &plan.status).await {
-                Ok(Some(written)) => full = written,
-                Ok(None) => {
-                    // Became terminal meanwhile, or was deleted.
-                    lock(&self.requests).remove(key);
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not write the status; retrying without signing again");
-                    self.defer_write(key, plan);
-                    return;
-                }
+        // 2. The status.
+        match self.write_status(&api, key, full, &pending).await {
+            Ok(Some(written)) => full = written,
+            Ok(None) => {
+                // Became terminal meanwhile, was replaced, or was deleted.
+                lock(&self.requests).remove(key);
+                return;
             }
-            // 3. An event per transition.
-            self.events.emit(Transition {
-                regarding: object_reference(&full),
-                reason: plan.event.0,
-                note: plan.status.message.clone(),
-                warning: plan.event.1,
-            });
-            let level_warn = plan.event.1;
-            if level_warn {
-                warn!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
-            } else {
-                info!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+            Err(e) => {
+                warn!(error = %e, "could not write the status; retrying without signing again");
+                self.defer_write(key, pending);
+                return;
             }
         }
-        let label = issuer.map(|k| self.issuer_label(k)).unwrap_or_default();
+        // 3. An event per transition.
+        self.events.emit(Transition {
+            regarding: object_reference(&full),
+            reason: plan.event.0,
+            note: plan.status.message.clone(),
+            warning: plan.event.1,
+        });
+        if plan.event.1 {
+            warn!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+        } else {
+            info!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+        }
+        let label = pending
+            .issuer
+            .as_ref()
+            .map(|k| self.issuer_label(k))
+            .unwrap_or_default();
         // 4. Metrics for finished requests.
-        let terminal = plan.requeue == Requeue::Never;
-        if terminal {
+        if plan.requeue == Requeue::Never {
             let result = match plan.status.reason {
                 certwright_api::certificate_request::REASON_ISSUED => "issued",
                 REASON_DENIED => "denied",
@@ -816,7 +916,7 @@ impl Shared {
             }
         }
         // 5. The issuer, when it is at fault.
-        if let (Some((reason, message)), Some(issuer)) = (&plan.issuer_fault, issuer) {
+        if let (Some((reason, message)), Some(issuer)) = (&plan.issuer_fault, &pending.issuer) {
             let entry = lock(&self.issuers).get(issuer).cloned();
             if let Some(entry) = entry
                 && entry.set_health(Health {
@@ -828,6 +928,7 @@ impl Shared {
             }
         }
         // 6. When to look again.
+        let digest = hash_of(plan.status.reason, &plan.status.message);
         let mut requests = lock(&self.requests);
         match plan.requeue {
             Requeue::Never => {
@@ -836,60 +937,70 @@ impl Shared {
             Requeue::After(delay) | Requeue::IssuerChange(delay) => {
                 if let Some(entry) = requests.get_mut(key) {
                     entry.last_written = Some(digest);
-                    entry.not_before = Some(Instant::now() + delay);
                     entry.attempts = match plan.breaker {
                         CallOutcome::Success => 0,
-                        _ if plan.metric_outcome == "deferred" => entry.attempts,
-                        _ => entry.attempts.saturating_add(1),
+                        _ if plan.counts_as_attempt() => entry.attempts.saturating_add(1),
+                        _ => entry.attempts,
                     };
                 }
                 drop(requests);
-                self.request_queue.add_after(key.clone(), delay);
+                self.schedule(key, delay);
             }
         }
     }
 
-    fn defer_write(&self, key: &RequestKey, plan: Plan) {
-        lock(&self.unwritten).insert(key.clone(), plan);
-        self.request_queue
-            .add_after(key.clone(), self.config.retry.min);
+    /// Keeps a result that could not be written, to be written on the next attempt
+    /// (with backoff), before anything else is done for this request.
+    fn defer_write(&self, key: &RequestKey, mut pending: Unwritten) {
+        pending.write_failures = pending.write_failures.saturating_add(1);
+        let delay = self.config.retry.delay(pending.write_failures);
+        lock(&self.unwritten).insert(key.clone(), pending);
+        self.request_queue.add_after(key.clone(), delay);
     }
 
-    /// Writes the status with the object's resourceVersion as a precondition; on a
-    /// conflict, reads the object again and recomputes the conditions (never signing
-    /// again). `Ok(None)` when the request became terminal or disappeared meanwhile.
+    /// Writes the status with the object's resourceVersion as a precondition. On a
+    /// conflict it reads the object again and recomputes the conditions (never signing
+    /// again); other failures are retried a few times at once. `Ok(None)` when the
+    /// request became terminal, was replaced or disappeared meanwhile.
     async fn write_status(
         &self,
         api: &Api<CertificateRequest>,
         key: &RequestKey,
         mut full: CertificateRequest,
-        change: &StatusChange,
+        pending: &Unwritten,
     ) -> Result<Option<CertificateRequest>, kube::Error> {
-        let mut conflicts = 0;
+        let (mut conflicts, mut failures) = (0, 0);
         loop {
-            let patch = request_status_patch(&full, change, jiff::Timestamp::now());
+            let patch = request_status_patch(&full, &pending.plan.status, jiff::Timestamp::now());
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(written) => return Ok(Some(written)),
+                Err(e) if api_code(&e) == Some(404) => return Ok(None),
                 Err(e) if api_code(&e) == Some(409) && conflicts < CONFLICT_RETRIES => {
                     conflicts += 1;
                     debug!(
                         conflicts,
                         "status write conflicted; reading the request again"
                     );
-                    full = match api.get(&key.name).await {
-                        Ok(f) => f,
-                        Err(e) if api_code(&e) == Some(404) => return Ok(None),
-                        Err(e) => return Err(e),
-                    };
-                    if full.is_terminal() {
-                        return Ok(None);
-                    }
                 }
+                // Server errors and lost connections: try again at once, a few times.
+                Err(e)
+                    if failures + 1 < WRITE_ATTEMPTS && api_code(&e).is_none_or(|c| c >= 500) =>
+                {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(failures))).await;
+                }
+                Err(e) => return Err(e),
+            }
+            full = match api.get(&key.name).await {
+                Ok(f) => f,
                 Err(e) if api_code(&e) == Some(404) => return Ok(None),
                 Err(e) => return Err(e),
+            };
+            if full.uid().as_deref() != Some(pending.uid.as_str()) || full.is_terminal() {
+                return Ok(None);
             }
         }
     }
@@ -905,8 +1016,9 @@ impl Shared {
                 self.metrics.forget_issuer(&label);
             }
             lock(&self.last_checked).remove(key);
+            lock(&self.issuer_written).remove(key);
             self.index_secrets(key, None);
-            self.requeue_requests_for(key);
+            self.requeue_requests_for(key, true);
             return;
         };
         let namespace = if key.cluster {
@@ -943,6 +1055,7 @@ impl Shared {
             }
         }
         let fingerprint = Fingerprint {
+            uid: snapshot.uid.clone(),
             generation: snapshot.generation,
             secrets: versions,
         };
@@ -993,15 +1106,12 @@ impl Shared {
         let due = lock(&self.last_checked)
             .get(key)
             .is_none_or(|at| at.elapsed() >= interval);
-        let mut health_changed = false;
+        let was_usable = entry.health().usable();
         if let Some(backend) = entry.backend.clone()
             && (rebuilt || due)
         {
             let health = match entry.protection.breaker() {
-                BreakerState::Open { .. } | BreakerState::HalfOpen => Health {
-                    reason: REASON_CIRCUIT_OPEN,
-                    message: "The PKI failed repeatedly; calls are paused and probed periodically (circuit breaker open)".to_string(),
-                },
+                BreakerState::Open { .. } | BreakerState::HalfOpen => circuit_open(),
                 BreakerState::Closed => {
                     let result = tokio::time::timeout(CHECK_TIMEOUT, backend.check()).await;
                     self.metrics.backend_call(
@@ -1022,16 +1132,19 @@ impl Shared {
                         Ok(Err(e)) => check_health(&e),
                         Err(_) => Health {
                             reason: REASON_UNREACHABLE,
-                            message: format!("the health check did not finish within {}", certwright_api::format_duration(CHECK_TIMEOUT)),
+                            message: format!(
+                                "the health check did not finish within {}",
+                                certwright_api::format_duration(CHECK_TIMEOUT)
+                            ),
                         },
                     }
                 }
             };
             lock(&self.last_checked).insert(key.clone(), Instant::now());
-            health_changed = entry.set_health(health);
+            entry.set_health(health);
         }
         let health = entry.health();
-        if health.reason != REASON_VERIFIED || health_changed || rebuilt {
+        if health.reason != REASON_VERIFIED || rebuilt {
             info!(issuer = %label, reason = health.reason, message = %health.message, "issuer checked");
         }
         self.metrics
@@ -1039,8 +1152,11 @@ impl Shared {
         self.metrics
             .set_breaker_state(&label, entry.protection.breaker().metric_value());
         self.write_issuer_status(key, &entry).await;
-        if rebuilt || health_changed {
-            self.requeue_requests_for(key);
+        // Requests waiting for this issuer go at once when it becomes usable or was
+        // rebuilt; a change between usable states keeps their own backoff.
+        let usable = health.usable();
+        if (usable && (rebuilt || !was_usable)) || (!usable && was_usable) {
+            self.requeue_requests_for(key, usable);
         }
         self.issuer_queue.add_after(key.clone(), interval);
     }
@@ -1068,6 +1184,9 @@ impl Shared {
             None => return,
         };
         let health = entry.health();
+        if lock(&self.issuer_written).get(key) == Some(&(health.clone(), generation)) {
+            return;
+        }
         let backend = entry.spec.backend_kind().map(|k| k.as_str());
         let Some(patch) = crate::issuers::status_patch(
             &conditions,
@@ -1093,6 +1212,7 @@ impl Shared {
             .await
         {
             Ok(written) => {
+                lock(&self.issuer_written).insert(key.clone(), (health.clone(), generation));
                 if let Some(snapshot) = lock(&self.snapshots).get_mut(key)
                     && let Some(conditions) = written
                         .data

@@ -210,6 +210,47 @@ impl Backoff {
     }
 }
 
+impl Plan {
+    /// Whether this plan counts as a failed attempt for backoff (deferrals and
+    /// waiting for the issuer do not).
+    pub fn counts_as_attempt(&self) -> bool {
+        !matches!(self.metric_outcome, "deferred" | "waiting")
+    }
+}
+
+/// The plan for a request an approver denied.
+pub fn plan_denied() -> Plan {
+    Plan {
+        pending_id: None,
+        status: StatusChange {
+            ready: ConditionStatus::False,
+            reason: certwright_api::certificate_request::REASON_DENIED,
+            message: "The CertificateRequest was denied by an approver".to_string(),
+            invalid_request: false,
+            failed: true,
+            issued: None,
+        },
+        event: ("Denied", true),
+        issuer_fault: None,
+        breaker: CallOutcome::Neutral,
+        metric_outcome: "denied",
+        requeue: Requeue::Never,
+    }
+}
+
+/// The plan for a request whose issuer is missing or not usable.
+pub fn plan_waiting(message: String) -> Plan {
+    Plan {
+        pending_id: None,
+        status: StatusChange::pending(message),
+        event: ("WaitingForIssuer", false),
+        issuer_fault: None,
+        breaker: CallOutcome::Neutral,
+        metric_outcome: "waiting",
+        requeue: Requeue::IssuerChange(ISSUER_BACKSTOP),
+    }
+}
+
 /// How long to wait for an issuer that is not ready before looking again anyway.
 pub const ISSUER_BACKSTOP: Duration = Duration::from_secs(300);
 
@@ -283,16 +324,17 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             )
         }
         Attempt::Answered(Ok(other)) => {
-            let requeue = Requeue::After(backoff.delay(attempt));
-            let message =
-                format!("The PKI answered something this version cannot handle: {other:?}");
+            // Resubmitting could sign twice: fail the request, and say why.
+            let message = format!(
+                "The PKI answered something this version of certwright cannot handle ({other:?}); the request is not resubmitted"
+            );
             plain(
                 None,
-                StatusChange::pending(message),
-                ("Retrying", true),
+                StatusChange::failed(message, false),
+                ("UnknownOutcome", true),
                 CallOutcome::Neutral,
                 "invalid_response",
-                requeue,
+                Requeue::Never,
             )
         }
         Attempt::Answered(Err(e)) => {
@@ -353,15 +395,12 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             retry_after,
             reason,
         }) => {
+            // Stable messages: a deferral repeated many times writes the status once.
             let message = match reason {
-                DeferReason::CircuitOpen { .. } | DeferReason::ProbeInFlight => format!(
-                    "The PKI is failing; certwright paused calls to it (circuit breaker open) and will try again in {}",
-                    format_duration(retry_after)
-                ),
-                DeferReason::RateLimited => format!(
-                    "Waiting for the issuer's rate limit (requestsPerSecond); next attempt in {}",
-                    format_duration(retry_after)
-                ),
+                DeferReason::RateLimited => {
+                    "Waiting for the issuer's rate limit (requestsPerSecond)".to_string()
+                }
+                _ => "The PKI is failing; certwright paused calls to it (circuit breaker open) and retries automatically".to_string(),
             };
             plain(
                 None,

@@ -29,6 +29,7 @@ pub(crate) type BuildFn =
 /// What the engine keeps of an issuer object, independent of its Rust type.
 #[derive(Clone)]
 pub(crate) struct Snapshot {
+    pub(crate) uid: Option<String>,
     pub(crate) generation: Option<i64>,
     pub(crate) spec: IssuerSpec,
     pub(crate) conditions: Vec<Condition>,
@@ -39,6 +40,8 @@ pub(crate) struct Snapshot {
 /// Identifies the inputs a backend was built from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Fingerprint {
+    /// An issuer deleted and created again under the same name is a new issuer.
+    pub(crate) uid: Option<String>,
     pub(crate) generation: Option<i64>,
     /// Each referenced Secret's name and resourceVersion (None when missing).
     pub(crate) secrets: Vec<(String, Option<String>)>,

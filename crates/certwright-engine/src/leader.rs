@@ -64,6 +64,10 @@ enum Attempt {
 pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
+    /// The lease record last seen from another holder, and when (on this replica's
+    /// monotonic clock) it was first seen: expiry is judged by local time, as
+    /// client-go does, so clock skew between nodes does not matter.
+    observed: std::sync::Mutex<Option<(String, Option<String>, Instant)>>,
 }
 
 fn micro_now() -> MicroTime {
@@ -76,6 +80,7 @@ impl LeaderElector {
         LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: std::sync::Mutex::new(None),
         }
     }
 
@@ -111,16 +116,26 @@ impl LeaderElector {
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let renewed = spec.renew_time.as_ref().map(|t| t.0);
         let valid_for = spec
             .lease_duration_seconds
             .map_or(self.config.lease_duration, |s| {
                 Duration::from_secs(u64::try_from(s).unwrap_or(15))
             });
-        let expired = renewed.is_none_or(|at| {
-            let age = jiff::Timestamp::now().duration_since(at);
-            age.as_secs_f64() > valid_for.as_secs_f64()
-        });
+        // The record as another holder last wrote it; unchanged for longer than its
+        // duration (by our clock) means it was not renewed.
+        let record = (holder.clone(), lease.metadata.resource_version.clone());
+        let expired = {
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            match observed.as_ref() {
+                Some((h, rv, seen)) if (h, rv) == (&record.0, &record.1) => {
+                    seen.elapsed() > valid_for
+                }
+                _ => {
+                    *observed = Some((record.0, record.1, Instant::now()));
+                    false
+                }
+            }
+        };
         if holder != *me && !holder.is_empty() && !expired {
             return Ok(Attempt::Taken(holder));
         }
@@ -176,14 +191,23 @@ impl LeaderElector {
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
     {
         let cfg = &self.config;
+        if !(cfg.lease_duration > cfg.renew_deadline && cfg.renew_deadline > cfg.retry_period) {
+            return Err(Error::Task {
+                message: format!(
+                    "leader election needs lease duration ({:?}) > renew deadline ({:?}) > retry period ({:?})",
+                    cfg.lease_duration, cfg.renew_deadline, cfg.retry_period
+                ),
+            });
+        }
         // Candidate: try until we hold the lease.
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(Attempt::Held) => break,
-                Ok(Attempt::Taken(holder)) => {
+            match tokio::time::timeout(cfg.renew_deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(Attempt::Held)) => break,
+                Ok(Ok(Attempt::Taken(holder))) => {
                     tracing::debug!(%holder, "lease held by another replica");
                 }
-                Err(e) => warn!(error = %e, "could not read or take the lease"),
+                Ok(Err(e)) => warn!(error = %e, "could not read or take the lease"),
+                Err(_) => warn!("reading or taking the lease timed out"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -194,45 +218,53 @@ impl LeaderElector {
         let leading = CancellationToken::new();
         let mut work = tokio::spawn(lead(leading.clone()));
         let mut last_renewed = Instant::now();
-        let mut lost = false;
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
                 _ = shutdown.cancelled(), if !leading.is_cancelled() => {
+                    // Keep renewing while the work finishes its in-flight calls, so
+                    // that no other replica starts signing before it has stopped.
                     leading.cancel();
                 }
-                _ = tokio::time::sleep(cfg.retry_period), if !leading.is_cancelled() => {
-                    match self.try_acquire_or_renew().await {
-                        Ok(Attempt::Held) => last_renewed = Instant::now(),
-                        Ok(Attempt::Taken(holder)) => {
+                _ = tokio::time::sleep(cfg.retry_period) => {
+                    let budget = cfg.renew_deadline.saturating_sub(last_renewed.elapsed());
+                    let renewed = tokio::time::timeout(budget, self.try_acquire_or_renew()).await;
+                    match renewed {
+                        Ok(Ok(Attempt::Held)) => last_renewed = Instant::now(),
+                        Ok(Ok(Attempt::Taken(holder))) => {
                             warn!(%holder, "another replica took the lease; stopping at once");
-                            lost = true;
-                            leading.cancel();
+                            return self.lost(leading, work).await;
                         }
-                        Err(e) => {
-                            warn!(error = %e, "could not renew the lease");
-                            if last_renewed.elapsed() > cfg.renew_deadline {
-                                warn!("renew deadline passed; stopping at once");
-                                lost = true;
-                                leading.cancel();
-                            }
-                        }
+                        Ok(Err(e)) => warn!(error = %e, "could not renew the lease"),
+                        Err(_) => warn!("renewing the lease timed out"),
+                    }
+                    if last_renewed.elapsed() >= cfg.renew_deadline {
+                        warn!("renew deadline passed; stopping at once");
+                        return self.lost(leading, work).await;
                     }
                 }
             }
         };
-        if !lost {
-            self.release().await;
+        let released = tokio::time::timeout(cfg.renew_deadline, self.release()).await;
+        if released.is_err() {
+            warn!("releasing the lease timed out");
         }
-        let result = result.unwrap_or_else(|e| {
+        result.unwrap_or_else(|e| {
             Err(Error::Task {
                 message: e.to_string(),
             })
-        });
-        if lost {
-            result?;
-            return Err(Error::LeadershipLost);
-        }
-        result
+        })
+    }
+
+    /// Leadership is gone: stop the work now, without waiting for in-flight calls.
+    async fn lost(
+        &self,
+        leading: CancellationToken,
+        work: tokio::task::JoinHandle<Result<(), Error>>,
+    ) -> Result<(), Error> {
+        leading.cancel();
+        work.abort();
+        let _ = work.await;
+        Err(Error::LeadershipLost)
     }
 }

@@ -72,6 +72,7 @@ struct Inner {
     issuer_ready: Family<IssuerLabels, Gauge>,
     breaker_state: Family<IssuerLabels, Gauge>,
     approval_to_ready: HistogramFamily<IssuerLabels>,
+    cached_requests: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -144,8 +145,16 @@ impl Metrics {
             approval_to_ready.clone(),
         );
 
+        let cached_requests = Gauge::default();
+        registry.register(
+            "cached_requests",
+            "CertificateRequests the engine holds in memory (approved or denied, not yet final)",
+            cached_requests.clone(),
+        );
+
         Metrics {
             inner: Arc::new(Inner {
+                cached_requests,
                 registry,
                 signing_duration,
                 backend_calls,
@@ -209,6 +218,11 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets `certwright_cached_requests`: the requests the engine holds in memory.
+    pub fn set_cached_requests(&self, count: i64) {
+        self.inner.cached_requests.set(count);
     }
 
     /// Sets `certwright_pending_requests{issuer}`.
@@ -290,8 +304,15 @@ mod tests {
     }
 
     #[test]
-    fn empty_registry_is_just_eof() {
-        assert_eq!(Metrics::new().encode().unwrap(), "# EOF\n");
+    fn a_fresh_registry_shows_only_the_cache_size() {
+        // Families without series are not encoded; the cache gauge always has one.
+        assert_eq!(
+            Metrics::new().encode().unwrap(),
+            "# HELP certwright_cached_requests CertificateRequests the engine holds in memory (approved or denied, not yet final).\n\
+             # TYPE certwright_cached_requests gauge\n\
+             certwright_cached_requests 0\n\
+             # EOF\n"
+        );
     }
 
     #[test]

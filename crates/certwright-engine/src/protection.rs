@@ -423,6 +423,20 @@ impl Protection {
         }
 
         let mut state = shared.lock();
+        // After a failure, and until a success, one call at a time: a PKI that starts
+        // failing sees the calls needed to confirm it, not a burst.
+        if let Phase::Closed {
+            consecutive_failures,
+        } = state.breaker.phase
+            && consecutive_failures > 0
+            && shared.in_flight.load(Ordering::Relaxed) > 0
+        {
+            state.bucket.tokens = (state.bucket.tokens + 1.0).min(f64::from(shared.config.burst));
+            return Err(Deferred {
+                retry_after: PROBE_IN_FLIGHT_RETRY,
+                reason: DeferReason::ProbeInFlight,
+            });
+        }
         let call = match state.gate(Instant::now(), true) {
             Ok(true) => CallKind::Probe,
             Ok(false) => CallKind::Normal {
@@ -825,17 +839,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn late_outcomes_of_calls_admitted_before_opening_are_ignored() {
         let p = Protection::new(breaker_config());
-        let early: Vec<_> = {
-            let mut v = Vec::new();
-            for _ in 0..3 {
-                v.push(p.admit().await.unwrap());
-            }
-            v
-        };
-        open_breaker(&p).await;
+        let mut early = Vec::new();
+        for _ in 0..6 {
+            early.push(p.admit().await.unwrap());
+        }
+        // Three of the calls in flight fail: the breaker opens.
+        let late = early.split_off(3);
+        for permit in early {
+            permit.record(CallOutcome::Failure);
+        }
+        assert!(matches!(p.breaker(), BreakerState::Open { .. }));
         tokio::time::advance(Duration::from_secs(10)).await;
         let probe = p.admit().await.unwrap();
-        for permit in early {
+        // The other three answer late, successfully: that says nothing about now.
+        for permit in late {
             permit.record(CallOutcome::Success);
         }
         assert_eq!(p.breaker(), BreakerState::HalfOpen);
@@ -880,5 +897,22 @@ mod tests {
         }
         // Five calls trip it at t=0; probes at 30, 30+60 and 90+120; the next at 450.
         assert_eq!(calls, [0, 0, 0, 0, 0, 30, 90, 210]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_only_one_call_is_in_flight_until_a_success() {
+        let protection = Protection::new(ProtectionConfig::new(8, 1000.0));
+        let first = protection.admit().await.unwrap();
+        let second = protection.admit().await.unwrap();
+        first.record(CallOutcome::Failure);
+        // `second` is still in flight: nothing more goes out.
+        let deferred = protection.admit().await.unwrap_err();
+        assert_eq!(deferred.reason, DeferReason::ProbeInFlight);
+        second.record(CallOutcome::Success);
+        // A success restores full concurrency.
+        let a = protection.admit().await.unwrap();
+        let b = protection.admit().await.unwrap();
+        assert_eq!(protection.in_flight(), 2);
+        drop((a, b));
     }
 }

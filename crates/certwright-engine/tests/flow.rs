@@ -315,8 +315,18 @@ async fn an_outage_keeps_requests_pending_opens_the_breaker_and_bounds_the_calls
     // The breaker (3 failures, 400 ms open) opens and the issuer says so.
     env.wait_cluster_issuer("corp", "CircuitOpen").await;
     let opened_at = sim.sign_submissions();
+    let writes_before = env.server.count(Method::PATCH, "certificaterequests/o-");
+    let reads_before = env.server.count(Method::GET, "certificaterequests/o-");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let during = sim.sign_submissions() - opened_at;
+    // Waiting requests do not hammer the API server either: a deferral with nothing
+    // new to say is neither read nor written.
+    let writes = env.server.count(Method::PATCH, "certificaterequests/o-") - writes_before;
+    let reads = env.server.count(Method::GET, "certificaterequests/o-") - reads_before;
+    assert!(
+        writes <= 20 && reads <= 20,
+        "{writes} writes and {reads} reads in 2 s while open"
+    );
     // At most one probe per 400 ms open period (plus one in flight at the boundary).
     assert!(during <= 6, "{during} calls in 2 s while open");
     for i in 0..10 {

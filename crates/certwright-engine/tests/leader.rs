@@ -24,6 +24,15 @@ fn config(identity: &str) -> LeaseConfig {
     }
 }
 
+/// Counts down when the work ends, however it ends (returned or aborted).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Work that records how many leaders run at once.
 fn work(
     running: Arc<AtomicUsize>,
@@ -36,8 +45,8 @@ fn work(
             if running.fetch_add(1, Ordering::SeqCst) > 0 {
                 overlap.store(true, Ordering::SeqCst);
             }
+            let _running = Running(running);
             token.cancelled().await;
-            running.fetch_sub(1, Ordering::SeqCst);
             Ok(())
         })
     }

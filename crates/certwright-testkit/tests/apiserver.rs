@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -1191,5 +1192,548 @@ async fn many_objects_flow_through_a_watcher() -> anyhow::Result<()> {
         300
     );
     task.abort();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Validating admission webhooks.
+
+/// The `AdmissionReview`s a test webhook received.
+#[derive(Clone, Default)]
+struct Reviews(Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+
+impl Reviews {
+    fn all(&self) -> Vec<serde_json::Value> {
+        self.0.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+/// Denies objects labelled `deny` (403, with a message), admits the others with a
+/// warning naming them; `/slow` answers after 3 s.
+async fn start_webhook() -> anyhow::Result<(certwright_testkit::tls::RunningServer, Reviews)> {
+    use axum::extract::State;
+    use axum::routing::post;
+    async fn validate(
+        State(reviews): State<Reviews>,
+        axum::Json(review): axum::Json<serde_json::Value>,
+    ) -> axum::Json<serde_json::Value> {
+        if let Ok(mut seen) = reviews.0.lock() {
+            seen.push(review.clone());
+        }
+        let request = &review["request"];
+        let uid = request["uid"].clone();
+        let response = if request.pointer("/object/metadata/labels/deny").is_some() {
+            json!({"uid": uid, "allowed": false, "status": {
+                "code": 403, "reason": "Forbidden", "message": "objects labelled deny are refused"}})
+        } else {
+            let name = request["name"].as_str().unwrap_or_default();
+            json!({"uid": uid, "allowed": true, "warnings": [format!("reviewed \"{name}\"")]})
+        };
+        axum::Json(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response
+        }))
+    }
+    async fn slow(
+        axum::Json(review): axum::Json<serde_json::Value>,
+    ) -> axum::Json<serde_json::Value> {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        axum::Json(
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "response": {"uid": review["request"]["uid"], "allowed": true}}),
+        )
+    }
+    let reviews = Reviews::default();
+    let router = axum::Router::new()
+        .route("/validate", post(validate))
+        .route("/slow", post(slow))
+        .with_state(reviews.clone());
+    let server = certwright_testkit::tls::TlsServer::start(
+        router,
+        certwright_testkit::tls::TlsOptions::new(),
+    )
+    .await?;
+    Ok((server, reviews))
+}
+
+/// A `ValidatingWebhookConfiguration` with one webhook.
+fn webhook_config(
+    name: &str,
+    client_config: serde_json::Value,
+    rules: serde_json::Value,
+    extra: serde_json::Value,
+) -> anyhow::Result<ValidatingWebhookConfiguration> {
+    let mut hook = json!({
+        "name": format!("{name}.test.certwright.io"),
+        "clientConfig": client_config,
+        "rules": rules,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+    });
+    if let (Some(hook), Some(extra)) = (hook.as_object_mut(), extra.as_object()) {
+        hook.extend(extra.clone());
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [hook],
+    }))?)
+}
+
+async fn body_json(answer: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_slice(&answer.bytes().await?)?)
+}
+
+fn ca_bundle(pem: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(pem)
+}
+
+/// The full `Status` of a failed call.
+fn api_status<T: std::fmt::Debug>(result: kube::Result<T>) -> anyhow::Result<kube::core::Status> {
+    match result {
+        Err(kube::Error::Api(status)) => Ok(*status),
+        other => bail!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_validating_webhook_denies_warns_and_does_not_see_status_writes() -> anyhow::Result<()> {
+    // Upstream: a matching write is POSTed as an AdmissionReview before it is stored; a
+    // denial fails it with the webhook's status and `admission webhook "<name>" denied
+    // the request: <message>`; warnings come back as `Warning: 299 - "<text>"`; a rule
+    // naming `widgets` (not `widgets/status`) does not see status writes.
+    let (server, client) = start().await?;
+    let (hook_server, reviews) = start_webhook().await?;
+    let rules = json!([
+        {"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+         "resources": ["secrets"], "scope": "Namespaced"},
+        {"operations": ["*"], "apiGroups": ["test.certwright.io"], "apiVersions": ["*"],
+         "resources": ["widgets"]}
+    ]);
+    let client_config = json!({
+        "url": format!("{}/validate", hook_server.url()),
+        "caBundle": ca_bundle(hook_server.ca_pem()),
+    });
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let stored = configs
+        .create(
+            &PostParams::default(),
+            &webhook_config("deny", client_config, rules, json!({}))?,
+        )
+        .await?;
+    // Upstream's defaults.
+    let hook = &stored.webhooks.as_ref().context("webhooks")?[0];
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(hook.timeout_seconds, Some(10));
+    assert_eq!(stored.metadata.generation, Some(1));
+
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
+    let denied = api_status(
+        secrets
+            .create(&PostParams::default(), &secret("bad", &[("deny", "yes")]))
+            .await,
+    )?;
+    assert_eq!((denied.code, denied.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        denied.message,
+        "admission webhook \"deny.test.certwright.io\" denied the request: objects labelled deny are refused"
+    );
+    assert!(server.get_json("secrets", "default", "bad").is_none());
+
+    // An admitted create, over raw HTTP to read the warning header.
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!(
+            "{}/api/v1/namespaces/default/secrets",
+            server.url()
+        ))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&secret("good", &[]))?)
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 201);
+    let warnings: Vec<&str> = answer
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(warnings, ["299 - \"reviewed \\\"good\\\"\""]);
+
+    let seen = reviews.all();
+    let request = &seen.last().context("a review")?["request"];
+    assert_eq!(request["operation"], "CREATE");
+    assert_eq!(request["name"], "good");
+    assert_eq!(request["namespace"], "default");
+    assert_eq!(request["userInfo"]["username"], "system:admin");
+    assert_eq!(
+        request["kind"],
+        json!({"group": "", "version": "v1", "kind": "Secret"})
+    );
+    assert_eq!(request["resource"]["resource"], "secrets");
+    assert_eq!(request["object"]["data"]["k"], "dg==");
+    assert!(request["oldObject"].is_null());
+    assert_eq!(request["dryRun"], false);
+
+    // An update that adds the label: UPDATE, with the old object, denied.
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"deny": "now"}}}));
+    let denied = api_status(secrets.patch("good", &PatchParams::default(), &patch).await)?;
+    assert_eq!(denied.code, 403);
+    let seen = reviews.all();
+    let request = &seen.last().context("a review")?["request"];
+    assert_eq!(request["operation"], "UPDATE");
+    assert_eq!(request["oldObject"]["metadata"]["name"], "good");
+    // DELETE is not in the secrets rule.
+    let before = reviews.all().len();
+    secrets.delete("good", &DeleteParams::default()).await?;
+    assert_eq!(reviews.all().len(), before);
+
+    // Widgets: the main resource goes to the webhook, the status subresource does not.
+    let widgets: Api<Widget> = Api::default_namespaced(client.clone());
+    widgets
+        .create(&PostParams::default(), &widget("w", 1))
+        .await?;
+    let before = reviews.all().len();
+    let status =
+        Patch::Merge(json!({"metadata": {"labels": {"deny": "x"}}, "status": {"ready": false}}));
+    let patched = widgets
+        .patch_status("w", &PatchParams::default(), &status)
+        .await?;
+    assert_eq!(patched.status, Some(WidgetStatus { ready: false }));
+    assert_eq!(
+        reviews.all().len(),
+        before,
+        "a status write reached the webhook"
+    );
+
+    // Webhook configurations themselves never go to webhooks: deleting ours works and
+    // the next denied create goes through.
+    configs.delete("deny", &DeleteParams::default()).await?;
+    secrets
+        .create(&PostParams::default(), &secret("bad", &[("deny", "yes")]))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_webhook_fails_closed_or_open_by_its_failure_policy() -> anyhow::Result<()> {
+    // Upstream: a webhook that cannot be called fails the write with 500 InternalError
+    // `failed calling webhook "<name>": ...` under failurePolicy Fail (the default), and
+    // is skipped under Ignore; the same for a timeout.
+    let (_server, client) = start().await?;
+    let (hook_server, _reviews) = start_webhook().await?;
+    let rules = json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                        "resources": ["configmaps"]}]);
+    let refused = json!({
+        "url": certwright_testkit::tls::refused_url(),
+        "caBundle": ca_bundle(hook_server.ca_pem()),
+    });
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(client.clone());
+    let map = |name: &str| -> anyhow::Result<k8s_openapi::api::core::v1::ConfigMap> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": name}}))?)
+    };
+
+    configs
+        .create(
+            &PostParams::default(),
+            &webhook_config("gone", refused.clone(), rules.clone(), json!({}))?,
+        )
+        .await?;
+    let failed = api_status(maps.create(&PostParams::default(), &map("a")?).await)?;
+    assert_eq!(
+        (failed.code, failed.reason.as_str()),
+        (500, "InternalError")
+    );
+    assert!(
+        failed
+            .message
+            .contains("failed calling webhook \"gone.test.certwright.io\": failed to call webhook: Post \"https://127.0.0.1:"),
+        "{}",
+        failed.message
+    );
+
+    let ignore = webhook_config(
+        "gone",
+        refused,
+        rules.clone(),
+        json!({"failurePolicy": "Ignore"}),
+    )?;
+    let mut live = configs.get("gone").await?;
+    live.webhooks = ignore.webhooks;
+    configs
+        .replace("gone", &PostParams::default(), &live)
+        .await?;
+    maps.create(&PostParams::default(), &map("a")?).await?;
+
+    // A Service cannot be reached from here; a slow webhook times out.
+    configs.delete("gone", &DeleteParams::default()).await?;
+    let service = json!({"service": {"namespace": "webhooks", "name": "validator"}});
+    configs
+        .create(
+            &PostParams::default(),
+            &webhook_config("svc", service, rules.clone(), json!({}))?,
+        )
+        .await?;
+    let failed = api_status(maps.create(&PostParams::default(), &map("b")?).await)?;
+    assert_eq!(failed.code, 500);
+    assert!(
+        failed
+            .message
+            .contains("failed calling webhook \"svc.test.certwright.io\"")
+    );
+    configs.delete("svc", &DeleteParams::default()).await?;
+
+    let slow = json!({
+        "url": format!("{}/slow", hook_server.url()),
+        "caBundle": ca_bundle(hook_server.ca_pem()),
+    });
+    configs
+        .create(
+            &PostParams::default(),
+            &webhook_config("slow", slow, rules, json!({"timeoutSeconds": 1}))?,
+        )
+        .await?;
+    let started = Instant::now();
+    let failed = api_status(maps.create(&PostParams::default(), &map("c")?).await)?;
+    assert_eq!(failed.code, 500);
+    assert!(
+        failed.message.contains("context deadline exceeded"),
+        "{}",
+        failed.message
+    );
+    assert!(started.elapsed() < Duration::from_millis(2900));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_webhook_configuration_is_422() -> anyhow::Result<()> {
+    // Upstream validates configurations: here, a URL that is not https.
+    let (_server, client) = start().await?;
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    let bad = webhook_config(
+        "plain",
+        json!({"url": "http://127.0.0.1:1/validate"}),
+        json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["secrets"]}]),
+        json!({}),
+    )?;
+    let status = api_status(configs.create(&PostParams::default(), &bad).await)?;
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(
+        status.message.contains("webhooks[0].clientConfig.url: Invalid value: \"http://127.0.0.1:1/validate\": 'https' is the only allowed URL scheme"),
+        "{}",
+        status.message
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// CEL validation of custom resources.
+
+#[tokio::test]
+async fn the_cel_rule_of_the_issuer_crds_rejects_two_backend_blocks() -> anyhow::Result<()> {
+    // Upstream evaluates a CRD's x-kubernetes-validations on create and update and
+    // answers 422 Invalid, `<Kind>.<group> "<name>" is invalid: <field>: Invalid value:
+    // "<type>": <message>`, each failure a FieldValueInvalid cause.
+    let (server, client) = start().await?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/certwright/crds");
+    let mut registered = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            registered += server.register_crds_yaml(&std::fs::read_to_string(&path)?)?;
+        }
+    }
+    ensure!(
+        registered >= 2,
+        "only {registered} CRDs in {}",
+        dir.display()
+    );
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("pki.certwright.io", "v1alpha1", "InternalClusterIssuer"),
+        "internalclusterissuers",
+    );
+    let issuers: Api<DynamicObject> = Api::all_with(client, &resource);
+    let issuer = |name: &str, spec: serde_json::Value| -> anyhow::Result<DynamicObject> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "pki.certwright.io/v1alpha1",
+            "kind": "InternalClusterIssuer",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))?)
+    };
+    let ca = json!({"secretName": "dev-ca"});
+    let rest = json!({"url": "https://pki.corp.example/api/v1"});
+
+    let status = api_status(
+        issuers
+            .create(
+                &PostParams::default(),
+                &issuer("two", json!({"ca": ca, "rest": rest}))?,
+            )
+            .await,
+    )?;
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "InternalClusterIssuer.pki.certwright.io \"two\" is invalid: spec: Invalid value: \"object\": exactly one backend block (ca, rest, adcs or ejbca) must be set"
+    );
+    let details = status.details.context("details")?;
+    assert_eq!(details.kind, "InternalClusterIssuer");
+    assert_eq!(details.causes.len(), 1);
+    assert_eq!(details.causes[0].reason, "FieldValueInvalid");
+    assert_eq!(details.causes[0].field, "spec");
+    assert!(
+        server
+            .get_json("internalclusterissuers.pki.certwright.io", "", "two")
+            .is_none()
+    );
+
+    issuers
+        .create(&PostParams::default(), &issuer("one", json!({"ca": ca}))?)
+        .await?;
+    // An update is checked too, against the old object.
+    let patch = Patch::Merge(json!({"spec": {"rest": rest}}));
+    let status = api_status(issuers.patch("one", &PatchParams::default(), &patch).await)?;
+    assert_eq!(status.code, 422);
+    let patch = Patch::Merge(json!({"spec": {"ca": null, "rest": rest}}));
+    issuers
+        .patch("one", &PatchParams::default(), &patch)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The fault endpoint.
+
+#[tokio::test]
+async fn the_fault_endpoint_injects_faults_and_counts_calls_over_http() -> anyhow::Result<()> {
+    // No upstream counterpart: the admin endpoint a benchmark drives from another process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = ApiServer::start_with(ApiServerOptions::new().fault_endpoint(true)).await?;
+    let http = reqwest::Client::new();
+    let base = server.url();
+    let add = |rule: serde_json::Value| {
+        http.post(format!("{base}/testkit/faults"))
+            .header("content-type", "application/json")
+            .body(rule.to_string())
+            .send()
+    };
+    let secrets = format!("{base}/api/v1/namespaces/default/secrets");
+
+    let answer =
+        add(json!({"method": "GET", "pattern": "/secrets", "code": 503, "ratio": 0.5})).await?;
+    assert_eq!(answer.status().as_u16(), 201);
+    let mut failed = 0;
+    for _ in 0..200 {
+        let status = http.get(&secrets).send().await?.status().as_u16();
+        match status {
+            200 => {}
+            503 => failed += 1,
+            other => bail!("unexpected status {other}"),
+        }
+    }
+    ensure!((60..=140).contains(&failed), "{failed} of 200 failed");
+    let stats = server.stats();
+    assert_eq!(stats.by_method.get("GET"), Some(&200));
+    assert_eq!(stats.injected_faults, failed);
+    assert_eq!(stats.by_class.get("5xx"), Some(&failed));
+
+    // DELETE clears every rule.
+    let cleared = body_json(http.delete(format!("{base}/testkit/faults")).send().await?).await?;
+    assert_eq!(cleared["cleared"], 1);
+    for _ in 0..20 {
+        assert_eq!(http.get(&secrets).send().await?.status().as_u16(), 200);
+    }
+
+    // `times`: the next two matching calls fail, then they pass.
+    add(json!({"method": "*", "pattern": "/configmaps", "code": 409, "times": 2})).await?;
+    let maps = format!("{base}/api/v1/namespaces/default/configmaps");
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(http.get(&maps).send().await?.status().as_u16());
+    }
+    assert_eq!(codes, [409, 409, 200]);
+    let rules = body_json(http.get(format!("{base}/testkit/faults")).send().await?).await?;
+    assert_eq!(rules["rules"], json!([]));
+
+    // A rule that makes no sense is 400.
+    let bad = add(json!({"method": "GET", "code": 409, "times": 1, "ratio": 0.5})).await?;
+    assert_eq!(bad.status().as_u16(), 400);
+
+    // Stats over HTTP, and their reset; calls to the endpoint are not counted.
+    let stats = body_json(http.get(format!("{base}/testkit/stats")).send().await?).await?;
+    assert_eq!(stats["byMethod"]["GET"], 223);
+    assert_eq!(stats["byClass"]["4xx"], 2);
+    assert_eq!(stats["injectedFaults"], failed + 2);
+    http.delete(format!("{base}/testkit/stats")).send().await?;
+    let stats = body_json(http.get(format!("{base}/testkit/stats")).send().await?).await?;
+    assert_eq!(stats["total"], 0);
+
+    // A server without the option serves nothing there, as upstream.
+    let plain = ApiServer::start().await?;
+    let answer = http
+        .post(format!("{}/testkit/faults", plain.url()))
+        .body(json!({"method": "*", "code": 500}).to_string())
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 404);
+    assert!(plain.faults().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_fault_endpoint_only_when_asked() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_certwright-apiserver"))
+        .arg("--help")
+        .output()
+        .await?;
+    let help = String::from_utf8(help.stdout)?;
+    assert!(help.contains("--enable-fault-endpoint"), "{help}");
+    assert!(help.contains("POST   /testkit/faults"), "{help}");
+
+    let http = reqwest::Client::new();
+    for enabled in [false, true] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_certwright-apiserver"));
+        command.arg("--port").arg("0");
+        if enabled {
+            command.arg("--enable-fault-endpoint");
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let url = tokio::time::timeout(WAIT, lines.next_line())
+            .await??
+            .context("a first line")?;
+        let add = http
+            .post(format!("{url}/testkit/faults"))
+            .body(
+                json!({"method": "GET", "pattern": "/version", "code": 500, "times": 1})
+                    .to_string(),
+            )
+            .send()
+            .await?;
+        let version = http
+            .get(format!("{url}/version"))
+            .send()
+            .await?
+            .status()
+            .as_u16();
+        if enabled {
+            assert_eq!(add.status().as_u16(), 201);
+            assert_eq!(version, 500);
+            let stats = body_json(http.get(format!("{url}/testkit/stats")).send().await?).await?;
+            assert_eq!(stats["injectedFaults"], 1);
+        } else {
+            assert_eq!(add.status().as_u16(), 404);
+            assert_eq!(version, 200);
+        }
+        child.kill().await?;
+    }
     Ok(())
 }

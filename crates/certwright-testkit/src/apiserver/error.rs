@@ -89,9 +89,12 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         });
+        // Upstream omits an empty reason (a webhook's denial may carry none).
+        if !self.reason.is_empty() {
+            status["reason"] = json!(self.reason);
+        }
         let mut details = self.details.clone();
         if let Some(secs) = self.retry_after_seconds {
             let d = details.get_or_insert_with(|| json!({}));
@@ -120,6 +123,140 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// One problem with one field of an object, as upstream's `field.Error`: a 422 Invalid
+/// lists them in its message and in `details.causes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FieldError {
+    /// The field's path, e.g. `spec` or `webhooks[0].clientConfig.url`.
+    pub(crate) field: String,
+    pub(crate) kind: FieldErrorKind,
+    /// What is wrong, after the kind's own words.
+    pub(crate) detail: String,
+}
+
+/// The kinds of [`FieldError`] this server reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum FieldErrorKind {
+    /// `Invalid value: <value>: <detail>`; the value as upstream prints it (a string
+    /// in quotes, a number bare).
+    Invalid(String),
+    /// `Required value: <detail>`
+    Required,
+    /// `Forbidden: <detail>`
+    Forbidden,
+    /// `Unsupported value: <value>: supported values: <detail>`
+    NotSupported(String),
+    /// `Duplicate value: <value>`
+    Duplicate(String),
+}
+
+impl FieldError {
+    pub(crate) fn invalid(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Invalid(value.into()),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn required(field: impl Into<String>, detail: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Required,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn not_supported(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        supported: &[&str],
+    ) -> FieldError {
+        let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::NotSupported(value.into()),
+            detail: supported.join(", "),
+        }
+    }
+
+    /// The `reason` of the Status cause.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self.kind {
+            FieldErrorKind::Invalid(_) => "FieldValueInvalid",
+            FieldErrorKind::Required => "FieldValueRequired",
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::NotSupported(_) => "FieldValueNotSupported",
+            FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
+        }
+    }
+
+    /// The error without its field: the Status cause's `message`.
+    pub(crate) fn body(&self) -> String {
+        let with_detail = |head: String| {
+            if self.detail.is_empty() {
+                head
+            } else {
+                format!("{head}: {}", self.detail)
+            }
+        };
+        match &self.kind {
+            FieldErrorKind::Invalid(value) => with_detail(format!("Invalid value: {value}")),
+            FieldErrorKind::Required => with_detail("Required value".to_string()),
+            FieldErrorKind::Forbidden => with_detail("Forbidden".to_string()),
+            FieldErrorKind::NotSupported(value) => {
+                format!(
+                    "Unsupported value: {value}: supported values: {}",
+                    self.detail
+                )
+            }
+            FieldErrorKind::Duplicate(value) => format!("Duplicate value: {value}"),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.body())
+        } else {
+            write!(f, "{}: {}", self.field, self.body())
+        }
+    }
+}
+
+/// The 422 upstream answers for an object with field errors: `<Kind>.<group> "<name>"
+/// is invalid: <error>` (several errors in `[...]`, comma-separated), each error also a
+/// `details.causes` entry.
+pub(crate) fn invalid_object(
+    group: &str,
+    kind: &str,
+    name: &str,
+    errors: &[FieldError],
+) -> ApiError {
+    let group_kind = if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    };
+    let listed: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let what = match listed.as_slice() {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    };
+    let causes: Vec<Value> = errors
+        .iter()
+        .map(|e| json!({"reason": e.reason(), "message": e.body(), "field": e.field}))
+        .collect();
+    let mut err = ApiError::invalid(format!("{group_kind} \"{name}\" is invalid: {what}"));
+    err.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
+    err
 }
 
 /// The Status reason upstream uses with an HTTP code.

@@ -24,6 +24,14 @@ impl MethodMatch {
             MethodMatch::Only(m) => m == method,
         }
     }
+
+    /// `*` or the method's name.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            MethodMatch::Any => "*",
+            MethodMatch::Only(m) => m.as_str(),
+        }
+    }
 }
 
 impl From<Method> for MethodMatch {
@@ -38,9 +46,40 @@ impl From<&Method> for MethodMatch {
     }
 }
 
+/// The seed of every probabilistic rule unless it names its own: the same rules over
+/// the same calls fail the same calls, run after run.
+pub(crate) const DEFAULT_SEED: u64 = 0x6365_7274_7772_6967;
+
+/// SplitMix64: a tiny, fast generator that is good enough to decide which calls fail,
+/// and needs no dependency.
+#[derive(Clone, Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        // The top 53 bits, which an f64 holds exactly.
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Action {
     Fail(u16),
+    /// Fails each matching call with probability `ratio`.
+    FailRatio {
+        code: u16,
+        ratio: f64,
+        rng: SplitMix64,
+    },
     Delay(Duration),
 }
 
@@ -71,7 +110,8 @@ pub(crate) struct Decision {
 /// Failures answer before the store is touched, so a failed write changed nothing.
 /// Rules are checked in the order they were added: the first matching delay rule and
 /// the first matching failure rule each spend one call, so a call may be delayed and
-/// then failed.
+/// then failed. A probabilistic rule ([`Faults::fail_ratio`]) fails a matching call
+/// only when its draw says so; when it does not, later rules still apply.
 #[derive(Debug, Default)]
 pub struct Faults {
     rules: Mutex<Vec<Rule>>,
@@ -98,6 +138,45 @@ impl Faults {
             pattern: pattern.into(),
             action: Action::Fail(code),
             remaining: Some(times),
+        });
+    }
+
+    /// Fails each matching call with probability `ratio` (0 to 1), with `code` as
+    /// [`Faults::fail_next`] does, until [`Faults::clear`]. Draws come from a small
+    /// generator with a fixed seed, so the same calls fail in every run.
+    pub fn fail_ratio(
+        &self,
+        method: impl Into<MethodMatch>,
+        pattern: impl Into<String>,
+        code: u16,
+        ratio: f64,
+    ) {
+        self.fail_ratio_seeded(method, pattern, code, ratio, DEFAULT_SEED);
+    }
+
+    /// [`Faults::fail_ratio`] with another seed.
+    pub fn fail_ratio_seeded(
+        &self,
+        method: impl Into<MethodMatch>,
+        pattern: impl Into<String>,
+        code: u16,
+        ratio: f64,
+        seed: u64,
+    ) {
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        self.rules().push(Rule {
+            method: method.into(),
+            pattern: pattern.into(),
+            action: Action::FailRatio {
+                code,
+                ratio,
+                rng: SplitMix64(seed),
+            },
+            remaining: None,
         });
     }
 
@@ -137,6 +216,41 @@ impl Faults {
         self.rules().clear();
     }
 
+    /// How many rules are active (spent ones are gone).
+    pub fn len(&self) -> usize {
+        self.rules().len()
+    }
+
+    /// Whether no rule is active.
+    pub fn is_empty(&self) -> bool {
+        self.rules().is_empty()
+    }
+
+    /// The active rules as the fault endpoint shows them.
+    pub(crate) fn describe(&self) -> Vec<serde_json::Value> {
+        use serde_json::json;
+        self.rules()
+            .iter()
+            .map(|rule| {
+                let mut v = json!({"method": rule.method.name(), "pattern": rule.pattern});
+                match &rule.action {
+                    Action::Fail(code) => v["code"] = json!(code),
+                    Action::FailRatio { code, ratio, .. } => {
+                        v["code"] = json!(code);
+                        v["ratio"] = json!(ratio);
+                    }
+                    Action::Delay(d) => {
+                        v["delayMs"] = json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    }
+                }
+                if let Some(n) = rule.remaining {
+                    v["times"] = json!(n);
+                }
+                v
+            })
+            .collect()
+    }
+
     /// The first matching delay rule and the first matching failure rule each spend one
     /// of their calls; a call may be both delayed and then failed.
     pub(crate) fn decide(&self, method: &Method, path: &str) -> Decision {
@@ -149,13 +263,19 @@ impl Faults {
             {
                 continue;
             }
-            let spend = match rule.action {
+            let spend = match &mut rule.action {
                 Action::Fail(code) if decision.fail.is_none() => {
-                    decision.fail = Some(code);
+                    decision.fail = Some(*code);
                     true
                 }
+                Action::FailRatio { code, ratio, rng } if decision.fail.is_none() => {
+                    if rng.next_f64() < *ratio {
+                        decision.fail = Some(*code);
+                    }
+                    false
+                }
                 Action::Delay(d) if decision.delay.is_none() => {
-                    decision.delay = Some(d);
+                    decision.delay = Some(*d);
                     true
                 }
                 _ => false,
@@ -279,6 +399,26 @@ mod tests {
             faults.decide(&Method::GET, "/api/v1/secrets"),
             Decision::default()
         );
+    }
+
+    #[test]
+    fn ratio_rules_fail_about_that_share_the_same_way_every_run() {
+        let run = || {
+            let faults = Faults::default();
+            faults.fail_ratio(MethodMatch::Any, "/x", 503, 0.25);
+            (0..1000)
+                .map(|_| faults.decide(&Method::GET, "/x").fail.is_some())
+                .collect::<Vec<_>>()
+        };
+        let first = run();
+        let failed = first.iter().filter(|f| **f).count();
+        assert!((200..300).contains(&failed), "{failed} of 1000");
+        assert_eq!(first, run());
+        let faults = Faults::default();
+        faults.fail_ratio(MethodMatch::Any, "", 500, 0.0);
+        faults.fail_next(MethodMatch::Any, "", 409, 1);
+        assert_eq!(faults.decide(&Method::GET, "/a").fail, Some(409));
+        assert_eq!(faults.len(), 1);
     }
 
     #[test]

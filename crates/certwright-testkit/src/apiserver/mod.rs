@@ -4,16 +4,40 @@
 //!
 //! It serves custom resources registered from `CustomResourceDefinition`s (from Rust with
 //! [`ApiServer::register_crd`], or over HTTP), Secrets, ConfigMaps, core and
-//! `events.k8s.io` Events, Leases, Namespaces (optional: namespaces exist implicitly) and
-//! CRDs, with get, list (`limit`/`continue`, label and field selectors), watch
-//! (resourceVersion, bookmarks, 410 Expired past the retained history), create, replace,
-//! merge / JSON patch, a simplified server-side apply, delete, the status subresource,
-//! `metadata.generation` and resourceVersion preconditions, as upstream does. The binary
-//! `certwright-apiserver` runs it as its own process.
+//! `events.k8s.io` Events, Leases, Namespaces (optional: namespaces exist implicitly),
+//! `ValidatingWebhookConfiguration`s and CRDs, with get, list (`limit`/`continue`, label
+//! and field selectors), watch (resourceVersion, bookmarks, 410 Expired past the retained
+//! history), create, replace, merge / JSON patch, a simplified server-side apply, delete,
+//! the status subresource, `metadata.generation` and resourceVersion preconditions, as
+//! upstream does. The binary `certwright-apiserver` runs it as its own process.
+//!
+//! Writes over HTTP are admitted as upstream admits them: custom resources are checked
+//! against the `x-kubernetes-validations` (CEL) rules of their CRD's schema (422
+//! Invalid), then shown to the validating admission webhooks whose rules match
+//! (`admission` module docs: denials, warnings, `failurePolicy`). With no webhook
+//! configuration stored, and for kinds without CEL rules, this costs nothing.
 //!
 //! Tests can inject faults ([`Faults`]), drop every watch ([`ApiServer::drop_watches`]),
-//! read the log of calls ([`ApiServer::requests`], [`ApiServer::count`]) and read or
-//! write the store directly ([`ApiServer::get_json`], [`ApiServer::put_json`], ...).
+//! read the log of calls ([`ApiServer::requests`], [`ApiServer::count`]) and counts
+//! ([`ApiServer::stats`]), and read or write the store directly
+//! ([`ApiServer::get_json`], [`ApiServer::put_json`], ...; such writes skip admission).
+//!
+//! # The fault endpoint
+//! Another process (a benchmark running the `certwright-apiserver` binary with
+//! `--enable-fault-endpoint`; from Rust, [`ApiServerOptions::fault_endpoint`]) can do
+//! the same over HTTP, under `/testkit/`, a path no Kubernetes API uses; a server
+//! without the option serves nothing there (404, as upstream).
+//! - `POST /testkit/faults` `{"method": "PATCH", "pattern": "/status", "code": 409,
+//!   "times": 3}`: fail the next 3 matching calls ([`Faults::fail_next`]); with
+//!   `"ratio": 0.05` instead of `times`, fail each matching call with that probability
+//!   until cleared ([`Faults::fail_ratio`]: fixed seed, or `"seed": n`); with
+//!   `"delayMs": 200` instead of `code`, delay them. `"method": "*"` matches any method;
+//!   `pattern` is a substring of the path, as for [`Faults`].
+//! - `GET /testkit/faults` lists the active rules, `DELETE /testkit/faults` clears them.
+//! - `GET /testkit/stats`: `{"total", "byMethod": {"GET": n, ...}, "byClass": {"2xx": n,
+//!   ...}, "injectedFaults", "watches"}` ([`CallStats`]); `DELETE /testkit/stats` resets.
+//!
+//! Calls to the endpoint are not logged, counted or subject to faults.
 //!
 //! ```ignore
 //! let server = ApiServer::start().await?;
@@ -27,8 +51,16 @@
 //! ```
 //!
 //! # Simplifications against the real API server
-//! - No authentication, authorization or admission; no OpenAPI schema validation,
-//!   defaulting or pruning of custom resources (CEL rules are not evaluated either).
+//! - No authentication or authorization (every call is made as `system:admin`); no
+//!   mutating admission, admission policies or built-in admission plugins.
+//! - Custom resources are validated against the CEL rules of the storage version's
+//!   schema only (one stored copy serves every version), with ratcheting approximated
+//!   at the failing field; the schema's types, formats and required fields are not
+//!   checked, and objects are neither defaulted nor pruned. Direct store writes from
+//!   Rust are not validated.
+//! - Validating webhooks: `service` references cannot be resolved, a webhook without a
+//!   `caBundle` trusts nothing, `matchConditions` are refused, only `AdmissionReview`
+//!   `v1` is sent.
 //! - One stored copy per kind, served at every version with only `apiVersion` changed
 //!   (conversion strategy `None`); core and `events.k8s.io` Events are separate stores.
 //! - Server-side apply merges the applied configuration into the live object as a JSON
@@ -44,6 +76,9 @@
 //! - Any dotted path works in a field selector, not only the fields upstream declares.
 //! - `Table` output and protobuf are not served (kubectl `get` needs `-o json`/`yaml`).
 
+mod admin;
+mod admission;
+mod cel;
 mod error;
 mod faults;
 mod resource;
@@ -66,6 +101,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use admin::CallStats;
 pub use axum::http::Method;
 pub use error::ApiError;
 pub use faults::{Faults, MethodMatch, RecordedRequest};
@@ -90,6 +126,8 @@ pub struct ApiServerOptions {
     /// Calls kept in the request log; the oldest are forgotten past it (default
     /// 1 000 000; 0 turns the log off).
     pub request_log_limit: usize,
+    /// Serve the fault endpoint under `/testkit/` (default off): see the module docs.
+    pub fault_endpoint: bool,
 }
 
 impl Default for ApiServerOptions {
@@ -100,6 +138,7 @@ impl Default for ApiServerOptions {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(1),
             request_log_limit: 1_000_000,
+            fault_endpoint: false,
         }
     }
 }
@@ -139,6 +178,13 @@ impl ApiServerOptions {
         self.request_log_limit = calls;
         self
     }
+
+    /// Serves (or not) the fault endpoint under `/testkit/`, for a test driving the
+    /// server from another process: see the module docs.
+    pub fn fault_endpoint(mut self, enabled: bool) -> Self {
+        self.fault_endpoint = enabled;
+        self
+    }
 }
 
 /// What the HTTP handlers share with the handle.
@@ -146,6 +192,9 @@ pub(crate) struct Shared {
     store: Store,
     faults: Faults,
     log: faults::RequestLog,
+    stats: admin::Stats,
+    /// HTTPS clients for admission webhooks, one per `caBundle`.
+    webhook_clients: admission::Clients,
     options: ApiServerOptions,
     addr: SocketAddr,
     /// Bumped by `drop_watches`; every open watch ends when it changes.
@@ -188,6 +237,8 @@ impl ApiServer {
             store: Store::new(options.history_limit),
             faults: Faults::default(),
             log: faults::RequestLog::new(options.request_log_limit),
+            stats: admin::Stats::default(),
+            webhook_clients: admission::Clients::default(),
             options,
             addr,
             drop_watches: tokio::sync::watch::Sender::new(0),
@@ -297,6 +348,12 @@ impl ApiServer {
     /// How many logged calls have this method and a path containing `path_substring`.
     pub fn count(&self, method: impl Into<MethodMatch>, path_substring: &str) -> usize {
         self.shared.log.count(&method.into(), path_substring)
+    }
+
+    /// Counts of the calls answered so far, by method and status class (also served as
+    /// `GET /testkit/stats` with the fault endpoint).
+    pub fn stats(&self) -> CallStats {
+        self.shared.stats.snapshot()
     }
 
     /// Forgets the logged calls.

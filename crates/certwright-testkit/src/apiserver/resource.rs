@@ -1,6 +1,7 @@
 //! The kinds the test API server serves: a few built-in ones (Secret, ConfigMap, core and
-//! `events.k8s.io` Events, Lease, Namespace, CustomResourceDefinition) and every custom
-//! resource registered from a `CustomResourceDefinition`.
+//! `events.k8s.io` Events, Lease, Namespace, ValidatingWebhookConfiguration,
+//! CustomResourceDefinition) and every custom resource registered from a
+//! `CustomResourceDefinition`.
 
 use serde_json::Value;
 
@@ -154,6 +155,16 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
     namespaces.short_names = vec!["ns".to_string()];
     defs.push(namespaces);
 
+    let mut webhooks = ResourceDef::builtin(
+        super::admission::GROUP,
+        "v1",
+        super::admission::VALIDATING_PLURAL,
+        "ValidatingWebhookConfiguration",
+        false,
+    );
+    webhooks.tracks_generation = true;
+    defs.push(webhooks);
+
     let mut crds = ResourceDef::builtin(
         CRD_GROUP,
         "v1",
@@ -172,7 +183,8 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
 ///
 /// Checks what upstream checks for serving: a group with a dot, plural and kind, a scope,
 /// at least one served version, and `metadata.name` = `<plural>.<group>`. The schema is
-/// not validated, and served objects are neither validated nor pruned against it.
+/// not validated; served objects are checked against its CEL rules only (see
+/// [`super::cel`]), not against its types, and are neither defaulted nor pruned.
 pub(crate) fn from_crd(crd: &Value) -> Result<ResourceDef, ApiError> {
     let name = crd
         .pointer("/metadata/name")

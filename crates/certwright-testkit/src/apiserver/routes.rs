@@ -1,7 +1,10 @@
 //! The HTTP surface: every request is logged, passed through the fault rules, then
 //! routed by its path the way the Kubernetes API server lays out its URLs
 //! (`/api/v1/...`, `/apis/{group}/{version}/...`, `namespaces/{ns}/...`, `/{name}`,
-//! `/{name}/status`), plus `/version` and legacy discovery.
+//! `/{name}/status`), plus `/version` and legacy discovery. Writes go through admission
+//! (CEL rules in the store, then validating webhooks) and their warnings become
+//! `Warning` headers; every answer is counted. With the fault endpoint on, `/testkit/`
+//! goes to [`super::admin`] first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::admin;
+use super::admission;
 use super::error::ApiError;
 use super::faults::RecordedRequest;
 use super::resource::ResourceDef;
@@ -30,6 +35,9 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    if shared.options.fault_endpoint && path.starts_with(admin::PREFIX) {
+        return admin::handle(&shared, request).await;
+    }
     let query = request.uri().query().unwrap_or_default().to_string();
     shared.log.record(RecordedRequest {
         method: method.clone(),
@@ -41,13 +49,26 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         tokio::time::sleep(delay).await;
     }
     if let Some(code) = decision.fail {
-        return ApiError::injected(code).into_response();
+        let response = ApiError::injected(code).into_response();
+        shared.stats.record(&method, response.status(), true, false);
+        return response;
     }
     let query = Query(query_pairs(&query));
-    match serve(&shared, request, &path, &query).await {
+    let watch = method == Method::GET && query.flag("watch");
+    let mut warnings = Vec::new();
+    let mut response = match serve(&shared, request, &path, &query, &mut warnings).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
+    };
+    if !warnings.is_empty() {
+        // Upstream sends them with the answer, success or failure.
+        admission::add_warning_headers(response.headers_mut(), &warnings);
     }
+    let status = response.status();
+    shared
+        .stats
+        .record(&method, status, false, watch && status.is_success());
+    response
 }
 
 /// Decoded query parameters, in order.
@@ -118,6 +139,7 @@ async fn serve(
     request: Request,
     path: &str,
     query: &Query,
+    warnings: &mut Vec<String>,
 ) -> Result<Response, ApiError> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let discovery = request.method() == Method::GET;
@@ -138,10 +160,10 @@ async fn serve(
         ["api", "v1"] if discovery => resource_list(shared, "", "v1"),
         ["apis", group, version] if discovery => resource_list(shared, group, version),
         ["api", "v1", rest @ ..] if !rest.is_empty() => {
-            resource(shared, request, "", "v1", rest, query).await
+            resource(shared, request, "", "v1", rest, query, warnings).await
         }
         ["apis", group, version, rest @ ..] if !rest.is_empty() => {
-            resource(shared, request, group, version, rest, query).await
+            resource(shared, request, group, version, rest, query, warnings).await
         }
         _ => Err(ApiError::not_found_path()),
     }
@@ -159,6 +181,92 @@ enum Scope<'a> {
     },
 }
 
+/// One write, before admission.
+enum Write {
+    Create(Value),
+    Update {
+        name: String,
+        part: Part,
+        op: UpdateOp,
+    },
+    Delete {
+        name: String,
+        preconditions: Preconditions,
+    },
+}
+
+/// Where a write goes.
+struct Target<'a> {
+    shared: &'a Arc<Shared>,
+    def: &'a ResourceDef,
+    /// The version in the URL.
+    version: &'a str,
+    ns: &'a str,
+    options: WriteOptions,
+}
+
+impl Target<'_> {
+    fn admission(&self, part: Part) -> admission::Request<'_> {
+        admission::Request {
+            def: self.def,
+            version: self.version,
+            subresource: (part == Part::Status).then_some("status"),
+            dry_run: self.options.dry_run,
+        }
+    }
+
+    /// Stores a write, through the validating webhooks that want it; without any, in
+    /// one step under the store's lock. Returns the object and whether it was created.
+    async fn write(
+        &self,
+        write: Write,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Arc<StoredObject>, bool), ApiError> {
+        let store = &self.shared.store;
+        let key = self.def.key();
+        let (ns, options) = (self.ns, self.options);
+        let part = match &write {
+            Write::Update { part, .. } => *part,
+            _ => Part::Main,
+        };
+        let request = self.admission(part);
+        let webhooks = store
+            .webhooks()
+            .filter(|w| admission::may_apply(w, &request));
+        let Some(webhooks) = webhooks else {
+            return match write {
+                Write::Create(body) => store.create(&key, ns, body, options).map(|o| (o, true)),
+                Write::Update { name, part, op } => {
+                    store.update(&key, ns, &name, part, op, options)
+                }
+                Write::Delete {
+                    name,
+                    preconditions,
+                } => store
+                    .delete(&key, ns, &name, &preconditions, options.dry_run)
+                    .map(|o| (o, false)),
+            };
+        };
+        admission::write(
+            self.shared,
+            &webhooks,
+            &request,
+            warnings,
+            || match &write {
+                Write::Create(body) => store.prepare_create(&key, ns, body.clone(), options),
+                Write::Update { name, part, op } => {
+                    store.prepare_update(&key, ns, name, *part, op.clone(), options)
+                }
+                Write::Delete {
+                    name,
+                    preconditions,
+                } => store.prepare_delete(&key, ns, name, preconditions),
+            },
+        )
+        .await
+    }
+}
+
 async fn resource(
     shared: &Arc<Shared>,
     request: Request,
@@ -166,6 +274,7 @@ async fn resource(
     version: &str,
     rest: &[&str],
     query: &Query,
+    warnings: &mut Vec<String>,
 ) -> Result<Response, ApiError> {
     let store = &shared.store;
     let (plural, scope) = match rest {
@@ -227,18 +336,19 @@ async fn resource(
                         ));
                     }
                     let body = read_body(request).await?;
-                    let options = write_options(query);
-                    let created = store.create(&def.key(), ns.unwrap_or(""), body, options)?;
+                    let target = Target {
+                        shared,
+                        def: &def,
+                        version,
+                        ns: ns.unwrap_or(""),
+                        options: write_options(query),
+                    };
+                    let (created, _) = target.write(Write::Create(body), warnings).await?;
                     Ok(object_response(StatusCode::CREATED, &view, &created))
                 }
                 Method::DELETE => {
-                    let deleted = store.delete_collection(
-                        &def.key(),
-                        ns,
-                        &query.labels()?,
-                        &query.fields()?,
-                        query.dry_run(),
-                    )?;
+                    let deleted =
+                        delete_collection(shared, &def, version, ns, query, warnings).await?;
                     let rv = store.resource_version();
                     let (kind, api_version) = view.list_type(&def);
                     let items = deleted.iter().map(|o| view.render(o));
@@ -261,17 +371,14 @@ async fn resource(
                 Some("status") if def.status_subresource => Part::Status,
                 Some(_) => return Err(ApiError::not_found_path()),
             };
-            object(
+            let target = Target {
                 shared,
-                request,
-                &def,
-                ns.unwrap_or(""),
-                name,
-                part,
-                &view,
-                query,
-            )
-            .await
+                def: &def,
+                version,
+                ns: ns.unwrap_or(""),
+                options: write_options(query),
+            };
+            object(&target, request, name, part, &view, query, warnings).await
         }
     }
 }
@@ -297,20 +404,73 @@ fn write_options(query: &Query) -> WriteOptions {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn object(
+/// The objects a DELETE of a collection deletes: each through admission, as upstream
+/// admits every item.
+async fn delete_collection(
     shared: &Arc<Shared>,
-    request: Request,
     def: &ResourceDef,
-    ns: &str,
+    version: &str,
+    ns: Option<&str>,
+    query: &Query,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Arc<StoredObject>>, ApiError> {
+    let store = &shared.store;
+    let (labels, fields) = (query.labels()?, query.fields()?);
+    let dry_run = query.dry_run();
+    let admitted = store.webhooks().is_some_and(|w| {
+        let target = Target {
+            shared,
+            def,
+            version,
+            ns: "",
+            options: write_options(query),
+        };
+        admission::may_apply(&w, &target.admission(Part::Main))
+    });
+    if !admitted {
+        return store.delete_collection(&def.key(), ns, &labels, &fields, dry_run);
+    }
+    let page = store.list(&def.key(), ns, &labels, &fields, None, None)?;
+    let mut deleted = Vec::new();
+    for obj in page.items {
+        let target = Target {
+            shared,
+            def,
+            version,
+            ns: &obj.namespace,
+            options: write_options(query),
+        };
+        let write = Write::Delete {
+            name: obj.name.clone(),
+            preconditions: Preconditions::default(),
+        };
+        match target.write(write, warnings).await {
+            Ok((gone, _)) => deleted.push(gone),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+async fn object(
+    target: &Target<'_>,
+    request: Request,
     name: &str,
     part: Part,
     view: &View,
     query: &Query,
+    warnings: &mut Vec<String>,
 ) -> Result<Response, ApiError> {
-    let store = &shared.store;
+    let store = &target.shared.store;
+    let (def, ns) = (target.def, target.ns);
     let key = def.key();
     let method = request.method().clone();
+    let update = |op| Write::Update {
+        name: name.to_string(),
+        part,
+        op,
+    };
     match method {
         Method::GET => {
             let obj = store.get(&key, ns, name)?;
@@ -318,14 +478,8 @@ async fn object(
         }
         Method::PUT => {
             let body = read_body(request).await?;
-            let (obj, created) = store.update(
-                &key,
-                ns,
-                name,
-                part,
-                UpdateOp::Replace(body),
-                write_options(query),
-            )?;
+            let write = update(UpdateOp::Replace(body));
+            let (obj, created) = target.write(write, warnings).await?;
             Ok(object_response(created_or_ok(created), view, &obj))
         }
         Method::PATCH => {
@@ -341,7 +495,7 @@ async fn object(
                 .to_ascii_lowercase();
             let bytes = read_bytes(request).await?;
             let op = patch_op(def, &content_type, &bytes, query)?;
-            let (obj, created) = store.update(&key, ns, name, part, op, write_options(query))?;
+            let (obj, created) = target.write(update(op), warnings).await?;
             Ok(object_response(created_or_ok(created), view, &obj))
         }
         Method::DELETE if part == Part::Main => {
@@ -363,7 +517,11 @@ async fn object(
                     resource_version: text("/preconditions/resourceVersion"),
                 }
             };
-            let obj = store.delete(&key, ns, name, &preconditions, query.dry_run())?;
+            let write = Write::Delete {
+                name: name.to_string(),
+                preconditions,
+            };
+            let (obj, _) = target.write(write, warnings).await?;
             Ok(object_response(StatusCode::OK, view, &obj))
         }
         _ => Err(ApiError::method_not_allowed(format!(

@@ -4,10 +4,14 @@
 //!
 //! Objects are kept serialized (`Bytes`), with their labels parsed, so that get, list
 //! and watch only copy bytes; a write parses the live object, changes it and serializes
-//! it once. Everything happens under one mutex, never held across an `.await`.
+//! it once. Everything happens under one mutex, never held across an `.await`: a write
+//! that validating webhooks must see is worked out (`prepare_*`), shown to them without
+//! the lock, then stored by [`Store::commit_prepared`] unless the object changed
+//! meanwhile. Other writes are worked out and stored in one step.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use axum::body::Bytes;
@@ -16,7 +20,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-use super::error::ApiError;
+use super::admission::{self, Webhook};
+use super::cel::CrdValidation;
+use super::error::{self, ApiError};
 use super::resource::{self, CRD_GROUP, CRD_PLURAL, ResourceDef, TypeKey};
 use super::selector::{FieldSelector, LabelSelector};
 
@@ -192,6 +198,8 @@ pub(crate) struct Change {
 
 struct TypeStore {
     def: Arc<ResourceDef>,
+    /// The CEL rules of a custom resource's schema, when it has any.
+    validation: Option<Arc<CrdValidation>>,
     objects: BTreeMap<ObjKey, Arc<StoredObject>>,
     history: VecDeque<Arc<Change>>,
     /// The highest resourceVersion dropped from the history: watches from an older one
@@ -204,6 +212,7 @@ impl TypeStore {
     fn new(def: ResourceDef) -> TypeStore {
         TypeStore {
             def: Arc::new(def),
+            validation: None,
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             evicted_through: 0,
@@ -236,6 +245,86 @@ struct State {
     resource_version: u64,
     types: HashMap<TypeKey, TypeStore>,
     history_limit: usize,
+    /// The webhooks of the stored `ValidatingWebhookConfiguration`s.
+    webhooks: Arc<Vec<Webhook>>,
+    /// Whether `webhooks` has any, readable without the lock: writes skip admission
+    /// entirely when it is false.
+    webhooks_present: Arc<AtomicBool>,
+}
+
+/// A write as admission sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    /// `CREATE`, `UPDATE` or `DELETE`, as in an `AdmissionReview`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+        }
+    }
+}
+
+/// What storing a write does besides storing it.
+#[derive(Debug)]
+enum Effect {
+    None,
+    /// A CRD was stored: serve (or re-serve) its kind.
+    Install(Box<(ResourceDef, Option<Arc<CrdValidation>>)>),
+    /// A CRD went: stop serving its kind.
+    Uninstall(String),
+}
+
+/// A write worked out against the live object, not yet stored: what admission
+/// webhooks are shown before [`Store::commit_prepared`] stores it.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    key: TypeKey,
+    objkey: ObjKey,
+    /// The object to store; for a deletion, its last state.
+    value: Value,
+    /// `None`: an update that changes nothing, answered with `old` as it is.
+    change: Option<ChangeKind>,
+    /// The live object the write was worked out from (`None` for a create).
+    old: Option<Arc<StoredObject>>,
+    operation: Operation,
+    effect: Effect,
+    created: bool,
+}
+
+impl Prepared {
+    pub(crate) fn operation(&self) -> Operation {
+        self.operation
+    }
+
+    /// The object as it would be stored (for a deletion, its last state).
+    pub(crate) fn object(&self) -> &Value {
+        &self.value
+    }
+
+    /// The live object before the write.
+    pub(crate) fn old(&self) -> Option<&Arc<StoredObject>> {
+        self.old.as_ref()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.objkey.1
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.objkey.0
+    }
+
+    /// Whether the write creates the object (apply, or PUT of a kind created on update).
+    pub(crate) fn created(&self) -> bool {
+        self.created
+    }
 }
 
 /// Which part of an object a write addresses.
@@ -246,7 +335,7 @@ pub(crate) enum Part {
 }
 
 /// How a write changes the live object.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum UpdateOp {
     /// PUT: the body replaces the object.
     Replace(Value),
@@ -264,8 +353,9 @@ pub(crate) enum UpdateOp {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct WriteOptions {
     /// Calls over HTTP: `.status` only through `/status` for kinds with a status
-    /// subresource, and PUT of a custom resource requires `metadata.resourceVersion`.
-    /// Direct store writes from a test leave this off and write whole objects.
+    /// subresource, PUT of a custom resource requires `metadata.resourceVersion`, and
+    /// custom resources are checked against their CEL rules. Direct store writes from a
+    /// test leave this off and write whole objects.
     pub(crate) api_semantics: bool,
     /// `dryRun=All`: everything but storing.
     pub(crate) dry_run: bool,
@@ -312,6 +402,7 @@ pub(crate) struct WatchStart {
 /// The store; see the module documentation.
 pub(crate) struct Store {
     state: Mutex<State>,
+    webhooks_present: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -328,13 +419,27 @@ impl Store {
             .into_iter()
             .map(|def| (def.key(), TypeStore::new(def)))
             .collect();
+        let webhooks_present = Arc::new(AtomicBool::new(false));
         Store {
             state: Mutex::new(State {
                 resource_version: 1,
                 types,
                 history_limit: history_limit.max(1),
+                webhooks: Arc::new(Vec::new()),
+                webhooks_present: webhooks_present.clone(),
             }),
+            webhooks_present,
         }
+    }
+
+    /// The webhooks of the stored `ValidatingWebhookConfiguration`s, or `None` when
+    /// there are none (one atomic load: the fast path of every write).
+    pub(crate) fn webhooks(&self) -> Option<Arc<Vec<Webhook>>> {
+        if !self.webhooks_present.load(Ordering::Acquire) {
+            return None;
+        }
+        let webhooks = self.state().webhooks.clone();
+        (!webhooks.is_empty()).then_some(webhooks)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -479,7 +584,54 @@ impl Store {
         options: WriteOptions,
     ) -> Result<Arc<StoredObject>, ApiError> {
         let mut state = self.state();
-        state.create(key, ns, body, options)
+        let prepared = state.prepare_create(key, ns, body, options)?;
+        fresh(state.apply(prepared, options.dry_run)?)
+    }
+
+    /// Works out a create without storing it: see [`Store::commit_prepared`].
+    pub(crate) fn prepare_create(
+        &self,
+        key: &TypeKey,
+        ns: &str,
+        body: Value,
+        options: WriteOptions,
+    ) -> Result<Prepared, ApiError> {
+        self.state().prepare_create(key, ns, body, options)
+    }
+
+    /// Works out an update without storing it: see [`Store::commit_prepared`].
+    pub(crate) fn prepare_update(
+        &self,
+        key: &TypeKey,
+        ns: &str,
+        name: &str,
+        part: Part,
+        op: UpdateOp,
+        options: WriteOptions,
+    ) -> Result<Prepared, ApiError> {
+        self.state()
+            .prepare_update(key, ns, name, part, op, options)
+    }
+
+    /// Works out a deletion without storing it: see [`Store::commit_prepared`].
+    pub(crate) fn prepare_delete(
+        &self,
+        key: &TypeKey,
+        ns: &str,
+        name: &str,
+        preconditions: &Preconditions,
+    ) -> Result<Prepared, ApiError> {
+        self.state().prepare_delete(key, ns, name, preconditions)
+    }
+
+    /// Stores a write worked out by a `prepare_*` call, unless the object changed since
+    /// (`Ok(None)`: work it out again).
+    pub(crate) fn commit_prepared(
+        &self,
+        prepared: Prepared,
+        dry_run: bool,
+    ) -> Result<Option<Arc<StoredObject>>, ApiError> {
+        self.state().apply(prepared, dry_run)
     }
 
     /// Replaces, patches or applies an object or its status.
@@ -496,7 +648,9 @@ impl Store {
         options: WriteOptions,
     ) -> Result<(Arc<StoredObject>, bool), ApiError> {
         let mut state = self.state();
-        state.update(key, ns, name, part, op, options)
+        let prepared = state.prepare_update(key, ns, name, part, op, options)?;
+        let created = prepared.created;
+        Ok((fresh(state.apply(prepared, options.dry_run)?)?, created))
     }
 
     /// Deletes an object: at once, or, when it has finalizers, by setting
@@ -510,7 +664,8 @@ impl Store {
         dry_run: bool,
     ) -> Result<Arc<StoredObject>, ApiError> {
         let mut state = self.state();
-        state.delete(key, ns, name, preconditions, dry_run)
+        let prepared = state.prepare_delete(key, ns, name, preconditions)?;
+        fresh(state.apply(prepared, dry_run)?)
     }
 
     /// Deletes every selected object of a namespace (or of every namespace).
@@ -526,13 +681,9 @@ impl Store {
         let mut state = self.state();
         let mut deleted = Vec::new();
         for obj in page.items {
-            match state.delete(
-                key,
-                &obj.namespace,
-                &obj.name,
-                &Preconditions::default(),
-                dry_run,
-            ) {
+            let prepared =
+                state.prepare_delete(key, &obj.namespace, &obj.name, &Preconditions::default());
+            match prepared.and_then(|p| fresh(state.apply(p, dry_run)?)) {
                 Ok(gone) => deleted.push(gone),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -601,6 +752,12 @@ impl Store {
     }
 }
 
+/// The stored object of a write worked out and stored under one lock, where the live
+/// object cannot have changed in between.
+fn fresh(stored: Option<Arc<StoredObject>>) -> Result<Arc<StoredObject>, ApiError> {
+    stored.ok_or_else(|| ApiError::internal("the object changed while it was being written"))
+}
+
 fn type_store<'a>(state: &'a State, key: &TypeKey) -> Result<&'a TypeStore, ApiError> {
     state.types.get(key).ok_or_else(ApiError::not_found_path)
 }
@@ -627,13 +784,13 @@ fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
 }
 
 impl State {
-    fn create(
-        &mut self,
+    fn prepare_create(
+        &self,
         key: &TypeKey,
         ns: &str,
         body: Value,
         options: WriteOptions,
-    ) -> Result<Arc<StoredObject>, ApiError> {
+    ) -> Result<Prepared, ApiError> {
         let def = type_store(self, key)?.def.clone();
         let mut obj = body;
         normalize_type_meta(&def, &mut obj)?;
@@ -689,42 +846,43 @@ impl State {
         {
             o.remove("status");
         }
-        let crd = self.prepare_hooks(&def, &mut obj, None)?;
-        let stored = self.commit(
-            key,
-            (ns.to_string(), name),
-            obj,
-            ChangeKind::Added,
-            options.dry_run,
-        )?;
-        if let Some(crd_def) = crd
-            && !options.dry_run
-        {
-            self.install(crd_def);
-        }
-        Ok(stored)
+        let effect = self.prepare_hooks(&def, &mut obj, None, options)?;
+        Ok(Prepared {
+            key: key.clone(),
+            objkey: (ns.to_string(), name),
+            value: obj,
+            change: Some(ChangeKind::Added),
+            old: None,
+            operation: Operation::Create,
+            effect,
+            created: false,
+        })
     }
 
-    fn update(
-        &mut self,
+    fn prepare_update(
+        &self,
         key: &TypeKey,
         ns: &str,
         name: &str,
         part: Part,
         op: UpdateOp,
         options: WriteOptions,
-    ) -> Result<(Arc<StoredObject>, bool), ApiError> {
+    ) -> Result<Prepared, ApiError> {
         let ts = type_store(self, key)?;
         let def = ts.def.clone();
         let Some(current) = ts.objects.get(&(ns.to_string(), name.to_string())).cloned() else {
             return match op {
                 UpdateOp::Apply(body) if part == Part::Main => {
                     let body = with_name(body, name)?;
-                    Ok((self.create(key, ns, body, options)?, true))
+                    let mut prepared = self.prepare_create(key, ns, body, options)?;
+                    prepared.created = true;
+                    Ok(prepared)
                 }
                 UpdateOp::Replace(body) if part == Part::Main && def.create_on_update => {
                     let body = with_name(body, name)?;
-                    Ok((self.create(key, ns, body, options)?, true))
+                    let mut prepared = self.prepare_create(key, ns, body, options)?;
+                    prepared.created = true;
+                    Ok(prepared)
                 }
                 _ => Err(def.not_found(name)),
             };
@@ -827,23 +985,35 @@ impl State {
                 Part::Status => with_status_of(live.clone(), &new),
             };
         }
-        let crd = self.prepare_hooks(&def, &mut new, Some(&live))?;
-        let objkey = (ns.to_string(), name.to_string());
+        let effect = self.prepare_hooks(&def, &mut new, Some(&live), options)?;
+        let mut prepared = Prepared {
+            key: key.clone(),
+            objkey: (ns.to_string(), name.to_string()),
+            value: Value::Null,
+            change: None,
+            old: Some(current),
+            operation: Operation::Update,
+            effect,
+            created: false,
+        };
         let finalizers_done = live_meta.contains_key("deletionTimestamp")
             && new
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
                 .is_none_or(Vec::is_empty);
         if finalizers_done {
-            let gone = self.commit(key, objkey, new, ChangeKind::Deleted, options.dry_run)?;
-            if crd.is_some() && !options.dry_run {
-                self.uninstall(name);
+            if matches!(prepared.effect, Effect::Install(_)) {
+                prepared.effect = Effect::Uninstall(name.to_string());
             }
-            return Ok((gone, false));
+            prepared.value = new;
+            prepared.change = Some(ChangeKind::Deleted);
+            return Ok(prepared);
         }
         // An update that changes nothing is not written: no new resourceVersion, no event.
         if new == live {
-            return Ok((current, false));
+            prepared.value = new;
+            prepared.effect = Effect::None;
+            return Ok(prepared);
         }
         if def.tracks_generation && spec_changed(&live, &new, def.status_subresource) {
             let generation = live_meta
@@ -854,23 +1024,18 @@ impl State {
                 meta.insert("generation".to_string(), json!(generation + 1));
             }
         }
-        let stored = self.commit(key, objkey, new, ChangeKind::Modified, options.dry_run)?;
-        if let Some(crd_def) = crd
-            && !options.dry_run
-        {
-            self.install(crd_def);
-        }
-        Ok((stored, false))
+        prepared.value = new;
+        prepared.change = Some(ChangeKind::Modified);
+        Ok(prepared)
     }
 
-    fn delete(
-        &mut self,
+    fn prepare_delete(
+        &self,
         key: &TypeKey,
         ns: &str,
         name: &str,
         preconditions: &Preconditions,
-        dry_run: bool,
-    ) -> Result<Arc<StoredObject>, ApiError> {
+    ) -> Result<Prepared, ApiError> {
         let ts = type_store(self, key)?;
         let def = ts.def.clone();
         let objkey = (ns.to_string(), name.to_string());
@@ -910,9 +1075,20 @@ impl State {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
+        let mut prepared = Prepared {
+            key: key.clone(),
+            objkey,
+            value: Value::Null,
+            change: None,
+            old: Some(current),
+            operation: Operation::Delete,
+            effect: Effect::None,
+            created: false,
+        };
         if has_finalizers {
             if live.pointer("/metadata/deletionTimestamp").is_some() {
-                return Ok(current);
+                prepared.value = live;
+                return Ok(prepared);
             }
             let meta = metadata_mut(&mut live)?;
             meta.insert("deletionTimestamp".to_string(), Value::String(now()));
@@ -921,25 +1097,101 @@ impl State {
                 let generation = meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
                 meta.insert("generation".to_string(), json!(generation + 1));
             }
-            return self.commit(key, objkey, live, ChangeKind::Modified, dry_run);
+            prepared.value = live;
+            prepared.change = Some(ChangeKind::Modified);
+            return Ok(prepared);
         }
-        let gone = self.commit(key, objkey, live, ChangeKind::Deleted, dry_run)?;
-        if key.0 == CRD_GROUP && key.1 == CRD_PLURAL && !dry_run {
-            self.uninstall(name);
+        if key.0 == CRD_GROUP && key.1 == CRD_PLURAL {
+            prepared.effect = Effect::Uninstall(name.to_string());
         }
-        Ok(gone)
+        prepared.value = live;
+        prepared.change = Some(ChangeKind::Deleted);
+        Ok(prepared)
     }
 
-    /// Kind-specific defaulting: Secret `stringData` and `type`; a CRD's status (and
-    /// the kind it defines, installed once the CRD is stored).
+    /// Stores a prepared write, unless the live object is no longer the one it was
+    /// worked out from (`Ok(None)`).
+    fn apply(
+        &mut self,
+        prepared: Prepared,
+        dry_run: bool,
+    ) -> Result<Option<Arc<StoredObject>>, ApiError> {
+        let ts = type_store(self, &prepared.key)?;
+        let live_rv = ts.objects.get(&prepared.objkey).map(|o| o.resource_version);
+        if live_rv != prepared.old.as_ref().map(|o| o.resource_version) {
+            return Ok(None);
+        }
+        let Some(change) = prepared.change else {
+            return Ok(prepared.old);
+        };
+        let stored = self.commit(
+            &prepared.key,
+            prepared.objkey,
+            prepared.value,
+            change,
+            dry_run,
+        )?;
+        if !dry_run {
+            match prepared.effect {
+                Effect::None => {}
+                Effect::Install(installed) => {
+                    let (def, validation) = *installed;
+                    self.install(def, validation);
+                }
+                Effect::Uninstall(crd_name) => self.uninstall(&crd_name),
+            }
+            if prepared.key.0 == admission::GROUP && prepared.key.1 == admission::VALIDATING_PLURAL
+            {
+                self.refresh_webhooks();
+            }
+        }
+        Ok(Some(stored))
+    }
+
+    /// Re-reads the webhooks after a webhook configuration changed.
+    fn refresh_webhooks(&mut self) {
+        let key = (
+            admission::GROUP.to_string(),
+            admission::VALIDATING_PLURAL.to_string(),
+        );
+        let webhooks = self
+            .types
+            .get(&key)
+            .map(|ts| admission::webhooks_of(ts.objects.values().map(|o| o.as_ref())))
+            .unwrap_or_default();
+        self.webhooks_present
+            .store(!webhooks.is_empty(), Ordering::Release);
+        self.webhooks = Arc::new(webhooks);
+    }
+
+    /// Kind-specific defaulting and validation: Secret `stringData` and `type`; webhook
+    /// configurations; a CRD's status (and the kind it defines, installed once the CRD
+    /// is stored, with its CEL rules compiled); the CEL rules of a custom resource.
     fn prepare_hooks(
         &self,
         def: &ResourceDef,
         obj: &mut Value,
         live: Option<&Value>,
-    ) -> Result<Option<ResourceDef>, ApiError> {
+        options: WriteOptions,
+    ) -> Result<Effect, ApiError> {
         if def.group.is_empty() && def.plural == "secrets" {
             default_secret(obj);
+        }
+        if def.group == admission::GROUP && def.plural == admission::VALIDATING_PLURAL {
+            admission::default_and_validate(obj).map_err(|errors| {
+                error::invalid_object(&def.group, &def.kind, &meta_str(obj, "name"), &errors)
+            })?;
+        }
+        if def.custom
+            && options.api_semantics
+            && let Some(validation) = self
+                .types
+                .get(&def.key())
+                .and_then(|t| t.validation.as_ref())
+        {
+            validation.validate(obj, live).map_err(|errors| {
+                error::invalid_object(&def.group, &def.kind, &meta_str(obj, "name"), &errors)
+            })?;
         }
         if def.group == CRD_GROUP && def.plural == CRD_PLURAL {
             let crd_def = resource::from_crd(obj)?;
@@ -951,18 +1203,29 @@ impl State {
                     "spec.names.plural: Invalid value: the resource is built into this server",
                 ));
             }
+            let validation = CrdValidation::from_crd(obj, &crd_def.storage_version)
+                .map_err(|errors| {
+                    error::invalid_object(&def.group, &def.kind, &meta_str(obj, "name"), &errors)
+                })?
+                .map(Arc::new);
             crd_status(obj, &crd_def, live);
-            return Ok(Some(crd_def));
+            return Ok(Effect::Install(Box::new((crd_def, validation))));
         }
-        Ok(None)
+        Ok(Effect::None)
     }
 
     /// Serves (or re-serves, keeping the objects) the kind a stored CRD defines.
-    fn install(&mut self, def: ResourceDef) {
+    fn install(&mut self, def: ResourceDef, validation: Option<Arc<CrdValidation>>) {
         match self.types.get_mut(&def.key()) {
-            Some(ts) => ts.def = Arc::new(def),
+            Some(ts) => {
+                ts.def = Arc::new(def);
+                ts.validation = validation;
+            }
             None => {
-                self.types.insert(def.key(), TypeStore::new(def));
+                let key = def.key();
+                let mut ts = TypeStore::new(def);
+                ts.validation = validation;
+                self.types.insert(key, ts);
             }
         }
     }
@@ -1265,7 +1528,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
 }
 
 /// A version 4 UUID.
-fn new_uid() -> Result<String, ApiError> {
+pub(crate) fn new_uid() -> Result<String, ApiError> {
     let mut b = random_bytes::<16>()?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

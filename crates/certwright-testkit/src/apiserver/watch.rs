@@ -130,7 +130,12 @@ async fn run(
     let deadline = tokio::time::sleep(watcher.params.timeout);
     tokio::pin!(deadline);
     loop {
+        // Biased, in this order: once the client is gone, the watches are dropped or the
+        // deadline has passed, no further change is sent (unbiased, a drop racing with
+        // queued changes delivered some of them first, so a client resumed from a newer
+        // resourceVersion than the one it had when the watch was dropped).
         let outcome = tokio::select! {
+            biased;
             () = watcher.tx.closed() => Err(Stop::ClientGone),
             _ = drop_signal.changed() => Err(Stop::ClientGone),
             () = &mut deadline => {

@@ -2,7 +2,8 @@
 //! for demos and benchmarks that run the real controller against it.
 //!
 //! Prints its URL as the first line of stdout once it serves (CRDs registered, kubeconfig
-//! written), then runs until SIGTERM or SIGINT.
+//! written), then runs until SIGTERM or SIGINT. With `--enable-fault-endpoint` it also
+//! serves `/testkit/faults` and `/testkit/stats` (see `--help`).
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -13,9 +14,25 @@ use anyhow::Context as _;
 use certwright_testkit::apiserver::{ApiServer, ApiServerOptions};
 use clap::Parser;
 
+/// What `--help` adds about the fault endpoint.
+const FAULT_ENDPOINT_HELP: &str = "\
+Fault endpoint (only with --enable-fault-endpoint; not logged, counted or faulted):
+  POST   /testkit/faults  {\"method\": \"PATCH\", \"pattern\": \"/status\", \"code\": 409, \"times\": 3}
+                          fails the next 3 calls whose method matches (\"*\": any) and
+                          whose path contains pattern, with a Status as upstream's for code;
+                          {..., \"code\": 409, \"ratio\": 0.05} fails each matching call with
+                          probability 0.05 until cleared (fixed seed, or \"seed\": n);
+                          {..., \"delayMs\": 200[, \"times\": n]} delays matching calls;
+                          neither times nor ratio: every matching call. Answers the rules.
+  GET    /testkit/faults  the active rules
+  DELETE /testkit/faults  removes every rule
+  GET    /testkit/stats   {\"total\", \"byMethod\": {\"GET\": n, ...}, \"byClass\": {\"2xx\": n, ...},
+                           \"injectedFaults\", \"watches\"}: the calls answered so far
+  DELETE /testkit/stats   starts the counts over";
+
 /// An in-memory Kubernetes API server over plain HTTP, for tests and demos.
 #[derive(Debug, Parser)]
-#[command(name = "certwright-apiserver", version)]
+#[command(name = "certwright-apiserver", version, after_help = FAULT_ENDPOINT_HELP)]
 struct Args {
     /// Port to listen on (0: any free port).
     #[arg(long, default_value_t = 0)]
@@ -38,6 +55,10 @@ struct Args {
     /// Seconds between watch bookmarks.
     #[arg(long, default_value_t = 1.0)]
     bookmark_interval: f64,
+    /// Serve the fault endpoint under /testkit/ (see below), so that a separate process
+    /// can inject faults and read call counts.
+    #[arg(long)]
+    enable_fault_endpoint: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +80,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .port(args.port)
         .history_limit(args.history_limit)
         .bookmark_interval(bookmark_interval)
+        .fault_endpoint(args.enable_fault_endpoint)
         // Nobody can read the log of a separate process: do not keep it.
         .request_log_limit(0);
     let server = ApiServer::start_with(options)
