@@ -1,6 +1,11 @@
 //! certwright's build tasks, run as `cargo xtask <task>`:
 //! `crdgen` writes the CRD YAML from the Rust types, `test` runs every check CI runs.
 
+mod bench;
+mod cluster;
+mod demo;
+mod helm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -13,17 +18,20 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   crdgen [--check]   write helm/certwright/crds/*.yaml from the Rust types
                      (--check: fail when the committed files differ)
+  helm-lint          static checks of helm/certwright (no helm needed; see docs/helm.md)
   test               fmt check, clippy, crdgen check, every test
-  demo               run the demo (not available yet: see README)";
+  demo               the real controller and webhook against the test API server
+  bench [--outage-seconds N] [--total N]
+                     measure the controller; writes docs/benchmarks.md";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("crdgen") => crdgen(args.iter().any(|a| a == "--check")),
         Some("test") => test(),
-        Some("demo") => Err(anyhow::anyhow!(
-            "the demo is not built yet; `cargo xtask test` runs every test"
-        )),
+        Some("helm-lint") => helm::lint(&root()),
+        Some("demo") => demo::run(&root()),
+        Some("bench") => bench::run(&root(), &args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
@@ -94,7 +102,7 @@ fn crdgen(check: bool) -> Result<()> {
     Ok(())
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     println!("==> cargo {}", args.join(" "));
     let status = Command::new(&cargo)
@@ -175,6 +183,11 @@ fn test() -> Result<()> {
     ])?;
     println!("==> crdgen --check");
     crdgen(true)?;
+    println!("==> helm-lint");
+    helm::lint(&root())?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    // The README's first command must keep working.
+    println!("==> demo");
+    demo::run(&root())?;
     Ok(())
 }

@@ -1,0 +1,139 @@
+//! Command-line flags, named as controller-runtime names them so operators find them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// certwright-controller: signs cert-manager CertificateRequests through enterprise PKI.
+#[derive(Parser, Debug)]
+#[command(name = "certwright-controller", version)]
+pub(crate) struct Flags {
+    /// Path to a kubeconfig; in-cluster configuration (or KUBECONFIG) when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+
+    /// Namespace where cluster issuers read their Secrets; the pod's namespace by default.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cert-manager")]
+    pub(crate) cluster_resource_namespace: String,
+
+    /// Elect a leader through a Lease so that only one replica signs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) leader_elect: bool,
+
+    /// Namespace of the leader election Lease; the cluster resource namespace by default.
+    #[arg(long)]
+    pub(crate) leader_election_namespace: Option<String>,
+
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "certwright-controller")]
+    pub(crate) leader_election_id: String,
+
+    /// How long a leader's Lease is valid without renewal (Go duration).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub(crate) leader_election_lease_duration: std::time::Duration,
+
+    /// A leader that has not renewed its Lease for this long stops signing.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) leader_election_renew_deadline: std::time::Duration,
+
+    /// How often the Lease is renewed or tried.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) leader_election_retry_period: std::time::Duration,
+
+    /// This replica's identity in the Lease and on Events.
+    #[arg(long, env = "POD_NAME")]
+    pub(crate) pod_name: Option<String>,
+
+    /// Where Prometheus metrics are served (`/metrics`).
+    #[arg(long, default_value = "0.0.0.0:9402", value_parser = parse_addr)]
+    pub(crate) metrics_bind_address: SocketAddr,
+
+    /// Where `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:8081", value_parser = parse_addr)]
+    pub(crate) health_probe_bind_address: SocketAddr,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub(crate) log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `certwright_engine=debug,info` (RUST_LOG wins when set).
+    #[arg(long, default_value = "info")]
+    pub(crate) log_level: String,
+
+    /// CertificateRequests reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_concurrent_reconciles: usize,
+
+    /// How often each issuer's PKI is health-checked (Go duration).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub(crate) issuer_health_check_interval: std::time::Duration,
+}
+
+/// Accepts `:9402` (all interfaces) as well as `host:port`.
+fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
+    let full = if raw.starts_with(':') {
+        format!("0.0.0.0{raw}")
+    } else {
+        raw.to_string()
+    };
+    full.parse()
+        .map_err(|e| format!("{raw:?} is not an address like :9402 or 127.0.0.1:9402: {e}"))
+}
+
+fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
+    certwright_api::parse_duration(raw).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_follow_controller_runtime() {
+        let flags = Flags::try_parse_from(["certwright-controller"]).unwrap();
+        assert!(flags.leader_elect);
+        assert_eq!(flags.metrics_bind_address.port(), 9402);
+        assert_eq!(flags.health_probe_bind_address.port(), 8081);
+        assert_eq!(flags.issuer_health_check_interval.as_secs(), 300);
+        assert_eq!(flags.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn accepts_go_style_addresses_and_durations() {
+        let flags = Flags::try_parse_from([
+            "certwright-controller",
+            "--metrics-bind-address",
+            ":9999",
+            "--leader-elect=false",
+            "--issuer-health-check-interval",
+            "1m30s",
+            "--log-format",
+            "text",
+        ])
+        .unwrap();
+        assert_eq!(flags.metrics_bind_address.to_string(), "0.0.0.0:9999");
+        assert!(!flags.leader_elect);
+        assert_eq!(flags.issuer_health_check_interval.as_secs(), 90);
+        let err = Flags::try_parse_from([
+            "certwright-controller",
+            "--issuer-health-check-interval",
+            "5 minutes",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("issuer-health-check-interval"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,886 @@
+//! The admission decision, as pure functions: an `AdmissionRequest` and what is known
+//! about the Secrets it references go in, an allowed or denied `AdmissionResponse` with
+//! every problem (each naming its field path) and warnings comes out. No I/O here: the
+//! HTTP layer asks [`review`] which Secrets matter, fetches them, then calls
+//! [`IssuerReview::decide`] with a [`SecretLookup`].
+
+use std::collections::{BTreeSet, HashMap};
+
+use certwright_api::validation::check_dns1123_subdomain;
+use certwright_api::{
+    AdcsAuthMethod, Base64Bytes, InternalClusterIssuer, InternalIssuer, IssuerSpec,
+    SecretRequirement, secret_requirements, validate_issuer_spec,
+};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::response::{StatusCause, StatusDetails};
+use kube::core::{DynamicObject, Status};
+
+/// The issuer kinds this webhook validates.
+const KIND_ISSUER: &str = "InternalIssuer";
+const KIND_CLUSTER_ISSUER: &str = "InternalClusterIssuer";
+
+/// Above these, the PKI probably cannot keep up: warn.
+const WARN_REQUESTS_PER_SECOND: f64 = 50.0;
+const WARN_MAX_CONCURRENT_REQUESTS: u32 = 64;
+
+/// What the checks need to know about the deployment.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Where cluster issuers read their Secrets from.
+    pub(crate) cluster_resource_namespace: String,
+}
+
+/// What is known about one Secret. Only key names, never values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SecretState {
+    /// The Secret exists; these keys hold non-empty values.
+    Found(BTreeSet<String>),
+    /// The Secret does not exist.
+    NotFound,
+    /// The Secret could not be read; why, in words.
+    Unknown(String),
+}
+
+/// Answers which Secrets exist and which keys they hold.
+pub(crate) trait SecretLookup {
+    /// The state of Secret `name` in `namespace`.
+    fn lookup(&self, namespace: &str, name: &str) -> SecretState;
+}
+
+/// A Secret to look up: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SecretRef {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+}
+
+/// Secrets already fetched; any other Secret is [`SecretState::Unknown`].
+pub(crate) type FetchedSecrets = HashMap<SecretRef, SecretState>;
+
+impl SecretLookup for FetchedSecrets {
+    fn lookup(&self, namespace: &str, name: &str) -> SecretState {
+        let key = SecretRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.get(&key)
+            .cloned()
+            .unwrap_or_else(|| SecretState::Unknown("it was not looked up".to_string()))
+    }
+}
+
+/// The first step of a review.
+#[derive(Debug)]
+pub(crate) enum Review {
+    /// The answer is known without looking at any Secret.
+    Done(Box<AdmissionResponse>),
+    /// An issuer to check, once its Secrets are known.
+    Issuer(Box<IssuerReview>),
+}
+
+/// An issuer under review: the problems and warnings found in its spec, and the Secrets
+/// still to check.
+#[derive(Debug)]
+pub(crate) struct IssuerReview {
+    response: AdmissionResponse,
+    kind: &'static str,
+    name: String,
+    /// Where this issuer reads its Secrets.
+    namespace: String,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+    requirements: Vec<SecretRequirement>,
+}
+
+/// One reason to deny, with the field it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Problem {
+    field: String,
+    /// A Kubernetes `CauseType`: FieldValueInvalid, FieldValueRequired, ...
+    reason: &'static str,
+    message: String,
+    /// True when the check could not be made (as opposed to a check that failed).
+    undecided: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Reviews a request and checks the Secrets with `secrets`: [`review`] then
+/// [`IssuerReview::decide`].
+#[cfg(test)]
+pub(crate) fn admit(
+    request: &AdmissionRequest<DynamicObject>,
+    settings: &Settings,
+    secrets: &dyn SecretLookup,
+) -> AdmissionResponse {
+    match review(request, settings) {
+        Review::Done(response) => *response,
+        Review::Issuer(issuer) => issuer.decide(secrets),
+    }
+}
+
+/// Dispatches by kind and operation, parses the object and runs every check that needs
+/// no Secret. CREATE and UPDATE of our two kinds are checked; anything else is allowed.
+pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Settings) -> Review {
+    let allowed = AdmissionResponse::from(request);
+    let kind = match (request.kind.group.as_str(), request.kind.kind.as_str()) {
+        (certwright_api::GROUP, KIND_ISSUER) => KIND_ISSUER,
+        (certwright_api::GROUP, KIND_CLUSTER_ISSUER) => KIND_CLUSTER_ISSUER,
+        _ => return Review::Done(Box::new(allowed)),
+    };
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return Review::Done(Box::new(allowed));
+    }
+    // Status and other subresources carry no spec change to judge.
+    if request
+        .sub_resource
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Review::Done(Box::new(allowed));
+    }
+    let Some(object) = &request.object else {
+        return Review::Done(Box::new(deny(
+            allowed,
+            vec![Problem {
+                field: String::new(),
+                reason: "FieldValueRequired",
+                message: format!("the {kind} request carries no object"),
+                undecided: false,
+            }],
+        )));
+    };
+    let parsed = match parse(kind, object) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            return Review::Done(Box::new(deny(
+                allowed,
+                vec![Problem {
+                    field: String::new(),
+                    reason: "FieldValueInvalid",
+                    message: format!("the object is not a valid {kind}: {why}"),
+                    undecided: false,
+                }],
+            )));
+        }
+    };
+
+    if request.operation == Operation::Update {
+        // An update that leaves the spec alone (labels, finalizers, a deletion in
+        // progress) must not be blocked by a Secret that has since gone away.
+        let old = request
+            .old_object
+            .as_ref()
+            .and_then(|o| parse(kind, o).ok());
+        if old.is_some_and(|old| old.spec == parsed.spec) || parsed.deleting {
+            return Review::Done(Box::new(allowed));
+        }
+    }
+
+    let namespace = if kind == KIND_CLUSTER_ISSUER {
+        settings.cluster_resource_namespace.clone()
+    } else {
+        match request
+            .namespace
+            .clone()
+            .or(parsed.namespace)
+            .filter(|ns| !ns.is_empty())
+        {
+            Some(ns) => ns,
+            None => {
+                return Review::Done(Box::new(deny(
+                    allowed,
+                    vec![Problem {
+                        field: "metadata.namespace".to_string(),
+                        reason: "FieldValueRequired",
+                        message: "an InternalIssuer must have a namespace".to_string(),
+                        undecided: false,
+                    }],
+                )));
+            }
+        }
+    };
+
+    let spec = parsed.spec;
+    let mut problems = Vec::new();
+    if let Err(errors) = validate_issuer_spec(&spec) {
+        problems.extend(errors.0.into_iter().map(|e| Problem {
+            reason: match e.kind {
+                certwright_api::FieldErrorKind::Required => "FieldValueRequired",
+                certwright_api::FieldErrorKind::Forbidden => "FieldValueForbidden",
+                _ => "FieldValueInvalid",
+            },
+            message: format!("{}: {}", e.kind, e.detail),
+            field: e.field,
+            undecided: false,
+        }));
+    }
+    // A name that is not a valid Secret name was reported above; looking it up would
+    // only add noise.
+    let requirements = secret_requirements(&spec)
+        .into_iter()
+        .filter(|r| check_dns1123_subdomain(&r.secret).is_ok())
+        .collect();
+    Review::Issuer(Box::new(IssuerReview {
+        response: allowed,
+        kind,
+        name: request.name.clone(),
+        namespace,
+        problems,
+        warnings: warnings(&spec),
+        requirements,
+    }))
+}
+
+impl IssuerReview {
+    /// The Secrets [`IssuerReview::decide`] will ask about, without duplicates.
+    pub(crate) fn secrets_to_look_up(&self) -> Vec<SecretRef> {
+        let refs: BTreeSet<SecretRef> = self
+            .requirements
+            .iter()
+            .map(|r| SecretRef {
+                namespace: self.namespace.clone(),
+                name: r.secret.clone(),
+            })
+            .collect();
+        refs.into_iter().collect()
+    }
+
+    /// The issuer's kind and name, for logs.
+    pub(crate) fn describe(&self) -> String {
+        format!("{} {:?}", self.kind, self.name)
+    }
+
+    /// Checks each referenced Secret (exists where this issuer may read it, holds the
+    /// keys of at least one alternative) and answers: allowed with the warnings, or
+    /// denied with every problem.
+    pub(crate) fn decide(self, secrets: &dyn SecretLookup) -> AdmissionResponse {
+        let IssuerReview {
+            mut response,
+            kind,
+            namespace,
+            mut problems,
+            warnings,
+            requirements,
+            ..
+        } = self;
+        for requirement in &requirements {
+            let secret = &requirement.secret;
+            let found = match secrets.lookup(&namespace, secret) {
+                SecretState::Found(keys) => keys,
+                SecretState::NotFound => {
+                    let scope = if kind == KIND_CLUSTER_ISSUER {
+                        "an InternalClusterIssuer reads Secrets from the cluster resource namespace"
+                    } else {
+                        "an InternalIssuer reads Secrets from its own namespace"
+                    };
+                    problems.push(Problem {
+                        field: requirement.field.to_string(),
+                        reason: "FieldValueNotFound",
+                        message: format!(
+                            "Secret {secret:?} not found in namespace {namespace:?} ({scope})"
+                        ),
+                        undecided: false,
+                    });
+                    continue;
+                }
+                SecretState::Unknown(why) => {
+                    problems.push(Problem {
+                        field: requirement.field.to_string(),
+                        reason: "FieldValueInvalid",
+                        message: format!(
+                            "could not check Secret {secret:?} in namespace {namespace:?}: {why}"
+                        ),
+                        undecided: true,
+                    });
+                    continue;
+                }
+            };
+            if let Some(unmet) = requirement.unmet(|key| found.contains(key)) {
+                problems.push(Problem {
+                    field: requirement.field.to_string(),
+                    reason: "FieldValueInvalid",
+                    message: format!("Secret {secret:?} in namespace {namespace:?} {unmet}"),
+                    undecided: false,
+                });
+            }
+        }
+        if !warnings.is_empty() {
+            response.warnings = Some(warnings);
+        }
+        if problems.is_empty() {
+            response
+        } else {
+            deny(response, problems)
+        }
+    }
+}
+
+/// The issuer parsed from a request's object.
+struct Parsed {
+    spec: IssuerSpec,
+    namespace: Option<String>,
+    deleting: bool,
+}
+
+fn parse(kind: &str, object: &DynamicObject) -> Result<Parsed, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    let (metadata, spec) = if kind == KIND_CLUSTER_ISSUER {
+        let issuer: InternalClusterIssuer =
+            serde_json::from_value(value).map_err(|e| e.to_string())?;
+        (issuer.metadata, issuer.spec.0)
+    } else {
+        let issuer: InternalIssuer = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        (issuer.metadata, issuer.spec)
+    };
+    Ok(Parsed {
+        spec,
+        namespace: metadata.namespace,
+        deleting: metadata.deletion_timestamp.is_some(),
+    })
+}
+
+/// Allowed, but worth a second look.
+fn warnings(spec: &IssuerSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let unset = |bundle: &Option<Base64Bytes>| bundle.as_ref().is_none_or(|b| b.is_empty());
+    let network = [
+        ("rest", spec.rest.as_ref().map(|b| &b.ca_bundle)),
+        ("adcs", spec.adcs.as_ref().map(|b| &b.ca_bundle)),
+        ("ejbca", spec.ejbca.as_ref().map(|b| &b.ca_bundle)),
+    ];
+    for (block, bundle) in network {
+        if bundle.is_some_and(unset) {
+            out.push(format!(
+                "spec.{block}.caBundle is not set: the PKI's TLS certificate is trusted \
+                 if any system root CA signed it"
+            ));
+        }
+    }
+    if spec.allow_template_override {
+        out.push(
+            "spec.allowTemplateOverride is true: CertificateRequests may choose their template \
+             (pki.certwright.io/template)"
+                .to_string(),
+        );
+    }
+    if let Some(rps) = spec.requests_per_second
+        && rps > WARN_REQUESTS_PER_SECOND
+    {
+        out.push(format!(
+            "spec.requestsPerSecond {rps} is above {WARN_REQUESTS_PER_SECOND}: make sure the \
+             PKI can take that rate"
+        ));
+    }
+    if let Some(n) = spec.max_concurrent_requests
+        && n > WARN_MAX_CONCURRENT_REQUESTS
+    {
+        out.push(format!(
+            "spec.maxConcurrentRequests {n} is above {WARN_MAX_CONCURRENT_REQUESTS}: make sure \
+             the PKI can take that many calls at once"
+        ));
+    }
+    if spec
+        .adcs
+        .as_ref()
+        .is_some_and(|a| a.auth_method == AdcsAuthMethod::Basic)
+    {
+        out.push(
+            "spec.adcs.authMethod basic sends the password with every request; prefer ntlm, \
+             kerberos or clientCertificate"
+                .to_string(),
+        );
+    }
+    if spec.ejbca.as_ref().is_some_and(|e| e.send_end_time) {
+        out.push(
+            "spec.ejbca.sendEndTime needs EJBCA 9.3.3 or later; older versions do not honour \
+             end_time"
+                .to_string(),
+        );
+    }
+    out
+}
+
+/// Denies with every problem: one message for people (each problem `field: message`,
+/// joined with "; ") and one `StatusCause` per problem for programs. The code is 422
+/// Invalid, or 503 when the only problems are checks that could not be made.
+fn deny(response: AdmissionResponse, problems: Vec<Problem>) -> AdmissionResponse {
+    let message = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let (code, reason) = if problems.iter().all(|p| p.undecided) {
+        (503, "ServiceUnavailable")
+    } else {
+        (422, "Invalid")
+    };
+    let causes = problems
+        .into_iter()
+        .map(|p| StatusCause {
+            reason: p.reason.to_string(),
+            message: p.message,
+            field: p.field,
+        })
+        .collect();
+    let mut response = response.deny(&message);
+    response.result = Status::failure(&message, reason)
+        .with_code(code)
+        .with_details(StatusDetails {
+            name: String::new(),
+            group: certwright_api::GROUP.to_string(),
+            kind: String::new(),
+            uid: String::new(),
+            causes,
+            retry_after_seconds: 0,
+        });
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use serde_json::{Value, json};
+
+    const CLUSTER_NS: &str = "cert-manager";
+
+    fn settings() -> Settings {
+        Settings {
+            cluster_resource_namespace: CLUSTER_NS.to_string(),
+        }
+    }
+
+    /// An AdmissionRequest as the API server sends it.
+    fn request(
+        operation: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        spec: Value,
+        old_spec: Option<Value>,
+    ) -> AdmissionRequest<DynamicObject> {
+        let object = |spec: Value| {
+            let mut metadata = json!({"name": "corp", "uid": "u-1"});
+            if let Some(ns) = namespace {
+                metadata["namespace"] = json!(ns);
+            }
+            json!({
+                "apiVersion": "pki.certwright.io/v1alpha1",
+                "kind": kind,
+                "metadata": metadata,
+                "spec": spec,
+            })
+        };
+        let plural = if kind == KIND_ISSUER {
+            "internalissuers"
+        } else {
+            "internalclusterissuers"
+        };
+        let (object_json, old_json) = match operation {
+            "DELETE" => (Value::Null, object(spec)),
+            _ => (object(spec), old_spec.map(object).unwrap_or(Value::Null)),
+        };
+        serde_json::from_value(json!({
+            "uid": "req-1",
+            "kind": {"group": "pki.certwright.io", "version": "v1alpha1", "kind": kind},
+            "resource": {"group": "pki.certwright.io", "version": "v1alpha1", "resource": plural},
+            "name": "corp",
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "alice"},
+            "object": object_json,
+            "oldObject": old_json,
+            "dryRun": false,
+        }))
+        .expect("a well-formed AdmissionRequest")
+    }
+
+    fn create(kind: &str, namespace: Option<&str>, spec: Value) -> AdmissionRequest<DynamicObject> {
+        request("CREATE", kind, namespace, spec, None)
+    }
+
+    /// A cluster's Secrets: those listed exist, any other does not.
+    struct World(FetchedSecrets);
+
+    impl SecretLookup for World {
+        fn lookup(&self, namespace: &str, name: &str) -> SecretState {
+            let key = SecretRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            };
+            self.0.get(&key).cloned().unwrap_or(SecretState::NotFound)
+        }
+    }
+
+    /// Secrets by (namespace, name) with the keys they hold.
+    fn secrets(entries: &[(&str, &str, &[&str])]) -> World {
+        World(
+            entries
+                .iter()
+                .map(|(ns, name, keys)| {
+                    (
+                        SecretRef {
+                            namespace: ns.to_string(),
+                            name: name.to_string(),
+                        },
+                        SecretState::Found(keys.iter().map(|k| k.to_string()).collect()),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn message(response: &AdmissionResponse) -> &str {
+        &response.result.message
+    }
+
+    fn ca_spec() -> Value {
+        json!({"ca": {"secretName": "dev-ca"}})
+    }
+
+    fn adcs_spec(method: &str) -> Value {
+        json!({"adcs": {
+            "url": "https://adcs.corp.example/certsrv",
+            "authMethod": method,
+            "authSecretName": "adcs-auth",
+            "templateName": "WebServer",
+        }})
+    }
+
+    #[test]
+    fn a_valid_issuer_is_allowed() {
+        let store = secrets(&[(CLUSTER_NS, "dev-ca", &["tls.crt", "tls.key"])]);
+        let response = admit(
+            &create(KIND_CLUSTER_ISSUER, None, ca_spec()),
+            &settings(),
+            &store,
+        );
+        assert!(response.allowed, "{}", message(&response));
+        assert_eq!(response.uid, "req-1");
+        assert_eq!(response.warnings, None);
+    }
+
+    #[test]
+    fn an_http_url_is_denied_naming_the_field() {
+        let spec = json!({"rest": {"url": "http://pki.corp.example/api/v1"}});
+        let response = admit(
+            &create(KIND_ISSUER, Some("team-a"), spec),
+            &settings(),
+            &secrets(&[]),
+        );
+        assert!(!response.allowed);
+        assert_eq!(
+            message(&response),
+            "spec.rest.url: Invalid value: must use https, not http"
+        );
+        assert_eq!(response.result.code, 422);
+        let causes = &response.result.details.as_ref().unwrap().causes;
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.rest.url");
+        assert_eq!(causes[0].reason, "FieldValueInvalid");
+    }
+
+    #[test]
+    fn two_backends_are_denied() {
+        let mut spec = ca_spec();
+        spec["adcs"] = adcs_spec("ntlm")["adcs"].clone();
+        let store = secrets(&[
+            (CLUSTER_NS, "dev-ca", &["tls.crt", "tls.key"]),
+            (CLUSTER_NS, "adcs-auth", &["username", "password"]),
+        ]);
+        let response = admit(
+            &create(KIND_CLUSTER_ISSUER, None, spec),
+            &settings(),
+            &store,
+        );
+        assert!(!response.allowed);
+        assert!(
+            message(&response).starts_with("spec.adcs: Forbidden: only one backend block"),
+            "{}",
+            message(&response)
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        // An invalid URL and a missing Secret: both, in one answer.
+        let mut spec = adcs_spec("ntlm");
+        spec["adcs"]["url"] = json!("http://adcs.corp.example/certsrv");
+        spec["maxConcurrentRequests"] = json!(0);
+        let response = admit(
+            &create(KIND_ISSUER, Some("team-a"), spec),
+            &settings(),
+            &secrets(&[]),
+        );
+        assert!(!response.allowed);
+        let fields: Vec<_> = response
+            .result
+            .details
+            .as_ref()
+            .unwrap()
+            .causes
+            .iter()
+            .map(|c| c.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.adcs.url",
+                "spec.maxConcurrentRequests",
+                "spec.adcs.authSecretName"
+            ]
+        );
+        assert_eq!(message(&response).matches("; ").count(), 2);
+    }
+
+    #[test]
+    fn a_missing_secret_is_denied_naming_the_field_and_namespace() {
+        let response = admit(
+            &create(KIND_CLUSTER_ISSUER, None, ca_spec()),
+            &settings(),
+            &secrets(&[]),
+        );
+        assert!(!response.allowed);
+        assert_eq!(
+            message(&response),
+            "spec.ca.secretName: Secret \"dev-ca\" not found in namespace \"cert-manager\" \
+             (an InternalClusterIssuer reads Secrets from the cluster resource namespace)"
+        );
+    }
+
+    #[test]
+    fn a_secret_missing_a_key_is_denied() {
+        let store = secrets(&[(CLUSTER_NS, "dev-ca", &["tls.crt"])]);
+        let response = admit(
+            &create(KIND_CLUSTER_ISSUER, None, ca_spec()),
+            &settings(),
+            &store,
+        );
+        assert!(!response.allowed);
+        assert_eq!(
+            message(&response),
+            "spec.ca.secretName: Secret \"dev-ca\" in namespace \"cert-manager\" has no tls.key"
+        );
+    }
+
+    #[test]
+    fn kerberos_takes_a_password_or_a_keytab() {
+        let request = create(KIND_ISSUER, Some("team-a"), adcs_spec("kerberos"));
+        for keys in [
+            &["username", "realm", "kdc", "password"][..],
+            &["username", "realm", "kdc", "keytab", "domain"][..],
+        ] {
+            let store = secrets(&[("team-a", "adcs-auth", keys)]);
+            let response = admit(&request, &settings(), &store);
+            assert!(response.allowed, "{keys:?}: {}", message(&response));
+        }
+        let store = secrets(&[("team-a", "adcs-auth", &["username", "password"])]);
+        let response = admit(&request, &settings(), &store);
+        assert!(!response.allowed);
+        assert_eq!(
+            message(&response),
+            "spec.adcs.authSecretName: Secret \"adcs-auth\" in namespace \"team-a\" holds none \
+             of the key sets [username + realm + kdc + password], \
+             [username + realm + kdc + keytab]"
+        );
+    }
+
+    #[test]
+    fn warnings_are_returned_with_an_allowed_answer() {
+        let mut spec = adcs_spec("basic");
+        spec["allowTemplateOverride"] = json!(true);
+        spec["requestsPerSecond"] = json!(100);
+        spec["maxConcurrentRequests"] = json!(128);
+        let store = secrets(&[("team-a", "adcs-auth", &["username", "password"])]);
+        let response = admit(
+            &create(KIND_ISSUER, Some("team-a"), spec),
+            &settings(),
+            &store,
+        );
+        assert!(response.allowed, "{}", message(&response));
+        let warnings = response.warnings.unwrap();
+        let starts: Vec<_> = warnings
+            .iter()
+            .map(|w| w.split([' ', ':']).next().unwrap())
+            .collect();
+        assert_eq!(
+            starts,
+            vec![
+                "spec.adcs.caBundle",
+                "spec.allowTemplateOverride",
+                "spec.requestsPerSecond",
+                "spec.maxConcurrentRequests",
+                "spec.adcs.authMethod"
+            ]
+        );
+        for warning in &warnings {
+            assert!(warning.len() <= 120, "too long for kubectl: {warning}");
+        }
+
+        let ejbca = json!({"ejbca": {
+            "url": "https://ejbca.corp.example/ejbca/ejbca-rest-api",
+            "authSecretName": "ejbca-client",
+            "certificateAuthorityName": "IssuingCA",
+            "certificateProfileName": "ENDUSER",
+            "endEntityProfileName": "k8s",
+            "sendEndTime": true,
+        }});
+        let store = secrets(&[(CLUSTER_NS, "ejbca-client", &["tls.crt", "tls.key"])]);
+        let response = admit(
+            &create(KIND_CLUSTER_ISSUER, None, ejbca),
+            &settings(),
+            &store,
+        );
+        assert!(response.allowed, "{}", message(&response));
+        let warnings = response.warnings.unwrap();
+        assert!(warnings[0].starts_with("spec.ejbca.caBundle is not set"));
+        assert!(warnings[1].starts_with("spec.ejbca.sendEndTime needs EJBCA 9.3.3"));
+    }
+
+    #[test]
+    fn delete_and_other_kinds_are_allowed_unchecked() {
+        let response = admit(
+            &request("DELETE", KIND_CLUSTER_ISSUER, None, ca_spec(), None),
+            &settings(),
+            &secrets(&[]),
+        );
+        assert!(response.allowed);
+
+        let mut other = create(KIND_ISSUER, Some("team-a"), json!({}));
+        other.kind.kind = "Pod".to_string();
+        other.kind.group = String::new();
+        assert!(admit(&other, &settings(), &secrets(&[])).allowed);
+    }
+
+    #[test]
+    fn a_cluster_issuer_looks_in_the_cluster_resource_namespace() {
+        let request = create(KIND_CLUSTER_ISSUER, None, ca_spec());
+        let Review::Issuer(issuer) = review(&request, &settings()) else {
+            panic!("expected an issuer review");
+        };
+        assert_eq!(
+            issuer.secrets_to_look_up(),
+            vec![SecretRef {
+                namespace: CLUSTER_NS.into(),
+                name: "dev-ca".into()
+            }]
+        );
+        // The same Secret in another namespace does not count.
+        let store = secrets(&[("team-a", "dev-ca", &["tls.crt", "tls.key"])]);
+        assert!(!admit(&request, &settings(), &store).allowed);
+    }
+
+    #[test]
+    fn a_namespaced_issuer_looks_in_its_own_namespace() {
+        let request = create(KIND_ISSUER, Some("team-a"), ca_spec());
+        let Review::Issuer(issuer) = review(&request, &settings()) else {
+            panic!("expected an issuer review");
+        };
+        assert_eq!(
+            issuer.secrets_to_look_up(),
+            vec![SecretRef {
+                namespace: "team-a".into(),
+                name: "dev-ca".into()
+            }]
+        );
+        let in_cluster_ns = secrets(&[(CLUSTER_NS, "dev-ca", &["tls.crt", "tls.key"])]);
+        let response = admit(&request, &settings(), &in_cluster_ns);
+        assert!(!response.allowed);
+        assert!(message(&response).contains("not found in namespace \"team-a\""));
+        let in_own_ns = secrets(&[("team-a", "dev-ca", &["tls.crt", "tls.key"])]);
+        assert!(admit(&request, &settings(), &in_own_ns).allowed);
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_read_fails_closed() {
+        let mut store = FetchedSecrets::new();
+        store.insert(
+            SecretRef {
+                namespace: CLUSTER_NS.into(),
+                name: "dev-ca".into(),
+            },
+            SecretState::Unknown("timed out after 5s".into()),
+        );
+        let response = admit(
+            &create(KIND_CLUSTER_ISSUER, None, ca_spec()),
+            &settings(),
+            &store,
+        );
+        assert!(!response.allowed);
+        assert_eq!(
+            message(&response),
+            "spec.ca.secretName: could not check Secret \"dev-ca\" in namespace \
+             \"cert-manager\": timed out after 5s"
+        );
+        assert_eq!(response.result.code, 503);
+    }
+
+    #[test]
+    fn an_unparsable_object_is_denied_naming_the_cause() {
+        let spec = json!({"adcs": {
+            "url": "https://adcs.corp.example/certsrv",
+            "authMethod": "digest",
+            "authSecretName": "adcs-auth",
+            "templateName": "WebServer",
+        }});
+        let response = admit(
+            &create(KIND_ISSUER, Some("team-a"), spec),
+            &settings(),
+            &secrets(&[]),
+        );
+        assert!(!response.allowed);
+        assert!(
+            message(&response)
+                .starts_with("the object is not a valid InternalIssuer: unknown variant `digest`")
+                && message(&response).contains("digest"),
+            "{}",
+            message(&response)
+        );
+    }
+
+    #[test]
+    fn invalid_secret_names_are_reported_once_and_not_looked_up() {
+        let spec = json!({"ca": {"secretName": "Dev_CA"}});
+        let request = create(KIND_ISSUER, Some("team-a"), spec);
+        let Review::Issuer(issuer) = review(&request, &settings()) else {
+            panic!("expected an issuer review");
+        };
+        assert!(issuer.secrets_to_look_up().is_empty());
+        let response = issuer.decide(&secrets(&[]));
+        assert!(!response.allowed);
+        assert!(message(&response).starts_with("spec.ca.secretName: Invalid value: \"Dev_CA\""));
+        assert!(!message(&response).contains("not found"));
+    }
+
+    #[test]
+    fn an_update_that_keeps_the_spec_is_not_blocked() {
+        // The Secret is gone, but only a label or finalizer changes: allowed.
+        let unchanged = request(
+            "UPDATE",
+            KIND_CLUSTER_ISSUER,
+            None,
+            ca_spec(),
+            Some(ca_spec()),
+        );
+        assert!(admit(&unchanged, &settings(), &secrets(&[])).allowed);
+        // A spec change is checked in full.
+        let changed = request(
+            "UPDATE",
+            KIND_CLUSTER_ISSUER,
+            None,
+            json!({"ca": {"secretName": "new-ca"}}),
+            Some(ca_spec()),
+        );
+        let response = admit(&changed, &settings(), &secrets(&[]));
+        assert!(!response.allowed);
+        assert!(message(&response).contains("\"new-ca\" not found"));
+    }
+}

@@ -1,0 +1,721 @@
+//! `cargo xtask bench`: the controller binary (release build) as its own process
+//! against the testkit API server process and a local CA (ECDSA P-256), measured from
+//! outside. Writes docs/benchmarks.md with the machine, the command and every figure
+//! next to its target.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use certwright_api::{
+    Base64Bytes, CaBackend, CertificateRequest, CertificateRequestSpec, InternalClusterIssuer,
+    IssuerRef, IssuerSpec, RestBackend,
+};
+use certwright_engine::cached::CachedRequest;
+use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
+use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
+use futures::StreamExt as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::cluster::{self, Process};
+
+const NS: &str = "cert-manager";
+const APPS: &str = "bench";
+
+/// What the command line asked for.
+pub(crate) struct Options {
+    /// Seconds of simulated PKI outage (the target speaks of 5 minutes).
+    pub(crate) outage_seconds: u64,
+    /// Completed requests for the memory figures (the target speaks of 20,000).
+    pub(crate) total: usize,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> Result<Options> {
+        let mut options = Options {
+            outage_seconds: 300,
+            total: 20_000,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--outage-seconds" => {
+                    options.outage_seconds = it.next().context("--outage-seconds N")?.parse()?
+                }
+                "--total" => options.total = it.next().context("--total N")?.parse()?,
+                other => {
+                    bail!("unknown bench option {other:?} (use --outage-seconds N, --total N)")
+                }
+            }
+        }
+        if options.total < 10_000 {
+            bail!(
+                "--total must be at least 10000 (the memory figures are read at 1,000, 10,000 and --total)"
+            );
+        }
+        Ok(options)
+    }
+}
+
+pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
+    let options = Options::parse(args)?;
+    println!("==> building release binaries");
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "certwright-controller",
+        "-p",
+        "certwright-testkit",
+        "--bin",
+        "certwright-controller",
+        "--bin",
+        "certwright-apiserver",
+    ])?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(bench(root, &options))?;
+    let path = root.join("docs/benchmarks.md");
+    std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
+    println!("==> wrote {}", path.display());
+    Ok(())
+}
+
+/// Watches CertificateRequests in the bench namespace and records when each became Ready.
+#[derive(Clone, Default)]
+struct ReadyTimes(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl ReadyTimes {
+    fn start(client: Client) -> ReadyTimes {
+        let times = ReadyTimes::default();
+        let inner = times.clone();
+        tokio::spawn(async move {
+            let api: Api<CachedRequest> = Api::namespaced(client, APPS);
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(event) = stream.next().await {
+                let Ok(event) = event else { continue };
+                let objs = match event {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => vec![o],
+                    _ => continue,
+                };
+                for o in objs {
+                    let ready = o.status.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.status == certwright_api::ConditionStatus::True
+                    });
+                    if ready {
+                        let name = o.metadata.name.clone().unwrap_or_default();
+                        let mut map = inner.0.lock().unwrap_or_else(|p| p.into_inner());
+                        map.entry(name).or_insert_with(Instant::now);
+                    }
+                }
+            }
+        });
+        times
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn get(&self, name: &str) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    async fn wait_count(&self, n: usize, controller: &mut Process, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.count() < n {
+            controller.ensure_running()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} requests became Ready within {limit:?}",
+                    self.count()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+fn csr_pem(name: &str) -> String {
+    CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name(&format!("{name}.bench.example.test"))
+        .dns(&format!("{name}.bench.example.test"))
+        .build()
+        .csr_pem
+}
+
+async fn create_requests(
+    api: &Api<CertificateRequest>,
+    issuer: &str,
+    names: &[String],
+) -> Result<()> {
+    let issuer = issuer.to_string();
+    futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let api = api.clone();
+            let issuer = issuer.clone();
+            async move {
+                let mut cr = CertificateRequest::new(
+                    &name,
+                    CertificateRequestSpec {
+                        request: Base64Bytes::from(csr_pem(&name).as_str()),
+                        issuer_ref: IssuerRef {
+                            name: issuer,
+                            kind: "InternalClusterIssuer".into(),
+                            group: "pki.certwright.io".into(),
+                        },
+                        duration: Some("720h".into()),
+                        ..Default::default()
+                    },
+                );
+                cr.metadata.namespace = Some(APPS.into());
+                api.create(&PostParams::default(), &cr).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .context("creating CertificateRequests")?;
+    Ok(())
+}
+
+/// Approves as cert-manager's approver does, retrying injected conflicts.
+async fn approve(api: &Api<CertificateRequest>, name: &str) -> Result<()> {
+    let patch = json!({"status": {"conditions": [{
+        "type": "Approved", "status": "True", "reason": "cert-manager.io",
+        "message": "approved by the benchmark",
+        "lastTransitionTime": jiff::Timestamp::now().to_string()
+    }]}});
+    for _ in 0..20 {
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e).context("approving"),
+        }
+    }
+    bail!("approving {name}: conflicts every time")
+}
+
+async fn approve_all(api: &Api<CertificateRequest>, names: &[String]) -> Result<()> {
+    futures::stream::iter(names.iter())
+        .map(|n| approve(api, n))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(())
+}
+
+fn names(prefix: &str, from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|i| format!("{prefix}-{i:05}")).collect()
+}
+
+fn metric_sum(metrics: &str, name: &str, must_contain: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn post_fault(url: &str, body: serde_json::Value) -> Result<()> {
+    let client = reqwest::Client::new();
+    let method = if body.is_null() {
+        reqwest::Method::DELETE
+    } else {
+        reqwest::Method::POST
+    };
+    let mut request = client.request(method, format!("{url}/testkit/faults"));
+    if !body.is_null() {
+        request = request.json(&body);
+    }
+    let response = request.send().await.context("calling the fault endpoint")?;
+    if !response.status().is_success() {
+        bail!("fault endpoint answered {}", response.status());
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({cpu}), {:.0} GiB memory",
+        mem as f64 / 1024.0 / 1024.0
+    )
+}
+
+#[allow(clippy::too_many_lines)]
+async fn bench(root: &Path, options: &Options) -> Result<String> {
+    let bin = root.join("target/release");
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mut api = start_apiserver_with_faults(&bin, root, d)?;
+    let client = cluster::client(&api.url)?;
+    let (metrics_port, health_port) = (cluster::free_port()?, cluster::free_port()?);
+    let mut controller = Process::spawn(
+        "certwright-controller",
+        &bin.join("certwright-controller"),
+        &[
+            "--kubeconfig".into(),
+            api.kubeconfig.display().to_string(),
+            "--cluster-resource-namespace".into(),
+            NS.into(),
+            "--leader-elect=false".into(),
+            "--max-concurrent-reconciles".into(),
+            "32".into(),
+            "--metrics-bind-address".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--health-probe-bind-address".into(),
+            format!("127.0.0.1:{health_port}"),
+            "--log-level".into(),
+            "warn".into(),
+        ],
+        d.join("controller.log"),
+    )?;
+    cluster::wait_port(metrics_port, &mut controller, Duration::from_secs(20))?;
+
+    // The local CA (ECDSA P-256) and an issuer tuned not to throttle.
+    let ca = TestCa::root(KeyKind::EcdsaP256, "certwright bench CA");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("bench-ca".into()),
+                    namespace: Some(NS.into()),
+                    ..Default::default()
+                },
+                type_: Some("kubernetes.io/tls".into()),
+                data: Some(
+                    [
+                        (
+                            "tls.crt".to_string(),
+                            ByteString(ca.cert_pem().as_bytes().to_vec()),
+                        ),
+                        (
+                            "tls.key".to_string(),
+                            ByteString(ca.key_pem().as_bytes().to_vec()),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let issuers: Api<InternalClusterIssuer> = Api::all(client.clone());
+    let tuned = |spec: IssuerSpec| IssuerSpec {
+        max_concurrent_requests: Some(64),
+        requests_per_second: Some(5000.0),
+        ..spec
+    };
+    issuers
+        .create(
+            &PostParams::default(),
+            &InternalClusterIssuer::new(
+                "bench",
+                tuned(IssuerSpec {
+                    ca: Some(CaBackend {
+                        secret_name: "bench-ca".into(),
+                    }),
+                    ..Default::default()
+                })
+                .into(),
+            ),
+        )
+        .await?;
+    let requests: Api<CertificateRequest> = Api::namespaced(client.clone(), APPS);
+    let ready = ReadyTimes::start(client.clone());
+    let mut report = String::new();
+    let mut rows: Vec<(String, String, String, bool)> = Vec::new();
+
+    // 1. Warm-up to 1,000 completed; RSS at 1,000.
+    println!("==> 1,000 requests (warm-up)");
+    let batch = names("warm", 0, 1000);
+    create_requests(&requests, "bench", &batch).await?;
+    approve_all(&requests, &batch).await?;
+    ready
+        .wait_count(1000, &mut controller, Duration::from_secs(300))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_1k = controller
+        .rss_kib()
+        .context("reading the controller's RSS")?;
+
+    // 2. Throughput: 2,000 approved at once.
+    println!("==> throughput: 2,000 requests approved at once");
+    let batch = names("burst", 0, 2000);
+    create_requests(&requests, "bench", &batch).await?;
+    let start = Instant::now();
+    approve_all(&requests, &batch).await?;
+    ready
+        .wait_count(3000, &mut controller, Duration::from_secs(300))
+        .await?;
+    let last = batch
+        .iter()
+        .filter_map(|n| ready.get(n))
+        .max()
+        .unwrap_or_else(Instant::now);
+    let per_second = batch.len() as f64 / last.duration_since(start).as_secs_f64();
+    rows.push((
+        "issued per second (2,000 approved at once)".into(),
+        format!("{per_second:.0}/s"),
+        "≥ 300/s".into(),
+        per_second >= 300.0,
+    ));
+
+    // 3. Latency from approval to Ready at a steady 50 requests per second.
+    println!("==> latency: 1,500 requests approved at 50/s");
+    let batch = names("steady", 0, 1500);
+    create_requests(&requests, "bench", &batch).await?;
+    let mut approved_at = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for name in &batch {
+        tick.tick().await;
+        approved_at.insert(name.clone(), Instant::now());
+        let api = requests.clone();
+        let name = name.clone();
+        tokio::spawn(async move { approve(&api, &name).await });
+    }
+    ready
+        .wait_count(4500, &mut controller, Duration::from_secs(120))
+        .await?;
+    let mut latencies: Vec<f64> = batch
+        .iter()
+        .filter_map(|n| {
+            Some(
+                ready
+                    .get(n)?
+                    .duration_since(*approved_at.get(n)?)
+                    .as_secs_f64()
+                    * 1000.0,
+            )
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    rows.push((
+        "approval → Ready p50 at 50/s".into(),
+        format!("{p50:.1} ms"),
+        "—".into(),
+        true,
+    ));
+    rows.push((
+        "approval → Ready p99 at 50/s".into(),
+        format!("{p99:.1} ms"),
+        "≤ 50 ms".into(),
+        p99 <= 50.0,
+    ));
+
+    // 4. Memory at 10,000 and `total` completed requests.
+    println!("==> filling to 10,000 completed");
+    let batch = names("fill", 0, 10_000 - 4500);
+    create_requests(&requests, "bench", &batch).await?;
+    approve_all(&requests, &batch).await?;
+    ready
+        .wait_count(10_000, &mut controller, Duration::from_secs(600))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_10k = controller.rss_kib().context("RSS")?;
+    println!("==> filling to {} completed", options.total);
+    let batch = names("more", 0, options.total - 10_000);
+    create_requests(&requests, "bench", &batch).await?;
+    approve_all(&requests, &batch).await?;
+    ready
+        .wait_count(options.total, &mut controller, Duration::from_secs(900))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_total = controller.rss_kib().context("RSS")?;
+    let growth = (rss_total as f64 - rss_1k as f64) / (options.total as f64 - 1000.0) * 1024.0;
+    let mib = |k: u64| k as f64 / 1024.0;
+    rows.push((
+        "controller RSS at 1,000 completed".into(),
+        format!("{:.1} MiB", mib(rss_1k)),
+        "—".into(),
+        true,
+    ));
+    rows.push((
+        "controller RSS at 10,000 completed".into(),
+        format!("{:.1} MiB", mib(rss_10k)),
+        "—".into(),
+        true,
+    ));
+    rows.push((
+        format!("controller RSS at {} completed", options.total),
+        format!("{:.1} MiB", mib(rss_total)),
+        "≤ 40 MiB".into(),
+        mib(rss_total) <= 40.0,
+    ));
+    rows.push((
+        "RSS growth per completed request (1,000 → total)".into(),
+        format!("{growth:.0} bytes"),
+        "≤ 1 KiB".into(),
+        growth <= 1024.0,
+    ));
+
+    // 5. Sign calls per issued request with 5% of status writes answered 409.
+    println!("==> 1,000 requests with 5% of status writes answered 409");
+    let before = cluster::http_get(metrics_port, "/metrics")?;
+    post_fault(
+        &api.url,
+        json!({"method": "PATCH", "pattern": "/status", "code": 409, "ratio": 0.05}),
+    )
+    .await?;
+    let batch = names("conflict", 0, 1000);
+    create_requests(&requests, "bench", &batch).await?;
+    approve_all(&requests, &batch).await?;
+    ready
+        .wait_count(
+            options.total + 1000,
+            &mut controller,
+            Duration::from_secs(300),
+        )
+        .await?;
+    post_fault(&api.url, serde_json::Value::Null).await?;
+    let after = cluster::http_get(metrics_port, "/metrics")?;
+    let signs = metric_sum(
+        &after,
+        "certwright_backend_calls_total",
+        &["operation=\"sign\"", "InternalClusterIssuer/bench"],
+    ) - metric_sum(
+        &before,
+        "certwright_backend_calls_total",
+        &["operation=\"sign\"", "InternalClusterIssuer/bench"],
+    );
+    let conflicts = metric_sum(
+        &after,
+        "certwright_certificate_requests_total",
+        &["result=\"issued\"", "InternalClusterIssuer/bench"],
+    ) - metric_sum(
+        &before,
+        "certwright_certificate_requests_total",
+        &["result=\"issued\"", "InternalClusterIssuer/bench"],
+    );
+    let per_issued = signs / conflicts.max(1.0);
+    rows.push((
+        "backend sign calls per issued request, 5% of status writes 409".into(),
+        format!("{per_issued:.2}"),
+        "1.00".into(),
+        (per_issued - 1.0).abs() < 0.005,
+    ));
+
+    // 6. A PKI outage: the REST simulator answers 500 for `outage_seconds`.
+    println!("==> PKI outage for {} s", options.outage_seconds);
+    let sim = RestSimulator::start()
+        .await
+        .context("starting the REST simulator")?;
+    issuers
+        .create(
+            &PostParams::default(),
+            &InternalClusterIssuer::new(
+                "outage",
+                tuned(IssuerSpec {
+                    rest: Some(RestBackend {
+                        url: sim.url(),
+                        ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                        timeout: Some("5s".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .into(),
+            ),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sim.set_behaviour(Behaviour::Fail500);
+    let batch = names("outage", 0, 50);
+    for name in &batch {
+        let mut cr = CertificateRequest::new(
+            name,
+            CertificateRequestSpec {
+                request: Base64Bytes::from(csr_pem(name).as_str()),
+                issuer_ref: IssuerRef {
+                    name: "outage".into(),
+                    kind: "InternalClusterIssuer".into(),
+                    group: "pki.certwright.io".into(),
+                },
+                ..Default::default()
+            },
+        );
+        cr.metadata.namespace = Some(APPS.into());
+        requests.create(&PostParams::default(), &cr).await?;
+    }
+    let before_calls = sim.sign_submissions();
+    let outage_start = Instant::now();
+    approve_all(&requests, &batch).await?;
+    // The calls that detect the outage, until the breaker opens.
+    let breaker_open =
+        r#"certwright_circuit_breaker_state{issuer="InternalClusterIssuer/outage"} 2"#;
+    let mut opened_after = None;
+    while outage_start.elapsed() < Duration::from_secs(options.outage_seconds) {
+        if cluster::http_get(metrics_port, "/metrics")?.contains(breaker_open) {
+            opened_after = Some(outage_start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let detection = sim.sign_submissions() - before_calls;
+    let rest = Duration::from_secs(options.outage_seconds).saturating_sub(outage_start.elapsed());
+    tokio::time::sleep(rest).await;
+    let probes = sim.sign_submissions() - before_calls - detection;
+    sim.set_behaviour(Behaviour::Issue);
+    ready
+        .wait_count(
+            options.total + 1050,
+            &mut controller,
+            Duration::from_secs(400),
+        )
+        .await?;
+    // One probe per open period: 30 s, doubling up to 5 min (probes at 30 s, 90 s,
+    // 210 s, 510 s, ... after opening).
+    let open_for = options
+        .outage_seconds
+        .saturating_sub(opened_after.map_or(0, |d| d.as_secs()));
+    let mut bound = 0u64;
+    let (mut t, mut period) = (30u64, 30u64);
+    while t <= open_for {
+        bound += 1;
+        period = (period * 2).min(300);
+        t += period;
+    }
+    rows.push((
+        format!(
+            "PKI calls until the breaker opened ({} requests waiting)",
+            batch.len()
+        ),
+        format!(
+            "{detection} (open after {:.1} s)",
+            opened_after.map_or(f64::NAN, |d| d.as_secs_f64())
+        ),
+        "5 consecutive failures; after the first failure one call at a time".into(),
+        opened_after.is_some(),
+    ));
+    rows.push((
+        format!(
+            "PKI calls while the breaker was open, {} s outage",
+            options.outage_seconds
+        ),
+        format!("{probes}"),
+        format!("≤ {bound} (one probe per breaker interval)"),
+        probes <= bound,
+    ));
+
+    controller.terminate(Duration::from_secs(20))?;
+    api.process.terminate(Duration::from_secs(5))?;
+
+    writeln!(report, "# Benchmarks\n")?;
+    writeln!(
+        report,
+        "Produced by `cargo xtask bench` on {} ({}).",
+        jiff::Timestamp::now().strftime("%Y-%m-%d"),
+        machine()
+    )?;
+    writeln!(
+        report,
+        "The controller binary (release build) runs as its own process against the `certwright-apiserver`"
+    )?;
+    writeln!(
+        report,
+        "process and a local CA with an ECDSA P-256 key; the driver creates and approves CertificateRequests"
+    )?;
+    writeln!(
+        report,
+        "over HTTP as cert-manager would, and times Ready from its own watch. All three processes share the"
+    )?;
+    writeln!(report, "machine's cores.\n")?;
+    writeln!(report, "| figure | measured | target | met |")?;
+    writeln!(report, "|---|---|---|---|")?;
+    for (figure, measured, target, met) in &rows {
+        writeln!(
+            report,
+            "| {figure} | {measured} | {target} | {} |",
+            if *met { "yes" } else { "**no**" }
+        )?;
+    }
+    let missed: Vec<&str> = rows.iter().filter(|r| !r.3).map(|r| r.0.as_str()).collect();
+    writeln!(report)?;
+    if missed.is_empty() {
+        writeln!(report, "Every target is met.")?;
+    } else {
+        writeln!(report, "Targets missed: {}.", missed.join("; "))?;
+    }
+    writeln!(
+        report,
+        "\nRun it with `cargo xtask bench` (about {} minutes; `--outage-seconds N` shortens the outage,",
+        4 + options.outage_seconds / 60
+    )?;
+    writeln!(
+        report,
+        "`--total N` changes the last memory figure). It is not part of `cargo xtask test`."
+    )?;
+    print!("{report}");
+    Ok(report)
+}
+
+fn start_apiserver_with_faults(
+    bin: &Path,
+    root: &Path,
+    dir: &Path,
+) -> Result<cluster::ApiServerProcess> {
+    cluster::start_apiserver_with(
+        &bin.join("certwright-apiserver"),
+        root,
+        dir,
+        &["--enable-fault-endpoint", "--history-limit", "100000"],
+    )
+}

@@ -1,0 +1,401 @@
+//! `cargo xtask demo`: the real controller and webhook against the testkit API server,
+//! on the embedded defaults (a local CA generated on the spot), end to end in well under
+//! a minute after the build.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use certwright_api::{
+    Base64Bytes, CaBackend, CertificateRequest, CertificateRequestSpec, InternalClusterIssuer,
+    IssuerRef, IssuerSpec, RequestConditions,
+};
+use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::cluster::{self, Process};
+
+const NS: &str = "cert-manager";
+
+pub(crate) fn run(root: &Path) -> Result<()> {
+    println!("==> building the controller, the webhook and the test API server");
+    crate::cargo(&[
+        "build",
+        "--quiet",
+        "-p",
+        "certwright-controller",
+        "-p",
+        "certwright-webhook",
+        "-p",
+        "certwright-testkit",
+        "--bin",
+        "certwright-controller",
+        "--bin",
+        "certwright-webhook",
+        "--bin",
+        "certwright-apiserver",
+    ])?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(demo(root))
+}
+
+async fn demo(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let bin = root.join("target/debug");
+    // Logs and files stay in target/demo for a look afterwards.
+    let dir = root.join("target/demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let d = dir.as_path();
+
+    let api = cluster::start_apiserver(&bin.join("certwright-apiserver"), root, d)?;
+    println!(
+        "==> test API server at {} (CRDs: CertificateRequest, InternalIssuer, InternalClusterIssuer)",
+        api.url
+    );
+    let client = cluster::client(&api.url)?;
+
+    // The webhook's serving certificate, as cert-manager would issue it in a cluster.
+    let webhook_ca = TestCa::root(KeyKind::EcdsaP256, "certwright demo webhook CA");
+    let serving = webhook_ca.issue_leaf(KeyKind::EcdsaP256, "localhost");
+    std::fs::write(d.join("tls.crt"), &serving.cert_pem)?;
+    std::fs::write(d.join("tls.key"), &serving.key_pem)?;
+    let (webhook_port, webhook_health) = (cluster::free_port()?, cluster::free_port()?);
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let mut webhook = Process::spawn(
+        "certwright-webhook",
+        &bin.join("certwright-webhook"),
+        &[
+            "--tls-cert-file".into(),
+            d.join("tls.crt").display().to_string(),
+            "--tls-private-key-file".into(),
+            d.join("tls.key").display().to_string(),
+            "--bind-address".into(),
+            format!("127.0.0.1:{webhook_port}"),
+            "--health-probe-bind-address".into(),
+            format!("127.0.0.1:{webhook_health}"),
+            "--kubeconfig".into(),
+            kubeconfig.clone(),
+            "--cluster-resource-namespace".into(),
+            NS.into(),
+            "--log-format".into(),
+            "text".into(),
+        ],
+        d.join("webhook.log"),
+    )?;
+    let (metrics_port, health_port) = (cluster::free_port()?, cluster::free_port()?);
+    let mut controller = Process::spawn(
+        "certwright-controller",
+        &bin.join("certwright-controller"),
+        &[
+            "--kubeconfig".into(),
+            kubeconfig,
+            "--cluster-resource-namespace".into(),
+            NS.into(),
+            "--metrics-bind-address".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--health-probe-bind-address".into(),
+            format!("127.0.0.1:{health_port}"),
+            "--leader-election-retry-period".into(),
+            "500ms".into(),
+            "--log-format".into(),
+            "text".into(),
+        ],
+        d.join("controller.log"),
+    )?;
+    cluster::wait_port(webhook_port, &mut webhook, Duration::from_secs(20))?;
+    cluster::wait_port(metrics_port, &mut controller, Duration::from_secs(20))?;
+    println!(
+        "==> controller (leader election on, metrics :{metrics_port}) and webhook (:{webhook_port}) running"
+    );
+
+    // The embedded default: a CA generated here, held in a kubernetes.io/tls Secret.
+    let ca = TestCa::root(KeyKind::EcdsaP256, "certwright demo CA");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("demo-ca".into()),
+                    namespace: Some(NS.into()),
+                    ..Default::default()
+                },
+                type_: Some("kubernetes.io/tls".into()),
+                data: Some(
+                    [
+                        (
+                            "tls.crt".to_string(),
+                            ByteString(ca.cert_pem().as_bytes().to_vec()),
+                        ),
+                        (
+                            "tls.key".to_string(),
+                            ByteString(ca.key_pem().as_bytes().to_vec()),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("creating the CA Secret")?;
+    let spec = IssuerSpec {
+        ca: Some(CaBackend {
+            secret_name: "demo-ca".into(),
+        }),
+        default_duration: Some("720h".into()),
+        ..Default::default()
+    };
+    // The API server calls the webhook for issuer creates and updates, as a cluster
+    // does through the chart's ValidatingWebhookConfiguration.
+    register_webhook(&client, webhook_port, webhook_ca.cert_pem()).await?;
+    let issuer = InternalClusterIssuer::new("demo", spec.clone().into());
+    let issuers: Api<InternalClusterIssuer> = Api::all(client.clone());
+    issuers
+        .create(&PostParams::default(), &issuer)
+        .await
+        .context("creating the issuer")?;
+    println!("==> InternalClusterIssuer demo created (the webhook allowed it)");
+    let ready = wait_issuer(&issuers, "demo", &mut controller).await?;
+    println!("==> InternalClusterIssuer demo: {ready}");
+
+    // An issuer the webhook refuses: plain http, a Secret that does not exist, a
+    // template name that would inject attributes.
+    let broken: InternalClusterIssuer = serde_json::from_value(json!({
+        "apiVersion": "pki.certwright.io/v1alpha1",
+        "kind": "InternalClusterIssuer",
+        "metadata": {"name": "broken"},
+        "spec": {"rest": {"url": "http://pki.corp.example/api", "authSecretName": "missing-secret", "templateName": "Web\r\nServer"}}
+    }))?;
+    match issuers.create(&PostParams::default(), &broken).await {
+        Ok(_) => bail!("the webhook let a broken issuer through"),
+        Err(e) => println!(
+            "==> InternalClusterIssuer broken refused:\n    {}",
+            refusal(&e).replace("; spec.", "\n    spec.")
+        ),
+    }
+    // Two backend blocks: the CRD's own CEL rule refuses it before any webhook.
+    let mut two = spec.clone();
+    two.rest = broken.spec.rest.clone();
+    match issuers
+        .create(
+            &PostParams::default(),
+            &InternalClusterIssuer::new("two-backends", two.into()),
+        )
+        .await
+    {
+        Ok(_) => bail!("the API server accepted an issuer with two backend blocks"),
+        Err(e) => println!(
+            "==> InternalClusterIssuer two-backends refused:\n    {}",
+            refusal(&e)
+        ),
+    }
+
+    // Certificates for three kinds of key, approved as cert-manager's approver would.
+    let requests: Api<CertificateRequest> = Api::namespaced(client.clone(), "apps");
+    let wanted = [
+        (
+            "web",
+            KeyKind::EcdsaP256,
+            vec!["web.apps.example.test", "www.example.test"],
+        ),
+        ("api", KeyKind::Rsa2048, vec!["api.apps.example.test"]),
+        ("mesh", KeyKind::Ed25519, vec!["mesh.apps.example.test"]),
+    ];
+    for (name, kind, dns) in &wanted {
+        let mut builder = CsrBuilder::new(*kind).common_name(dns[0]);
+        for d in dns {
+            builder = builder.dns(d);
+        }
+        let csr = builder.build();
+        let mut cr = CertificateRequest::new(
+            name,
+            CertificateRequestSpec {
+                request: Base64Bytes::from(csr.csr_pem.as_str()),
+                issuer_ref: IssuerRef {
+                    name: "demo".into(),
+                    kind: "InternalClusterIssuer".into(),
+                    group: "pki.certwright.io".into(),
+                },
+                duration: Some("2160h".into()),
+                ..Default::default()
+            },
+        );
+        cr.metadata.namespace = Some("apps".into());
+        requests.create(&PostParams::default(), &cr).await?;
+        let approve = json!({"status": {"conditions": [{
+            "type": "Approved", "status": "True", "reason": "cert-manager.io",
+            "message": "Certificate request has been approved by the demo",
+            "lastTransitionTime": jiff::Timestamp::now().to_string()
+        }]}});
+        requests
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&approve))
+            .await?;
+    }
+    println!("==> 3 CertificateRequests created and approved; issued chains:");
+    for (name, _, _) in &wanted {
+        let cr = wait_request(&requests, name, &mut controller).await?;
+        let status = cr.status.unwrap_or_default();
+        let chain =
+            certwright_x509::parse_pem_bundle(status.certificate.unwrap_or_default().as_bytes())?;
+        let root_ca = certwright_x509::parse_pem_bundle(status.ca.unwrap_or_default().as_bytes())?;
+        let leaf = chain.first().context("empty chain")?;
+        println!(
+            "    apps/{name}: {} ({})",
+            leaf.subject(),
+            leaf.public_key().algorithm
+        );
+        println!("      SANs:      {}", leaf.sans().dns.join(", "));
+        println!(
+            "      valid:     {} .. {}",
+            leaf.not_before(),
+            leaf.not_after()
+        );
+        println!(
+            "      issuer:    {}; status.ca: {}",
+            leaf.issuer(),
+            root_ca[0].subject()
+        );
+        leaf.verify_signed_by(&root_ca[0])
+            .context("the chain does not verify")?;
+    }
+
+    let metrics = cluster::http_get(metrics_port, "/metrics")?;
+    println!("==> metrics excerpt (http://127.0.0.1:{metrics_port}/metrics):");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("certwright_certificate_requests_total")
+            || l.starts_with("certwright_issuer_ready")
+            || l.starts_with("certwright_backend_calls_total")
+            || l.starts_with("certwright_signing_duration_seconds_count")
+    }) {
+        println!("    {line}");
+    }
+
+    println!("==> shutting down");
+    let clean = controller.terminate(Duration::from_secs(10))?;
+    webhook.terminate(Duration::from_secs(10))?;
+    drop(api);
+    if !clean {
+        bail!(
+            "the controller did not stop cleanly; see {}",
+            controller.log.display()
+        );
+    }
+    println!(
+        "==> done in {:.1}s; logs in {}",
+        started.elapsed().as_secs_f64(),
+        d.display()
+    );
+    Ok(())
+}
+
+/// The API server's message for a refused write.
+fn refusal(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn register_webhook(client: &kube::Client, port: u16, ca_pem: &str) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    };
+    let config = ValidatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some("certwright".into()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![ValidatingWebhook {
+            name: "issuers.pki.certwright.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            timeout_seconds: Some(10),
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://localhost:{port}/validate")),
+                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                ..Default::default()
+            },
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["pki.certwright.io".into()]),
+                api_versions: Some(vec!["v1alpha1".into()]),
+                operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                resources: Some(vec![
+                    "internalissuers".into(),
+                    "internalclusterissuers".into(),
+                ]),
+                scope: Some("*".into()),
+            }]),
+            ..Default::default()
+        }]),
+    };
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .context("registering the ValidatingWebhookConfiguration")?;
+    Ok(())
+}
+
+async fn wait_issuer(
+    api: &Api<InternalClusterIssuer>,
+    name: &str,
+    controller: &mut Process,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let issuer = api.get(name).await?;
+        if let Some(ready) = issuer
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        {
+            return Ok(format!(
+                "Ready={} ({}): {}",
+                ready.status, ready.reason, ready.message
+            ));
+        }
+        controller.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "issuer {name} got no Ready condition; see {}",
+                controller.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_request(
+    api: &Api<CertificateRequest>,
+    name: &str,
+    controller: &mut Process,
+) -> Result<CertificateRequest> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cr = api.get(name).await?;
+        if cr.is_terminal() {
+            if !cr.conditions().is_ready() {
+                bail!("apps/{name} failed: {:?}", cr.status);
+            }
+            return Ok(cr);
+        }
+        controller.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "apps/{name} was not issued in time; see {}",
+                controller.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
