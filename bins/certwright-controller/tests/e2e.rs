@@ -31,8 +31,19 @@ struct Controller {
 
 impl Controller {
     fn start(kubeconfig: &Path, name: &str, leader_elect: bool) -> Controller {
+        Self::start_with_env(kubeconfig, name, leader_elect, &[])
+    }
+
+    fn start_with_env(
+        kubeconfig: &Path,
+        name: &str,
+        leader_elect: bool,
+        env: &[(&str, String)],
+    ) -> Controller {
         let (metrics, health) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_certwright-controller"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_certwright-controller"));
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let child = command
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--cluster-resource-namespace", "cert-manager"])
@@ -51,7 +62,6 @@ impl Controller {
             .args(["--log-format", "json"])
             .env("POD_NAME", name)
             .env_remove("KUBECONFIG")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -205,7 +215,35 @@ async fn the_controller_issues_serves_metrics_and_stops_gracefully() {
             }),
         )
         .unwrap();
-    let controller = Controller::start(kubeconfig.path(), "solo", false);
+    // An OTLP/HTTP collector stand-in: records the paths it is sent.
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector_port = collector.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in collector.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut buf = vec![0u8; 1 << 20];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(line) = head.lines().next() {
+                    received.lock().unwrap().push(line.to_string());
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+    }
+    let controller = Controller::start_with_env(
+        kubeconfig.path(),
+        "solo",
+        false,
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector_port}"),
+        )],
+    );
     let names: Vec<String> = (0..5).map(|i| format!("web-{i}")).collect();
     for name in &names {
         server
