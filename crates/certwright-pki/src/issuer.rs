@@ -199,6 +199,22 @@ pub fn build_backend<S: SecretSource + ?Sized>(
             };
             Ok(Arc::new(RestBackend::new(config)?))
         }
+        #[cfg(feature = "ejbca")]
+        Some(BackendKind::Ejbca) => {
+            let ejbca = spec
+                .ejbca
+                .as_ref()
+                .ok_or(BuildError::Unavailable(BackendKind::Ejbca))?;
+            Ok(Arc::new(ejbca_backend(&lookup, ejbca, default_duration)?))
+        }
+        #[cfg(feature = "adcs")]
+        Some(BackendKind::Adcs) => {
+            let adcs = spec
+                .adcs
+                .as_ref()
+                .ok_or(BuildError::Unavailable(BackendKind::Adcs))?;
+            Ok(Arc::new(adcs_backend(&lookup, adcs)?))
+        }
         Some(other) => Err(BuildError::Unavailable(other)),
         // validate_issuer_spec guarantees exactly one backend block.
         None => Err(BuildError::InvalidSpec(ValidationErrors(Vec::new()))),
@@ -244,6 +260,188 @@ fn rest_auth<S: SecretSource + ?Sized>(
         key: "token | username+password | tls.crt+tls.key".to_string(),
         why: "one way to authenticate to the REST CA".to_string(),
     })
+}
+
+/// The EJBCA backend of an `ejbca` block: credentials from its Secret (a client
+/// certificate, OAuth2 client credentials, or both), trust, names and timeout from the
+/// spec.
+#[cfg(feature = "ejbca")]
+fn ejbca_backend<S: SecretSource + ?Sized>(
+    lookup: &Lookup<'_, S>,
+    spec: &certwright_api::EjbcaBackend,
+    default_duration: Duration,
+) -> Result<crate::ejbca::EjbcaBackend, BuildError> {
+    use crate::ejbca::{
+        ClientIdentity, EjbcaBackend, EjbcaConfig, EndEntityNaming, OAuthCredentials,
+    };
+    use certwright_api::issuer::EndEntityName;
+
+    let name = spec.auth_secret_name.as_str();
+    let data = lookup.secret(name)?;
+    let utf8 = |key: &str, bytes: &[u8]| -> Result<String, BuildError> {
+        String::from_utf8(bytes.to_vec())
+            .map(|s| s.trim().to_string())
+            .map_err(|_| BuildError::SecretKeyMissing {
+                secret: name.to_string(),
+                key: key.to_string(),
+                why: "it must be UTF-8 text".to_string(),
+            })
+    };
+    let has = |key: &str| data.get(key).is_some_and(|v| !v.is_empty());
+
+    let oauth = if ["tokenUrl", "clientId", "clientSecret"]
+        .iter()
+        .any(|key| has(key))
+    {
+        let why = "OAuth2 client credentials for EJBCA (tokenUrl, clientId, clientSecret)";
+        let token_url = lookup.key(name, data, "tokenUrl", why)?;
+        let client_id = lookup.key(name, data, "clientId", why)?;
+        let client_secret = lookup.key(name, data, "clientSecret", why)?;
+        let optional = |key: &str| -> Result<Option<String>, BuildError> {
+            data.get(key)
+                .filter(|v| !v.is_empty())
+                .map(|v| utf8(key, v))
+                .transpose()
+        };
+        Some(OAuthCredentials {
+            token_url: utf8("tokenUrl", token_url)?,
+            client_id: utf8("clientId", client_id)?,
+            client_secret: utf8("clientSecret", client_secret)?,
+            scopes: optional("scopes")?.into_iter().collect(),
+            audience: optional("audience")?,
+        })
+    } else {
+        None
+    };
+    let client_certificate = if has("tls.crt") || has("tls.key") {
+        let cert = lookup.key(
+            name,
+            data,
+            "tls.crt",
+            "the client certificate for EJBCA (PEM)",
+        )?;
+        let key = lookup.key(name, data, "tls.key", "the client certificate's key (PEM)")?;
+        Some(ClientIdentity {
+            cert_pem: cert.to_vec(),
+            key_pem: key.to_vec(),
+        })
+    } else {
+        None
+    };
+    if oauth.is_none() && client_certificate.is_none() {
+        return Err(BuildError::SecretKeyMissing {
+            secret: name.to_string(),
+            key: "tls.crt+tls.key | tokenUrl+clientId+clientSecret".to_string(),
+            why: "one way to authenticate to EJBCA".to_string(),
+        });
+    }
+    // The spec was validated first: the rule parses.
+    let naming = match spec.end_entity_name() {
+        Ok(EndEntityName::FirstDnsName) => EndEntityNaming::FirstDnsName,
+        Ok(EndEntityName::NamespacedName) => EndEntityNaming::NamespacedName,
+        Ok(EndEntityName::Fixed(fixed)) => EndEntityNaming::Fixed(fixed),
+        _ => EndEntityNaming::CommonName,
+    };
+    let config = EjbcaConfig {
+        client_certificate,
+        oauth,
+        ca_bundle_pem: spec
+            .ca_bundle
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.as_bytes().to_vec()),
+        end_entity_naming: naming,
+        send_end_time: spec.send_end_time,
+        account_binding_id: spec.account_binding_id.clone(),
+        timeout: spec
+            .timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TIMEOUT),
+        default_duration,
+        ..EjbcaConfig::new(
+            spec.url.clone(),
+            spec.certificate_authority_name.clone(),
+            spec.certificate_profile_name.clone(),
+            spec.end_entity_profile_name.clone(),
+        )
+    };
+    Ok(EjbcaBackend::new(config)?)
+}
+
+/// The AD CS backend of an `adcs` block: credentials from its Secret as `authMethod`
+/// says, trust, template, poll interval and timeout from the spec.
+#[cfg(feature = "adcs")]
+fn adcs_backend<S: SecretSource + ?Sized>(
+    lookup: &Lookup<'_, S>,
+    spec: &certwright_api::AdcsBackend,
+) -> Result<crate::adcs::AdcsBackend, BuildError> {
+    use crate::adcs::{AdcsAuth, AdcsBackend, AdcsConfig, DEFAULT_POLL_INTERVAL};
+    use certwright_api::AdcsAuthMethod;
+    let name = spec.auth_secret_name.as_str();
+    let utf8 = |key: &str, bytes: &[u8]| {
+        String::from_utf8(bytes.to_vec())
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|_| BuildError::SecretKeyMissing {
+                secret: name.to_string(),
+                key: key.to_string(),
+                why: "it must be UTF-8 text".to_string(),
+            })
+    };
+    let auth = match spec.auth_method {
+        AdcsAuthMethod::Kerberos => {
+            return Err(BuildError::Backend(Error::misconfigured(
+                crate::adcs::KERBEROS_UNSUPPORTED,
+            )));
+        }
+        AdcsAuthMethod::Ntlm | AdcsAuthMethod::Basic => {
+            let data = lookup.secret(name)?;
+            let username = utf8(
+                "username",
+                lookup.key(name, data, "username", "the AD CS account")?,
+            )?;
+            let password = utf8(
+                "password",
+                lookup.key(name, data, "password", "the AD CS account's password")?,
+            )?;
+            if spec.auth_method == AdcsAuthMethod::Basic {
+                AdcsAuth::Basic { username, password }
+            } else {
+                let domain = match data.get("domain").filter(|d| !d.is_empty()) {
+                    Some(d) => Some(utf8("domain", d)?),
+                    None => None,
+                };
+                AdcsAuth::Ntlm {
+                    username,
+                    password,
+                    domain,
+                }
+            }
+        }
+        AdcsAuthMethod::ClientCertificate => {
+            let data = lookup.secret(name)?;
+            let cert = lookup.key(name, data, "tls.crt", "the client certificate (PEM)")?;
+            let key = lookup.key(name, data, "tls.key", "the client certificate's key (PEM)")?;
+            AdcsAuth::ClientCertificate(crate::http::ClientIdentity {
+                cert_pem: cert.to_vec(),
+                key_pem: key.to_vec(),
+            })
+        }
+    };
+    // The spec was validated first, so the durations parse.
+    let duration =
+        |raw: Option<&str>, default| raw.and_then(|r| parse_duration(r).ok()).unwrap_or(default);
+    let config = AdcsConfig {
+        ca_bundle_pem: spec
+            .ca_bundle
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.as_bytes().to_vec()),
+        poll_interval: duration(spec.poll_interval.as_deref(), DEFAULT_POLL_INTERVAL),
+        timeout: duration(spec.timeout.as_deref(), DEFAULT_TIMEOUT),
+        ..AdcsConfig::new(spec.url.clone(), spec.template_name.clone(), auth)
+    };
+    Ok(AdcsBackend::new(config)?)
 }
 
 #[cfg(test)]
@@ -411,6 +609,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "adcs"))]
     fn a_backend_not_in_this_build_says_so() {
         let spec = IssuerSpec {
             adcs: Some(AdcsBackend {
@@ -425,6 +624,136 @@ mod tests {
         let e = err(build_backend(&spec, &BTreeMap::new()));
         assert!(
             matches!(e, BuildError::Unavailable(BackendKind::Adcs)),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "ejbca")]
+    #[test]
+    fn ejbca_credentials_follow_the_secret_keys() {
+        use certwright_api::EjbcaBackend;
+        let spec = |secret: &str, naming: Option<&str>| IssuerSpec {
+            ejbca: Some(EjbcaBackend {
+                url: "https://ejbca.corp.example/ejbca/ejbca-rest-api".into(),
+                auth_secret_name: secret.into(),
+                certificate_authority_name: "IssuingCA".into(),
+                certificate_profile_name: "ENDUSER".into(),
+                end_entity_profile_name: "k8s-workloads".into(),
+                end_entity_name: naming.map(str::to_string),
+                send_end_time: true,
+                timeout: Some("10s".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let client = TestCa::root(KeyKind::EcdsaP256, "Clients")
+            .issue_leaf(KeyKind::EcdsaP256, "certwright.example");
+        let mut secrets = BTreeMap::new();
+        secrets.insert(
+            "mtls".to_string(),
+            secret(&[
+                ("tls.crt", client.cert_pem.as_bytes()),
+                ("tls.key", client.key_pem.as_bytes()),
+            ]),
+        );
+        secrets.insert(
+            "oauth".to_string(),
+            secret(&[
+                ("tokenUrl", b"https://idp.corp.example/token\n"),
+                ("clientId", b"certwright"),
+                ("clientSecret", b"s3cret"),
+                ("scopes", b"ejbca"),
+            ]),
+        );
+        secrets.insert(
+            "half-oauth".to_string(),
+            secret(&[("tokenUrl", b"https://idp.corp.example/token")]),
+        );
+        secrets.insert("half-tls".to_string(), secret(&[("tls.crt", b"x")]));
+        secrets.insert("empty".to_string(), secret(&[("token", b"x")]));
+        for (name, naming) in [
+            ("mtls", None),
+            ("oauth", Some("dns")),
+            ("oauth", Some("fixed:cluster-1")),
+            ("oauth", Some("namespacedName")),
+        ] {
+            let backend = build_backend(&spec(name, naming), &secrets)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(backend.kind(), "ejbca");
+            assert!(!format!("{backend:?}").contains("s3cret"));
+        }
+        let e = err(build_backend(&spec("half-oauth", None), &secrets));
+        assert!(
+            matches!(&e, BuildError::SecretKeyMissing { key, .. } if key == "clientId"),
+            "{e}"
+        );
+        let e = err(build_backend(&spec("half-tls", None), &secrets));
+        assert!(
+            matches!(&e, BuildError::SecretKeyMissing { key, .. } if key == "tls.key"),
+            "{e}"
+        );
+        let e = err(build_backend(&spec("empty", None), &secrets));
+        assert!(
+            e.to_string()
+                .contains("tls.crt+tls.key | tokenUrl+clientId+clientSecret"),
+            "{e}"
+        );
+        let e = err(build_backend(&spec("missing", None), &secrets));
+        assert_eq!(e.reason(), "SecretNotFound");
+    }
+
+    #[cfg(feature = "adcs")]
+    #[test]
+    fn adcs_follows_its_auth_method() {
+        use certwright_api::AdcsAuthMethod;
+        let bundle = TestCa::root(KeyKind::EcdsaP256, "Trust");
+        let spec = |method| IssuerSpec {
+            adcs: Some(AdcsBackend {
+                url: "https://adcs.corp.example/certsrv".into(),
+                auth_method: method,
+                auth_secret_name: "adcs-auth".into(),
+                template_name: "WebServer".into(),
+                ca_bundle: Some(Base64Bytes(bundle.cert_pem().as_bytes().to_vec())),
+                poll_interval: Some("10m".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let client = bundle.issue_leaf(KeyKind::EcdsaP256, "svc.corp.example");
+        let mut secrets = BTreeMap::new();
+        secrets.insert(
+            "adcs-auth".to_string(),
+            secret(&[
+                ("username", b"CORP\\svc"),
+                ("password", b"pw\n"),
+                ("tls.crt", client.cert_pem.as_bytes()),
+                ("tls.key", client.key_pem.as_bytes()),
+            ]),
+        );
+        for method in [
+            AdcsAuthMethod::Ntlm,
+            AdcsAuthMethod::Basic,
+            AdcsAuthMethod::ClientCertificate,
+        ] {
+            let backend = build_backend(&spec(method), &secrets).unwrap();
+            assert_eq!(backend.kind(), "adcs", "{method:?}");
+        }
+        let e = err(build_backend(&spec(AdcsAuthMethod::Kerberos), &secrets));
+        assert!(
+            e.to_string().contains(
+                "Kerberos is not supported in this build; use ntlm, basic or clientCertificate"
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            e,
+            BuildError::Backend(Error::Misconfigured { .. })
+        ));
+        let mut half = BTreeMap::new();
+        half.insert("adcs-auth".to_string(), secret(&[("username", b"svc")]));
+        let e = err(build_backend(&spec(AdcsAuthMethod::Ntlm), &half));
+        assert!(
+            matches!(&e, BuildError::SecretKeyMissing { key, .. } if key == "password"),
             "{e}"
         );
     }

@@ -10,8 +10,12 @@
 mod error;
 mod request;
 
+#[cfg(feature = "adcs")]
+pub mod adcs;
 #[cfg(feature = "ca")]
 pub mod ca;
+#[cfg(feature = "ejbca")]
+pub mod ejbca;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "api")]

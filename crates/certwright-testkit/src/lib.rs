@@ -8,10 +8,12 @@
 
 #![deny(missing_docs)]
 
+pub mod adcs_sim;
 pub mod apiserver;
 pub mod cfssl;
 pub mod conformance;
 pub mod crds;
+pub mod ejbca_sim;
 pub mod fixtures;
 pub mod rest_sim;
 pub mod tls;

@@ -1,0 +1,671 @@
+//! Microsoft AD CS web enrollment (certsrv) as a [`Backend`].
+//!
+//! Submits CSRs to `certfnsh.asp`, fetches certificates from `certnew.cer` and the CA
+//! chain from `certnew.p7b`, and reads certsrv's HTML answers by the markers existing
+//! clients rely on (`docs/backends/adcs.md`). Authenticates with NTLMv2 (with channel
+//! binding, for Extended Protection), HTTP Basic or a TLS client certificate, each call on
+//! its own keep-alive connection. Kerberos is not supported in this build.
+
+mod conn;
+mod ntlm;
+mod pages;
+mod pkcs7;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use hyper::{Method, StatusCode};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use certwright_x509::{Certificate, Csr, parse_pem_bundle};
+
+use crate::http::{ClientIdentity, Url, excerpt, redacted_url};
+use crate::{
+    Backend, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome, PendingRequest, SignRequest,
+};
+use conn::{ConnAuth, Response, Session, Transport};
+use pages::{Answer, Verdict};
+
+/// How often a request pending CA-manager approval is polled, when the issuer names no
+/// `pollInterval`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Largest answer read from certsrv: 1 MiB.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// The message `authMethod: kerberos` is refused with.
+pub const KERBEROS_UNSUPPORTED: &str =
+    "Kerberos is not supported in this build; use ntlm, basic or clientCertificate";
+
+/// How the backend authenticates to certsrv.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AdcsAuth {
+    /// NTLMv2 with channel binding. `username` may be `DOMAIN\user` or a UPN.
+    Ntlm {
+        /// The account.
+        username: String,
+        /// Its password.
+        password: String,
+        /// The NetBIOS domain, when not part of `username`.
+        domain: Option<String>,
+    },
+    /// HTTP Basic.
+    Basic {
+        /// The account (`DOMAIN\user` or a UPN).
+        username: String,
+        /// Its password.
+        password: String,
+    },
+    /// A TLS client certificate mapped to an account by IIS.
+    ClientCertificate(ClientIdentity),
+    /// Kerberos (SPNEGO): refused by [`AdcsBackend::new`] in this build.
+    Kerberos,
+}
+
+impl fmt::Debug for AdcsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdcsAuth::Ntlm {
+                username, domain, ..
+            } => f
+                .debug_struct("Ntlm")
+                .field("username", username)
+                .field("domain", domain)
+                .field("password", &"<redacted>")
+                .finish(),
+            AdcsAuth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            AdcsAuth::ClientCertificate(identity) => {
+                f.debug_tuple("ClientCertificate").field(identity).finish()
+            }
+            AdcsAuth::Kerberos => f.write_str("Kerberos"),
+        }
+    }
+}
+
+/// Configuration of an [`AdcsBackend`].
+#[derive(Clone, Debug)]
+pub struct AdcsConfig {
+    /// The certsrv URL, https: `https://adcs.corp.example/certsrv`.
+    pub url: String,
+    /// Credentials.
+    pub auth: AdcsAuth,
+    /// PEM certificates trusted for certsrv's TLS endpoint; the system roots when `None`.
+    pub ca_bundle_pem: Option<Vec<u8>>,
+    /// The certificate template's name, unless the request names one.
+    pub template: String,
+    /// Delay before polling a pending request.
+    pub poll_interval: Duration,
+    /// Timeout of each step (connect, each request with its answer).
+    pub timeout: Duration,
+    /// Largest answer accepted.
+    pub max_response_bytes: usize,
+}
+
+impl AdcsConfig {
+    /// A configuration with the default poll interval, timeout and size cap.
+    pub fn new(url: impl Into<String>, template: impl Into<String>, auth: AdcsAuth) -> Self {
+        AdcsConfig {
+            url: url.into(),
+            auth,
+            ca_bundle_pem: None,
+            template: template.into(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+/// AD CS web enrollment.
+pub struct AdcsBackend {
+    transport: Transport,
+    template: String,
+    poll_interval: Duration,
+    auth_name: &'static str,
+    /// The CA chain from `certnew.p7b`, fetched once.
+    chain: Mutex<Option<Arc<Vec<Certificate>>>>,
+}
+
+impl fmt::Debug for AdcsBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdcsBackend")
+            .field("url", &redacted_url(&self.transport.base))
+            .field("auth", &self.auth_name)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdcsBackend {
+    /// Checks the configuration and prepares TLS.
+    ///
+    /// # Errors
+    /// [`Error::Misconfigured`] for a URL that is not https, an empty template, Kerberos
+    /// (not in this build), malformed credentials, an unusable caBundle or client
+    /// certificate.
+    pub fn new(config: AdcsConfig) -> Result<AdcsBackend, Error> {
+        let base = parse_url(&config.url)?;
+        let template = config.template.trim().to_string();
+        if template.is_empty() {
+            return Err(Error::misconfigured("templateName is empty"));
+        }
+        let (auth, identity, auth_name) = match config.auth {
+            AdcsAuth::Kerberos => return Err(Error::misconfigured(KERBEROS_UNSUPPORTED)),
+            AdcsAuth::Ntlm {
+                username,
+                password,
+                domain,
+            } => {
+                check_username(&username)?;
+                let credentials = ntlm::Credentials::new(
+                    username.trim(),
+                    &password,
+                    domain.as_deref().map(str::trim).filter(|d| !d.is_empty()),
+                );
+                (ConnAuth::Ntlm(Arc::new(credentials)), None, "ntlm")
+            }
+            AdcsAuth::Basic { username, password } => {
+                check_username(&username)?;
+                if username.contains(':') {
+                    return Err(Error::misconfigured(
+                        "the username (Secret key `username`) must not hold ':' for Basic \
+                         authentication",
+                    ));
+                }
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{password}", username.trim()));
+                let mut value = hyper::header::HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|_| Error::misconfigured("the Basic credentials are unusable"))?;
+                value.set_sensitive(true);
+                (ConnAuth::Basic(value), None, "basic")
+            }
+            AdcsAuth::ClientCertificate(identity) => {
+                (ConnAuth::None, Some(identity), "clientCertificate")
+            }
+        };
+        let (tls, trust) = tls_config(config.ca_bundle_pem.as_deref(), identity.as_ref())?;
+        let has_identity = identity.is_some();
+        Ok(AdcsBackend {
+            transport: Transport {
+                tls,
+                base,
+                auth,
+                timeout: config.timeout,
+                connect_timeout: config.timeout.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+                max_response_bytes: config.max_response_bytes,
+                trust,
+                has_identity,
+            },
+            template,
+            poll_interval: config.poll_interval.max(Duration::from_secs(1)),
+            auth_name,
+            chain: Mutex::new(None),
+        })
+    }
+
+    fn template_for<'a>(&'a self, request: &'a SignRequest) -> &'a str {
+        request
+            .template
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .unwrap_or(&self.template)
+    }
+
+    fn url_of(&self, path: &str) -> String {
+        let shown = redacted_url(&self.transport.base);
+        let file = path.split('?').next().unwrap_or(path);
+        format!("{}/{file}", shown.trim_end_matches('/'))
+    }
+
+    /// Turns an answer of certsrv into an outcome; `id` is the request id being fetched.
+    async fn outcome(
+        &self,
+        session: &mut Session<'_>,
+        call: &str,
+        response: Response,
+        request: &SignRequest,
+        template: &str,
+        id: Option<u64>,
+    ) -> Result<Outcome, Error> {
+        check_status(call, &response)?;
+        match pages::read_answer(response.content_type.as_deref(), &response.body) {
+            Answer::Certificate(body) => {
+                let leaf = read_certificate(call, &body)?;
+                self.issued(session, leaf, &request.csr).await
+            }
+            Answer::IssuedId(issued) => {
+                let path = format!("certnew.cer?ReqID={issued}&ENC=b64");
+                let fetch = format!("GET {}", self.url_of(&path));
+                let answer = session.send(Method::GET, &path, None).await?;
+                check_status(&fetch, &answer)?;
+                match pages::read_answer(answer.content_type.as_deref(), &answer.body) {
+                    Answer::Certificate(body) => {
+                        let leaf = read_certificate(&fetch, &body)?;
+                        self.issued(session, leaf, &request.csr).await
+                    }
+                    _ => Err(unknown_page(&fetch, &answer, "the issued certificate")),
+                }
+            }
+            Answer::Pending(found) => match found.or(id) {
+                Some(pending) => Ok(Outcome::Pending(PendingRequest {
+                    id: pending.to_string(),
+                    retry_after: self.poll_interval,
+                })),
+                None => Err(unknown_page(call, &response, "a request id")),
+            },
+            Answer::Denied { message, code } => {
+                match code.map(|c| pages::explain(c, &message, template)) {
+                    Some(Verdict::Misconfigured(m)) => Err(Error::misconfigured(m)),
+                    Some(Verdict::Transient(m)) => Err(Error::Transient {
+                        message: m,
+                        source: None,
+                    }),
+                    _ => Err(Error::Rejected {
+                        reason: format!("AD CS denied the request: {message}"),
+                    }),
+                }
+            }
+            Answer::Failed { message, code } => match pages::explain(code, &message, template) {
+                Verdict::Misconfigured(m) => Err(Error::misconfigured(m)),
+                Verdict::Rejected(m) => Err(Error::Rejected { reason: m }),
+                Verdict::Transient(m) => Err(Error::Transient {
+                    message: m,
+                    source: None,
+                }),
+                Verdict::Unknown(m) => Err(Error::InvalidResponse {
+                    message: format!("{call}: {m}"),
+                }),
+            },
+            Answer::Unknown => Err(unknown_page(call, &response, "a certsrv answer")),
+        }
+    }
+
+    /// The issued bundle: the leaf, checked against the CSR, with the CA chain.
+    async fn issued(
+        &self,
+        session: &mut Session<'_>,
+        leaf: Certificate,
+        csr: &Csr,
+    ) -> Result<Outcome, Error> {
+        if leaf.public_key().spki_der != csr.public_key().spki_der {
+            return Err(Error::InvalidResponse {
+                message: format!(
+                    "certsrv returned a certificate (serial {}, subject \"{}\") that does not \
+                     carry the CSR's public key",
+                    leaf.serial_hex(),
+                    leaf.subject()
+                ),
+            });
+        }
+        let chain = self.ca_chain(session, false).await?;
+        let mut certs = vec![leaf.clone()];
+        certs.extend(chain.iter().cloned());
+        match IssuedBundle::from_certificates(certs) {
+            Ok(bundle) if bundle.chain.len() > 1 || bundle.ca.is_some() => {
+                Ok(Outcome::Issued(bundle))
+            }
+            _ => {
+                // The CA may have renewed its certificate since the chain was cached.
+                let chain = self.ca_chain(session, true).await?;
+                let mut certs = vec![leaf];
+                certs.extend(chain.iter().cloned());
+                Ok(Outcome::Issued(IssuedBundle::from_certificates(certs)?))
+            }
+        }
+    }
+
+    /// The CA chain (root and intermediates), cached unless `refresh`.
+    async fn ca_chain(
+        &self,
+        session: &mut Session<'_>,
+        refresh: bool,
+    ) -> Result<Arc<Vec<Certificate>>, Error> {
+        if !refresh
+            && let Some(chain) = self.chain.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        {
+            return Ok(chain);
+        }
+        let renewal = self.renewals(session).await?;
+        let path = format!("certnew.p7b?ReqID=CACert&ENC=b64&Renewal={renewal}");
+        let call = format!("GET {}", self.url_of(&path));
+        let response = session.send(Method::GET, &path, None).await?;
+        check_status(&call, &response)?;
+        let is_p7 = response
+            .content_type
+            .as_deref()
+            .is_some_and(|ct| ct.to_ascii_lowercase().contains("pkcs7"));
+        if !is_p7 {
+            return Err(unknown_page(&call, &response, "the CA chain (PKCS#7)"));
+        }
+        let der = pem_or_der(&response.body, "PKCS7").ok_or_else(|| Error::InvalidResponse {
+            message: format!("{call}: the CA chain is neither PEM nor base64 PKCS#7"),
+        })?;
+        let certs = pkcs7::signed_data_certificates(&der)
+            .map_err(|why| Error::InvalidResponse {
+                message: format!("{call}: {why}"),
+            })?
+            .iter()
+            .map(|d| Certificate::from_der(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidResponse {
+                message: format!("{call}: a CA certificate in the chain is unusable: {e}"),
+            })?;
+        if certs.is_empty() {
+            return Err(Error::InvalidResponse {
+                message: format!("{call}: the CA chain holds no certificate"),
+            });
+        }
+        let chain = Arc::new(certs);
+        *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(chain.clone());
+        Ok(chain)
+    }
+
+    /// `certcarc.asp`'s `nRenewals`: the index of the current CA certificate.
+    async fn renewals(&self, session: &mut Session<'_>) -> Result<u32, Error> {
+        let call = format!("GET {}", self.url_of("certcarc.asp"));
+        let response = session.send(Method::GET, "certcarc.asp", None).await?;
+        check_status(&call, &response)?;
+        pages::renewals(&response.body)
+            .ok_or_else(|| unknown_page(&call, &response, "certcarc.asp's nRenewals"))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for AdcsBackend {
+    fn kind(&self) -> &'static str {
+        "adcs"
+    }
+
+    async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {
+        let template = self.template_for(request);
+        let form = submit_form(&request.csr, template);
+        let call = format!("POST {}", self.url_of("certfnsh.asp"));
+        tracing::debug!(call = %call, requester = %request.requester, template, "submitting to AD CS");
+        let mut session = self.transport.open().await?;
+        let response = session
+            .send(Method::POST, "certfnsh.asp", Some(&form))
+            .await?;
+        self.outcome(&mut session, &call, response, request, template, None)
+            .await
+    }
+
+    async fn poll(&self, pending_id: &str, request: &SignRequest) -> Result<Outcome, Error> {
+        let id: u64 = pending_id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|_| pending_id.len() <= 18)
+            .ok_or_else(|| Error::Rejected {
+                reason: format!(
+                    "cannot poll pending id {:?}: AD CS request ids are numbers",
+                    excerpt(pending_id.as_bytes())
+                ),
+            })?;
+        let path = format!("certnew.cer?ReqID={id}&ENC=b64");
+        let call = format!("GET {}", self.url_of(&path));
+        let mut session = self.transport.open().await?;
+        let response = session.send(Method::GET, &path, None).await?;
+        let template = self.template_for(request).to_string();
+        self.outcome(&mut session, &call, response, request, &template, Some(id))
+            .await
+    }
+
+    async fn check(&self) -> Result<Health, Error> {
+        let mut session = self.transport.open().await?;
+        let chain = self.ca_chain(&mut session, true).await?;
+        let renewal = self.renewals(&mut session).await?;
+        let path = format!("certnew.cer?ReqID=CACert&ENC=b64&Renewal={renewal}");
+        let call = format!("GET {}", self.url_of(&path));
+        let response = session.send(Method::GET, &path, None).await?;
+        check_status(&call, &response)?;
+        let ca = read_certificate(&call, &response.body)?;
+        if !chain.iter().any(|c| c.der() == ca.der()) {
+            return Err(Error::InvalidResponse {
+                message: format!(
+                    "{call}: the CA certificate (serial {}) is not in the CA chain certsrv \
+                     serves",
+                    ca.serial_hex()
+                ),
+            });
+        }
+        Ok(Health {
+            message: format!(
+                "AD CS answered; template {}; CA chain of {}",
+                self.template,
+                chain.len()
+            ),
+        })
+    }
+}
+
+/// The `certfnsh.asp` form, url-encoded.
+fn submit_form(csr: &Csr, template: &str) -> String {
+    let fields = [
+        ("Mode", "newreq".to_string()),
+        ("CertRequest", csr.to_pem()),
+        ("CertAttrib", format!("CertificateTemplate:{template}")),
+        ("FriendlyType", "Saved-Request Certificate".to_string()),
+        ("TargetStoreFlags", "0".to_string()),
+        ("SaveCert", "yes".to_string()),
+    ];
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3 / 2);
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn check_status(call: &str, response: &Response) -> Result<(), Error> {
+    let status = response.status;
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = excerpt(&response.body);
+    Err(match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Unauthorized {
+            message: format!("{call} answered {status}: {body}"),
+        },
+        StatusCode::NOT_FOUND => Error::misconfigured(format!(
+            "{call} answered 404: is url the certsrv address (https://<host>/certsrv) and the \
+             web enrollment role installed?"
+        )),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Error::Transient {
+            message: format!("{call} answered {status}: {body}"),
+            source: None,
+        },
+        _ => Error::InvalidResponse {
+            message: format!("{call} answered {status}: {body}"),
+        },
+    })
+}
+
+fn unknown_page(call: &str, response: &Response, expected: &str) -> Error {
+    Error::InvalidResponse {
+        message: format!(
+            "{call} answered {} ({}) with a page that is not {expected} (a login page or proxy \
+             in front of certsrv?): {}",
+            response.status,
+            response
+                .content_type
+                .as_deref()
+                .unwrap_or("no content type"),
+            excerpt(&response.body)
+        ),
+    }
+}
+
+/// A PEM block of `label` (or CERTIFICATE), bare base64, or DER.
+fn pem_or_der(body: &[u8], label: &str) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(body);
+    if let Some(start) = text.find("-----BEGIN ") {
+        let after = &text[start..];
+        let header_end = after.find('\n')?;
+        let end = after.find("-----END ")?;
+        let inner: String = after
+            .get(header_end..end)?
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let _ = label;
+        return base64::engine::general_purpose::STANDARD.decode(inner).ok();
+    }
+    if body.first() == Some(&0x30) {
+        return Some(body.to_vec());
+    }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .ok()
+}
+
+fn read_certificate(call: &str, body: &[u8]) -> Result<Certificate, Error> {
+    let parsed = if body.windows(11).any(|w| w == b"-----BEGIN ") {
+        parse_pem_bundle(body)
+            .ok()
+            .and_then(|mut certs| (!certs.is_empty()).then(|| certs.remove(0)))
+    } else {
+        pem_or_der(body, "CERTIFICATE").and_then(|der| Certificate::from_der(&der).ok())
+    };
+    parsed.ok_or_else(|| Error::InvalidResponse {
+        message: format!(
+            "{call}: certsrv sent a certificate that cannot be read ({} bytes)",
+            body.len()
+        ),
+    })
+}
+
+fn check_username(username: &str) -> Result<(), Error> {
+    let username = username.trim();
+    if username.is_empty() || username.chars().any(char::is_control) {
+        return Err(Error::misconfigured(
+            "the username (Secret key `username`) is empty or holds control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the configured URL; messages never quote credentials, queries or fragments.
+fn parse_url(raw: &str) -> Result<Url, Error> {
+    let url = Url::parse(raw.trim()).map_err(|e| Error::Misconfigured {
+        message: format!("url is not a URL: {e}"),
+        source: Some(Box::new(e)),
+    })?;
+    let shown = redacted_url(&url);
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::misconfigured(format!(
+            "url {shown:?} must not carry credentials; put them in the auth Secret"
+        )));
+    }
+    if url.scheme() != "https" {
+        return Err(Error::misconfigured(format!(
+            "url {shown:?} must use https (certsrv is only reached over TLS)"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::misconfigured(format!(
+            "url {shown:?} must not have a query or fragment"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
+        return Err(Error::misconfigured(format!("url {shown:?} has no host")));
+    }
+    Ok(url)
+}
+
+/// rustls with ring, trusting `ca_bundle` (or the system roots), HTTP/1.1 only.
+fn tls_config(
+    ca_bundle: Option<&[u8]>,
+    identity: Option<&ClientIdentity>,
+) -> Result<(Arc<rustls::ClientConfig>, &'static str), Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let trust = match ca_bundle.filter(|b| !b.is_empty()) {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| {
+                    Error::misconfigured(format!("caBundle holds unreadable PEM: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    Error::misconfigured(format!("caBundle holds an unusable certificate: {e}"))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(Error::misconfigured("caBundle holds no PEM certificate"));
+            }
+            "caBundle"
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(Error::misconfigured(
+                    "no system trust roots found; set caBundle",
+                ));
+            }
+            "the system roots"
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Misconfigured {
+            message: "the TLS provider supports no safe protocol version".to_string(),
+            source: Some(Box::new(e)),
+        })?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            let chain = CertificateDer::pem_slice_iter(&identity.cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    Error::misconfigured(format!(
+                        "the client certificate (tls.crt) is unreadable: {e}"
+                    ))
+                })?;
+            if chain.is_empty() {
+                return Err(Error::misconfigured(
+                    "the client certificate (tls.crt) holds no PEM certificate",
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_slice(&identity.key_pem).map_err(|_| {
+                Error::misconfigured("the client certificate's key (tls.key) is unreadable")
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::Misconfigured {
+                    message: format!("the client certificate and key are unusable: {e}"),
+                    source: Some(Box::new(e)),
+                })?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), trust))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+use super::*;
+use certwright_testkit::{CsrBuilder, KeyKind, TestCa};
+
+fn bundle() -> Option<Vec<u8>> {
+    Some(
+        TestCa::root(KeyKind::EcdsaP256, "Trust")
+            .cert_pem()
+            .as_bytes()
+            .to_vec(),
+    )
+}
+
+fn basic() -> AdcsAuth {
+    AdcsAuth::Basic {
+        username: "CORP\\svc".into(),
+        password: "hunter2".into(),
+    }
+}
+
+fn config(url: &str, auth: AdcsAuth) -> AdcsConfig {
+    AdcsConfig {
+        ca_bundle_pem: bundle(),
+        ..AdcsConfig::new(url, "WebServer", auth)
+    }
+}
+
+#[test]
+fn config_is_checked() {
+    let misconfigured = |config: AdcsConfig| {
+        let err = AdcsBackend::new(config).expect_err("misconfigured");
+        assert_eq!(err.metric_label(), "misconfigured", "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        err.to_string()
+    };
+    assert!(misconfigured(config("http://adcs.example/certsrv", basic())).contains("https"));
+    misconfigured(config("https://u:hunter2@adcs.example/certsrv", basic()));
+    misconfigured(config("https://adcs.example/certsrv?x=hunter2", basic()));
+    assert!(
+        misconfigured(config("https://adcs.example/certsrv", AdcsAuth::Kerberos))
+            .contains(KERBEROS_UNSUPPORTED)
+    );
+    misconfigured(AdcsConfig {
+        template: " ".into(),
+        ..config("https://adcs.example/certsrv", basic())
+    });
+    misconfigured(AdcsConfig {
+        ca_bundle_pem: Some(b"not pem".to_vec()),
+        ..config("https://adcs.example/certsrv", basic())
+    });
+    let backend = AdcsBackend::new(config("https://adcs.example/certsrv/", basic())).expect("ok");
+    assert_eq!(backend.kind(), "adcs");
+    assert!(!format!("{backend:?}").contains("hunter2"));
+    let ntlm = AdcsAuth::Ntlm {
+        username: "svc".into(),
+        password: "hunter2".into(),
+        domain: Some("CORP".into()),
+    };
+    assert!(!format!("{ntlm:?}").contains("hunter2"));
+    AdcsBackend::new(config("https://adcs.example/certsrv", ntlm)).expect("ok");
+}
+
+#[test]
+fn the_form_carries_the_reference_fields() {
+    let generated = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("www.example.test")
+        .build();
+    let csr = Csr::parse(generated.csr_pem.as_bytes()).expect("csr");
+    let form = submit_form(&csr, "Web Server+1");
+    let fields: Vec<&str> = form
+        .split('&')
+        .map(|f| f.split('=').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "Mode",
+            "CertRequest",
+            "CertAttrib",
+            "FriendlyType",
+            "TargetStoreFlags",
+            "SaveCert"
+        ]
+    );
+    assert!(form.contains("Mode=newreq&CertRequest=-----BEGIN+CERTIFICATE+REQUEST-----%0A"));
+    assert!(form.contains("CertAttrib=CertificateTemplate%3AWeb+Server%2B1&"));
+    assert!(
+        form.contains("FriendlyType=Saved-Request+Certificate&TargetStoreFlags=0&SaveCert=yes")
+    );
+}
+
+#[tokio::test]
+async fn unusable_pending_ids_are_rejected_without_a_call() {
+    let backend = AdcsBackend::new(AdcsConfig {
+        timeout: Duration::from_secs(2),
+        ..config(&certwright_testkit::tls::refused_url(), basic())
+    })
+    .expect("valid");
+    let generated = CsrBuilder::new(KeyKind::EcdsaP256).common_name("x").build();
+    let request = SignRequest::new(Csr::parse(generated.csr_pem.as_bytes()).expect("csr"), "k");
+    for id in ["..", "", "12a", "99999999999999999999999"] {
+        match backend.poll(id, &request).await {
+            Err(Error::Rejected { reason }) => {
+                assert!(reason.starts_with("cannot poll"), "{reason}")
+            }
+            other => panic!("{id:?}: {other:?}"),
+        }
+    }
+    let err = backend.poll("12", &request).await.expect_err("refused");
+    assert_eq!(err.metric_label(), "transient", "{err}");
+}

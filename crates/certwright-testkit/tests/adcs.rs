@@ -1,0 +1,382 @@
+//! What is particular to AD CS, against the certsrv simulator over real TLS: approval by
+//! a CA manager, NTLM on one connection, Extended Protection, credentials, templates,
+//! HRESULTs, Basic and client certificates.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certwright_pki::adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
+use certwright_pki::http::ClientIdentity;
+use certwright_pki::{Backend, Error, Outcome, SignRequest};
+use certwright_testkit::adcs_sim::{
+    AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
+    SimAuth, SimOptions,
+};
+use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
+use certwright_x509::Csr;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+fn ntlm(password: &str) -> AdcsAuth {
+    AdcsAuth::Ntlm {
+        username: DEFAULT_USER.into(),
+        password: password.into(),
+        domain: Some(DEFAULT_DOMAIN.into()),
+    }
+}
+
+fn backend_at(url: String, ca_pem: &str, auth: AdcsAuth) -> AdcsBackend {
+    let mut config = AdcsConfig::new(url, DEFAULT_TEMPLATE, auth);
+    config.ca_bundle_pem = Some(ca_pem.as_bytes().to_vec());
+    config.timeout = Duration::from_secs(5);
+    AdcsBackend::new(config).expect("valid configuration")
+}
+
+fn backend(sim: &AdcsSimulator, auth: AdcsAuth) -> AdcsBackend {
+    backend_at(sim.url(), sim.tls_ca_pem(), auth)
+}
+
+fn request() -> SignRequest {
+    let generated = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("web.apps.example.test")
+        .dns("web.apps.example.test")
+        .build();
+    SignRequest::new(Csr::parse(generated.csr_pem.as_bytes()).unwrap(), "uid-1")
+}
+
+async fn pending_id(backend: &AdcsBackend, request: &SignRequest) -> String {
+    match backend.sign(request).await.expect("accepted") {
+        Outcome::Pending(p) => p.id,
+        other => panic!("expected Pending, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_then_approved_is_fetched_without_resubmitting() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    sim.set_behaviour(Behaviour::Pending);
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    let request = request();
+    let id = pending_id(&backend, &request).await;
+    assert_eq!(sim.waiting_ids(), std::slice::from_ref(&id));
+    for _ in 0..2 {
+        match backend.poll(&id, &request).await.unwrap() {
+            Outcome::Pending(p) => {
+                assert_eq!(p.id, id);
+                assert_eq!(p.retry_after, Duration::from_secs(300));
+            }
+            other => panic!("expected Pending, got {other:?}"),
+        }
+    }
+    assert!(sim.approve(&id));
+    let bundle = match backend.poll(&id, &request).await.unwrap() {
+        Outcome::Issued(bundle) => bundle,
+        other => panic!("expected Issued, got {other:?}"),
+    };
+    assert_eq!(bundle.chain.len(), 2, "leaf then the issuing CA");
+    assert_eq!(bundle.chain[1].subject().to_string(), "CN=CORP-ISSUING-CA");
+    assert_eq!(bundle.ca_pem(), sim.root_pem());
+    assert_eq!(sim.submissions(), 1, "polling never resubmits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_then_denied_is_rejected_with_the_managers_words() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    sim.set_behaviour(Behaviour::Pending);
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    let request = request();
+    let id = pending_id(&backend, &request).await;
+    assert!(sim.deny(&id, "no owner on record for web.apps"));
+    match backend.poll(&id, &request).await {
+        Err(Error::Rejected { reason }) => {
+            assert!(
+                reason.contains("no owner on record for web.apps"),
+                "{reason}"
+            );
+            assert!(reason.contains("Denied by"), "{reason}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(sim.submissions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ntlm_authenticates_one_connection_for_the_whole_exchange() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    // Submit, fetch the certificate, read certcarc.asp, fetch the chain: four requests.
+    match backend.sign(&request()).await.unwrap() {
+        Outcome::Issued(bundle) => assert_eq!(bundle.chain.len(), 2),
+        other => panic!("expected Issued, got {other:?}"),
+    }
+    assert_eq!(sim.connections(), 1);
+    assert_eq!(sim.ntlm_handshakes(), 1);
+    assert!(sim.last_user_agent().unwrap().contains("Mozilla"));
+    // The next call opens a new connection, which needs a new handshake; the chain is
+    // cached.
+    backend.sign(&request()).await.unwrap();
+    assert_eq!(sim.connections(), 2);
+    assert_eq!(sim.ntlm_handshakes(), 2);
+    assert_eq!(sim.submissions(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_unauthorized_as_iis_answers() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm("Wr0ng-Horse!"));
+    match backend.sign(&request()).await {
+        Err(e @ Error::Unauthorized { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("CORP\\svc-certwright"), "{text}");
+            assert!(!text.contains("Wr0ng-Horse!"), "{text}");
+            assert!(e.is_issuer_fault());
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(sim.auth_failures(), ["ntlm: wrong password"]);
+    assert_eq!(sim.submissions(), 0);
+    let err = backend.check().await.expect_err("unauthorized");
+    assert_eq!(err.metric_label(), "unauthorized", "{err}");
+}
+
+/// A TLS-terminating relay in front of certsrv: the client's TLS connection ends here,
+/// with another certificate, so its channel binding cannot be certsrv's.
+async fn relay(sim: &AdcsSimulator) -> (String, String, tokio::task::JoinHandle<()>) {
+    let relay_ca = TestCa::root(KeyKind::EcdsaP256, "relay CA");
+    let cert = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("localhost")
+        .ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        .build();
+    let cert_pem = relay_ca.sign_csr(&cert.csr_pem).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(sim.tls_ca_pem().as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream: std::net::SocketAddr = sim
+        .url()
+        .trim_start_matches("https://")
+        .trim_end_matches("/certsrv")
+        .parse()
+        .unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let connector = connector.clone();
+            tokio::spawn(async move {
+                let Ok(mut down) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let tcp = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let mut up = connector.connect(name, tcp).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    });
+    (
+        format!("https://127.0.0.1:{port}/certsrv"),
+        relay_ca.cert_pem().to_string(),
+        task,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protection_accepts_our_channel_binding_and_refuses_a_foreign_one() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    // Direct: the binding is the simulator's certificate (hashed with SHA-384, as its
+    // signature algorithm says), so Extended Protection lets it through.
+    let direct = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    direct.check().await.expect("channel binding accepted");
+    assert!(sim.auth_failures().is_empty());
+
+    // Through a relay: the binding names the relay's certificate, and IIS says 401.
+    let (url, relay_ca, task) = relay(&sim).await;
+    let relayed = backend_at(url, &relay_ca, ntlm(DEFAULT_PASSWORD));
+    match relayed.sign(&request()).await {
+        Err(Error::Unauthorized { message }) => {
+            assert!(message.contains("Extended Protection"), "{message}")
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(
+        sim.auth_failures(),
+        ["ntlm: Extended Protection: channel binding mismatch"]
+    );
+    assert_eq!(sim.submissions(), 0);
+
+    // With Extended Protection off, the same relayed client gets through.
+    sim.set_extended_protection(false);
+    assert!(matches!(
+        relayed.sign(&request()).await,
+        Ok(Outcome::Issued(_))
+    ));
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_the_ca_does_not_offer_is_the_issuers_misconfiguration() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let mut config = AdcsConfig::new(sim.url(), "WebServr", ntlm(DEFAULT_PASSWORD));
+    config.ca_bundle_pem = Some(sim.tls_ca_pem().as_bytes().to_vec());
+    let backend = AdcsBackend::new(config).unwrap();
+    match backend.sign(&request()).await {
+        Err(e @ Error::Misconfigured { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("\"WebServr\""), "{text}");
+            assert!(text.contains("templateName"), "{text}");
+            assert!(text.contains("0x80094800"), "{text}");
+        }
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+    // A per-request template (allowed by the issuer) replaces the issuer's.
+    let mut request = request();
+    request.template = Some("User".into());
+    assert!(matches!(
+        backend.sign(&request).await,
+        Ok(Outcome::Issued(_))
+    ));
+    assert_eq!(sim.last_template().as_deref(), Some("User"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hresults_become_sentences() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    sim.set_behaviour(Behaviour::ErrorPage(
+        0x8009_4004,
+        "The requested property value is empty. (CERTSRV_E_PROPERTY_EMPTY)".into(),
+    ));
+    let err = backend.sign(&request()).await.expect_err("error page");
+    assert_eq!(err.metric_label(), "misconfigured", "{err}");
+    assert!(err.to_string().contains("Supply in the request"), "{err}");
+
+    sim.set_behaviour(Behaviour::ErrorPage(0x8009_4011, "Something odd".into()));
+    let err = backend.sign(&request()).await.expect_err("error page");
+    assert_eq!(err.metric_label(), "invalid_response", "{err}");
+    assert!(err.to_string().contains("0x80094011"), "{err}");
+    assert!(err.to_string().contains("Something odd"), "{err}");
+
+    sim.set_behaviour(Behaviour::Deny("CN not allowed".into()));
+    match backend.sign(&request()).await {
+        Err(Error::Rejected { reason }) => assert!(reason.contains("CN not allowed"), "{reason}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+
+    // A certificate answered in the submission itself.
+    sim.set_behaviour(Behaviour::IssueInline);
+    assert!(matches!(
+        backend.sign(&request()).await,
+        Ok(Outcome::Issued(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_loop_is_unauthorized_not_a_retry_storm() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    sim.set_behaviour(Behaviour::Unauthorized401Loop);
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    let err = backend.sign(&request()).await.expect_err("401");
+    assert_eq!(err.metric_label(), "unauthorized", "{err}");
+    assert_eq!(sim.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_authentication() {
+    let sim = AdcsSimulator::start_with(SimOptions {
+        auth: SimAuth::Basic {
+            username: "CORP\\svc-certwright".into(),
+            password: "b4sic!".into(),
+        },
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let good = backend(
+        &sim,
+        AdcsAuth::Basic {
+            username: "CORP\\svc-certwright".into(),
+            password: "b4sic!".into(),
+        },
+    );
+    assert!(matches!(
+        good.sign(&request()).await,
+        Ok(Outcome::Issued(_))
+    ));
+    let health = good.check().await.unwrap();
+    assert_eq!(
+        health.message,
+        "AD CS answered; template WebServer; CA chain of 2"
+    );
+    let bad = backend(
+        &sim,
+        AdcsAuth::Basic {
+            username: "CORP\\svc-certwright".into(),
+            password: "nope".into(),
+        },
+    );
+    let err = bad.sign(&request()).await.expect_err("401");
+    assert_eq!(err.metric_label(), "unauthorized", "{err}");
+    // An NTLM client facing Basic-only IIS is told what the server offers.
+    let err = backend(&sim, ntlm(DEFAULT_PASSWORD))
+        .sign(&request())
+        .await
+        .expect_err("no NTLM");
+    assert_eq!(err.metric_label(), "misconfigured", "{err}");
+    assert!(err.to_string().contains("Basic"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_authentication() {
+    let clients = TestCa::root(KeyKind::EcdsaP256, "CORP client CA");
+    let sim = AdcsSimulator::start_with(SimOptions {
+        auth: SimAuth::None,
+        extended_protection: false,
+        client_ca_pem: Some(clients.cert_pem().to_string()),
+    })
+    .await
+    .unwrap();
+    let leaf = clients.issue_leaf(KeyKind::EcdsaP256, "svc-certwright.corp.example");
+    let good = backend(
+        &sim,
+        AdcsAuth::ClientCertificate(ClientIdentity {
+            cert_pem: leaf.cert_pem.into_bytes(),
+            key_pem: leaf.key_pem.into_bytes(),
+        }),
+    );
+    assert!(matches!(
+        good.sign(&request()).await,
+        Ok(Outcome::Issued(_))
+    ));
+    let stranger = TestCa::root(KeyKind::EcdsaP256, "other CA")
+        .issue_leaf(KeyKind::EcdsaP256, "someone.example");
+    let bad = backend(
+        &sim,
+        AdcsAuth::ClientCertificate(ClientIdentity {
+            cert_pem: stranger.cert_pem.into_bytes(),
+            key_pem: stranger.key_pem.into_bytes(),
+        }),
+    );
+    let err = bad.sign(&request()).await.expect_err("refused");
+    assert_eq!(err.metric_label(), "unauthorized", "{err}");
+    assert_eq!(sim.submissions(), 1);
+}
