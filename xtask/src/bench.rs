@@ -18,9 +18,7 @@ use certwright_engine::cached::CachedRequest;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
 use futures::StreamExt as _;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
@@ -329,34 +327,7 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
 
     // The local CA (ECDSA P-256) and an issuer tuned not to throttle.
     let ca = TestCa::root(KeyKind::EcdsaP256, "certwright bench CA");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    secrets
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("bench-ca".into()),
-                    namespace: Some(NS.into()),
-                    ..Default::default()
-                },
-                type_: Some("kubernetes.io/tls".into()),
-                data: Some(
-                    [
-                        (
-                            "tls.crt".to_string(),
-                            ByteString(ca.cert_pem().as_bytes().to_vec()),
-                        ),
-                        (
-                            "tls.key".to_string(),
-                            ByteString(ca.key_pem().as_bytes().to_vec()),
-                        ),
-                    ]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await?;
+    cluster::create_ca_secret(&client, NS, "bench-ca", &ca).await?;
     let issuers: Api<InternalClusterIssuer> = Api::all(client.clone());
     let tuned = |spec: IssuerSpec| IssuerSpec {
         max_concurrent_requests: Some(64),

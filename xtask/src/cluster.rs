@@ -225,3 +225,42 @@ pub(crate) fn http_get(port: u16, path: &str) -> Result<String> {
     }
     Ok(body.to_string())
 }
+
+/// Creates a `kubernetes.io/tls` Secret holding a CA's certificate and key: what the
+/// `ca` backend reads.
+pub(crate) async fn create_ca_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    ca: &certwright_testkit::fixtures::TestCa,
+) -> Result<()> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                (
+                    "tls.crt".to_string(),
+                    ByteString(ca.cert_pem().as_bytes().to_vec()),
+                ),
+                (
+                    "tls.key".to_string(),
+                    ByteString(ca.key_pem().as_bytes().to_vec()),
+                ),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    kube::Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .with_context(|| format!("creating the CA Secret {namespace}/{name}"))?;
+    Ok(())
+}

@@ -12,7 +12,6 @@ use certwright_api::{
 };
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -119,35 +118,7 @@ async fn demo(root: &Path) -> Result<()> {
 
     // The embedded default: a CA generated here, held in a kubernetes.io/tls Secret.
     let ca = TestCa::root(KeyKind::EcdsaP256, "certwright demo CA");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    secrets
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("demo-ca".into()),
-                    namespace: Some(NS.into()),
-                    ..Default::default()
-                },
-                type_: Some("kubernetes.io/tls".into()),
-                data: Some(
-                    [
-                        (
-                            "tls.crt".to_string(),
-                            ByteString(ca.cert_pem().as_bytes().to_vec()),
-                        ),
-                        (
-                            "tls.key".to_string(),
-                            ByteString(ca.key_pem().as_bytes().to_vec()),
-                        ),
-                    ]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .context("creating the CA Secret")?;
+    cluster::create_ca_secret(&client, NS, "demo-ca", &ca).await?;
     let spec = IssuerSpec {
         ca: Some(CaBackend {
             secret_name: "demo-ca".into(),

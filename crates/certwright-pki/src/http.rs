@@ -542,6 +542,39 @@ pub fn redacted_url(url: &Url) -> String {
     }
 }
 
+/// Checks an https URL from an issuer's configuration (`field` names it in messages):
+/// no credentials, query or fragment, and a host. Messages end up in the issuer's
+/// status, which more people read than its Secret, so they quote the URL without user
+/// information, query or fragment, and an unparsable one not at all.
+pub fn parse_https_url(field: &str, raw: &str) -> Result<Url, Error> {
+    let url = Url::parse(raw.trim()).map_err(|e| Error::Misconfigured {
+        message: format!("{field} is not a URL: {e}"),
+        source: Some(Box::new(e)),
+    })?;
+    let shown = redacted_url(&url);
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::misconfigured(format!(
+            "{field} {shown:?} must not carry credentials; put them in the auth Secret"
+        )));
+    }
+    if url.scheme() != "https" {
+        return Err(Error::misconfigured(format!(
+            "{field} {shown:?} must use https (the PKI is only reached over TLS)"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::misconfigured(format!(
+            "{field} {shown:?} must not have a query or fragment"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
+        return Err(Error::misconfigured(format!(
+            "{field} {shown:?} has no host"
+        )));
+    }
+    Ok(url)
+}
+
 /// `"30s"`, `"1500ms"`.
 pub fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {

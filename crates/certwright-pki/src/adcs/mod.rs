@@ -2,11 +2,12 @@
 //!
 //! Submits CSRs to `certfnsh.asp`, fetches certificates from `certnew.cer` and the CA
 //! chain from `certnew.p7b`, and reads certsrv's HTML answers by the markers existing
-//! clients rely on (`docs/backends/adcs.md`). Authenticates with NTLMv2 (with channel
-//! binding, for Extended Protection), HTTP Basic or a TLS client certificate, each call on
-//! its own keep-alive connection. Kerberos is not supported in this build.
+//! clients rely on (`docs/backends/adcs.md`). Authenticates with NTLMv2 or Kerberos
+//! (SPNEGO, both with channel binding for Extended Protection), HTTP Basic or a TLS client
+//! certificate, each call on its own keep-alive connection.
 
 mod conn;
+mod kerberos;
 mod ntlm;
 mod pages;
 mod pkcs7;
@@ -22,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use certwright_x509::{Certificate, Csr, parse_pem_bundle};
 
-use crate::http::{ClientIdentity, Url, excerpt, redacted_url};
+use crate::http::{ClientIdentity, excerpt, redacted_url};
 use crate::{
     Backend, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome, PendingRequest, SignRequest,
 };
@@ -36,9 +37,28 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(300);
 /// Largest answer read from certsrv: 1 MiB.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
-/// The message `authMethod: kerberos` is refused with.
-pub const KERBEROS_UNSUPPORTED: &str =
-    "Kerberos is not supported in this build; use ntlm, basic or clientCertificate";
+/// The secret of a Kerberos principal.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum KerberosSecret {
+    /// The password; the key is derived with the salt the KDC names.
+    Password(String),
+    /// An MIT keytab (binary); its aes256-cts-hmac-sha1-96 key for the principal is used.
+    Keytab(Vec<u8>),
+}
+
+/// Kerberos credentials: a principal of `realm`, the KDC to ask, and its secret.
+#[derive(Clone)]
+pub struct KerberosCredentials {
+    /// The account name (`svc-certwright`), without realm.
+    pub username: String,
+    /// The realm (`CORP.EXAMPLE`); upper-cased.
+    pub realm: String,
+    /// The KDC, `host:port` (port 88 when omitted), reached over TCP.
+    pub kdc: String,
+    /// The password or keytab.
+    pub secret: KerberosSecret,
+}
 
 /// How the backend authenticates to certsrv.
 #[derive(Clone)]
@@ -62,8 +82,8 @@ pub enum AdcsAuth {
     },
     /// A TLS client certificate mapped to an account by IIS.
     ClientCertificate(ClientIdentity),
-    /// Kerberos (SPNEGO): refused by [`AdcsBackend::new`] in this build.
-    Kerberos,
+    /// Kerberos through SPNEGO (`Negotiate`), with a ticket for `HTTP/<url host>`.
+    Kerberos(KerberosCredentials),
 }
 
 impl fmt::Debug for AdcsAuth {
@@ -85,7 +105,19 @@ impl fmt::Debug for AdcsAuth {
             AdcsAuth::ClientCertificate(identity) => {
                 f.debug_tuple("ClientCertificate").field(identity).finish()
             }
-            AdcsAuth::Kerberos => f.write_str("Kerberos"),
+            AdcsAuth::Kerberos(k) => f
+                .debug_struct("Kerberos")
+                .field("username", &k.username)
+                .field("realm", &k.realm)
+                .field("kdc", &k.kdc)
+                .field(
+                    "secret",
+                    &match k.secret {
+                        KerberosSecret::Password(_) => "<redacted password>",
+                        KerberosSecret::Keytab(_) => "<redacted keytab>",
+                    },
+                )
+                .finish(),
         }
     }
 }
@@ -148,17 +180,21 @@ impl AdcsBackend {
     /// Checks the configuration and prepares TLS.
     ///
     /// # Errors
-    /// [`Error::Misconfigured`] for a URL that is not https, an empty template, Kerberos
-    /// (not in this build), malformed credentials, an unusable caBundle or client
-    /// certificate.
+    /// [`Error::Misconfigured`] for a URL that is not https, an empty template, malformed
+    /// credentials (a keytab without the principal's aes256 key), an unusable caBundle or
+    /// client certificate.
     pub fn new(config: AdcsConfig) -> Result<AdcsBackend, Error> {
-        let base = parse_url(&config.url)?;
+        let base = crate::http::parse_https_url("url", &config.url)?;
         let template = config.template.trim().to_string();
         if template.is_empty() {
             return Err(Error::misconfigured("templateName is empty"));
         }
         let (auth, identity, auth_name) = match config.auth {
-            AdcsAuth::Kerberos => return Err(Error::misconfigured(KERBEROS_UNSUPPORTED)),
+            AdcsAuth::Kerberos(k) => (
+                ConnAuth::Kerberos(Arc::new(kerberos_credentials(k)?)),
+                None,
+                "kerberos",
+            ),
             AdcsAuth::Ntlm {
                 username,
                 password,
@@ -557,6 +593,59 @@ fn read_certificate(call: &str, body: &[u8]) -> Result<Certificate, Error> {
     })
 }
 
+/// Checks Kerberos credentials and reads the key out of a keytab.
+fn kerberos_credentials(k: KerberosCredentials) -> Result<kerberos::Credentials, Error> {
+    check_username(&k.username)?;
+    let username = k.username.trim().to_string();
+    if username.contains(['@', '\\', '/']) {
+        return Err(Error::misconfigured(
+            "the username (Secret key `username`) must be the bare account name for Kerberos \
+             (no DOMAIN\\ prefix, @realm or /instance); the realm goes in `realm`",
+        ));
+    }
+    let realm = k.realm.trim().to_ascii_uppercase();
+    if realm.is_empty() || !realm.is_ascii() || realm.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        return Err(Error::misconfigured(
+            "the realm (Secret key `realm`) is empty or not an ASCII realm name",
+        ));
+    }
+    let kdc = k.kdc.trim();
+    if kdc.is_empty() || kdc.contains(['/', ' ']) {
+        return Err(Error::misconfigured(
+            "the KDC (Secret key `kdc`) must be host or host:port",
+        ));
+    }
+    let has_port = kdc
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')));
+    let kdc = if has_port {
+        kdc.to_string()
+    } else if kdc.contains(':') && !kdc.starts_with('[') {
+        format!("[{kdc}]:88")
+    } else {
+        format!("{kdc}:88")
+    };
+    let secret = match k.secret {
+        KerberosSecret::Password(p) if p.is_empty() => {
+            return Err(Error::misconfigured(
+                "the password (Secret key `password`) is empty",
+            ));
+        }
+        KerberosSecret::Password(p) => kerberos::Secret::Password(p),
+        KerberosSecret::Keytab(bytes) => kerberos::Secret::Key(
+            kerberos::keytab_key(&bytes, &username, &realm).map_err(|why| {
+                Error::misconfigured(format!("the keytab (Secret key `keytab`) is unusable: {why}"))
+            })?,
+        ),
+    };
+    Ok(kerberos::Credentials {
+        username,
+        realm,
+        kdc,
+        secret,
+    })
+}
+
 fn check_username(username: &str) -> Result<(), Error> {
     let username = username.trim();
     if username.is_empty() || username.chars().any(char::is_control) {
@@ -565,34 +654,6 @@ fn check_username(username: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-/// Checks the configured URL; messages never quote credentials, queries or fragments.
-fn parse_url(raw: &str) -> Result<Url, Error> {
-    let url = Url::parse(raw.trim()).map_err(|e| Error::Misconfigured {
-        message: format!("url is not a URL: {e}"),
-        source: Some(Box::new(e)),
-    })?;
-    let shown = redacted_url(&url);
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::misconfigured(format!(
-            "url {shown:?} must not carry credentials; put them in the auth Secret"
-        )));
-    }
-    if url.scheme() != "https" {
-        return Err(Error::misconfigured(format!(
-            "url {shown:?} must use https (certsrv is only reached over TLS)"
-        )));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::misconfigured(format!(
-            "url {shown:?} must not have a query or fragment"
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
-        return Err(Error::misconfigured(format!("url {shown:?} has no host")));
-    }
-    Ok(url)
 }
 
 /// rustls with ring, trusting `ca_bundle` (or the system roots), HTTP/1.1 only.

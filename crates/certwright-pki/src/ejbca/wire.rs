@@ -16,7 +16,7 @@ use serde_json::Value;
 use certwright_x509::{Certificate, parse_pem_bundle};
 
 use crate::Error;
-use crate::http::{HttpResponse, StatusCode, Url, excerpt, redacted_url, status_error};
+use crate::http::{HttpResponse, StatusCode, excerpt, status_error};
 
 /// The response format certwright asks for: the certificate as base64 DER, the chain as a
 /// list of base64 DER certificates.
@@ -251,36 +251,7 @@ pub(super) fn decode_certificates(
         .map_err(|e| invalid(e.to_string()))
 }
 
-/// Checks an https URL from the configuration: no credentials, query or fragment, a
-/// host. Messages quote it without user information, query or fragment.
-pub(super) fn parse_https_url(field: &str, raw: &str) -> Result<Url, Error> {
-    let url = Url::parse(raw.trim()).map_err(|e| Error::Misconfigured {
-        message: format!("{field} is not a URL: {e}"),
-        source: Some(Box::new(e)),
-    })?;
-    let shown = redacted_url(&url);
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::misconfigured(format!(
-            "{field} {shown:?} must not carry credentials; put them in the auth Secret"
-        )));
-    }
-    if url.scheme() != "https" {
-        return Err(Error::misconfigured(format!(
-            "{field} {shown:?} must use https"
-        )));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::misconfigured(format!(
-            "{field} {shown:?} must not have a query or fragment"
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
-        return Err(Error::misconfigured(format!(
-            "{field} {shown:?} has no host"
-        )));
-    }
-    Ok(url)
-}
+pub(super) use crate::http::parse_https_url;
 
 /// `application/x-www-form-urlencoded` encoding of `pairs`.
 pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {

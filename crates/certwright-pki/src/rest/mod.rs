@@ -16,7 +16,7 @@ use certwright_x509::{Certificate, Csr, parse_pem_bundle};
 
 use crate::http::{
     HttpClient, HttpConfig, HttpResponse, Method, RequestBuilder, StatusCode, Url, describe_call,
-    header, redacted_url, status_error,
+    header, status_error,
 };
 use crate::{
     Backend, DEFAULT_DURATION, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome,
@@ -169,7 +169,7 @@ impl RestBackend {
     /// fit the flavour (HMAC keys are for cfssl only) or are malformed, or the caBundle or
     /// client certificate is unusable.
     pub fn new(config: RestConfig) -> Result<RestBackend, Error> {
-        let base = parse_base_url(&config.url)?;
+        let base = crate::http::parse_https_url("url", &config.url)?;
         let mut client_identity = None;
         let auth = match config.auth {
             RestAuth::None => Auth::None,
@@ -354,36 +354,6 @@ impl Backend for RestBackend {
             Flavor::Cfssl => self.check_cfssl().await,
         }
     }
-}
-
-/// Checks the configured URL. Messages end up in the issuer's status, which more people
-/// read than its auth Secret, so they quote the URL without user information, query or
-/// fragment (where a password or token may sit), and an unparsable one not at all.
-fn parse_base_url(raw: &str) -> Result<Url, Error> {
-    let url = Url::parse(raw.trim()).map_err(|e| Error::Misconfigured {
-        message: format!("url is not a URL: {e}"),
-        source: Some(Box::new(e)),
-    })?;
-    let shown = redacted_url(&url);
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::misconfigured(format!(
-            "url {shown:?} must not carry credentials; put them in the auth Secret"
-        )));
-    }
-    if url.scheme() != "https" {
-        return Err(Error::misconfigured(format!(
-            "url {shown:?} must use https (the CA is only reached over TLS)"
-        )));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::misconfigured(format!(
-            "url {shown:?} must not have a query or fragment"
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
-        return Err(Error::misconfigured(format!("url {shown:?} has no host")));
-    }
-    Ok(url)
 }
 
 /// A pending id must fit the contract before it goes into a URL: the annotation it is
