@@ -369,6 +369,23 @@ fn ejbca_backend<S: SecretSource + ?Sized>(
     Ok(EjbcaBackend::new(config)?)
 }
 
+/// A keytab as stored in a Secret: the binary file, or its base64 text (`stringData`).
+#[cfg(feature = "adcs")]
+fn keytab_bytes(stored: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    if stored.starts_with(&[0x05]) {
+        return stored.to_vec();
+    }
+    let compact: Vec<u8> = stored
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .unwrap_or_else(|_| stored.to_vec())
+}
+
 /// The AD CS backend of an `adcs` block: credentials from its Secret as `authMethod`
 /// says, trust, template, poll interval and timeout from the spec.
 #[cfg(feature = "adcs")]
@@ -390,9 +407,27 @@ fn adcs_backend<S: SecretSource + ?Sized>(
     };
     let auth = match spec.auth_method {
         AdcsAuthMethod::Kerberos => {
-            return Err(BuildError::Backend(Error::misconfigured(
-                crate::adcs::KERBEROS_UNSUPPORTED,
-            )));
+            use crate::adcs::{KerberosCredentials, KerberosSecret};
+            let data = lookup.secret(name)?;
+            let text = |key: &str, what: &str| -> Result<String, BuildError> {
+                utf8(key, lookup.key(name, data, key, what)?)
+            };
+            let username = text("username", "the Kerberos account name")?;
+            let realm = text("realm", "the Kerberos realm")?;
+            let kdc = text("kdc", "the KDC (host:port)")?;
+            let secret = match data.get("keytab").filter(|k| !k.is_empty()) {
+                Some(keytab) => KerberosSecret::Keytab(keytab_bytes(keytab)),
+                None => KerberosSecret::Password(text(
+                    "password",
+                    "the Kerberos account's password (or a keytab)",
+                )?),
+            };
+            AdcsAuth::Kerberos(KerberosCredentials {
+                username,
+                realm,
+                kdc,
+                secret,
+            })
         }
         AdcsAuthMethod::Ntlm | AdcsAuthMethod::Basic => {
             let data = lookup.secret(name)?;
@@ -738,17 +773,56 @@ mod tests {
             let backend = build_backend(&spec(method), &secrets).unwrap();
             assert_eq!(backend.kind(), "adcs", "{method:?}");
         }
+        // Kerberos: a password, or a keytab (binary or base64 text) taking precedence.
         let e = err(build_backend(&spec(AdcsAuthMethod::Kerberos), &secrets));
         assert!(
-            e.to_string().contains(
-                "Kerberos is not supported in this build; use ntlm, basic or clientCertificate"
-            ),
+            matches!(&e, BuildError::SecretKeyMissing { key, .. } if key == "realm"),
             "{e}"
         );
+        let kerberos = |extra: &[(&str, &[u8])]| {
+            let mut pairs: Vec<(&str, &[u8])> = vec![
+                ("username", b"svc"),
+                ("realm", b"corp.example"),
+                ("kdc", b"dc1.corp.example"),
+            ];
+            pairs.extend_from_slice(extra);
+            let mut secrets = BTreeMap::new();
+            secrets.insert("adcs-auth".to_string(), secret(&pairs));
+            build_backend(&spec(AdcsAuthMethod::Kerberos), &secrets)
+        };
+        assert_eq!(kerberos(&[("password", b"pw")]).unwrap().kind(), "adcs");
+        let mut keytab = vec![0x05, 0x02];
+        let mut entry = vec![0, 1, 0, 12];
+        entry.extend_from_slice(b"CORP.EXAMPLE");
+        entry.extend_from_slice(&[0, 3]);
+        entry.extend_from_slice(b"svc");
+        entry.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 18, 0, 32]);
+        entry.extend_from_slice(&[7; 32]);
+        keytab.extend_from_slice(&u32::try_from(entry.len()).unwrap().to_be_bytes());
+        keytab.extend(entry);
+        assert_eq!(kerberos(&[("keytab", &keytab)]).unwrap().kind(), "adcs");
+        let text = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&keytab)
+        };
+        assert_eq!(
+            kerberos(&[("keytab", text.as_bytes())]).unwrap().kind(),
+            "adcs"
+        );
+        let e = err(kerberos(&[
+            ("keytab", b"\x05\x02garbage"),
+            ("password", b"pw"),
+        ]));
+        assert!(e.to_string().contains("keytab"), "{e}");
         assert!(matches!(
             e,
             BuildError::Backend(Error::Misconfigured { .. })
         ));
+        let e = err(kerberos(&[]));
+        assert!(
+            matches!(&e, BuildError::SecretKeyMissing { key, .. } if key == "password"),
+            "{e}"
+        );
         let mut half = BTreeMap::new();
         half.insert("adcs-auth".to_string(), secret(&[("username", b"svc")]));
         let e = err(build_backend(&spec(AdcsAuthMethod::Ntlm), &half));

@@ -6,9 +6,11 @@
 //! local CA (an issuing CA under a root), and authenticates as IIS does: NTLMv2 verified
 //! for real against a configured account (NT hash, NTProofStr, MIC), bound to the TCP
 //! connection, with Extended Protection checking the client's channel binding against the
-//! server certificate; or HTTP Basic; or TLS client certificates. How it answers is set
-//! with [`Behaviour`]; requests held for approval wait for [`AdcsSimulator::approve`] or
-//! [`AdcsSimulator::deny`]. It counts submissions, connections and NTLM handshakes.
+//! server certificate; or Kerberos through Negotiate, the AP-REQ checked against the
+//! service key of a [`crate::kdc_sim::KdcSimulator`]; or HTTP Basic; or TLS client
+//! certificates. How it answers is set with [`Behaviour`]; requests held for approval
+//! wait for [`AdcsSimulator::approve`] or [`AdcsSimulator::deny`]. It counts submissions,
+//! connections, NTLM handshakes and Kerberos logons.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -69,6 +71,15 @@ pub enum Behaviour {
     Html200,
     /// 200 `application/pkix-cert` cut in the middle, on submission.
     TruncatedCertificate,
+    /// The CA chain (`certnew.p7b`) cut in the middle; submissions issue.
+    TruncatedChain,
+    /// Issue on submission (the "Certificate Issued" page), but answer 503 when the
+    /// issued certificate is fetched from `certnew.cer`.
+    FetchFails,
+    /// Issue on submission a certificate for another key than the CSR's.
+    WrongKey,
+    /// Answer the submission with this HTML page (200), after counting it.
+    SubmitPage(String),
     /// 200 HTML of this many bytes, everywhere.
     Oversized(usize),
     /// 500, everywhere (IIS's error page).
@@ -98,6 +109,15 @@ pub enum SimAuth {
         username: String,
         /// Its password.
         password: String,
+    },
+    /// Windows Authentication with the Negotiate provider, Kerberos only: the SPNEGO token
+    /// must hold an AP-REQ whose ticket decrypts with `service_key` (see
+    /// [`crate::kdc_sim::KdcSimulator::service_key`]) for a client of `realm`.
+    Negotiate {
+        /// The key of `HTTP/<host>`.
+        service_key: Vec<u8>,
+        /// The principal accepted, `user@REALM`.
+        principal: String,
     },
     /// Anonymous (the TLS layer may still require a client certificate).
     None,
@@ -155,6 +175,7 @@ struct Inner {
     submissions: u64,
     connections: u64,
     ntlm_handshakes: u64,
+    kerberos_logons: u64,
     auth_failures: Vec<String>,
     last_user_agent: Option<String>,
     last_template: Option<String>,
@@ -359,6 +380,11 @@ impl AdcsSimulator {
     /// TLS connections accepted.
     pub fn connections(&self) -> u64 {
         self.shared.lock().connections
+    }
+
+    /// Kerberos (Negotiate) logons accepted.
+    pub fn kerberos_logons(&self) -> u64 {
+        self.shared.lock().kerberos_logons
     }
 
     /// NTLM handshakes completed successfully.
@@ -576,10 +602,30 @@ async fn handle(shared: &Shared, state: &Mutex<NtlmState>, req: Request<Incoming
         .is_some_and(|ua| ua.contains("Mozilla"));
     match (parts.method, path.as_str()) {
         (Method::POST, "/certsrv/certfnsh.asp") => submit(shared, &behaviour, &body, browser).await,
+        (Method::GET, "/certsrv/certnew.cer")
+            if behaviour == Behaviour::FetchFails
+                && query
+                    .get("reqid")
+                    .is_some_and(|id| id.parse::<u64>().is_ok()) =>
+        {
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/html",
+                "<html><body><h2>503 - Service Unavailable</h2></body></html>",
+            )
+        }
         (Method::GET, "/certsrv/certnew.cer") => fetch(shared, &query, browser).await,
         (Method::GET, "/certsrv/certnew.p7b") => {
             let renewal = query.get("renewal").map(String::as_str);
             if query.get("reqid").map(String::as_str) == Some("CACert") && renewal == Some("0") {
+                let p7b = &shared.p7b_pem;
+                if behaviour == Behaviour::TruncatedChain {
+                    return answer(
+                        StatusCode::OK,
+                        "application/x-pkcs7-certificates",
+                        p7b[..p7b.len() / 2].to_string(),
+                    );
+                }
                 answer(
                     StatusCode::OK,
                     "application/x-pkcs7-certificates",
@@ -634,6 +680,59 @@ fn authenticate(
                     HeaderValue::from_static("Basic realm=\"adcs.corp.example\""),
                 );
                 Some(r)
+            }
+        }
+        SimAuth::Negotiate {
+            service_key,
+            principal,
+        } => {
+            let mut conn = state.lock().unwrap_or_else(|p| p.into_inner());
+            let token = authorization
+                .and_then(|a| a.strip_prefix("Negotiate "))
+                .and_then(|t| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(t.trim())
+                        .ok()
+                });
+            let Some(token) = token else {
+                if matches!(*conn, NtlmState::Authenticated) {
+                    return None;
+                }
+                let mut r = unauthorized(None);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Negotiate"),
+                );
+                return Some(r);
+            };
+            let bindings = epa.then(|| bindings_md5(&shared.end_point_hash));
+            let verdict =
+                crate::kdc_sim::verify_ap_req(&token, &service_key, bindings).and_then(|client| {
+                    if client.eq_ignore_ascii_case(&principal) {
+                        Ok(())
+                    } else {
+                        Err(format!("negotiate: {client} is not {principal}"))
+                    }
+                });
+            match verdict {
+                Ok(()) => {
+                    *conn = NtlmState::Authenticated;
+                    shared.lock().kerberos_logons += 1;
+                    None
+                }
+                Err(why) => {
+                    *conn = NtlmState::Anonymous;
+                    shared
+                        .lock()
+                        .auth_failures
+                        .push(format!("negotiate: {why}"));
+                    let mut r = unauthorized(None);
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Negotiate"),
+                    );
+                    Some(r)
+                }
             }
         }
         SimAuth::Ntlm {
@@ -1006,6 +1105,7 @@ async fn submit(shared: &Shared, behaviour: &Behaviour, body: &[u8], browser: bo
             denied_page(&format!("Denied by Policy Module  0x80094014, {reason}"))
         }
         Behaviour::ErrorPage(code, text) => error_page(*code, text),
+        Behaviour::SubmitPage(page) => html(page),
         Behaviour::Pending => {
             shared.lock().requests.insert(id, Held::Waiting(csr_pem));
             html(&format!(
@@ -1033,6 +1133,17 @@ async fn submit(shared: &Shared, behaviour: &Behaviour, body: &[u8], browser: bo
         },
         _ => match sign(shared, &csr_pem).await {
             Ok(pem) => {
+                let pem = if *behaviour == Behaviour::WrongKey {
+                    let other = CsrBuilder::new(KeyKind::EcdsaP256)
+                        .common_name("someone-else.example")
+                        .build();
+                    match sign(shared, &other.csr_pem).await {
+                        Ok(pem) => pem,
+                        Err(page) => return page,
+                    }
+                } else {
+                    pem
+                };
                 shared.lock().requests.insert(id, Held::Issued(pem));
                 html(&format!(
                     "<P ID=locPageTitle><B>Certificate Issued</B></P>\

@@ -86,6 +86,12 @@ pub enum Behaviour {
     Hang,
     /// Enroll, but return a certificate for another key than the CSR's.
     WrongKey,
+    /// Enroll with a `certificate_chain` of another CA's certificate, and answer chain
+    /// downloads with 500.
+    BrokenChain,
+    /// Hold enrollments for approval with a 202 that carries neither `request_id` nor
+    /// `link`.
+    WaitingWithoutId,
 }
 
 /// How clients authenticate.
@@ -118,6 +124,7 @@ enum Held {
 struct Inner {
     behaviour: Behaviour,
     answer_in_pem: bool,
+    double_base64: bool,
     role_members: Option<Vec<String>>,
     token_lifetime: Duration,
     tokens: HashMap<String, Instant>,
@@ -131,6 +138,8 @@ struct Inner {
     last_enrollment: Option<Value>,
     end_entities: Vec<String>,
     held: HashMap<i64, Held>,
+    /// The end entity of each held enrollment, by approval request id.
+    held_end_entities: HashMap<i64, String>,
     next_request_id: i64,
 }
 
@@ -139,6 +148,7 @@ impl Default for Inner {
         Inner {
             behaviour: Behaviour::Normal,
             answer_in_pem: false,
+            double_base64: false,
             role_members: None,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             tokens: HashMap::new(),
@@ -152,6 +162,7 @@ impl Default for Inner {
             last_enrollment: None,
             end_entities: Vec::new(),
             held: HashMap::new(),
+            held_end_entities: HashMap::new(),
             next_request_id: 1000,
         }
     }
@@ -309,6 +320,13 @@ impl EjbcaSimulator {
     /// JSON mapper writes it) instead of the DER asked for.
     pub fn set_answer_in_pem(&self, pem: bool) {
         self.shared.lock().answer_in_pem = pem;
+    }
+
+    /// Encode certificates twice in base64, as EJBCA's JSON mapper does with a `byte[]`
+    /// that already holds base64 text: base64(base64(DER)), in `certificate` and
+    /// `certificate_chain`.
+    pub fn set_double_base64(&self, double: bool) {
+        self.shared.lock().double_base64 = double;
     }
 
     /// With mTLS: only client certificates with one of these common names belong to the
@@ -522,7 +540,11 @@ async fn failure(behaviour: &Behaviour) -> Option<Response> {
                 .into_response()
         }
         Behaviour::Hang => std::future::pending::<Response>().await,
-        Behaviour::Normal | Behaviour::Reject(_) | Behaviour::WrongKey => return None,
+        Behaviour::Normal
+        | Behaviour::Reject(_)
+        | Behaviour::WrongKey
+        | Behaviour::BrokenChain
+        | Behaviour::WaitingWithoutId => return None,
     };
     Some(response)
 }
@@ -587,8 +609,13 @@ async fn download(
     Path(subject_dn): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = admit(&shared, &headers, &peer).await {
-        return response;
+    match admit(&shared, &headers, &peer).await {
+        Err(response) => return response,
+        Ok(Behaviour::BrokenChain) => {
+            shared.lock().chain_downloads += 1;
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "General failure.");
+        }
+        Ok(_) => {}
     }
     let normalize = |dn: &str| dn.replace(", ", ",");
     let pem = if normalize(&subject_dn) == normalize(&shared.issuing.subject().to_string()) {
@@ -727,7 +754,25 @@ async fn enroll(
     };
     let mut request = SignRequest::new(csr, "");
     request.duration = Some(duration);
-    shared.lock().end_entities.push(body.username.clone());
+    {
+        // As EJBCA: enrolling an end entity again sets its password, and finalizing an
+        // earlier enrollment of it then needs the new one.
+        let mut inner = shared.lock();
+        inner.end_entities.push(body.username.clone());
+        let same: Vec<i64> = inner
+            .held_end_entities
+            .iter()
+            .filter(|(_, name)| **name == body.username)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in same {
+            if let Some(Held::Waiting { password, .. } | Held::Approved { password, .. }) =
+                inner.held.get_mut(&id)
+            {
+                password.clone_from(&body.password);
+            }
+        }
+    }
 
     if body.certificate_profile_name == APPROVAL_PROFILE {
         let id = {
@@ -741,8 +786,19 @@ async fn enroll(
                     password: body.password,
                 },
             );
+            inner.held_end_entities.insert(id, body.username.clone());
             id
         };
+        if behaviour == Behaviour::WaitingWithoutId {
+            return (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "status_code": 202,
+                    "info_message": format!("Request with Id '{id}' has been sent for approval"),
+                })),
+            )
+                .into_response();
+        }
         return waiting(&shared, id, "has been sent for approval");
     }
     if behaviour == Behaviour::WrongKey {
@@ -755,11 +811,16 @@ async fn enroll(
         }
     }
     match issue(&shared, &request).await {
-        Ok(leaf) => (
-            StatusCode::CREATED,
-            Json(certificate_json(&shared, &leaf, body.include_chain)),
-        )
-            .into_response(),
+        Ok(leaf) => {
+            let mut json = certificate_json(&shared, &leaf, body.include_chain);
+            if behaviour == Behaviour::BrokenChain {
+                let other = TestCa::root(KeyKind::EcdsaP256, "Some Other Root");
+                json["certificate_chain"] = json!([
+                    base64::engine::general_purpose::STANDARD.encode(&other.cert().cert_der)
+                ]);
+            }
+            (StatusCode::CREATED, Json(json)).into_response()
+        }
         Err(response) => response,
     }
 }
@@ -881,14 +942,18 @@ async fn finalize(
 /// `CertificateRestResponse` for `leaf`, with the CA chain (root first, so that clients
 /// must order it) when asked.
 fn certificate_json(shared: &Shared, leaf: &Certificate, include_chain: bool) -> Value {
-    let pem = shared.lock().answer_in_pem;
+    let (pem, double) = {
+        let inner = shared.lock();
+        (inner.answer_in_pem, inner.double_base64)
+    };
     let encode = |cert: &Certificate| {
         let b64 = base64::engine::general_purpose::STANDARD;
-        if pem {
+        let once = if pem {
             b64.encode(cert.to_pem())
         } else {
             b64.encode(cert.der())
-        }
+        };
+        if double { b64.encode(once) } else { once }
     };
     let mut body = json!({
         "certificate": encode(leaf),

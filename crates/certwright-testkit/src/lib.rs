@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod crds;
 pub mod ejbca_sim;
 pub mod fixtures;
+pub mod kdc_sim;
 pub mod rest_sim;
 pub mod tls;
 

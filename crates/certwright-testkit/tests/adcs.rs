@@ -270,11 +270,24 @@ async fn hresults_become_sentences() {
     assert_eq!(err.metric_label(), "misconfigured", "{err}");
     assert!(err.to_string().contains("Supply in the request"), "{err}");
 
+    // An HRESULT the adapter does not know is final on submission: the CA may hold the
+    // request, and retrying would submit it again.
     sim.set_behaviour(Behaviour::ErrorPage(0x8009_4011, "Something odd".into()));
     let err = backend.sign(&request()).await.expect_err("error page");
-    assert_eq!(err.metric_label(), "invalid_response", "{err}");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(!err.is_retryable());
     assert!(err.to_string().contains("0x80094011"), "{err}");
     assert!(err.to_string().contains("Something odd"), "{err}");
+
+    // The allow-list: the CA service is down, the request never reached it.
+    for code in [0x8007_06BA, 0x8007_06BE, 0x8007_06D9, 0x8008_0005] {
+        sim.set_behaviour(Behaviour::ErrorPage(
+            code,
+            "The RPC server is unavailable.".into(),
+        ));
+        let err = backend.sign(&request()).await.expect_err("error page");
+        assert_eq!(err.metric_label(), "transient", "{code:#x}: {err}");
+    }
 
     sim.set_behaviour(Behaviour::Deny("CN not allowed".into()));
     match backend.sign(&request()).await {
@@ -379,4 +392,111 @@ async fn client_certificate_authentication() {
     let err = bad.sign(&request()).await.expect_err("refused");
     assert_eq!(err.metric_label(), "unauthorized", "{err}");
     assert_eq!(sim.submissions(), 1);
+}
+
+/// Submissions certsrv answered for `backend`, after `sign`.
+async fn submits_once(sim: &AdcsSimulator, backend: &AdcsBackend) -> Result<Outcome, Error> {
+    let before = sim.submissions();
+    let result = backend.sign(&request()).await;
+    assert_eq!(sim.submissions(), before + 1, "{result:?}");
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_chain_is_fetched_before_submitting() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    sim.set_behaviour(Behaviour::TruncatedChain);
+    let err = backend.sign(&request()).await.expect_err("no chain");
+    assert_eq!(err.metric_label(), "invalid_response", "{err}");
+    assert_eq!(
+        sim.submissions(),
+        0,
+        "a retryable failure never follows a submission"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issued_certificate_that_cannot_be_fetched_is_polled_not_resubmitted() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    let request = request();
+    sim.set_behaviour(Behaviour::FetchFails);
+    let pending = match backend.sign(&request).await {
+        Ok(Outcome::Pending(p)) => p,
+        other => panic!("expected Pending, got {other:?}"),
+    };
+    assert_eq!(sim.submissions(), 1);
+    assert!(
+        pending.retry_after <= Duration::from_secs(10),
+        "{pending:?}"
+    );
+    sim.set_behaviour(Behaviour::Issue);
+    match backend.poll(&pending.id, &request).await {
+        Ok(Outcome::Issued(bundle)) => assert_eq!(
+            bundle.leaf().unwrap().public_key().spki_der,
+            request.csr.public_key().spki_der
+        ),
+        other => panic!("expected Issued, got {other:?}"),
+    }
+    assert_eq!(sim.submissions(), 1, "polling never resubmits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_after_a_submission_is_retryable() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+
+    sim.set_behaviour(Behaviour::WrongKey);
+    let err = submits_once(&sim, &backend).await.expect_err("wrong key");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(err.to_string().contains("public key"), "{err}");
+
+    sim.set_behaviour(Behaviour::TruncatedCertificate);
+    let err = submits_once(&sim, &backend).await.expect_err("truncated");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(err.to_string().contains("may have been submitted"), "{err}");
+
+    sim.set_behaviour(Behaviour::SubmitPage(
+        "<html><h1>Corporate SSO Sign in</h1></html>".into(),
+    ));
+    let err = submits_once(&sim, &backend).await.expect_err("unreadable");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(err.to_string().contains("may have been submitted"), "{err}");
+    assert!(err.to_string().contains("Corporate SSO"), "{err}");
+
+    // Pending, but no id to poll with.
+    sim.set_behaviour(Behaviour::SubmitPage(
+        "<html><td>Disposition message:</td><td>Taken Under Submission</td></html>".into(),
+    ));
+    let err = submits_once(&sim, &backend).await.expect_err("no id");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_page_whose_script_says_denied_is_pending() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    sim.set_behaviour(Behaviour::SubmitPage(
+        "<Script>var sDenied = \"Your request was denied\";</Script>\
+         <P><B>Certificate Pending</B></P><P>Your Request Id is 77.</P>"
+            .into(),
+    ));
+    match submits_once(&sim, &backend).await {
+        Ok(Outcome::Pending(p)) => assert_eq!(p.id, "77"),
+        other => panic!("expected Pending, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_an_unknown_request_id_is_rejected() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    let err = backend
+        .poll("4242", &request())
+        .await
+        .expect_err("no such request");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(err.to_string().contains("0x8007000D"), "{err}");
+    assert_eq!(sim.submissions(), 0);
 }

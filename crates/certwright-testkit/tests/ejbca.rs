@@ -223,32 +223,54 @@ async fn oauth_tokens_are_cached_and_refreshed_before_they_expire() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_cached_token_is_replaced_and_the_call_sent_once_more() {
+async fn a_refused_cached_token_is_replaced_reads_again_submissions_never() {
     let sim = oauth_sim().await;
     let backend = oauth_backend(&sim, |_| {});
     let request = request("www.apps.example.test", &[]);
     issued(backend.sign(&request).await);
     assert_eq!(sim.tokens_issued(), 1);
 
-    // EJBCA stops accepting the cached token (its OAuth provider rotated keys).
+    // EJBCA stops accepting the cached token (its OAuth provider rotated keys). An
+    // enrollment is submitted once per call: the token is dropped and the engine retries.
     sim.revoke_tokens();
     let (enrollments, certificates) = (sim.enrollments(), sim.certificates_issued());
+    match backend.sign(&request).await {
+        Err(e @ Error::Transient { .. }) => {
+            assert!(e.is_retryable());
+            assert!(e.to_string().contains("cached OAuth2 token"), "{e}");
+        }
+        other => panic!("expected Transient, got {other:?}"),
+    }
+    assert_eq!(sim.enrollments(), enrollments + 1, "submitted once");
+    assert_eq!(sim.tokens_issued(), 1, "no new token within the call");
+    // The engine's retry fetches a new token.
     issued(backend.sign(&request).await);
     assert_eq!(sim.tokens_issued(), 2);
-    assert_eq!(
-        sim.enrollments(),
-        enrollments + 2,
-        "one refused at authentication, one enrolled"
-    );
+    assert_eq!(sim.enrollments(), enrollments + 2);
     assert_eq!(sim.certificates_issued(), certificates + 1, "signed once");
+
+    // A read is sent again in place with a new token.
+    sim.revoke_tokens();
+    let status_calls = sim.status_calls();
+    backend.check().await.expect("healthy after a new token");
+    assert_eq!(sim.tokens_issued(), 3);
+    assert_eq!(sim.status_calls(), status_calls + 2);
 
     // A fresh token that EJBCA refuses is not retried: that is Unauthorized.
     sim.set_token_lifetime(Duration::ZERO);
     sim.revoke_tokens();
     let enrollments = sim.enrollments();
+    assert!(matches!(
+        backend.sign(&request).await,
+        Err(Error::Transient { .. })
+    ));
     let message = unauthorized(backend.sign(&request).await);
     assert!(message.contains("OAuth token is expired"), "{message}");
-    assert!(sim.enrollments() - enrollments <= 2);
+    assert_eq!(
+        sim.enrollments() - enrollments,
+        2,
+        "one submission per call"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,14 +495,155 @@ async fn pem_answers_and_garbage_on_the_status_call() {
         }
         other => panic!("expected InvalidResponse, got {other:?}"),
     }
+    // EJBCA signed: a certificate for another key fails the request, never retried.
     sim.set_behaviour(Behaviour::WrongKey);
-    match backend.sign(&request("www.apps.example.test", &[])).await {
-        Err(Error::InvalidResponse { message }) => {
-            assert!(
-                message.contains("does not carry the CSR's public key"),
-                "{message}"
-            )
+    let reason = rejected(backend.sign(&request("www.apps.example.test", &[])).await);
+    assert!(
+        reason.contains("does not carry the CSR's public key"),
+        "{reason}"
+    );
+}
+
+fn misconfigured(result: Result<Outcome, Error>) -> String {
+    match result {
+        Err(e @ Error::Misconfigured { .. }) => {
+            assert!(!e.is_retryable());
+            e.to_string()
         }
-        other => panic!("expected InvalidResponse, got {other:?}"),
+        other => panic!("expected Misconfigured, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_ejbca_answered_2xx_to_an_enrollment_nothing_is_retryable() {
+    let sim = oauth_sim().await;
+    let request = request("www.apps.example.test", &[]);
+
+    // A 201 whose body cannot be read.
+    let backend = oauth_backend(&sim, |_| {});
+    sim.set_behaviour(Behaviour::TruncatedJson);
+    let message = misconfigured(backend.sign(&request).await);
+    assert!(message.contains("201"), "{message}");
+    assert_eq!(sim.enrollments(), 1);
+
+    // A chain that does not fit, and no chain to download: the certificate alone.
+    sim.set_behaviour(Behaviour::BrokenChain);
+    let fresh = oauth_backend(&sim, |_| {});
+    let bundle = issued(fresh.sign(&request).await);
+    assert_eq!(bundle.chain.len(), 1);
+    assert!(bundle.ca.is_none());
+    assert_eq!(
+        bundle.leaf().expect("leaf").public_key().spki_der,
+        request.csr.public_key().spki_der
+    );
+    assert!(sim.chain_downloads() >= 1, "tried to download the chain");
+
+    // A chain that does not fit, with the CA's chain known from the health check.
+    sim.set_behaviour(Behaviour::Normal);
+    fresh.check().await.expect("healthy");
+    sim.set_behaviour(Behaviour::BrokenChain);
+    let bundle = issued(fresh.sign(&request).await);
+    assert_eq!(bundle.chain.len(), 2, "leaf and issuing CA");
+    assert_eq!(
+        bundle.ca.as_ref().expect("root").to_pem(),
+        sim.issuing_root_pem()
+    );
+
+    // A 202 without a usable request id.
+    sim.set_behaviour(Behaviour::WaitingWithoutId);
+    let approval = oauth_backend(&sim, |c| {
+        c.certificate_profile_name = APPROVAL_PROFILE.into()
+    });
+    let enrollments = sim.enrollments();
+    let message = misconfigured(approval.sign(&request).await);
+    assert!(message.contains("request_id"), "{message}");
+    assert_eq!(sim.enrollments(), enrollments + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_finalize_answered_2xx_nothing_is_retried_or_called() {
+    let sim = oauth_sim().await;
+    let backend = oauth_backend(&sim, |c| {
+        c.certificate_profile_name = APPROVAL_PROFILE.into()
+    });
+    let request = request("www.apps.example.test", &[]);
+    backend.check().await.expect("healthy");
+    let id = pending(backend.sign(&request).await);
+    assert!(sim.approve(approval_request_id(&id).expect("id")));
+    let downloads = sim.chain_downloads();
+    sim.set_behaviour(Behaviour::TruncatedJson);
+    let message = misconfigured(backend.poll(&id, &request).await);
+    assert!(message.contains("201"), "{message}");
+    assert_eq!(sim.finalizations(), 1);
+    assert_eq!(
+        sim.chain_downloads(),
+        downloads,
+        "no call after the finalize"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_encoded_twice_in_base64_are_read() {
+    let sim = oauth_sim().await;
+    sim.set_double_base64(true);
+    let backend = oauth_backend(&sim, |_| {});
+    let request = request("www.apps.example.test", &[]);
+    let bundle = issued(backend.sign(&request).await);
+    assert_eq!(bundle.chain.len(), 2, "certificate_chain decoded twice too");
+    assert_eq!(
+        bundle.ca.as_ref().expect("root").to_pem(),
+        sim.issuing_root_pem()
+    );
+
+    // And in the answer of finalize.
+    let approval = oauth_backend(&sim, |c| {
+        c.certificate_profile_name = APPROVAL_PROFILE.into()
+    });
+    let id = pending(approval.sign(&request).await);
+    assert!(sim.approve(approval_request_id(&id).expect("id")));
+    let bundle = issued(approval.poll(&id, &request).await);
+    assert_eq!(
+        bundle.leaf().expect("leaf").public_key().spki_der,
+        request.csr.public_key().spki_der
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_entity_enrolled_again_by_another_request_is_a_name_collision() {
+    let sim = oauth_sim().await;
+    let backend = oauth_backend(&sim, |c| {
+        c.certificate_profile_name = APPROVAL_PROFILE.into()
+    });
+    // Two CertificateRequests with the same common name: one end entity under `cn`.
+    let first = request("www.apps.example.test", &[]);
+    let mut second = request("www.apps.example.test", &[]);
+    second.idempotency_key = "7c1e0b2a-other-uid".into();
+    second.requester.name = "web-2".into();
+    let id = pending(backend.sign(&first).await);
+    assert!(sim.approve(approval_request_id(&id).expect("id")));
+    pending(backend.sign(&second).await);
+    let reason = rejected(backend.poll(&id, &first).await);
+    assert!(reason.contains("Wrong username or password"), "{reason}");
+    assert!(reason.contains("same name"), "{reason}");
+    assert!(reason.contains("endEntityName: namespacedName"), "{reason}");
+    assert!(reason.contains("\"www.apps.example.test\""), "{reason}");
+    assert_eq!(sim.certificates_issued(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_id_copied_onto_another_request_does_not_open() {
+    let sim = oauth_sim().await;
+    let backend = oauth_backend(&sim, |c| {
+        c.certificate_profile_name = APPROVAL_PROFILE.into()
+    });
+    let first = request("www.apps.example.test", &[]);
+    let id = pending(backend.sign(&first).await);
+    assert!(sim.approve(approval_request_id(&id).expect("id")));
+    // Another CertificateRequest (another uid) with the first one's pending id.
+    let mut other = first.clone();
+    other.idempotency_key = "7c1e0b2a-other-uid".into();
+    let reason = rejected(backend.poll(&id, &other).await);
+    assert!(reason.contains("copied from another"), "{reason}");
+    assert_eq!(sim.finalizations(), 0, "refused without a call");
+    issued(backend.poll(&id, &first).await);
 }

@@ -20,8 +20,8 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::ntlm;
 use super::pkcs7::tls_server_end_point;
+use super::{kerberos, ntlm};
 use crate::Error;
 use crate::http::{Url, format_duration};
 
@@ -37,6 +37,7 @@ pub(crate) const USER_AGENT: &str = concat!(
 #[derive(Clone)]
 pub(crate) enum ConnAuth {
     Ntlm(Arc<ntlm::Credentials>),
+    Kerberos(Arc<kerberos::Credentials>),
     Basic(HeaderValue),
     /// TLS client certificate (in the TLS configuration) or nothing.
     None,
@@ -273,6 +274,58 @@ impl Session<'_> {
                 self.authenticated = true;
                 Ok(response)
             }
+            ConnAuth::Kerberos(credentials) if !self.authenticated => {
+                let bindings = self
+                    .end_point_hash
+                    .as_deref()
+                    .map(ntlm::channel_bindings_hash);
+                let token = kerberos::negotiate_token(
+                    &credentials,
+                    &self.host,
+                    bindings,
+                    self.transport.timeout,
+                )
+                .await?;
+                let value = format!(
+                    "Negotiate {}",
+                    base64::engine::general_purpose::STANDARD.encode(token)
+                );
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    Error::misconfigured("the Negotiate token is not a header value")
+                })?;
+                value.set_sensitive(true);
+                let (response, offered) = self
+                    .exchange(&call, &method, path, form, Some(value))
+                    .await?;
+                if response.status == StatusCode::UNAUTHORIZED {
+                    let negotiate = offered.iter().any(|v| {
+                        v.split_whitespace()
+                            .next()
+                            .is_some_and(|s| s.eq_ignore_ascii_case("Negotiate"))
+                    });
+                    return Err(if negotiate {
+                        Error::Unauthorized {
+                            message: format!(
+                                "{call}: certsrv refused the Kerberos ticket of {} for HTTP/{} \
+                                 (a service ticket for another account, clock skew, or Extended \
+                                 Protection refusing the channel binding)",
+                                credentials.principal(),
+                                self.host
+                            ),
+                        }
+                    } else {
+                        Error::misconfigured(format!(
+                            "{call}: certsrv does not offer Negotiate (it offers: {}); enable \
+                             Windows Authentication with the Negotiate provider in IIS, or pick \
+                             the matching authMethod",
+                            offered.join(", ")
+                        ))
+                    });
+                }
+                // A mutual-authentication token in WWW-Authenticate is accepted unread.
+                self.authenticated = true;
+                Ok(response)
+            }
             ConnAuth::Basic(value) => {
                 let (response, _) = self
                     .exchange(&call, &method, path, form, Some(value))
@@ -292,8 +345,8 @@ impl Session<'_> {
                 if response.status == StatusCode::UNAUTHORIZED {
                     return Err(Error::Unauthorized {
                         message: match &self.transport.auth {
-                            ConnAuth::Ntlm(_) => format!(
-                                "{call}: certsrv asked an authenticated NTLM connection to \
+                            ConnAuth::Ntlm(_) | ConnAuth::Kerberos(_) => format!(
+                                "{call}: certsrv asked an authenticated connection to \
                                  authenticate again"
                             ),
                             _ => format!(

@@ -34,6 +34,10 @@ use pages::{Answer, Verdict};
 /// `pollInterval`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(300);
 
+/// When to come back for a certificate certsrv issued (its request id is known) but that
+/// could not be fetched: the request is reported pending under its id, never resubmitted.
+pub const FETCH_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Largest answer read from certsrv: 1 MiB.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
@@ -189,6 +193,8 @@ impl AdcsBackend {
         if template.is_empty() {
             return Err(Error::misconfigured("templateName is empty"));
         }
+        check_template(&template)
+            .map_err(|why| Error::misconfigured(format!("templateName {why}")))?;
         let (auth, identity, auth_name) = match config.auth {
             AdcsAuth::Kerberos(k) => (
                 ConnAuth::Kerberos(Arc::new(kerberos_credentials(k)?)),
@@ -247,13 +253,28 @@ impl AdcsBackend {
         })
     }
 
-    fn template_for<'a>(&'a self, request: &'a SignRequest) -> &'a str {
-        request
+    /// The request's template override, checked, or the issuer's.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] for an override that cannot go into `CertAttrib`.
+    fn template_for<'a>(&'a self, request: &'a SignRequest) -> Result<&'a str, Error> {
+        match request
             .template
             .as_deref()
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .unwrap_or(&self.template)
+        {
+            Some(template) => {
+                check_template(template).map_err(|why| Error::Rejected {
+                    reason: format!(
+                        "the requested certificate template {:?} {why}",
+                        template.chars().take(64).collect::<String>()
+                    ),
+                })?;
+                Ok(template)
+            }
+            None => Ok(&self.template),
+        }
     }
 
     fn url_of(&self, path: &str) -> String {
@@ -262,15 +283,99 @@ impl AdcsBackend {
         format!("{}/{file}", shown.trim_end_matches('/'))
     }
 
-    /// Turns an answer of certsrv into an outcome; `id` is the request id being fetched.
-    async fn outcome(
+    /// Turns certsrv's answer to the submission into an outcome. Once certsrv may hold
+    /// the request, nothing here is retryable (a retry is a second request): the only
+    /// network call left is fetching the issued certificate, and when that fails the
+    /// request is reported pending under its id. `chain` was fetched before submitting.
+    async fn submitted(
         &self,
         session: &mut Session<'_>,
         call: &str,
         response: Response,
         request: &SignRequest,
         template: &str,
-        id: Option<u64>,
+        chain: &[Certificate],
+    ) -> Result<Outcome, Error> {
+        check_status(call, &response)?;
+        match pages::read_answer(response.content_type.as_deref(), &response.body) {
+            Answer::Certificate(body) => {
+                let leaf = read_certificate(call, &body)
+                    .map_err(|_| maybe_submitted(call, &response, "a readable certificate"))?;
+                check_key(&leaf, &request.csr)?;
+                bundle_with(leaf, chain).map(Outcome::Issued).ok_or_else(|| {
+                    Error::Rejected {
+                        reason: format!(
+                            "{call}: certsrv issued a certificate that does not chain to the CA                              chain it serves (did the CA renew its certificate?); it was not                              submitted again"
+                        ),
+                    }
+                })
+            }
+            Answer::IssuedId(id) => {
+                let leaf = match self.fetch_issued(session, id).await {
+                    Ok(leaf) => leaf,
+                    Err(e) => {
+                        tracing::warn!(
+                            request_id = id,
+                            error = %e,
+                            "AD CS issued the request but its certificate could not be                              fetched; polling for it"
+                        );
+                        return Ok(self.fetch_later(id));
+                    }
+                };
+                check_key(&leaf, &request.csr)?;
+                // A chain that does not fit (the CA renewed since it was cached) is
+                // refreshed by polling, which may use the network.
+                Ok(bundle_with(leaf, chain)
+                    .map(Outcome::Issued)
+                    .unwrap_or_else(|| self.fetch_later(id)))
+            }
+            Answer::Pending(Some(id)) => Ok(Outcome::Pending(PendingRequest {
+                id: id.to_string(),
+                retry_after: self.poll_interval,
+            })),
+            Answer::Pending(None) => Err(maybe_submitted(call, &response, "a request id")),
+            Answer::Denied { message, code } => Err(denied(&message, code, template)),
+            Answer::Failed { message, code } => match pages::explain(code, &message, template) {
+                Verdict::Unknown(m) => Err(Error::Rejected {
+                    reason: format!(
+                        "{call}: {m} (an error certsrv may not be asked again about, as the                          request may have reached the CA)"
+                    ),
+                }),
+                verdict => Err(verdict_error(verdict, call)),
+            },
+            Answer::Unknown => Err(maybe_submitted(call, &response, "a certsrv answer")),
+        }
+    }
+
+    /// `Pending` under a request id certsrv issued, to fetch the certificate soon.
+    fn fetch_later(&self, id: u64) -> Outcome {
+        Outcome::Pending(PendingRequest {
+            id: id.to_string(),
+            retry_after: FETCH_RETRY_AFTER.min(self.poll_interval),
+        })
+    }
+
+    /// `certnew.cer` for an issued request id.
+    async fn fetch_issued(&self, session: &mut Session<'_>, id: u64) -> Result<Certificate, Error> {
+        let path = format!("certnew.cer?ReqID={id}&ENC=b64");
+        let call = format!("GET {}", self.url_of(&path));
+        let answer = session.send(Method::GET, &path, None).await?;
+        check_status(&call, &answer)?;
+        match pages::read_answer(answer.content_type.as_deref(), &answer.body) {
+            Answer::Certificate(body) => read_certificate(&call, &body),
+            _ => Err(unknown_page(&call, &answer, "the issued certificate")),
+        }
+    }
+
+    /// Turns certsrv's answer to a poll of request `id` into an outcome.
+    async fn polled(
+        &self,
+        session: &mut Session<'_>,
+        call: &str,
+        response: Response,
+        request: &SignRequest,
+        template: &str,
+        id: u64,
     ) -> Result<Outcome, Error> {
         check_status(call, &response)?;
         match pages::read_answer(response.content_type.as_deref(), &response.body) {
@@ -279,48 +384,18 @@ impl AdcsBackend {
                 self.issued(session, leaf, &request.csr).await
             }
             Answer::IssuedId(issued) => {
-                let path = format!("certnew.cer?ReqID={issued}&ENC=b64");
-                let fetch = format!("GET {}", self.url_of(&path));
-                let answer = session.send(Method::GET, &path, None).await?;
-                check_status(&fetch, &answer)?;
-                match pages::read_answer(answer.content_type.as_deref(), &answer.body) {
-                    Answer::Certificate(body) => {
-                        let leaf = read_certificate(&fetch, &body)?;
-                        self.issued(session, leaf, &request.csr).await
-                    }
-                    _ => Err(unknown_page(&fetch, &answer, "the issued certificate")),
-                }
+                let leaf = self.fetch_issued(session, issued).await?;
+                self.issued(session, leaf, &request.csr).await
             }
-            Answer::Pending(found) => match found.or(id) {
-                Some(pending) => Ok(Outcome::Pending(PendingRequest {
-                    id: pending.to_string(),
-                    retry_after: self.poll_interval,
-                })),
-                None => Err(unknown_page(call, &response, "a request id")),
-            },
-            Answer::Denied { message, code } => {
-                match code.map(|c| pages::explain(c, &message, template)) {
-                    Some(Verdict::Misconfigured(m)) => Err(Error::misconfigured(m)),
-                    Some(Verdict::Transient(m)) => Err(Error::Transient {
-                        message: m,
-                        source: None,
-                    }),
-                    _ => Err(Error::Rejected {
-                        reason: format!("AD CS denied the request: {message}"),
-                    }),
-                }
-            }
-            Answer::Failed { message, code } => match pages::explain(code, &message, template) {
-                Verdict::Misconfigured(m) => Err(Error::misconfigured(m)),
-                Verdict::Rejected(m) => Err(Error::Rejected { reason: m }),
-                Verdict::Transient(m) => Err(Error::Transient {
-                    message: m,
-                    source: None,
-                }),
-                Verdict::Unknown(m) => Err(Error::InvalidResponse {
-                    message: format!("{call}: {m}"),
-                }),
-            },
+            Answer::Pending(found) => Ok(Outcome::Pending(PendingRequest {
+                id: found.unwrap_or(id).to_string(),
+                retry_after: self.poll_interval,
+            })),
+            Answer::Denied { message, code } => Err(denied(&message, code, template)),
+            Answer::Failed { message, code } => Err(verdict_error(
+                pages::explain(code, &message, template),
+                call,
+            )),
             Answer::Unknown => Err(unknown_page(call, &response, "a certsrv answer")),
         }
     }
@@ -332,24 +407,11 @@ impl AdcsBackend {
         leaf: Certificate,
         csr: &Csr,
     ) -> Result<Outcome, Error> {
-        if leaf.public_key().spki_der != csr.public_key().spki_der {
-            return Err(Error::InvalidResponse {
-                message: format!(
-                    "certsrv returned a certificate (serial {}, subject \"{}\") that does not \
-                     carry the CSR's public key",
-                    leaf.serial_hex(),
-                    leaf.subject()
-                ),
-            });
-        }
+        check_key(&leaf, csr)?;
         let chain = self.ca_chain(session, false).await?;
-        let mut certs = vec![leaf.clone()];
-        certs.extend(chain.iter().cloned());
-        match IssuedBundle::from_certificates(certs) {
-            Ok(bundle) if bundle.chain.len() > 1 || bundle.ca.is_some() => {
-                Ok(Outcome::Issued(bundle))
-            }
-            _ => {
+        match bundle_with(leaf.clone(), &chain) {
+            Some(bundle) => Ok(Outcome::Issued(bundle)),
+            None => {
                 // The CA may have renewed its certificate since the chain was cached.
                 let chain = self.ca_chain(session, true).await?;
                 let mut certs = vec![leaf];
@@ -422,15 +484,17 @@ impl Backend for AdcsBackend {
     }
 
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {
-        let template = self.template_for(request);
+        let template = self.template_for(request)?;
         let form = submit_form(&request.csr, template);
         let call = format!("POST {}", self.url_of("certfnsh.asp"));
-        tracing::debug!(call = %call, requester = %request.requester, template, "submitting to AD CS");
         let mut session = self.transport.open().await?;
+        // Everything that may fail and be retried happens before the submission.
+        let chain = self.ca_chain(&mut session, false).await?;
+        tracing::debug!(call = %call, requester = %request.requester, template, "submitting to AD CS");
         let response = session
             .send(Method::POST, "certfnsh.asp", Some(&form))
             .await?;
-        self.outcome(&mut session, &call, response, request, template, None)
+        self.submitted(&mut session, &call, response, request, template, &chain)
             .await
     }
 
@@ -450,8 +514,8 @@ impl Backend for AdcsBackend {
         let call = format!("GET {}", self.url_of(&path));
         let mut session = self.transport.open().await?;
         let response = session.send(Method::GET, &path, None).await?;
-        let template = self.template_for(request).to_string();
-        self.outcome(&mut session, &call, response, request, &template, Some(id))
+        let template = self.template_for(request).unwrap_or(&self.template);
+        self.polled(&mut session, &call, response, request, template, id)
             .await
     }
 
@@ -538,6 +602,83 @@ fn check_status(call: &str, response: &Response) -> Result<(), Error> {
     })
 }
 
+/// A leaf that does not carry the CSR's key: the CA answered for another request. Final:
+/// submitting again would only make another certificate.
+fn check_key(leaf: &Certificate, csr: &Csr) -> Result<(), Error> {
+    if leaf.public_key().spki_der == csr.public_key().spki_der {
+        return Ok(());
+    }
+    Err(Error::Rejected {
+        reason: format!(
+            "certsrv returned a certificate (serial {}, subject \"{}\") that does not carry \
+             the CSR's public key",
+            leaf.serial_hex(),
+            leaf.subject()
+        ),
+    })
+}
+
+/// The leaf with the CA chain, when they make a chain of more than the leaf.
+fn bundle_with(leaf: Certificate, chain: &[Certificate]) -> Option<IssuedBundle> {
+    let mut certs = vec![leaf];
+    certs.extend(chain.iter().cloned());
+    IssuedBundle::from_certificates(certs)
+        .ok()
+        .filter(|bundle| bundle.chain.len() > 1 || bundle.ca.is_some())
+}
+
+fn denied(message: &str, code: Option<u32>, template: &str) -> Error {
+    match code.map(|c| pages::explain(c, message, template)) {
+        Some(Verdict::Misconfigured(m)) => Error::misconfigured(m),
+        Some(Verdict::Transient(m)) => Error::Transient {
+            message: m,
+            source: None,
+        },
+        _ => Error::Rejected {
+            reason: format!("AD CS denied the request: {message}"),
+        },
+    }
+}
+
+fn verdict_error(verdict: Verdict, call: &str) -> Error {
+    match verdict {
+        Verdict::Misconfigured(m) => Error::misconfigured(m),
+        Verdict::Rejected(m) => Error::Rejected { reason: m },
+        Verdict::Transient(m) => Error::Transient {
+            message: m,
+            source: None,
+        },
+        Verdict::Unknown(m) => Error::InvalidResponse {
+            message: format!("{call}: {m}"),
+        },
+    }
+}
+
+/// An answer to the submission that cannot be read: certsrv may hold the request, so
+/// it is refused for good rather than submitted again.
+fn maybe_submitted(call: &str, response: &Response, expected: &str) -> Error {
+    Error::Rejected {
+        reason: format!(
+            "{call} answered {} with a page that is not {expected}; the request may have been \
+             submitted to the CA, so it is not sent again (look for it on the CA): {}",
+            response.status,
+            excerpt(&response.body)
+        ),
+    }
+}
+
+/// Whether a template name can go into `CertAttrib` (`CertificateTemplate:<name>`, one
+/// attribute a line): no control characters, no `:`, `&`, `=` or `\`.
+pub(crate) fn check_template(name: &str) -> Result<(), &'static str> {
+    if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, ':' | '&' | '=' | '\\'))
+    {
+        return Err("must not hold control characters or any of ':', '&', '=', '\\'");
+    }
+    Ok(())
+}
+
 fn unknown_page(call: &str, response: &Response, expected: &str) -> Error {
     Error::InvalidResponse {
         message: format!(
@@ -604,7 +745,10 @@ fn kerberos_credentials(k: KerberosCredentials) -> Result<kerberos::Credentials,
         ));
     }
     let realm = k.realm.trim().to_ascii_uppercase();
-    if realm.is_empty() || !realm.is_ascii() || realm.chars().any(|c| c.is_ascii_control() || c == ' ') {
+    if realm.is_empty()
+        || !realm.is_ascii()
+        || realm.chars().any(|c| c.is_ascii_control() || c == ' ')
+    {
         return Err(Error::misconfigured(
             "the realm (Secret key `realm`) is empty or not an ASCII realm name",
         ));
@@ -615,9 +759,9 @@ fn kerberos_credentials(k: KerberosCredentials) -> Result<kerberos::Credentials,
             "the KDC (Secret key `kdc`) must be host or host:port",
         ));
     }
-    let has_port = kdc
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')));
+    let has_port = kdc.rsplit_once(':').is_some_and(|(host, port)| {
+        port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+    });
     let kdc = if has_port {
         kdc.to_string()
     } else if kdc.contains(':') && !kdc.starts_with('[') {
@@ -634,7 +778,9 @@ fn kerberos_credentials(k: KerberosCredentials) -> Result<kerberos::Credentials,
         KerberosSecret::Password(p) => kerberos::Secret::Password(p),
         KerberosSecret::Keytab(bytes) => kerberos::Secret::Key(
             kerberos::keytab_key(&bytes, &username, &realm).map_err(|why| {
-                Error::misconfigured(format!("the keytab (Secret key `keytab`) is unusable: {why}"))
+                Error::misconfigured(format!(
+                    "the keytab (Secret key `keytab`) is unusable: {why}"
+                ))
             })?,
         ),
     };

@@ -39,13 +39,13 @@ pub(crate) fn read_answer(content_type: Option<&str>, body: &[u8]) -> Answer {
     if let Some(id) = number_after(&html, "certnew.cer?ReqID=", '&') {
         return Answer::IssuedId(id);
     }
-    if let Some(id) = number_after(&html, "Your Request Id is ", '.')
-        && !html.contains("denied")
-        && !html.contains("Denied")
+    // Only the visible text: a script or style may say "denied" on any page.
+    let text = page_text(&html);
+    if let Some(id) = number_after(&text, "Your Request Id is ", '.')
+        && !text.to_ascii_lowercase().contains("denied")
     {
         return Answer::Pending(Some(id));
     }
-    let text = page_text(&html);
     let message = disposition(&text);
     let code = hresult(&text);
     if text.contains("Taken Under Submission") {
@@ -90,31 +90,35 @@ fn number_after(haystack: &str, marker: &str, terminator: char) -> Option<u64> {
 }
 
 /// The page as text: tags become line breaks, entities are decoded, scripts and styles
-/// dropped, and each line trimmed.
+/// dropped, and each line trimmed. Linear in the page: the page is lowercased once, and
+/// the search for a closing tag resumes where the previous one ended.
 pub(crate) fn page_text(html: &str) -> String {
+    // ASCII lowercasing keeps every byte offset, so indexes into `lower` are valid in
+    // `html` (the markers searched are ASCII, hence on character boundaries).
+    let lower = html.to_ascii_lowercase();
+    let mut scripts = Closing::new("</script");
+    let mut styles = Closing::new("</style");
     let mut out = String::with_capacity(html.len());
-    let mut rest = html;
-    while let Some(open) = rest.find('<') {
-        out.push_str(&rest[..open]);
+    let mut pos = 0;
+    while let Some(rel) = html[pos..].find('<') {
+        let open = pos + rel;
+        out.push_str(&html[pos..open]);
         out.push('\n');
-        let after = &rest[open..];
-        let lower = after.get(..8).unwrap_or(after).to_ascii_lowercase();
-        let skip_to = if lower.starts_with("<script") {
-            after.to_ascii_lowercase().find("</script").map(|e| e + 8)
-        } else if lower.starts_with("<style") {
-            after.to_ascii_lowercase().find("</style").map(|e| e + 7)
+        let tail = &lower[open..];
+        let skip_to = if tail.starts_with("<script") {
+            scripts.after(&lower, open)
+        } else if tail.starts_with("<style") {
+            styles.after(&lower, open)
         } else {
             None
         };
-        let from = skip_to.unwrap_or(0);
-        match after[from..].find('>') {
-            Some(close) => rest = &after[from + close + 1..],
-            None => {
-                rest = "";
-            }
-        }
+        let from = skip_to.unwrap_or(open);
+        pos = match html[from..].find('>') {
+            Some(close) => from + close + 1,
+            None => html.len(),
+        };
     }
-    out.push_str(rest);
+    out.push_str(&html[pos..]);
     let decoded = out
         .replace("&nbsp;", " ")
         .replace("&quot;", "\"")
@@ -128,6 +132,31 @@ pub(crate) fn page_text(html: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Finds closing tags in the lowercased page, remembering the last one found so that
+/// many opening tags cost one pass over the page, not one each.
+struct Closing {
+    marker: &'static str,
+    /// `None`: not searched yet; `Some(None)`: none from the last search on.
+    last: Option<Option<usize>>,
+}
+
+impl Closing {
+    fn new(marker: &'static str) -> Self {
+        Closing { marker, last: None }
+    }
+
+    /// The offset just past the first closing marker at or after `from`.
+    fn after(&mut self, lower: &str, from: usize) -> Option<usize> {
+        let found = match self.last {
+            Some(None) => None,
+            Some(Some(at)) if at >= from => Some(at),
+            _ => lower[from..].find(self.marker).map(|e| from + e),
+        };
+        self.last = Some(found);
+        found.map(|at| at + self.marker.len())
+    }
 }
 
 /// `The disposition message is "<text>"`, or the text after `Disposition message:`.
@@ -196,6 +225,14 @@ pub(crate) const CERTSRV_E_PROPERTY_EMPTY: u32 = 0x8009_4004;
 pub(crate) const E_ACCESSDENIED: u32 = 0x8007_0005;
 /// The RPC server is unavailable: the CA service is not running.
 pub(crate) const RPC_S_SERVER_UNAVAILABLE: u32 = 0x8007_06BA;
+/// The remote procedure call failed (the CA service stopped mid-call).
+pub(crate) const RPC_S_CALL_FAILED: u32 = 0x8007_06BE;
+/// No more endpoints from the endpoint mapper: the CA service is not registered yet.
+pub(crate) const EPT_S_NOT_REGISTERED: u32 = 0x8007_06D9;
+/// The CA's COM server failed to start.
+pub(crate) const CO_E_SERVER_EXEC_FAILURE: u32 = 0x8008_0005;
+/// The data is invalid: on `certnew.cer`, certsrv knows no request with that id.
+pub(crate) const ERROR_INVALID_DATA: u32 = 0x8007_000D;
 
 /// What the caller should do about an error HRESULT.
 #[derive(Debug, PartialEq, Eq)]
@@ -206,7 +243,8 @@ pub(crate) enum Verdict {
     Rejected(String),
     /// Try later.
     Transient(String),
-    /// Not a code we know: pass it through as the CA said it.
+    /// Not a code we know: pass it through as the CA said it. Final on submission (the
+    /// CA may hold the request); the caller decides.
     Unknown(String),
 }
 
@@ -236,8 +274,16 @@ pub(crate) fn explain(code: u32, message: &str, template: &str) -> Verdict {
             "denied by a CA manager or administrator: {message} (0x{code:08X} \
              CERTSRV_E_ADMIN_DENIED_REQUEST)"
         )),
-        RPC_S_SERVER_UNAVAILABLE => Verdict::Transient(format!(
+        // The allow-list of codes worth trying again: the CA service is down or
+        // restarting, so the request never reached it. Anything else is final.
+        RPC_S_SERVER_UNAVAILABLE
+        | RPC_S_CALL_FAILED
+        | EPT_S_NOT_REGISTERED
+        | CO_E_SERVER_EXEC_FAILURE => Verdict::Transient(format!(
             "the web enrollment server cannot reach the CA service ({said})"
+        )),
+        ERROR_INVALID_DATA => Verdict::Rejected(format!(
+            "certsrv does not know this request (Request Id not found?) ({said})"
         )),
         _ => Verdict::Unknown(said),
     }
@@ -301,6 +347,34 @@ mod tests {
     }
 
     #[test]
+    fn a_script_saying_denied_does_not_hide_a_pending_request() {
+        let pending = b"<html><script>var sMsg = 'Your request was denied';</script>\
+            <style>.denied { color: red }</style>\
+            <h3>Certificate Pending</h3><p>Your Request Id is 17.</p></html>";
+        assert_eq!(
+            read_answer(Some("text/html"), pending),
+            Answer::Pending(Some(17))
+        );
+        let denied = b"<html><p>Your request was denied.</p><p>Your Request Id is 17.</p></html>";
+        assert!(matches!(
+            read_answer(Some("text/html"), denied),
+            Answer::Denied { .. }
+        ));
+    }
+
+    #[test]
+    fn page_text_is_linear_in_script_tags() {
+        // 1 MiB of script tags, closed and then unclosed: each tag once lowercased the
+        // rest of the page, which took minutes.
+        let closed = "<script>x</script>".repeat(1024 * 1024 / 18 / 2);
+        let open = "<SCRIPT>y".repeat(1024 * 1024 / 9 / 2);
+        let page = format!("{closed}<p>kept</p>{open}<style>");
+        let text = page_text(&page);
+        assert!(text.starts_with("kept\ny\n"), "{}", &text[..40]);
+        assert_eq!(page_text("<style>a</style>b<script>c</script>d"), "b\nd");
+    }
+
+    #[test]
     fn hresults_become_actionable_sentences() {
         assert!(matches!(
             explain(CERTSRV_E_UNSUPPORTED_CERT_TYPE, "x", "WebServer"),
@@ -321,6 +395,13 @@ mod tests {
         assert!(matches!(
             explain(0x8009_4011, "odd", "T"),
             Verdict::Unknown(m) if m.contains("0x80094011")
+        ));
+        for code in [0x8007_06BA, 0x8007_06BE, 0x8007_06D9, 0x8008_0005] {
+            assert!(matches!(explain(code, "x", "T"), Verdict::Transient(_)));
+        }
+        assert!(matches!(
+            explain(ERROR_INVALID_DATA, "Request Id not found", "T"),
+            Verdict::Rejected(m) if m.contains("0x8007000D")
         ));
     }
 }

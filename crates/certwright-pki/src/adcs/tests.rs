@@ -35,10 +35,38 @@ fn config_is_checked() {
     assert!(misconfigured(config("http://adcs.example/certsrv", basic())).contains("https"));
     misconfigured(config("https://u:hunter2@adcs.example/certsrv", basic()));
     misconfigured(config("https://adcs.example/certsrv?x=hunter2", basic()));
-    assert!(
-        misconfigured(config("https://adcs.example/certsrv", AdcsAuth::Kerberos))
-            .contains(KERBEROS_UNSUPPORTED)
-    );
+    let kerberos = |username: &str, realm: &str, kdc: &str, secret: KerberosSecret| {
+        AdcsAuth::Kerberos(KerberosCredentials {
+            username: username.into(),
+            realm: realm.into(),
+            kdc: kdc.into(),
+            secret,
+        })
+    };
+    let password = || KerberosSecret::Password("hunter2".into());
+    let good = kerberos("svc", "corp.example", "dc1.corp.example", password());
+    assert!(!format!("{good:?}").contains("hunter2"));
+    AdcsBackend::new(config("https://adcs.example/certsrv", good)).expect("kerberos");
+    for bad in [
+        kerberos("CORP\\svc", "CORP.EXAMPLE", "dc1:88", password()),
+        kerberos("svc@CORP.EXAMPLE", "CORP.EXAMPLE", "dc1:88", password()),
+        kerberos("svc", " ", "dc1:88", password()),
+        kerberos("svc", "CORP.EXAMPLE", "", password()),
+        kerberos(
+            "svc",
+            "CORP.EXAMPLE",
+            "dc1:88",
+            KerberosSecret::Password(String::new()),
+        ),
+        kerberos(
+            "svc",
+            "CORP.EXAMPLE",
+            "dc1:88",
+            KerberosSecret::Keytab(b"hunter2".to_vec()),
+        ),
+    ] {
+        misconfigured(config("https://adcs.example/certsrv", bad));
+    }
     misconfigured(AdcsConfig {
         template: " ".into(),
         ..config("https://adcs.example/certsrv", basic())
@@ -106,5 +134,49 @@ async fn unusable_pending_ids_are_rejected_without_a_call() {
         }
     }
     let err = backend.poll("12", &request).await.expect_err("refused");
+    assert_eq!(err.metric_label(), "transient", "{err}");
+}
+
+#[tokio::test]
+async fn templates_that_would_forge_attributes_are_refused() {
+    for bad in [
+        "Web:Server",
+        "a&b",
+        "a=b",
+        "a\\b",
+        "Web\r\nSAN:dns=evil.example",
+    ] {
+        let err = AdcsBackend::new(AdcsConfig {
+            template: bad.into(),
+            ..config("https://adcs.example/certsrv", basic())
+        })
+        .expect_err(bad);
+        assert_eq!(err.metric_label(), "misconfigured", "{bad:?}: {err}");
+        assert!(err.to_string().contains("templateName"), "{err}");
+    }
+    // A request's override is refused before any call (the URL refuses connections).
+    let backend = AdcsBackend::new(AdcsConfig {
+        timeout: Duration::from_secs(2),
+        ..config(&certwright_testkit::tls::refused_url(), basic())
+    })
+    .expect("valid");
+    let generated = CsrBuilder::new(KeyKind::EcdsaP256).common_name("x").build();
+    let mut request = SignRequest::new(Csr::parse(generated.csr_pem.as_bytes()).expect("csr"), "k");
+    for bad in [
+        "User\r\nSAN:upn=admin@corp",
+        "a:b",
+        "a&b",
+        "a=b",
+        "a\\b",
+        "a\u{7f}",
+    ] {
+        request.template = Some(bad.into());
+        match backend.sign(&request).await {
+            Err(Error::Rejected { reason }) => assert!(reason.contains("template"), "{reason}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    request.template = Some("User".into());
+    let err = backend.sign(&request).await.expect_err("refused");
     assert_eq!(err.metric_label(), "transient", "{err}");
 }

@@ -283,8 +283,10 @@ impl EjbcaBackend {
         }
     }
 
-    /// Sends a call with the credentials. With OAuth, a 401 to a cached token drops it
-    /// and sends the call once more with a new one.
+    /// Sends a call with the credentials. With OAuth, a 401 to a cached token drops it;
+    /// a GET is then sent once more with a new token, while a POST (an enrollment or a
+    /// finalize) is not: the call fails as [`Error::Transient`] and the engine's retry
+    /// fetches a new token.
     async fn send(
         &self,
         method: Method,
@@ -308,18 +310,30 @@ impl EjbcaBackend {
             && let (Some(source), Some(token)) = (&self.oauth, &token)
             && token.from_cache
         {
-            // Sending again cannot enroll or finalize twice. EJBCA authenticates the
-            // caller before a request reaches the REST resource: a bearer token it does
-            // not accept (expired early, revoked, signed with a rotated key) is refused
-            // with 401 by that check, so no end entity was created and nothing was
-            // signed. Refusals after authentication (a role without access to the CA or
-            // profile) are 403, which is never retried. A token fetched for this very
-            // call is not retried either: a second fresh token would fare no better.
+            // A cached token EJBCA does not accept (expired early, revoked, signed with a
+            // rotated key) is dropped either way. A token fetched for this very call is
+            // not: a second fresh token would fare no better, and the 401 stands.
+            source.invalidate(&token.value).await;
+            if method != Method::GET {
+                // Enrollments and finalizations are submitted at most once per call (the
+                // Backend contract): whether EJBCA refused this one before or after it
+                // touched the end entity is its business, so the engine decides on the
+                // retry, which fetches a new token.
+                return Err(Error::Transient {
+                    message: format!(
+                        "{}: EJBCA refused the cached OAuth2 token of client {:?} (401); it \
+                         was dropped, and the next attempt fetches a new one",
+                        describe_call(&method, &url),
+                        source.client_id()
+                    ),
+                    source: None,
+                });
+            }
+            // Reading twice changes nothing in EJBCA.
             tracing::debug!(
                 client_id = %source.client_id(),
                 "EJBCA refused the cached OAuth2 token; fetching a new one"
             );
-            source.invalidate(&token.value).await;
             let fresh = source.token().await?;
             return self
                 .http
@@ -492,55 +506,103 @@ impl EjbcaBackend {
     }
 
     /// Reads a `CertificateRestResponse` of pkcs10enroll or finalize into an issued bundle,
-    /// completing the chain from `known_chain` when EJBCA sent none.
+    /// completing the chain from `known_chain`, or else (when `may_fetch`) from the
+    /// certificate's issuer.
+    ///
+    /// EJBCA answered 2xx: it signed, and a retry would enroll anew (or finalize an
+    /// enrollment EJBCA finalizes only once). So nothing here is retryable: an answer that
+    /// cannot be read is [`Error::Misconfigured`], a certificate for another key is
+    /// [`Error::Rejected`], and a chain that does not fit or cannot be read gives the
+    /// certificate with what is known of its chain. Only an HTML page in place of JSON,
+    /// which a proxy or login portal in front of EJBCA sends and EJBCA never does, stays
+    /// [`Error::InvalidResponse`]: the call did not reach EJBCA.
     async fn issued(
         &self,
         call: &str,
         response: &HttpResponse,
         csr: &Csr,
         known_chain: Option<Vec<Certificate>>,
+        may_fetch: bool,
     ) -> Result<IssuedBundle, Error> {
-        let body: wire::CertificateBody = parse_json(call, response)?;
-        let certs = wire::certificates(call, &body)?;
-        let Some(leaf) = certs.first().cloned() else {
-            return Err(Error::InvalidResponse {
-                message: format!("{call}: the answer holds no certificate"),
-            });
-        };
+        if response.looks_like_html() {
+            return Err(response.html_instead_of(call, "EJBCA's JSON"));
+        }
+        let status = response.status;
+        let body: wire::CertificateBody =
+            parse_json(call, response).map_err(|e| signed_but_unreadable(status, e))?;
+        let mut certs =
+            wire::issued_certificates(call, &body).map_err(|e| signed_but_unreadable(status, e))?;
+        if certs.is_empty() {
+            return Err(signed_but_unreadable(
+                status,
+                Error::InvalidResponse {
+                    message: format!("{call}: the answer holds no certificate"),
+                },
+            ));
+        }
+        let leaf = certs.remove(0);
         if leaf.public_key().spki_der != csr.public_key().spki_der {
-            return Err(Error::InvalidResponse {
-                message: format!(
-                    "{call}: the issued certificate (serial {}, subject \"{}\") does not carry \
-                     the CSR's public key",
+            return Err(Error::Rejected {
+                reason: format!(
+                    "{call}: EJBCA issued a certificate (serial {}, subject \"{}\") that does \
+                     not carry the CSR's public key, so it cannot be used; it is not enrolled \
+                     again, since EJBCA would answer alike (check that the certificate and \
+                     end entity profiles take the key from the CSR)",
                     leaf.serial_hex(),
                     leaf.subject()
                 ),
             });
         }
-        if certs.len() > 1 {
-            let bundle = IssuedBundle::from_certificates(certs.clone())?;
-            self.remember_chain(certs[1..].to_vec());
+        // The chain EJBCA sent: extra certificates in `certificate`, then
+        // `certificate_chain`.
+        match wire::chain_certificates(call, &body) {
+            Ok(chain) => certs.extend(chain),
+            Err(e) => tracing::warn!(
+                call = %call,
+                error = %e,
+                "EJBCA's certificate_chain is unreadable; completing the chain otherwise"
+            ),
+        }
+        let with = |chain: &[Certificate]| {
+            let mut all = vec![leaf.clone()];
+            all.extend_from_slice(chain);
+            IssuedBundle::from_certificates(all).ok()
+        };
+        if !certs.is_empty()
+            && let Some(bundle) = with(&certs)
+        {
+            self.remember_chain(certs);
             return Ok(bundle);
         }
-        let Some(chain) = known_chain else {
-            // EJBCA sent the certificate alone and no chain is known: the certificate
-            // is kept rather than lost, without its chain.
-            return IssuedBundle::from_certificates(certs);
-        };
-        let mut with_chain = certs.clone();
-        with_chain.extend(chain);
-        match IssuedBundle::from_certificates(with_chain) {
-            Ok(bundle) => Ok(bundle),
-            Err(_) => {
-                // The known chain is not this certificate's (the CA was renewed since it
-                // was read): fetch the chain of the certificate's own issuer, once.
-                let fresh = self.download_chain(&leaf.issuer().to_string()).await?;
-                self.remember_chain(fresh.clone());
-                let mut with_fresh = certs;
-                with_fresh.extend(fresh);
-                IssuedBundle::from_certificates(with_fresh)
+        if let Some(bundle) = known_chain.as_deref().and_then(with) {
+            return Ok(bundle);
+        }
+        if may_fetch {
+            // The known chain is not this certificate's (the CA was renewed since it was
+            // read), or none is known: fetch the chain of the certificate's own issuer,
+            // once. A read: it changes nothing in EJBCA.
+            match self.download_chain(&leaf.issuer().to_string()).await {
+                Ok(fresh) => {
+                    if let Some(bundle) = with(&fresh) {
+                        self.remember_chain(fresh);
+                        return Ok(bundle);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    call = %call,
+                    error = %e,
+                    "cannot download the issuing CA's chain"
+                ),
             }
         }
+        // The certificate is kept rather than lost, without its chain.
+        tracing::warn!(
+            call = %call,
+            serial = %leaf.serial_hex(),
+            issuer = %leaf.issuer(),
+            "no chain fits the certificate EJBCA issued; keeping the certificate alone"
+        );
+        IssuedBundle::from_certificates(vec![leaf]).map_err(|e| signed_but_unreadable(status, e))
     }
 
     fn retry_after(&self, response: &HttpResponse) -> Duration {
@@ -560,6 +622,34 @@ impl EjbcaBackend {
             (None, _) => "TLS client certificate".to_string(),
         }
     }
+}
+
+/// The error for an answer of EJBCA's that says it signed (or holds the request for
+/// approval) but that cannot be used: not retryable, since a retry would enroll again
+/// (or finalize an enrollment EJBCA has already finalized).
+fn signed_but_unreadable(status: StatusCode, cause: Error) -> Error {
+    Error::misconfigured(format!(
+        "EJBCA answered {status}, so it took the request, but its answer cannot be used: \
+         {cause}. Submitting again would enroll anew, so this request fails; check the \
+         EJBCA version and anything between certwright and EJBCA that rewrites answers, \
+         then make the request again"
+    ))
+}
+
+/// Whether a 401 or 403 to finalize is EJBCA refusing the enrollment password (the end
+/// entity's password changed since the enrollment), rather than the caller.
+fn refuses_password(response: &HttpResponse) -> Option<String> {
+    if !matches!(
+        response.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        return None;
+    }
+    let message = wire::error_message(&response.body)?;
+    message
+        .to_ascii_lowercase()
+        .contains("password")
+        .then_some(message)
 }
 
 #[async_trait::async_trait]
@@ -604,18 +694,22 @@ impl Backend for EjbcaBackend {
         match response.status {
             StatusCode::OK | StatusCode::CREATED => {
                 let known = self.cached_chain();
-                self.issued(&call, &response, &request.csr, known)
+                self.issued(&call, &response, &request.csr, known, true)
                     .await
                     .map(Outcome::Issued)
             }
+            // EJBCA holds the enrollment for approval: from here on, nothing is
+            // retryable, or the retry would enroll (and wait for approval) again.
             StatusCode::ACCEPTED => {
-                let waiting: wire::WaitingBody = parse_json(&call, &response)?;
-                let request_id = waiting.request_id().ok_or_else(|| Error::InvalidResponse {
-                    message: format!(
+                let waiting: wire::WaitingBody = parse_json(&call, &response)
+                    .map_err(|e| signed_but_unreadable(response.status, e))?;
+                let request_id = waiting.request_id().ok_or_else(|| {
+                    Error::misconfigured(format!(
                         "{call} answered 202 (waiting for approval) without a usable \
-                         request_id or finalize link: {}",
+                         request_id or finalize link, so the enrollment cannot be finalized; \
+                         it waits in EJBCA under end entity {username:?}: {}",
                         response.excerpt()
-                    ),
+                    ))
                 })?;
                 tracing::info!(
                     requester = %request.requester,
@@ -623,20 +717,28 @@ impl Backend for EjbcaBackend {
                     approval_request_id = request_id,
                     "EJBCA holds the enrollment for approval"
                 );
+                let id = self
+                    .sealer
+                    .seal(&self.rng, request_id, &request.idempotency_key, &password)
+                    .map_err(|e| signed_but_unreadable(response.status, e))?;
                 Ok(Outcome::Pending(PendingRequest {
-                    id: self.sealer.seal(&self.rng, request_id, &password)?,
+                    id,
                     retry_after: self.retry_after(&response),
                 }))
             }
+            status if status.is_success() => Err(signed_but_unreadable(
+                status,
+                api_error(&call, &response, CallKind::Enrollment),
+            )),
             _ => Err(api_error(&call, &response, CallKind::Enrollment)),
         }
     }
 
     async fn poll(&self, pending_id: &str, request: &SignRequest) -> Result<Outcome, Error> {
-        let (request_id, password) = self.sealer.open(pending_id)?;
-        // The chain is read before finalizing, never only after: EJBCA finalizes an
-        // enrollment once, and a certificate whose chain could not be read then would be
-        // lost.
+        let (request_id, password) = self.sealer.open(pending_id, &request.idempotency_key)?;
+        // The chain is read before finalizing, never after: EJBCA finalizes an enrollment
+        // once, and no call may follow a finalize that succeeded, whose certificate would
+        // be lost if that call failed.
         let chain = self.ca_chain().await?;
         let body = serde_json::to_vec(&wire::FinalizeBody {
             response_format: wire::RESPONSE_FORMAT,
@@ -649,14 +751,38 @@ impl Backend for EjbcaBackend {
         let response = self.send(Method::POST, url, Some(&body)).await?;
         match response.status {
             StatusCode::OK | StatusCode::CREATED => self
-                .issued(&call, &response, &request.csr, Some(chain))
+                .issued(&call, &response, &request.csr, Some(chain), false)
                 .await
                 .map(Outcome::Issued),
             StatusCode::ACCEPTED => Ok(Outcome::Pending(PendingRequest {
                 id: pending_id.to_string(),
                 retry_after: self.retry_after(&response),
             })),
-            _ => Err(api_error(&call, &response, CallKind::Enrollment)),
+            status if status.is_success() => Err(signed_but_unreadable(
+                status,
+                api_error(&call, &response, CallKind::Enrollment),
+            )),
+            _ => {
+                if let Some(message) = refuses_password(&response) {
+                    let username = self
+                        .username(request)
+                        .map(|name| format!(" {name:?}"))
+                        .unwrap_or_default();
+                    return Err(Error::Rejected {
+                        reason: format!(
+                            "{call}: EJBCA refused the enrollment password of approval request \
+                             {request_id} ({message}). The end entity{username} was enrolled \
+                             again since, most likely by another CertificateRequest whose end \
+                             entity has the same name, which gave it a new password: end \
+                             entities are named by the issuer's endEntityName rule, and cn, \
+                             dns or fixed:<name> can give many requests one name \
+                             (endEntityName: namespacedName gives each CertificateRequest its \
+                             own). This approval cannot be finalized; make the request again"
+                        ),
+                    });
+                }
+                Err(api_error(&call, &response, CallKind::Enrollment))
+            }
         }
     }
 
@@ -901,6 +1027,56 @@ mod tests {
                 .as_str(),
             "https://ejbca.example/ejbca/ejbca-rest-api/v1/ca/CN=Issuing%20CA,O=Corp/certificate/download"
         );
+    }
+
+    #[tokio::test]
+    async fn a_signed_certificate_is_kept_when_no_chain_fits() {
+        use base64::Engine as _;
+        // Nothing listens there: a call would fail, and is not made after a finalize.
+        let backend = EjbcaBackend::new(EjbcaConfig {
+            url: certwright_testkit::tls::refused_url(),
+            timeout: Duration::from_secs(2),
+            ..config()
+        })
+        .expect("valid");
+        let ca = TestCa::root(KeyKind::EcdsaP256, "Issuing");
+        let generated = CsrBuilder::new(KeyKind::EcdsaP256)
+            .common_name("www.example.test")
+            .build();
+        let csr = Csr::parse(generated.csr_pem.as_bytes()).expect("csr");
+        let leaf_pem = ca.sign_csr(&generated.csr_pem).expect("signed");
+        let leaf = parse_pem_bundle(leaf_pem.as_bytes())
+            .expect("pem")
+            .remove(0);
+        let unrelated = TestCa::root(KeyKind::EcdsaP256, "Renewed");
+        let unrelated = parse_pem_bundle(unrelated.cert_pem().as_bytes()).expect("pem");
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let answer = HttpResponse {
+            status: StatusCode::CREATED,
+            headers: crate::http::HeaderMap::new(),
+            body: serde_json::to_vec(&serde_json::json!({
+                "certificate": b64(leaf.der()),
+                "response_format": "DER",
+                "certificate_chain": [b64(unrelated[0].der()), "not a certificate"],
+            }))
+            .expect("json"),
+        };
+        let call = "POST https://ejbca.example/v1/certificate/1001/finalize";
+        for may_fetch in [false, true] {
+            let bundle = backend
+                .issued(call, &answer, &csr, Some(unrelated.clone()), may_fetch)
+                .await
+                .expect("the certificate, without a chain");
+            assert_eq!(bundle.chain, vec![leaf.clone()]);
+            assert!(bundle.ca.is_none());
+        }
+        // With the CA's chain known: leaf and root.
+        let root = parse_pem_bundle(ca.cert_pem().as_bytes()).expect("pem");
+        let bundle = backend
+            .issued(call, &answer, &csr, Some(root.clone()), false)
+            .await
+            .expect("issued");
+        assert_eq!(bundle.ca.as_ref(), root.first());
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@ use super::wire::{form_encode, parse_https_url};
 /// Lifetime assumed when the token endpoint names none (`expires_in` is optional).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
+/// The longest lifetime a token is trusted for, whatever `expires_in` says.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// The most a token is refreshed ahead of its expiry...
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
@@ -96,6 +99,34 @@ struct TokenBody {
     expires_in: Option<Value>,
 }
 
+/// A token's lifetime from `expires_in` (seconds, a number or a string of one), at most
+/// [`MAX_LIFETIME`]; [`DEFAULT_LIFETIME`] when absent or unreadable.
+fn lifetime(expires_in: Option<&Value>) -> Duration {
+    let seconds = match expires_in {
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0)
+                .map(|f| f.min(u64::MAX as f64) as u64)
+        }),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    seconds
+        .map(|s| Duration::from_secs(s).min(MAX_LIFETIME))
+        .unwrap_or(DEFAULT_LIFETIME)
+}
+
+/// When a token fetched at `asked_at` and valid for `lifetime` is refreshed: ahead of its
+/// expiry by `min(30s, lifetime / 10)`. Never panics; a time past what the clock can hold
+/// refreshes at once.
+fn refresh_at(asked_at: Instant, lifetime: Duration) -> Instant {
+    let lifetime = lifetime.min(MAX_LIFETIME);
+    let margin = (lifetime / REFRESH_MARGIN_DIVISOR).min(MAX_REFRESH_MARGIN);
+    asked_at
+        .checked_add(lifetime.saturating_sub(margin))
+        .unwrap_or(asked_at)
+}
+
 /// The token endpoint's error (RFC 6749 §5.2).
 #[derive(Deserialize)]
 struct TokenError {
@@ -154,10 +185,9 @@ impl TokenSource {
         }
         let asked_at = Instant::now();
         let (value, lifetime) = self.fetch().await?;
-        let margin = (lifetime / REFRESH_MARGIN_DIVISOR).min(MAX_REFRESH_MARGIN);
         *cache = Some(Cached {
             value: value.clone(),
-            refresh_at: asked_at + lifetime.saturating_sub(margin),
+            refresh_at: refresh_at(asked_at, lifetime),
         });
         Ok(AccessToken {
             value,
@@ -197,15 +227,23 @@ impl TokenSource {
         if !response.is_success() {
             return Err(self.refusal(&call, &response));
         }
+        self.read_token(&call, &response)
+    }
+
+    /// The token and its lifetime from a 2xx answer of the token endpoint.
+    fn read_token(&self, call: &str, response: &HttpResponse) -> Result<(String, Duration), Error> {
         if response.looks_like_html() {
-            return Err(response.html_instead_of(&call, "an OAuth2 token (JSON)"));
+            return Err(response.html_instead_of(call, "an OAuth2 token (JSON)"));
         }
+        // No excerpt of the body: an answer that is almost a token may hold one.
         let body: TokenBody =
             serde_json::from_slice(&response.body).map_err(|e| Error::InvalidResponse {
                 message: format!(
-                    "{call} answered {} with a body that is not an OAuth2 token ({e}): {}",
+                    "{call} answered {} with a body that is not an OAuth2 token (JSON error \
+                     at line {}, column {})",
                     response.status,
-                    response.excerpt()
+                    e.line(),
+                    e.column()
                 ),
             })?;
         if let Some(kind) = body.token_type.as_deref()
@@ -227,12 +265,7 @@ impl TokenSource {
                      bearer token's characters)"
                 ),
             })?;
-        let lifetime = match &body.expires_in {
-            Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs),
-            Some(Value::String(s)) => s.trim().parse::<u64>().ok().map(Duration::from_secs),
-            _ => None,
-        }
-        .unwrap_or(DEFAULT_LIFETIME);
+        let lifetime = lifetime(body.expires_in.as_ref());
         tracing::debug!(
             call = %call,
             client_id = %self.client_id,
@@ -390,6 +423,60 @@ mod tests {
             err.to_string().contains("\"certwright\"")
                 && err.to_string().contains("Invalid client secret"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_token_answer_that_does_not_parse_is_not_quoted() {
+        let source = source();
+        let call = "POST https://idp.example/token";
+        let almost = r#"{"access_token": "eyJhbGciOiJSUzI1NiJ9.secret-token", "expires_in": }"#;
+        let err = source
+            .read_token(call, &answer(200, almost))
+            .expect_err("not JSON");
+        assert_eq!(err.metric_label(), "invalid_response", "{err}");
+        assert!(!err.to_string().contains("secret-token"), "{err}");
+        assert!(!err.to_string().contains("access_token"), "{err}");
+        let (token, lifetime) = source
+            .read_token(
+                call,
+                &answer(
+                    200,
+                    r#"{"access_token":"abc","token_type":"Bearer","expires_in":1e19}"#,
+                ),
+            )
+            .expect("token");
+        assert_eq!((token.as_str(), lifetime), ("abc", MAX_LIFETIME));
+    }
+
+    #[test]
+    fn huge_lifetimes_are_clamped_without_panicking() {
+        let parse = |json: &str| -> Duration {
+            let body: TokenBody = serde_json::from_str(json).expect("json");
+            lifetime(body.expires_in.as_ref())
+        };
+        assert_eq!(parse(r#"{"expires_in": 3600}"#), Duration::from_secs(3600));
+        assert_eq!(parse(r#"{"expires_in": "600"}"#), Duration::from_secs(600));
+        assert_eq!(parse(r#"{}"#), DEFAULT_LIFETIME);
+        assert_eq!(parse(r#"{"expires_in": -5}"#), DEFAULT_LIFETIME);
+        for huge in [
+            r#"{"expires_in": 10000000000000000000}"#,
+            r#"{"expires_in": 1e19}"#,
+            r#"{"expires_in": "10000000000000000000"}"#,
+            r#"{"expires_in": 18446744073709551615}"#,
+        ] {
+            assert_eq!(parse(huge), MAX_LIFETIME, "{huge}");
+        }
+        let now = Instant::now();
+        let at = refresh_at(now, Duration::from_secs(10_000_000_000_000_000_000));
+        assert!(at > now && at <= now + MAX_LIFETIME);
+        assert_eq!(
+            refresh_at(now, Duration::from_secs(100)),
+            now + Duration::from_secs(90)
+        );
+        assert_eq!(
+            refresh_at(now, Duration::MAX),
+            refresh_at(now, MAX_LIFETIME)
         );
     }
 

@@ -5,7 +5,8 @@
 //! restart, and the pending id is the only thing the caller persists. So the pending id
 //! of a held enrollment is `<request id>.<sealed password>`: the password encrypted with
 //! AES-256-GCM under a key derived (HKDF-SHA256) from the issuer's own credentials, bound
-//! to the request id. The id lives in an annotation that more people can read than the
+//! to the request id and to the request's idempotency key (the CertificateRequest's uid),
+//! so that an id copied onto another CertificateRequest does not open. The id lives in an annotation that more people can read than the
 //! issuer's Secret, and whoever holds an end entity's username and password can enroll a
 //! key of their own for it, so the password never appears there in clear.
 
@@ -59,6 +60,15 @@ pub(super) fn parse_request_id(text: &str) -> Option<i64> {
         .filter(|n| i32::try_from(*n).is_ok())
 }
 
+/// The associated data of a sealed password: the approval request id, then the
+/// idempotency key. The id's text holds no NUL, so the split between them is unambiguous.
+fn associated_data(request_id: i64, idempotency_key: &str) -> Vec<u8> {
+    let mut aad = request_id.to_string().into_bytes();
+    aad.push(0);
+    aad.extend_from_slice(idempotency_key.as_bytes());
+    aad
+}
+
 /// Seals and opens enrollment passwords in pending ids.
 pub(super) struct Sealer {
     key: LessSafeKey,
@@ -93,16 +103,17 @@ impl Sealer {
         &self,
         rng: &SystemRandom,
         request_id: i64,
+        idempotency_key: &str,
         password: &str,
     ) -> Result<String, Error> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill(&mut nonce).map_err(|_| random_failed())?;
-        let aad = request_id.to_string();
+        let aad = associated_data(request_id, idempotency_key);
         let mut sealed = password.as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad.as_bytes()),
+                Aad::from(aad.as_slice()),
                 &mut sealed,
             )
             .map_err(|_| Error::misconfigured("cannot seal the enrollment password"))?;
@@ -111,13 +122,19 @@ impl Sealer {
         Ok(format!("{request_id}.{}", URL_SAFE_NO_PAD.encode(out)))
     }
 
-    /// The request id and password sealed in `pending_id`.
+    /// The request id and password sealed in `pending_id` for the request with
+    /// `idempotency_key`.
     ///
     /// # Errors
-    /// [`Error::Rejected`] when the id is not one this issuer wrote (edited, written by
-    /// another issuer or backend), or the credentials it was sealed under have changed:
+    /// [`Error::Rejected`] when the id is not one this issuer wrote for this request
+    /// (edited, copied from another request, written by another issuer or backend), or
+    /// the credentials it was sealed under have changed:
     /// the enrollment cannot be finalized, and only a new request can get a certificate.
-    pub(super) fn open(&self, pending_id: &str) -> Result<(i64, String), Error> {
+    pub(super) fn open(
+        &self,
+        pending_id: &str,
+        idempotency_key: &str,
+    ) -> Result<(i64, String), Error> {
         // The id comes from an editable annotation: quote a bounded prefix of it.
         let shown: String = pending_id.chars().take(64).collect();
         let malformed = || Error::Rejected {
@@ -137,19 +154,20 @@ impl Sealer {
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&bytes);
         let mut buffer = ciphertext;
-        let aad = request_id.to_string();
+        let aad = associated_data(request_id, idempotency_key);
         let plain = self
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad.as_bytes()),
+                Aad::from(aad.as_slice()),
                 &mut buffer,
             )
             .map_err(|_| Error::Rejected {
                 reason: format!(
                     "cannot open the enrollment password sealed in the pending id of EJBCA \
-                     approval request {request_id}: the id was edited, written by another \
-                     issuer, or this issuer's credentials changed since the enrollment; \
+                     approval request {request_id}: the id was edited, copied from another \
+                     CertificateRequest, written by another issuer, or this issuer's \
+                     credentials changed since the enrollment; \
                      EJBCA needs that password to finalize, so the request must be made \
                      again"
                 ),
@@ -184,27 +202,37 @@ mod tests {
     fn a_sealed_password_opens_with_the_same_credentials_only() {
         let rng = SystemRandom::new();
         let id = sealer(b"secret")
-            .seal(&rng, 1001, "p4ssw0rd")
+            .seal(&rng, 1001, "uid-1", "p4ssw0rd")
             .expect("sealed");
         assert!(id.starts_with("1001."), "{id}");
         assert!(!id.contains("p4ssw0rd"));
         assert!(id.len() <= 256);
         assert_eq!(request_id_of(&id), Some(1001));
         assert_eq!(
-            sealer(b"secret").open(&id).expect("opens"),
+            sealer(b"secret").open(&id, "uid-1").expect("opens"),
             (1001, "p4ssw0rd".to_string())
         );
-        let err = sealer(b"rotated").open(&id).expect_err("other key");
+        let err = sealer(b"rotated")
+            .open(&id, "uid-1")
+            .expect_err("other key");
         assert_eq!(err.metric_label(), "rejected", "{err}");
         assert!(err.to_string().contains("credentials changed"), "{err}");
 
         // The ciphertext is bound to its request id.
         let moved = id.replacen("1001.", "1002.", 1);
-        assert!(sealer(b"secret").open(&moved).is_err());
+        assert!(sealer(b"secret").open(&moved, "uid-1").is_err());
 
-        let negative = sealer(b"secret").seal(&rng, -42, "pw").expect("sealed");
+        // ...and to its CertificateRequest: copied onto another one, it does not open.
+        let err = sealer(b"secret")
+            .open(&id, "uid-2")
+            .expect_err("other request");
+        assert_eq!(err.metric_label(), "rejected", "{err}");
+        assert!(err.to_string().contains("copied"), "{err}");
+        assert!(sealer(b"secret").open(&id, "").is_err());
+
+        let negative = sealer(b"secret").seal(&rng, -42, "", "pw").expect("sealed");
         assert_eq!(
-            sealer(b"secret").open(&negative).expect("opens"),
+            sealer(b"secret").open(&negative, "").expect("opens"),
             (-42, "pw".to_string())
         );
     }
@@ -222,7 +250,7 @@ mod tests {
             "99999999999.AAAA",
             long.as_str(),
         ] {
-            match s.open(id) {
+            match s.open(id, "uid-1") {
                 Err(Error::Rejected { reason }) => assert!(reason.len() < 400, "{reason}"),
                 other => panic!("{id:?}: expected Rejected, got {other:?}"),
             }

@@ -196,9 +196,11 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// The certificates of a `CertificateRestResponse`: the certificate first, then the
-/// chain (when EJBCA sent one).
-pub(super) fn certificates(call: &str, body: &CertificateBody) -> Result<Vec<Certificate>, Error> {
+/// The issued certificate(s) of a `CertificateRestResponse` (its `certificate` field).
+pub(super) fn issued_certificates(
+    call: &str,
+    body: &CertificateBody,
+) -> Result<Vec<Certificate>, Error> {
     if let Some(format) = body.response_format.as_deref()
         && !matches!(format.to_ascii_uppercase().as_str(), "DER" | "PEM")
     {
@@ -210,7 +212,15 @@ pub(super) fn certificates(call: &str, body: &CertificateBody) -> Result<Vec<Cer
             ),
         });
     }
-    let mut certs = decode_certificates(call, "certificate", &body.certificate)?;
+    decode_certificates(call, "certificate", &body.certificate)
+}
+
+/// The chain of a `CertificateRestResponse` (`certificate_chain`), when EJBCA sent one.
+pub(super) fn chain_certificates(
+    call: &str,
+    body: &CertificateBody,
+) -> Result<Vec<Certificate>, Error> {
+    let mut certs = Vec::new();
     for (i, entry) in body.certificate_chain.iter().flatten().enumerate() {
         certs.extend(decode_certificates(
             call,
@@ -222,7 +232,9 @@ pub(super) fn certificates(call: &str, body: &CertificateBody) -> Result<Vec<Cer
 }
 
 /// One certificate field: PEM text, base64 of PEM text, or base64 of DER (what EJBCA's
-/// JSON mapper makes of the certificate bytes in each response format).
+/// JSON mapper makes of the certificate bytes in each response format). EJBCA keeps the
+/// certificate as a `byte[]` that already holds base64 text, and the mapper encodes it
+/// once more: base64(base64(DER)) is read too.
 pub(super) fn decode_certificates(
     call: &str,
     field: &str,
@@ -234,21 +246,47 @@ pub(super) fn decode_certificates(
     if value.contains("-----BEGIN") {
         return parse_pem_bundle(value.as_bytes()).map_err(|e| invalid(e.to_string()));
     }
-    let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact.is_empty() {
-        return Err(invalid("it is empty".to_string()));
+    let is_pem = |bytes: &[u8]| {
+        let text_start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+        text_start.is_some_and(|start| bytes[start..].starts_with(b"-----BEGIN"))
+    };
+    let mut bytes = decode_base64(value.as_bytes()).map_err(|why| invalid(why.to_string()))?;
+    // At most one more layer: DER starts with a SEQUENCE tag (0x30), which is not a
+    // base64 character; text made of base64 characters alone is another layer.
+    if !is_pem(&bytes) && bytes.first() != Some(&0x30) && is_base64_text(&bytes) {
+        bytes = decode_base64(&bytes)
+            .map_err(|why| invalid(format!("{why} (in the inner base64 layer)")))?;
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&compact)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(&compact))
-        .map_err(|e| invalid(format!("neither PEM nor base64 ({e})")))?;
-    let text_start = bytes.iter().position(|b| !b.is_ascii_whitespace());
-    if text_start.is_some_and(|start| bytes[start..].starts_with(b"-----BEGIN")) {
+    if is_pem(&bytes) {
         return parse_pem_bundle(&bytes).map_err(|e| invalid(e.to_string()));
     }
     Certificate::from_der(&bytes)
         .map(|cert| vec![cert])
         .map_err(|e| invalid(e.to_string()))
+}
+
+/// Standard or URL-safe base64, whitespace ignored.
+fn decode_base64(text: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    if compact.is_empty() {
+        return Err("it is empty");
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(&compact))
+        .map_err(|_| "neither PEM nor base64")
+}
+
+/// Whether `bytes` are base64 text (either alphabet, padding, line breaks) and nothing else.
+fn is_base64_text(bytes: &[u8]) -> bool {
+    bytes.iter().any(|b| !b.is_ascii_whitespace())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=-_".contains(b) || b.is_ascii_whitespace())
 }
 
 pub(super) use crate::http::parse_https_url;
@@ -449,7 +487,8 @@ mod tests {
         let pem = ca.cert_pem().to_string();
         let der = ca.cert().cert_der.clone();
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-        for value in [pem.clone(), b64(pem.as_bytes()), b64(&der)] {
+        let twice = b64(b64(&der).as_bytes());
+        for value in [pem.clone(), b64(pem.as_bytes()), b64(&der), twice.clone()] {
             let certs = decode_certificates(CALL, "certificate", &value).expect("decodes");
             assert_eq!(certs.len(), 1);
             assert_eq!(certs[0].der(), der.as_slice());
@@ -470,8 +509,25 @@ mod tests {
             response_format: Some("PKCS7".into()),
             certificate_chain: None,
         };
-        let err = certificates(CALL, &body).expect_err("pkcs7");
+        let err = issued_certificates(CALL, &body).expect_err("pkcs7");
         assert!(err.to_string().contains("PKCS7"), "{err}");
+
+        // EJBCA's byte[] of base64 text, encoded once more, in the chain too.
+        let body = CertificateBody {
+            certificate: twice.clone(),
+            response_format: Some("DER".into()),
+            certificate_chain: Some(vec![twice.clone(), b64(&der)]),
+        };
+        assert_eq!(
+            issued_certificates(CALL, &body).expect("leaf")[0].der(),
+            der.as_slice()
+        );
+        let chain = chain_certificates(CALL, &body).expect("chain");
+        assert_eq!(chain.len(), 2);
+        assert!(chain.iter().all(|c| c.der() == der.as_slice()));
+        // Never a third layer: base64 thrice is not a certificate.
+        let thrice = b64(twice.as_bytes());
+        assert!(decode_certificates(CALL, "certificate", &thrice).is_err());
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Kerberos (Negotiate) to AD CS, against the KDC simulator and certsrv over real TLS:
+//! password and keytab, a wrong password, an unreachable KDC, an unknown service.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use certwright_pki::adcs::{
+    AdcsAuth, AdcsBackend, AdcsConfig, KerberosCredentials, KerberosSecret,
+};
+use certwright_pki::{Backend, Error, Outcome, SignRequest};
+use certwright_testkit::adcs_sim::{
+    AdcsSimulator, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER, SimAuth, SimOptions,
+};
+use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
+use certwright_testkit::kdc_sim::{DEFAULT_REALM, KdcSimulator};
+use certwright_x509::Csr;
+
+struct World {
+    kdc: KdcSimulator,
+    sim: AdcsSimulator,
+}
+
+async fn world() -> World {
+    let kdc = KdcSimulator::start(DEFAULT_REALM, DEFAULT_USER, DEFAULT_PASSWORD)
+        .await
+        .unwrap();
+    let sim = AdcsSimulator::start_with(SimOptions {
+        auth: SimAuth::Negotiate {
+            service_key: kdc.service_key(),
+            principal: format!("{DEFAULT_USER}@{DEFAULT_REALM}"),
+        },
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    World { kdc, sim }
+}
+
+fn kerberos(kdc: &str, secret: KerberosSecret) -> AdcsAuth {
+    AdcsAuth::Kerberos(KerberosCredentials {
+        username: DEFAULT_USER.into(),
+        realm: DEFAULT_REALM.to_ascii_lowercase(),
+        kdc: kdc.into(),
+        secret,
+    })
+}
+
+/// The service principal is `HTTP/localhost`, so certsrv is addressed by that name.
+fn backend(world: &World, auth: AdcsAuth) -> AdcsBackend {
+    let url = world.sim.url().replace("127.0.0.1", "localhost");
+    let mut config = AdcsConfig::new(url, DEFAULT_TEMPLATE, auth);
+    config.ca_bundle_pem = Some(world.sim.tls_ca_pem().as_bytes().to_vec());
+    config.timeout = Duration::from_secs(5);
+    AdcsBackend::new(config).expect("valid configuration")
+}
+
+fn request() -> SignRequest {
+    let generated = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("web.apps.example.test")
+        .dns("web.apps.example.test")
+        .build();
+    SignRequest::new(Csr::parse(generated.csr_pem.as_bytes()).unwrap(), "uid-1")
+}
+
+async fn issued(backend: &AdcsBackend) {
+    match backend.sign(&request()).await {
+        Ok(Outcome::Issued(bundle)) => {
+            assert_eq!(bundle.chain[1].subject().to_string(), "CN=CORP-ISSUING-CA");
+        }
+        other => panic!("expected Issued, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_with_a_password() {
+    let world = world().await;
+    let backend = backend(
+        &world,
+        kerberos(
+            &world.kdc.address(),
+            KerberosSecret::Password(DEFAULT_PASSWORD.into()),
+        ),
+    );
+    issued(&backend).await;
+    assert_eq!(world.sim.auth_failures(), Vec::<String>::new());
+    assert_eq!(world.kdc.failures(), Vec::<String>::new());
+    assert_eq!(world.sim.kerberos_logons(), 1, "one logon per connection");
+    assert_eq!(
+        world.kdc.as_requests(),
+        2,
+        "pre-authentication asked, then given"
+    );
+    assert_eq!(world.kdc.tgs_requests(), 1);
+    backend.check().await.expect("healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_with_a_keytab() {
+    let world = world().await;
+    let backend = backend(
+        &world,
+        kerberos(
+            &world.kdc.address(),
+            KerberosSecret::Keytab(world.kdc.keytab()),
+        ),
+    );
+    issued(&backend).await;
+    assert_eq!(world.sim.kerberos_logons(), 1);
+    assert_eq!(world.kdc.failures(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_unauthorized_at_the_kdc() {
+    let world = world().await;
+    let backend = backend(
+        &world,
+        kerberos(
+            &world.kdc.address(),
+            KerberosSecret::Password("wrong".into()),
+        ),
+    );
+    let err = backend.sign(&request()).await.expect_err("refused");
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("KDC_ERR_PREAUTH_FAILED"), "{err}");
+    assert!(!err.to_string().contains("wrong\""), "{err}");
+    assert_eq!(world.sim.submissions(), 0);
+    assert_eq!(world.sim.connections(), 1, "certsrv is reached only by TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_kdc_is_transient() {
+    let world = world().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let backend = backend(
+        &world,
+        kerberos(&closed, KerberosSecret::Password(DEFAULT_PASSWORD.into())),
+    );
+    let err = backend.sign(&request()).await.expect_err("no KDC");
+    assert!(matches!(err, Error::Transient { .. }), "{err:?}");
+    assert!(err.to_string().contains("unreachable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_service_principal_is_misconfigured() {
+    let world = world().await;
+    // 127.0.0.1 has no HTTP/ SPN in the KDC.
+    let mut config = AdcsConfig::new(
+        world.sim.url(),
+        DEFAULT_TEMPLATE,
+        kerberos(
+            &world.kdc.address(),
+            KerberosSecret::Password(DEFAULT_PASSWORD.into()),
+        ),
+    );
+    config.ca_bundle_pem = Some(world.sim.tls_ca_pem().as_bytes().to_vec());
+    let backend = AdcsBackend::new(config).unwrap();
+    let err = backend.sign(&request()).await.expect_err("no SPN");
+    assert_eq!(err.metric_label(), "misconfigured", "{err}");
+    assert!(err.to_string().contains("HTTP/<host>"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certsrv_refuses_a_ticket_for_another_service_key() {
+    let world = world().await;
+    let other = KdcSimulator::start(DEFAULT_REALM, DEFAULT_USER, DEFAULT_PASSWORD)
+        .await
+        .unwrap();
+    let backend = backend(
+        &world,
+        kerberos(
+            &other.address(),
+            KerberosSecret::Password(DEFAULT_PASSWORD.into()),
+        ),
+    );
+    let err = backend.sign(&request()).await.expect_err("refused");
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("refused the Kerberos ticket"),
+        "{err}"
+    );
+    assert!(
+        world.sim.auth_failures()[0].contains("does not decrypt"),
+        "{:?}",
+        world.sim.auth_failures()
+    );
+}
