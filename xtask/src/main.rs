@@ -185,6 +185,11 @@ fn test() -> Result<()> {
     crdgen(true)?;
     println!("==> helm-lint");
     helm::lint(&root())?;
+    // Licences, banned crates (aws-lc-rs, openssl-sys, rustls-pemfile, ...) and sources.
+    if !on_path("cargo-deny") {
+        cargo(&["install", "--locked", "cargo-deny"])?;
+    }
+    cargo(&["deny", "check", "bans", "licenses", "sources"])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
     // The README's first command must keep working.
     println!("==> demo");
