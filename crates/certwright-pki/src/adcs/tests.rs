@@ -180,3 +180,69 @@ async fn templates_that_would_forge_attributes_are_refused() {
     let err = backend.sign(&request).await.expect_err("refused");
     assert_eq!(err.metric_label(), "transient", "{err}");
 }
+
+/// IIS with Extended Protection refuses an NTLM client that sends no channel binding at
+/// all (older clients), and accepts it when Extended Protection is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protection_refuses_a_client_without_channel_binding() {
+    use certwright_testkit::adcs_sim::{
+        AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER,
+    };
+    let sim = AdcsSimulator::start().await.expect("simulator starts");
+    let config = AdcsConfig {
+        ca_bundle_pem: Some(sim.tls_ca_pem().as_bytes().to_vec()),
+        ..AdcsConfig::new(
+            sim.url(),
+            "WebServer",
+            AdcsAuth::Ntlm {
+                username: DEFAULT_USER.into(),
+                password: DEFAULT_PASSWORD.into(),
+                domain: Some(DEFAULT_DOMAIN.into()),
+            },
+        )
+    };
+    let backend = AdcsBackend::new(config).expect("backend");
+    // Our client binds, and is let in.
+    let session = backend.transport.open().await.expect("connects");
+    let mut bound = session;
+    let answer = bound
+        .send(hyper::Method::GET, "certcarc.asp", None)
+        .await
+        .expect("bound client accepted");
+    assert_eq!(answer.status, hyper::StatusCode::OK);
+    // The same credentials without a binding: 401, as IIS answers.
+    let mut unbound = backend
+        .transport
+        .open()
+        .await
+        .expect("connects")
+        .without_channel_binding();
+    match unbound.send(hyper::Method::GET, "certcarc.asp", None).await {
+        Err(Error::Unauthorized { message }) => {
+            assert!(message.contains("Extended Protection"), "{message}")
+        }
+        other => panic!("expected Unauthorized, got {:?}", other.map(|r| r.status)),
+    }
+    assert!(
+        sim.auth_failures()
+            .iter()
+            // An unbinding client sends zeros (or no pair at all): both are refused.
+            .any(|f| f == "ntlm: Extended Protection: empty channel binding"
+                || f == "ntlm: Extended Protection: no channel binding"),
+        "{:?}",
+        sim.auth_failures()
+    );
+    // With Extended Protection off, the unbound client gets through.
+    sim.set_extended_protection(false);
+    let mut unbound = backend
+        .transport
+        .open()
+        .await
+        .expect("connects")
+        .without_channel_binding();
+    let answer = unbound
+        .send(hyper::Method::GET, "certcarc.asp", None)
+        .await
+        .expect("accepted without Extended Protection");
+    assert_eq!(answer.status, hyper::StatusCode::OK);
+}
