@@ -27,9 +27,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use md4::Digest;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -415,31 +414,8 @@ fn sha2_384(data: &[u8]) -> Vec<u8> {
 }
 
 fn acceptor(cert_pem: &str, key_pem: &str, client_ca: Option<&str>) -> io::Result<TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io::Error::other)?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(io::Error::other)?;
-    let verifier = match client_ca {
-        None => WebPkiClientVerifier::no_client_auth(),
-        Some(pem) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots
-                    .add(cert.map_err(io::Error::other)?)
-                    .map_err(io::Error::other)?;
-            }
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(io::Error::other)?
-        }
-    };
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(io::Error::other)?;
+    // HTTP/1.1 only, no ALPN: IIS keeps NTLM state per connection.
+    let config = crate::tls::server_config(cert_pem, key_pem, client_ca, &[])?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

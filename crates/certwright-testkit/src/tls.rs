@@ -143,21 +143,30 @@ fn acceptor(options: &TlsOptions) -> io::Result<(TlsAcceptor, TestCa)> {
         .ext_key_usages([rcgen::ExtendedKeyUsagePurpose::ServerAuth])
         .build();
     let cert_pem = ca.sign_csr(&server.csr_pem).map_err(io::Error::other)?;
-    let config = server_config(&cert_pem, &server.key_pem, options)?;
+    let config = server_config(
+        &cert_pem,
+        &server.key_pem,
+        options.client_ca_pem.as_deref(),
+        &[b"h2", b"http/1.1"],
+    )?;
     Ok((TlsAcceptor::from(Arc::new(config)), ca))
 }
 
-fn server_config(
+/// A rustls (ring) server configuration for `cert_pem`/`key_pem`, requiring client
+/// certificates signed by `client_ca_pem` when given, offering `alpn` protocols.
+/// Shared by every simulator that serves TLS.
+pub(crate) fn server_config(
     cert_pem: &str,
     key_pem: &str,
-    options: &TlsOptions,
+    client_ca_pem: Option<&str>,
+    alpn: &[&[u8]],
 ) -> io::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(io::Error::other)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(io::Error::other)?;
-    let verifier = match &options.client_ca_pem {
+    let verifier = match client_ca_pem {
         None => WebPkiClientVerifier::no_client_auth(),
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -177,7 +186,7 @@ fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(io::Error::other)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
