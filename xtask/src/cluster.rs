@@ -3,20 +3,14 @@
 //! dropped. Shared by `cargo xtask demo` and `cargo xtask bench`.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-/// A free TCP port on 127.0.0.1.
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("finding a free port")?
-        .local_addr()?
-        .port())
-}
+/// A free TCP port on 127.0.0.1, never the same one twice in this process.
+pub(crate) use certwright_testkit::tls::unused_local_port as free_port;
 
 /// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
 pub(crate) struct Process {

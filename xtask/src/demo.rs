@@ -67,7 +67,7 @@ async fn demo(root: &Path) -> Result<()> {
     let serving = webhook_ca.issue_leaf(KeyKind::EcdsaP256, "localhost");
     std::fs::write(d.join("tls.crt"), &serving.cert_pem)?;
     std::fs::write(d.join("tls.key"), &serving.key_pem)?;
-    let (webhook_port, webhook_health) = (cluster::free_port()?, cluster::free_port()?);
+    let (webhook_port, webhook_health) = (cluster::free_port(), cluster::free_port());
     let kubeconfig = api.kubeconfig.display().to_string();
     let mut webhook = Process::spawn(
         "certwright-webhook",
@@ -90,7 +90,7 @@ async fn demo(root: &Path) -> Result<()> {
         ],
         d.join("webhook.log"),
     )?;
-    let (metrics_port, health_port) = (cluster::free_port()?, cluster::free_port()?);
+    let (metrics_port, health_port) = (cluster::free_port(), cluster::free_port());
     let mut controller = Process::spawn(
         "certwright-controller",
         &bin.join("certwright-controller"),

@@ -3,7 +3,6 @@
 //! killed mid-run and no request gets two certificates.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,17 +10,10 @@ use std::time::Duration;
 use certwright_testkit::apiserver::ApiServer;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 use certwright_testkit::rest_sim::RestSimulator;
+use certwright_testkit::tls::unused_local_port as free_port;
 use serde_json::{Value, json};
 
 const CR: &str = "certificaterequests.cert-manager.io";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Controller {
     child: Child,

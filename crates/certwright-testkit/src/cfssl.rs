@@ -2,7 +2,7 @@
 //! `golang-cfssl`), started on 127.0.0.1 over TLS with a generated CA, and stopped when
 //! dropped. `cargo xtask test` installs cfssl when it is missing.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,12 +60,7 @@ fn find_cfssl() -> Option<PathBuf> {
 }
 
 fn free_port() -> Result<u16, StartError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| StartError(format!("no free port on 127.0.0.1: {e}")))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| StartError(e.to_string()))
+    Ok(crate::tls::unused_local_port())
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, StartError> {
@@ -93,10 +88,55 @@ enum NotListening {
     Failed(StartError),
 }
 
-/// Waits until `child` accepts connections on `addr`.
+/// Whether the server on `addr` is the one whose TLS certificate `tls_ca_pem` issued:
+/// a completed TLS handshake for `localhost`, verified against that CA alone.
+///
+/// A bare TCP connect is not proof. The port was free a moment ago, so it may now belong
+/// to another server (another test's cfssl, whose port `free_port` handed out twice),
+/// and a connect to a port nothing listens on can even succeed by connecting the socket
+/// to itself (TCP simultaneous open). Only this server holds a certificate from its CA.
+fn is_our_server(addr: SocketAddr, tls_ca_pem: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::Write as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(tls_ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("TLS CA: {e}"))?;
+        roots.add(cert).map_err(|e| format!("TLS CA: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tls = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::try_from("localhost").map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+    // Flushing an empty write drives the handshake to completion.
+    stream.flush().map_err(|e| format!("TLS handshake: {e}"))?;
+    if stream.conn.is_handshaking() {
+        return Err("TLS handshake did not complete".to_string());
+    }
+    Ok(())
+}
+
+/// Waits until `child` serves TLS on `addr` with the certificate from `tls_ca_pem`.
 fn wait_until_listening(
     child: &mut Child,
     addr: SocketAddr,
+    tls_ca_pem: &str,
     log: &Path,
     limit: Duration,
 ) -> Result<(), NotListening> {
@@ -114,12 +154,13 @@ fn wait_until_listening(
                 "cfssl exited ({status}) before listening: {log}"
             ))));
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
+        let last = match is_our_server(addr, tls_ca_pem) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
         if Instant::now() > deadline {
             return Err(NotListening::Failed(StartError(format!(
-                "cfssl did not listen on {addr} within {limit:?}: {}",
+                "cfssl did not serve TLS on {addr} within {limit:?} ({last}): {}",
                 read_log(log)
             ))));
         }
@@ -205,7 +246,13 @@ impl CfsslServer {
                 .spawn()
                 .map_err(|e| StartError(format!("starting cfssl: {e}")))?;
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            match wait_until_listening(&mut child, addr, &log_path, Duration::from_secs(20)) {
+            match wait_until_listening(
+                &mut child,
+                addr,
+                tls_ca.cert_pem(),
+                &log_path,
+                Duration::from_secs(20),
+            ) {
                 Ok(()) => {
                     return Ok(CfsslServer {
                         child,
@@ -273,6 +320,7 @@ impl Drop for CfsslServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     #[test]
     fn a_port_taken_before_cfssl_binds_it_is_traded_for_another() {
@@ -303,5 +351,29 @@ mod tests {
             .map(|_| ())
             .expect_err("no free port");
         assert!(err.0.contains("taken 5 times"), "{err}");
+    }
+
+    #[test]
+    fn another_server_on_the_port_is_not_mistaken_for_ours() {
+        // Two starts handed the same free port: the other cfssl binds it first, ours
+        // exits with "address already in use", and connections to the port succeed all
+        // the while. Ours must still be found on a port of its own.
+        let other = CfsslServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let mut offered = Vec::new();
+        let server = CfsslServer::start_on(|| {
+            let port = if offered.is_empty() {
+                other.addr.port()
+            } else {
+                free_port()?
+            };
+            offered.push(port);
+            Ok(port)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(offered.len(), 2, "{offered:?}");
+        assert_ne!(server.addr, other.addr);
+        is_our_server(server.addr, server.tls_ca_pem()).expect("our cfssl answers");
+        let err = is_our_server(other.addr, server.tls_ca_pem()).expect_err("not ours");
+        assert!(err.contains("TLS handshake"), "{err}");
     }
 }

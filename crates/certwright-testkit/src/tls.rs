@@ -116,19 +116,56 @@ impl Drop for RunningServer {
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
+/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago), never the
+/// same port twice in one process.
+///
+/// The kernel may hand the same free port to two `bind(("127.0.0.1", 0))` calls in quick
+/// succession once the first socket is closed (about one batch of 32 in 30 on Linux), so
+/// two servers started by parallel tests could be told to listen on one port. This
+/// remembers what it gave out and asks again on a repeat.
 ///
 /// # Panics
 /// If no port can be bound on 127.0.0.1 (a broken test environment).
 pub fn unused_local_port() -> u16 {
-    let listener =
-        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port on 127.0.0.1");
-    listener.local_addr().expect("a bound address").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("a free port on 127.0.0.1");
+        let port = listener.local_addr().expect("a bound address").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
-/// An https URL on 127.0.0.1 where connections are refused.
+/// A port on 127.0.0.1 where connections are refused for the rest of the process.
+///
+/// The port is held by a socket that is bound but never listens: the kernel answers
+/// every connection with a reset, and no server started later (by this test or a
+/// parallel one) can be given the port, as it could be one that was merely free.
+///
+/// # Panics
+/// If no socket can be bound on 127.0.0.1 (a broken test environment).
+pub fn refused_port() -> u16 {
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind((Ipv4Addr::LOCALHOST, 0).into())
+        .expect("a free port on 127.0.0.1");
+    let port = socket.local_addr().expect("a bound address").port();
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(socket);
+    port
+}
+
+/// An https URL on 127.0.0.1 where connections are refused: see [`refused_port`].
 pub fn refused_url() -> String {
-    format!("https://127.0.0.1:{}", unused_local_port())
+    format!("https://127.0.0.1:{}", refused_port())
 }
 
 /// A TLS acceptor with a fresh server certificate for `localhost` and `127.0.0.1`, and
@@ -254,6 +291,24 @@ async fn serve(mut incoming: impl Incoming, acceptor: TlsAcceptor, router: Route
 mod tests {
     use super::*;
 
+    #[test]
+    fn unused_local_ports_are_never_handed_out_twice() {
+        // Thousands of draws from the ~28,000 ephemeral ports repeat one all but surely
+        // when the kernel alone decides.
+        let ports: Vec<u16> = (0..2000).map(|_| unused_local_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[test]
+    fn a_refused_port_refuses_and_cannot_be_taken() {
+        let port = refused_port();
+        let err = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        let err = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect_err("held");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+    }
+
     #[tokio::test]
     async fn serves_over_tls_with_its_own_ca() {
         let router = Router::new().route("/", axum::routing::get(|| async { "hello" }));
@@ -282,7 +337,7 @@ mod tests {
         let name = rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
         connector.connect(name, tcp).await.expect("handshake");
 
-        let refused = tokio::net::TcpStream::connect(("127.0.0.1", unused_local_port())).await;
+        let refused = tokio::net::TcpStream::connect(("127.0.0.1", refused_port())).await;
         assert!(refused.is_err());
     }
 

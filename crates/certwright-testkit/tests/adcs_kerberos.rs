@@ -130,10 +130,7 @@ async fn a_wrong_password_is_unauthorized_at_the_kdc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_kdc_is_transient() {
     let world = world().await;
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let closed = format!("127.0.0.1:{}", certwright_testkit::tls::refused_port());
     let backend = backend(
         &world,
         kerberos(&closed, KerberosSecret::Password(DEFAULT_PASSWORD.into())),
