@@ -1,13 +1,14 @@
 //! The serving certificate, reloaded from disk when its files change: cert-manager (or
 //! the kubelet updating a mounted Secret) rotates it under a running webhook. A
 //! [`ReloadingCert`] holds the current certificate behind a lock and answers every
-//! handshake with it; [`ReloadingCert::watch`] checks the files' metadata every few
-//! seconds and swaps in a new certificate when it loads. A bad new file keeps the old
-//! certificate and logs a warning.
+//! handshake with it; [`ReloadingCert::watch`] reads the files every few seconds and
+//! swaps in a new certificate when their contents changed and load. A bad new file keeps
+//! the old certificate and logs a warning.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use rustls::crypto::CryptoProvider;
@@ -19,27 +20,50 @@ use rustls::sign::CertifiedKey;
 /// How often the certificate files are checked for changes.
 pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
-/// What identifies one version of a file, cheaply: a change of any of these means the
-/// file was rewritten or replaced (the kubelet swaps a symlink).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    #[cfg(unix)]
-    inode: u64,
+/// The most either file may hold: a certificate chain or key is a few KiB.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// One version of the certificate and key files, read together.
+struct Files {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
 }
 
-impl Fingerprint {
-    fn of(path: &Path) -> std::io::Result<Fingerprint> {
-        // `metadata` follows symlinks, so a swapped `..data` link shows as a change.
-        let meta = std::fs::metadata(path)?;
-        Ok(Fingerprint {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            #[cfg(unix)]
-            inode: std::os::unix::fs::MetadataExt::ino(&meta),
+impl Files {
+    fn read(cert_file: &Path, key_file: &Path) -> anyhow::Result<Files> {
+        Ok(Files {
+            cert_pem: read_bounded(cert_file)?,
+            key_pem: read_bounded(key_file)?,
         })
     }
+
+    /// What identifies this version: a digest of both contents. Metadata is not enough:
+    /// a file rewritten in place within one tick of a coarse file-system clock keeps its
+    /// modification time, and a new key of the same type has the same length.
+    fn version(&self) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [&self.cert_pem, &self.key_pem] {
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part);
+        }
+        let mut version = [0u8; 32];
+        version.copy_from_slice(context.finish().as_ref());
+        version
+    }
+}
+
+fn read_bounded(path: &Path) -> anyhow::Result<Vec<u8>> {
+    // `open` follows symlinks, so a swapped `..data` link is read through.
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        anyhow::bail!("{} is larger than {MAX_FILE_BYTES} bytes", path.display());
+    }
+    Ok(bytes)
 }
 
 /// A server certificate resolver whose certificate is replaced when its files change.
@@ -50,7 +74,7 @@ pub(crate) struct ReloadingCert {
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
     /// The file versions last tried, loaded or not, so that a bad file is reported once.
-    seen: RwLock<Option<(Fingerprint, Fingerprint)>>,
+    seen: RwLock<Option<[u8; 32]>>,
 }
 
 impl ReloadingCert {
@@ -64,8 +88,9 @@ impl ReloadingCert {
         key_file: PathBuf,
         provider: Arc<CryptoProvider>,
     ) -> anyhow::Result<ReloadingCert> {
-        let seen = fingerprints(&cert_file, &key_file).ok();
-        let key = load_certified_key(&cert_file, &key_file, &provider)?;
+        let files = Files::read(&cert_file, &key_file)?;
+        let seen = Some(files.version());
+        let key = load_certified_key(&files, &cert_file, &key_file, &provider)?;
         Ok(ReloadingCert {
             cert_file,
             key_file,
@@ -86,22 +111,26 @@ impl ReloadingCert {
     /// Reloads when either file changed since the last attempt. Returns whether a new
     /// certificate is now served.
     pub(crate) fn reload_if_changed(&self) -> bool {
-        let now = match fingerprints(&self.cert_file, &self.key_file) {
-            Ok(now) => now,
+        let files = match Files::read(&self.cert_file, &self.key_file) {
+            Ok(files) => files,
             Err(e) => {
                 // Mid-rotation, a file may be briefly absent: keep serving, retry later.
-                tracing::debug!(error = %e, "cannot stat the serving certificate files");
+                tracing::debug!(
+                    error = format!("{e:#}"),
+                    "cannot read the serving certificate files"
+                );
                 return false;
             }
         };
         {
+            let now = files.version();
             let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
             if seen.as_ref() == Some(&now) {
                 return false;
             }
             *seen = Some(now);
         }
-        match load_certified_key(&self.cert_file, &self.key_file, &self.provider) {
+        match load_certified_key(&files, &self.cert_file, &self.key_file, &self.provider) {
             Ok(key) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
                 tracing::info!(
@@ -142,26 +171,20 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-fn fingerprints(cert: &Path, key: &Path) -> std::io::Result<(Fingerprint, Fingerprint)> {
-    Ok((Fingerprint::of(cert)?, Fingerprint::of(key)?))
-}
-
+/// Parses `files` (read from `cert_file` and `key_file`, named in errors).
 fn load_certified_key(
+    files: &Files,
     cert_file: &Path,
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> anyhow::Result<CertifiedKey> {
-    let cert_pem =
-        std::fs::read(cert_file).with_context(|| format!("cannot read {}", cert_file.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let chain = CertificateDer::pem_slice_iter(&files.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{} is not PEM certificates", cert_file.display()))?;
     if chain.is_empty() {
         anyhow::bail!("{} holds no certificate", cert_file.display());
     }
-    let key_pem =
-        std::fs::read(key_file).with_context(|| format!("cannot read {}", key_file.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+    let key = PrivateKeyDer::from_pem_slice(&files.key_pem)
         .with_context(|| format!("{} holds no PEM private key", key_file.display()))?;
     CertifiedKey::from_der(chain, key, provider).with_context(|| {
         format!(
@@ -242,6 +265,59 @@ mod tests {
         write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "Fourth CA"));
         assert!(cert.reload_if_changed());
         assert_ne!(leaf_der(&cert), second);
+    }
+
+    #[test]
+    fn a_rewrite_that_keeps_length_and_modification_time_is_still_seen() {
+        // A coarse file-system clock gives two writes in one tick the same mtime, and a
+        // new P-256 key has the same length as the old one: only the contents differ.
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) =
+            write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "First CA"));
+        let cert = ReloadingCert::load(cert_file.clone(), key_file.clone(), provider()).unwrap();
+        let first = leaf_der(&cert);
+        let stamp = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+        let (cert_time, key_time) = (stamp(&cert_file), stamp(&key_file));
+        let key_len = std::fs::metadata(&key_file).unwrap().len();
+
+        write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "First CB"));
+        for (path, time) in [(&cert_file, cert_time), (&key_file, key_time)] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(time)
+                .unwrap();
+        }
+        assert_eq!(std::fs::metadata(&key_file).unwrap().len(), key_len);
+        assert_eq!(stamp(&key_file), key_time);
+
+        assert!(cert.reload_if_changed());
+        assert_ne!(leaf_der(&cert), first);
+        assert!(!cert.reload_if_changed(), "seen once, not reloaded again");
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) =
+            write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "First CA"));
+        let cert = ReloadingCert::load(cert_file.clone(), key_file.clone(), provider()).unwrap();
+        let first = leaf_der(&cert);
+        let huge = vec![b'A'; usize::try_from(MAX_FILE_BYTES).unwrap() + 1];
+        std::fs::write(&cert_file, &huge).unwrap();
+        assert!(!cert.reload_if_changed());
+        assert_eq!(
+            leaf_der(&cert),
+            first,
+            "the old certificate is still served"
+        );
+        let err = ReloadingCert::load(cert_file, key_file, provider()).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("tls.crt is larger than 1048576 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
