@@ -244,14 +244,21 @@ async fn the_controller_issues_serves_metrics_and_stops_gracefully() {
     }
     wait_issued(&server, &names, Duration::from_secs(30)).await;
 
-    let (code, body) = Controller::get(controller.metrics, "/metrics")
-        .await
-        .expect("metrics answer");
-    assert_eq!(code, 200);
-    assert!(
-        body.contains(r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",result="issued"} 5"#),
-        "{body}"
-    );
+    // The status write lands before the controller counts the result: a scrape may
+    // come between the two.
+    let issued = r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",result="issued"} 5"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (code, body) = Controller::get(controller.metrics, "/metrics")
+            .await
+            .expect("metrics answer");
+        assert_eq!(code, 200);
+        if body.contains(issued) {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(body.contains("certwright_issuer_ready"), "{body}");
     let (code, _) = Controller::get(controller.health, "/healthz")
         .await
@@ -293,7 +300,7 @@ async fn two_replicas_with_the_leader_killed_mid_run_never_issue_twice() {
     let b = Controller::start(kubeconfig.path(), "replica-b", true);
     // Let one of them lead.
     let mut leader = None;
-    for _ in 0..100 {
+    for _ in 0..600 {
         if let Some(lease) = server.get_json(
             "leases.coordination.k8s.io",
             "cert-manager",

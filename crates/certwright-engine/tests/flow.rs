@@ -251,8 +251,7 @@ async fn a_ca_side_pending_request_is_persisted_polled_and_never_resubmitted() {
     })
     .await;
     // Polls happen (at the CA's pace, at least a second apart), submissions do not.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(sim.polls() >= 2, "polled {} times", sim.polls());
+    support::eventually("two polls", || sim.polls() >= 2).await;
     assert_eq!(sim.sign_submissions(), 1);
     assert!(sim.approve(&id));
     env.wait_ready_reason("apps", "held", "Issued").await;
@@ -481,12 +480,10 @@ async fn shutdown_waits_for_in_flight_signing_and_its_write() {
     );
     env.request("apps", "last", cluster_ref("corp")).await;
     env.approve("apps", "last").await;
-    for _ in 0..200 {
-        if sim.sign_submissions() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::eventually("the CA to receive the request", || {
+        sim.sign_submissions() == 1
+    })
+    .await;
     env.stop_engine().await;
     let cr = env.requests("apps").get("last").await.unwrap();
     assert!(

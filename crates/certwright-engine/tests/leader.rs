@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> LeaseConfig {
     LeaseConfig {
-        // Leases count whole seconds.
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(800),
+        // Leases count whole seconds. Long enough that a loaded machine does not make a
+        // leader miss its renewals, short against the test's waits.
+        lease_duration: Duration::from_secs(5),
+        renew_deadline: Duration::from_secs(2),
         retry_period: Duration::from_millis(100),
         ..LeaseConfig::new("cert-manager", "certwright-controller", identity)
     }
@@ -65,11 +66,12 @@ async fn one_leader_at_a_time_and_a_graceful_stop_hands_over() {
         let (stop, work) = (stop_a.clone(), work(running.clone(), overlap.clone()));
         async move { a.run(stop, work).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::eventually("replica-a to lead", || running.load(Ordering::SeqCst) == 1).await;
     let task_b = tokio::spawn({
         let (stop, work) = (stop_b.clone(), work(running.clone(), overlap.clone()));
         async move { b.run(stop, work).await }
     });
+    // The standby tries every 100 ms and never gets in while the leader renews.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(running.load(Ordering::SeqCst), 1, "exactly one leader");
     let lease = env
@@ -82,20 +84,30 @@ async fn one_leader_at_a_time_and_a_graceful_stop_hands_over() {
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
 
-    // A graceful stop releases the lease; the standby takes over well before it expires.
+    // A graceful stop releases the lease; the standby takes over well before the
+    // 5 s lease would have expired.
     stop_a.cancel();
     task_a.await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let lease = env
-        .server
-        .get_json(
-            "leases.coordination.k8s.io",
-            "cert-manager",
-            "certwright-controller",
-        )
-        .unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
-    assert_eq!(running.load(Ordering::SeqCst), 1);
+    let released = std::time::Instant::now();
+    let holder = || {
+        env.server
+            .get_json(
+                "leases.coordination.k8s.io",
+                "cert-manager",
+                "certwright-controller",
+            )
+            .unwrap()["spec"]["holderIdentity"]
+            .clone()
+    };
+    support::eventually("replica-b to take over", || {
+        holder() == "replica-b" && running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        released.elapsed() < Duration::from_secs(4),
+        "taken over on release, not on expiry: {:?}",
+        released.elapsed()
+    );
     stop_b.cancel();
     task_b.await.unwrap().unwrap();
     assert!(
@@ -114,13 +126,16 @@ async fn a_leader_that_cannot_renew_stops_at_once() {
         let work = work(running.clone(), overlap.clone());
         async move { elector.run(CancellationToken::new(), work).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(running.load(Ordering::SeqCst), 1);
+    support::eventually("the elector to lead", || {
+        running.load(Ordering::SeqCst) == 1
+    })
+    .await;
     // Every renewal fails from now on.
     env.server
         .faults()
         .fail_next(Method::PUT, "leases/certwright-controller", 500, 1000);
-    let result = tokio::time::timeout(Duration::from_secs(5), task)
+    // It steps down at the 2 s renew deadline, before the 5 s lease could expire.
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .unwrap()
         .unwrap();

@@ -23,6 +23,18 @@ use tokio_util::sync::CancellationToken;
 /// Where cluster issuers read their Secrets in these tests.
 pub const CLUSTER_NS: &str = "cert-manager";
 
+/// Waits (up to 20 s, checking every 20 ms) until `f` holds; panics naming `what`.
+pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub struct Env {
     pub server: ApiServer,
     pub client: Client,

@@ -915,7 +915,10 @@ mod tests {
                     Outcome::Pending(_) => None,
                 })
                 .collect();
-            assert_eq!(serials.len(), 1, "one poll signs, the other hears pending");
+            // The poll that signs gets the certificate; the other hears pending if it
+            // arrives mid-signing, or the same certificate if it arrives after.
+            assert!(!serials.is_empty(), "{outcomes:?}");
+            assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
 
             // Later polls get the certificate signed then, without signing again.
             match backend.poll(&id, &request).await.expect("issued") {

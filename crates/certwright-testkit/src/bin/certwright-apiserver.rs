@@ -101,30 +101,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, server.kubeconfig_yaml(&args.namespace))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    let stop = shutdown_signal()?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", server.url()).context("writing the URL to stdout")?;
     stdout.flush().context("writing the URL to stdout")?;
 
-    shutdown_signal().await?;
+    stop.await;
     eprintln!("certwright-apiserver: stopping");
     drop(server);
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Listens for SIGINT (Ctrl-C) and, on Unix, SIGTERM from this call on; the future
+/// resolves on the first. Registering before the URL is printed means a caller that
+/// signals as soon as it has read the URL gets a clean stop, not the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("listening for SIGINT")?,
-            _ = term.recv() => {}
-        }
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("listening for Ctrl-C")?;
-    Ok(())
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
