@@ -73,8 +73,32 @@ pub(crate) struct ReloadingCert {
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    /// The file versions last tried, loaded or not, so that a bad file is reported once.
-    seen: RwLock<Option<[u8; 32]>>,
+    /// What the checks have seen, so that each bad version or read failure is reported
+    /// once rather than every few seconds.
+    seen: RwLock<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// The file contents last tried, loaded or not.
+    version: Option<[u8; 32]>,
+    /// The read failure last reported, until the files read again.
+    failure: Option<String>,
+}
+
+/// What one check of the files found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Reload {
+    /// The same contents as last time (or briefly missing, mid-rotation).
+    Unchanged,
+    /// New contents that loaded: served from now on.
+    Reloaded,
+    /// New contents, or files that cannot be read, that leave the current certificate
+    /// in place. `reported` is whether this check logged the warning (the first time).
+    Kept {
+        /// Whether this check logged the warning.
+        reported: bool,
+    },
 }
 
 impl ReloadingCert {
@@ -89,7 +113,10 @@ impl ReloadingCert {
         provider: Arc<CryptoProvider>,
     ) -> anyhow::Result<ReloadingCert> {
         let files = Files::read(&cert_file, &key_file)?;
-        let seen = Some(files.version());
+        let seen = Seen {
+            version: Some(files.version()),
+            failure: None,
+        };
         let key = load_certified_key(&files, &cert_file, &key_file, &provider)?;
         Ok(ReloadingCert {
             cert_file,
@@ -108,27 +135,20 @@ impl ReloadingCert {
             .clone()
     }
 
-    /// Reloads when either file changed since the last attempt. Returns whether a new
-    /// certificate is now served.
-    pub(crate) fn reload_if_changed(&self) -> bool {
+    /// Reloads when either file changed since the last attempt.
+    pub(crate) fn reload_if_changed(&self) -> Reload {
         let files = match Files::read(&self.cert_file, &self.key_file) {
             Ok(files) => files,
-            Err(e) => {
-                // Mid-rotation, a file may be briefly absent: keep serving, retry later.
-                tracing::debug!(
-                    error = format!("{e:#}"),
-                    "cannot read the serving certificate files"
-                );
-                return false;
-            }
+            Err(e) => return self.cannot_read(&e),
         };
         {
             let now = files.version();
             let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-            if seen.as_ref() == Some(&now) {
-                return false;
+            seen.failure = None;
+            if seen.version == Some(now) {
+                return Reload::Unchanged;
             }
-            *seen = Some(now);
+            seen.version = Some(now);
         }
         match load_certified_key(&files, &self.cert_file, &self.key_file, &self.provider) {
             Ok(key) => {
@@ -137,7 +157,7 @@ impl ReloadingCert {
                     cert_file = %self.cert_file.display(),
                     "reloaded the serving certificate"
                 );
-                true
+                Reload::Reloaded
             }
             Err(e) => {
                 tracing::warn!(
@@ -147,9 +167,34 @@ impl ReloadingCert {
                     "the serving certificate files changed but do not load; \
                      still serving the previous certificate"
                 );
-                false
+                Reload::Kept { reported: true }
             }
         }
+    }
+
+    /// A failed read: briefly missing files are a rotation in progress; anything else
+    /// (a permission, a file over the size bound) is warned about once per distinct cause.
+    fn cannot_read(&self, e: &anyhow::Error) -> Reload {
+        let message = format!("{e:#}");
+        let missing = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        });
+        if missing {
+            tracing::debug!(error = message, "the serving certificate files are missing");
+            return Reload::Unchanged;
+        }
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        if seen.failure.as_deref() == Some(message.as_str()) {
+            return Reload::Kept { reported: false };
+        }
+        tracing::warn!(
+            error = message,
+            "cannot read the serving certificate files; still serving the previous certificate"
+        );
+        seen.failure = Some(message);
+        Reload::Kept { reported: true }
     }
 
     /// Checks the files every [`RELOAD_INTERVAL`], forever.
@@ -243,44 +288,62 @@ mod tests {
         let cert = ReloadingCert::load(cert_file.clone(), key_file.clone(), provider()).unwrap();
         let first = leaf_der(&cert);
         assert_eq!(cert.current().cert.len(), 2, "the chain is served whole");
-        assert!(!cert.reload_if_changed(), "nothing changed yet");
+        assert_eq!(
+            cert.reload_if_changed(),
+            Reload::Unchanged,
+            "nothing changed yet"
+        );
 
         // A new certificate and key: served from the next check on.
         write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "Second CA"));
-        assert!(cert.reload_if_changed());
+        assert_eq!(cert.reload_if_changed(), Reload::Reloaded);
         let second = leaf_der(&cert);
         assert_ne!(first, second);
 
-        // A certificate whose key does not match, then garbage: the old one stays.
+        // A certificate whose key does not match, then garbage: the old one stays, and
+        // each bad version is reported once.
         let other =
             TestCa::root(KeyKind::EcdsaP256, "Third CA").issue_leaf(KeyKind::EcdsaP256, "x");
         std::fs::write(&cert_file, &other.cert_pem).unwrap();
-        assert!(!cert.reload_if_changed());
+        assert_eq!(cert.reload_if_changed(), Reload::Kept { reported: true });
+        assert_eq!(cert.reload_if_changed(), Reload::Unchanged);
         assert_eq!(leaf_der(&cert), second);
         std::fs::write(&cert_file, "not a certificate").unwrap();
-        assert!(!cert.reload_if_changed());
+        assert_eq!(cert.reload_if_changed(), Reload::Kept { reported: true });
         assert_eq!(leaf_der(&cert), second);
 
         // Once the files are whole again, they load.
         write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "Fourth CA"));
-        assert!(cert.reload_if_changed());
+        assert_eq!(cert.reload_if_changed(), Reload::Reloaded);
         assert_ne!(leaf_der(&cert), second);
     }
 
     #[test]
     fn a_rewrite_that_keeps_length_and_modification_time_is_still_seen() {
         // A coarse file-system clock gives two writes in one tick the same mtime, and a
-        // new P-256 key has the same length as the old one: only the contents differ.
+        // new certificate and key of the same types often have the same lengths: only
+        // the contents differ.
         let dir = tempfile::tempdir().unwrap();
         let (cert_file, key_file) =
             write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "First CA"));
         let cert = ReloadingCert::load(cert_file.clone(), key_file.clone(), provider()).unwrap();
         let first = leaf_der(&cert);
         let stamp = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+        let len = |path: &Path| std::fs::metadata(path).unwrap().len();
         let (cert_time, key_time) = (stamp(&cert_file), stamp(&key_file));
-        let key_len = std::fs::metadata(&key_file).unwrap().len();
+        let (cert_len, key_len) = (len(&cert_file), len(&key_file));
 
-        write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "First CB"));
+        // ECDSA signatures vary in length by a byte or two: draw until both files keep
+        // their lengths.
+        let mut draws = 0;
+        loop {
+            draws += 1;
+            assert!(draws < 200, "no same-length certificate in {draws} draws");
+            write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "First CB"));
+            if len(&cert_file) == cert_len && len(&key_file) == key_len {
+                break;
+            }
+        }
         for (path, time) in [(&cert_file, cert_time), (&key_file, key_time)] {
             std::fs::File::options()
                 .write(true)
@@ -289,35 +352,52 @@ mod tests {
                 .set_modified(time)
                 .unwrap();
         }
-        assert_eq!(std::fs::metadata(&key_file).unwrap().len(), key_len);
-        assert_eq!(stamp(&key_file), key_time);
+        assert_eq!((stamp(&cert_file), stamp(&key_file)), (cert_time, key_time));
 
-        assert!(cert.reload_if_changed());
+        assert_eq!(cert.reload_if_changed(), Reload::Reloaded);
         assert_ne!(leaf_der(&cert), first);
-        assert!(!cert.reload_if_changed(), "seen once, not reloaded again");
+        assert_eq!(
+            cert.reload_if_changed(),
+            Reload::Unchanged,
+            "not reloaded again"
+        );
     }
 
     #[test]
-    fn an_oversized_file_is_refused_by_name() {
+    fn unreadable_files_keep_the_certificate_and_are_reported_once() {
         let dir = tempfile::tempdir().unwrap();
         let (cert_file, key_file) =
             write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "First CA"));
         let cert = ReloadingCert::load(cert_file.clone(), key_file.clone(), provider()).unwrap();
         let first = leaf_der(&cert);
+
+        // Over the size bound: warned about once, not at every check.
         let huge = vec![b'A'; usize::try_from(MAX_FILE_BYTES).unwrap() + 1];
         std::fs::write(&cert_file, &huge).unwrap();
-        assert!(!cert.reload_if_changed());
+        assert_eq!(cert.reload_if_changed(), Reload::Kept { reported: true });
+        assert_eq!(cert.reload_if_changed(), Reload::Kept { reported: false });
         assert_eq!(
             leaf_der(&cert),
             first,
             "the old certificate is still served"
         );
-        let err = ReloadingCert::load(cert_file, key_file, provider()).unwrap_err();
-        let err = format!("{err:#}");
+        let err = ReloadingCert::load(cert_file.clone(), key_file.clone(), provider())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("tls.crt is larger than 1048576 bytes"),
             "{err}"
         );
+
+        // Missing, as between the steps of a rotation: quietly unchanged.
+        std::fs::remove_file(&cert_file).unwrap();
+        assert_eq!(cert.reload_if_changed(), Reload::Unchanged);
+
+        // Whole again: loaded; a later failure of the same kind is reported afresh.
+        write_leaf(dir.path(), &TestCa::root(KeyKind::EcdsaP256, "Second CA"));
+        assert_eq!(cert.reload_if_changed(), Reload::Reloaded);
+        std::fs::write(&cert_file, &huge).unwrap();
+        assert_eq!(cert.reload_if_changed(), Reload::Kept { reported: true });
     }
 
     #[test]
