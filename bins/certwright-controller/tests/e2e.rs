@@ -320,8 +320,15 @@ async fn two_replicas_with_the_leader_killed_mid_run_never_issue_twice() {
             .create_json(CR, approved_request(name, "corp"))
             .unwrap();
     }
-    // Kill the leader without warning while it works.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill the leader without warning while it works: once it has issued something.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !names[..20]
+        .iter()
+        .any(|n| ready_reason(&server, n).as_deref() == Some("Issued"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "nothing issued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (killed, standby) = if leader == "replica-a" {
         (a, b)
     } else {

@@ -3,10 +3,11 @@
 //! certificate is picked up without a restart, and SIGTERM stops it cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certwright_testkit::apiserver::{ApiServer, Method};
@@ -25,6 +26,8 @@ struct Webhook {
     child: Child,
     addr: SocketAddr,
     probe_addr: SocketAddr,
+    /// Its log lines so far (also passed on to the test's stderr).
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Webhook {
@@ -38,7 +41,7 @@ impl Webhook {
     fn start(kubeconfig: &Path, cert: &Path, key: &Path) -> Webhook {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, unused_local_port()));
         let probe_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, unused_local_port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_certwright-webhook"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_certwright-webhook"))
             .arg("--tls-cert-file")
             .arg(cert)
             .arg("--tls-private-key-file")
@@ -55,12 +58,38 @@ impl Webhook {
             .arg("text")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the webhook binary starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
         Webhook {
             child,
             addr,
             probe_addr,
+            log,
+        }
+    }
+
+    /// Waits until a log line contains `text`.
+    async fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log.lock().unwrap().iter().any(|l| l.contains(text)) {
+            assert!(
+                Instant::now() < deadline,
+                "the webhook never logged {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -400,9 +429,12 @@ async fn validates_issuers_reloads_its_certificate_and_stops_on_sigterm() {
         "a client trusting only the old CA must now fail"
     );
 
-    // A broken file keeps the current certificate.
+    // A broken file keeps the current certificate: the webhook sees it, says so, and
+    // goes on serving.
     std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    webhook
+        .wait_log("the serving certificate files changed but do not load")
+        .await;
     let fresh = webhook.client(second_ca.cert_pem());
     let still = fresh.get(webhook.url("/healthz")).send().await.unwrap();
     assert_eq!(still.status(), 200);

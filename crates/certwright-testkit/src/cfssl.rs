@@ -60,6 +60,7 @@ fn find_cfssl() -> Option<PathBuf> {
 }
 
 fn free_port() -> Result<u16, StartError> {
+    // Infallible here; `start_on` takes a fallible picker so tests can script ports.
     Ok(crate::tls::unused_local_port())
 }
 

@@ -126,6 +126,7 @@ struct Inner {
     polls: u64,
     info_calls: u64,
     issued: u64,
+    signings_started: u64,
     signing_delay: Duration,
     last_idempotency_key: Option<String>,
     last_sign_body: Option<Value>,
@@ -311,6 +312,12 @@ impl RestSimulator {
     /// How many certificates were signed (a replayed answer signs none).
     pub fn certificates_issued(&self) -> u64 {
         self.shared.lock().issued
+    }
+
+    /// How many signings began, counted before the signing delay: with a delay set, a
+    /// test can tell that a request is being signed right now.
+    pub fn signings_started(&self) -> u64 {
+        self.shared.lock().signings_started
     }
 
     /// The `Idempotency-Key` of the last sign submission.
@@ -697,7 +704,11 @@ async fn cfssl_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
 
 /// Signs with the local CA: the 200 body, or the error answer.
 async fn issue(shared: &Shared, request: &SignRequest) -> Result<Value, Response> {
-    let delay = shared.lock().signing_delay;
+    let delay = {
+        let mut inner = shared.lock();
+        inner.signings_started += 1;
+        inner.signing_delay
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

@@ -122,17 +122,16 @@ impl Drop for RunningServer {
 /// The kernel may hand the same free port to two `bind(("127.0.0.1", 0))` calls in quick
 /// succession once the first socket is closed (about one batch of 32 in 30 on Linux), so
 /// two servers started by parallel tests could be told to listen on one port. This
-/// remembers what it gave out and asks again on a repeat.
+/// remembers what it gave out and asks again on a repeat. (A server that binds port 0
+/// itself can still be given the port before the process it was handed to binds it; a
+/// caller that must be sure checks who answers, as [`crate::cfssl`] does.)
 ///
 /// # Panics
-/// If no port can be bound on 127.0.0.1 (a broken test environment).
+/// If no port can be bound on 127.0.0.1 (a broken test environment), or 1000 draws in a
+/// row were all ports handed out before.
 pub fn unused_local_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
+    let mut given = given_ports();
+    for _ in 0..1000 {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .expect("a free port on 127.0.0.1");
         let port = listener.local_addr().expect("a bound address").port();
@@ -140,6 +139,19 @@ pub fn unused_local_port() -> u16 {
             return port;
         }
     }
+    panic!(
+        "1000 free ports in a row were handed out before ({} in all)",
+        given.len()
+    );
+}
+
+/// The ports [`unused_local_port`] and [`refused_port`] handed out in this process.
+fn given_ports() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u16>> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A port on 127.0.0.1 where connections are refused for the rest of the process.
@@ -157,6 +169,7 @@ pub fn refused_port() -> u16 {
         .bind((Ipv4Addr::LOCALHOST, 0).into())
         .expect("a free port on 127.0.0.1");
     let port = socket.local_addr().expect("a bound address").port();
+    given_ports().insert(port);
     HELD.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(socket);

@@ -1152,6 +1152,37 @@ async fn the_binary_serves_crds_from_files_and_writes_a_kubeconfig() -> anyhow::
     Ok(())
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn the_binary_stops_cleanly_on_sigterm_sent_as_soon_as_it_prints_its_url()
+-> anyhow::Result<()> {
+    // A caller may signal the moment it has read the URL: the handlers must already be
+    // in place, or SIGTERM's default action kills the process with a signal status.
+    for _ in 0..5 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_certwright-apiserver"))
+            .args(["--port", "0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let url = tokio::time::timeout(WAIT, lines.next_line())
+            .await??
+            .context("a first line")?;
+        ensure!(url.starts_with("http://127.0.0.1:"), "first line {url:?}");
+        let pid = child.id().context("a pid")?;
+        let term = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        ensure!(term.success(), "kill -TERM {pid}: {term}");
+        let exit = tokio::time::timeout(WAIT, child.wait()).await??;
+        ensure!(exit.success(), "exit status {exit:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn many_objects_flow_through_a_watcher() -> anyhow::Result<()> {
     // A smaller cousin of the benchmark: writes while a watcher follows, with a history

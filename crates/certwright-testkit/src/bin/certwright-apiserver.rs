@@ -112,9 +112,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Listens for SIGINT (Ctrl-C) and, on Unix, SIGTERM from this call on; the future
-/// resolves on the first. Registering before the URL is printed means a caller that
-/// signals as soon as it has read the URL gets a clean stop, not the default action.
+/// Listens for SIGINT (Ctrl-C) and, on Unix, SIGTERM; the future resolves on the first.
+/// On Unix the handlers are in place when this returns, so registering before the URL is
+/// printed means a caller that signals as soon as it has read the URL gets a clean stop,
+/// not the default action. Elsewhere Ctrl-C is listened for once the future is polled.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
@@ -131,7 +132,10 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(not(unix))]
     {
         Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                eprintln!("certwright-apiserver: cannot listen for Ctrl-C: {e}");
+                std::future::pending::<()>().await;
+            }
         })
     }
 }
