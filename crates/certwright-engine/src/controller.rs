@@ -1152,11 +1152,13 @@ impl Shared {
         self.metrics
             .set_breaker_state(&label, entry.protection.breaker().metric_value());
         self.write_issuer_status(key, &entry).await;
-        // Requests waiting for this issuer go at once when it becomes usable or was
-        // rebuilt; a change between usable states keeps their own backoff.
+        // Requests for this issuer go at once when it was (re)built, which includes its
+        // first check after it appeared (requests that saw it missing, or that arrived
+        // before this check, wait for this), and when it becomes usable. When it stops
+        // being usable, they are looked at again but keep their own backoff.
         let usable = health.usable();
-        if (usable && (rebuilt || !was_usable)) || (!usable && was_usable) {
-            self.requeue_requests_for(key, usable);
+        if rebuilt || usable != was_usable {
+            self.requeue_requests_for(key, rebuilt || usable);
         }
         self.issuer_queue.add_after(key.clone(), interval);
     }

@@ -124,6 +124,36 @@ async fn a_request_waits_for_an_issuer_created_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_missing_issuer_hears_why_the_new_issuer_is_not_ready() {
+    // The issuer appears after the request, but cannot be used (its Secret is missing):
+    // the request must not keep saying the issuer does not exist until its 5-minute
+    // backstop, nor wait silently for an issuer check that never requeues it.
+    let env = Env::start().await;
+    env.request("apps", "early", cluster_ref("late")).await;
+    env.approve("apps", "early").await;
+    env.wait_request("apps", "early", "the issuer to be missing", |cr| {
+        cr.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.message.contains("it does not exist"))
+        })
+    })
+    .await;
+    env.cluster_issuer("late", ca_spec("late-ca")).await;
+    env.wait_request("apps", "early", "the issuer's reason", |cr| {
+        cr.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.message
+                    .contains(r#"to be Ready: Secret "late-ca" not found"#)
+            })
+        })
+    })
+    .await;
+    env.ca_secret(CLUSTER_NS, "late-ca").await;
+    env.wait_ready_reason("apps", "early", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_missing_its_secret_is_not_ready_until_the_secret_appears() {
     let env = Env::start().await;
     env.cluster_issuer("dev", ca_spec("dev-ca")).await;
