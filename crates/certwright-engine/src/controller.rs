@@ -75,6 +75,10 @@ struct Unwritten {
     uid: String,
     /// The issuer, for metrics and issuer faults.
     issuer: Option<IssuerKey>,
+    /// The built issuer whose backend gave this answer, when the PKI answered: an issuer
+    /// fault is only recorded against that build, never against a rebuild (rotated
+    /// credentials) that the answer says nothing about.
+    answered_by: Option<Arc<IssuerEntry>>,
     plan: Plan,
     /// Failed attempts to write it so far (for backoff).
     write_failures: u32,
@@ -85,8 +89,17 @@ impl Unwritten {
         Unwritten {
             uid,
             issuer,
+            answered_by: None,
             plan,
             write_failures: 0,
+        }
+    }
+
+    /// A result the PKI gave through `entry`'s backend.
+    fn answered(uid: String, issuer: IssuerKey, entry: Arc<IssuerEntry>, plan: Plan) -> Self {
+        Unwritten {
+            answered_by: Some(entry),
+            ..Unwritten::new(uid, Some(issuer), plan)
         }
     }
 }
@@ -141,8 +154,6 @@ pub(crate) struct Shared {
     /// Cancelled when the engine must stop signing (shutdown or lost leadership): no
     /// new call reaches a PKI after this, even from a worker already past its checks.
     stopping: CancellationToken,
-    /// The Ready health last written per issuer, to skip identical writes.
-    issuer_written: Mutex<HashMap<IssuerKey, (Health, Option<i64>)>>,
 }
 
 /// The reconcile engine for the issuer kinds `K`.
@@ -180,7 +191,6 @@ impl<K: IssuerKinds> Engine<K> {
             issuer_queue: WorkQueue::new(),
             issuer_watchers_synced: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
-            issuer_written: Mutex::default(),
         };
         Engine {
             shared: Arc::new(shared),
@@ -382,7 +392,19 @@ async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
         };
         let meta = match event {
             Ok(Event::Apply(m) | Event::InitApply(m) | Event::Delete(m)) => m,
-            Ok(_) => continue,
+            // After a (re)list, every issuer that uses a Secret is looked at: a Secret
+            // deleted while the watch was down shows only as an absence from the list.
+            Ok(Event::InitDone) => {
+                let issuers: HashSet<IssuerKey> = lock(&s.secret_index)
+                    .values()
+                    .flat_map(|set| set.iter().cloned())
+                    .collect();
+                for issuer in issuers {
+                    s.issuer_queue.add(issuer);
+                }
+                continue;
+            }
+            Ok(Event::Init) => continue,
             Err(e) => {
                 warn!(error = %e, "secret watch failed; retrying");
                 continue;
@@ -582,8 +604,12 @@ impl Shared {
     async fn reconcile_request(&self, key: &RequestKey) {
         // A result that could not be written yet is written before anything else, so
         // that a failed write never leads to a second submission.
+        // Anything else (waiting for the issuer, deferred, denied, invalid) carries no
+        // PKI result and is decided afresh: the issuer may have become usable meanwhile.
         let unwritten = lock(&self.unwritten).remove(key);
-        if let Some(pending) = unwritten {
+        if let Some(pending) = unwritten
+            && pending.answered_by.is_some()
+        {
             self.apply(key, pending, None).await;
             return;
         }
@@ -709,7 +735,7 @@ impl Shared {
         let full = match api.get(&key.name).await {
             Ok(full) => full,
             Err(e) if api_code(&e) == Some(404) => {
-                lock(&self.requests).remove(key);
+                self.forget_request(key, uid);
                 return;
             }
             Err(e) => {
@@ -725,7 +751,7 @@ impl Shared {
             return;
         }
         if full.is_terminal() {
-            lock(&self.requests).remove(key);
+            self.forget_request(key, uid);
             return;
         }
         let pending_id = full
@@ -774,7 +800,7 @@ impl Shared {
         );
         permit.record(plan.breaker);
         self.reflect_breaker(&issuer, &entry, plan.breaker).await;
-        let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
+        let pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);
         self.apply(key, pending, Some(full)).await;
     }
 
@@ -837,7 +863,7 @@ impl Shared {
             return;
         }
         if full.is_terminal() {
-            lock(&self.requests).remove(key);
+            self.forget_request(key, &pending.uid);
             return;
         }
         let plan = &pending.plan;
@@ -869,7 +895,7 @@ impl Shared {
             Ok(Some(written)) => full = written,
             Ok(None) => {
                 // Became terminal meanwhile, was replaced, or was deleted.
-                lock(&self.requests).remove(key);
+                self.forget_request(key, &pending.uid);
                 return;
             }
             Err(e) => {
@@ -915,21 +941,41 @@ impl Shared {
                     .observe_approval_to_ready(&label, seconds.max(0.0));
             }
         }
-        // 5. The issuer, when it is at fault.
+        // 5. The issuer, when it is at fault: the build that answered, if it is still
+        //    the current one. An answer from a build since replaced (credentials rotated
+        //    mid-call) says nothing about the new one; the request tries that at once.
+        let mut rebuilt_meanwhile = false;
         if let (Some((reason, message)), Some(issuer)) = (&plan.issuer_fault, &pending.issuer) {
-            let entry = lock(&self.issuers).get(issuer).cloned();
-            if let Some(entry) = entry
-                && entry.set_health(Health {
-                    reason,
-                    message: message.clone(),
-                })
-            {
-                self.write_issuer_status(issuer, &entry).await;
+            let current = lock(&self.issuers).get(issuer).cloned();
+            match (current, &pending.answered_by) {
+                (Some(current), Some(answered_by)) if !Arc::ptr_eq(&current, answered_by) => {
+                    rebuilt_meanwhile = true;
+                }
+                (Some(current), _) => {
+                    if current.set_health(Health {
+                        reason,
+                        message: message.clone(),
+                    }) {
+                        self.write_issuer_status(issuer, &current).await;
+                    }
+                }
+                (None, _) => {}
             }
         }
-        // 6. When to look again.
+        // 6. When to look again (only for this object: a namesake created meanwhile has
+        //    its own entry and is looked at afresh).
         let digest = hash_of(plan.status.reason, &plan.status.message);
         let mut requests = lock(&self.requests);
+        let same_object = requests
+            .get(key)
+            .is_some_and(|e| e.cached.metadata.uid.as_deref() == Some(pending.uid.as_str()));
+        if !same_object {
+            drop(requests);
+            if lock(&self.requests).contains_key(key) {
+                self.request_queue.add(key.clone());
+            }
+            return;
+        }
         match plan.requeue {
             Requeue::Never => {
                 requests.remove(key);
@@ -944,8 +990,30 @@ impl Shared {
                     };
                 }
                 drop(requests);
+                let delay = if rebuilt_meanwhile {
+                    Duration::ZERO
+                } else {
+                    delay
+                };
                 self.schedule(key, delay);
             }
+        }
+    }
+
+    /// Drops a request from the cache once nothing more is needed of the object `uid`
+    /// (finished, terminal or deleted). A namesake created meanwhile under another uid
+    /// keeps its entry and is looked at.
+    fn forget_request(&self, key: &RequestKey, uid: &str) {
+        let mut requests = lock(&self.requests);
+        match requests.get(key) {
+            Some(entry) if entry.cached.metadata.uid.as_deref() == Some(uid) => {
+                requests.remove(key);
+            }
+            Some(_) => {
+                drop(requests);
+                self.request_queue.add(key.clone());
+            }
+            None => {}
         }
     }
 
@@ -1016,7 +1084,6 @@ impl Shared {
                 self.metrics.forget_issuer(&label);
             }
             lock(&self.last_checked).remove(key);
-            lock(&self.issuer_written).remove(key);
             self.index_secrets(key, None);
             self.requeue_requests_for(key, true);
             return;
@@ -1185,10 +1252,9 @@ impl Shared {
             Some(s) => (s.conditions.clone(), s.generation),
             None => return,
         };
+        // Written when the object's Ready condition (as last watched or written) differs:
+        // a recreated issuer, or a status someone cleared, is written again.
         let health = entry.health();
-        if lock(&self.issuer_written).get(key) == Some(&(health.clone(), generation)) {
-            return;
-        }
         let backend = entry.spec.backend_kind().map(|k| k.as_str());
         let Some(patch) = crate::issuers::status_patch(
             &conditions,
@@ -1214,7 +1280,6 @@ impl Shared {
             .await
         {
             Ok(written) => {
-                lock(&self.issuer_written).insert(key.clone(), (health.clone(), generation));
                 if let Some(snapshot) = lock(&self.snapshots).get_mut(key)
                     && let Some(conditions) = written
                         .data

@@ -11,7 +11,7 @@ use certwright_api::{
 use certwright_engine::decide::Backoff;
 use certwright_engine::metrics::Metrics;
 use certwright_engine::{CertwrightIssuers, Engine, EngineConfig};
-use certwright_testkit::apiserver::ApiServer;
+use certwright_testkit::apiserver::{ApiServer, ApiServerOptions};
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -66,8 +66,15 @@ pub fn fast_config() -> EngineConfig {
 impl Env {
     /// A fresh API server with the CRDs installed, and no engine yet.
     pub async fn new() -> Env {
+        Env::new_with(ApiServerOptions::new()).await
+    }
+
+    /// [`Env::new`] on an API server with these options.
+    pub async fn new_with(options: ApiServerOptions) -> Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let server = ApiServer::start().await.expect("API server starts");
+        let server = ApiServer::start_with(options)
+            .await
+            .expect("API server starts");
         server
             .register_crds_yaml(certwright_testkit::crds::CERT_MANAGER)
             .unwrap();

@@ -1,0 +1,222 @@
+//! Interleavings of watch events, work and writes that once left a request or an issuer
+//! with a stale status or never looked at again. Each test forces its interleaving with
+//! the testkit API server's delays and faults, so it fails the same way every time
+//! without the fix.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use certwright_api::{Base64Bytes, InternalClusterIssuer, IssuerSpec, RestBackend};
+use certwright_testkit::apiserver::{ApiServerOptions, Method};
+use certwright_testkit::rest_sim::{RestSimulator, SimAuth};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::Api;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
+
+const CR: &str = "certificaterequests.cert-manager.io";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_recreated_while_its_result_is_written_is_issued_afresh() {
+    // cert-manager reuses a request's name. The old object is deleted and a new one
+    // created and approved while the old one's result waits to be written: the write
+    // then conflicts, and the new object must still be signed.
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    env.server.faults().delay_next(
+        Method::PATCH,
+        "certificaterequests/r1/status",
+        Duration::from_millis(1500),
+        1,
+    );
+    let first = env.request("apps", "r1", cluster_ref("dev")).await;
+    env.approve_in_store("apps", "r1");
+    eventually("the first result's write to be under way", || {
+        env.server
+            .count(Method::PATCH, "certificaterequests/r1/status")
+            >= 1
+    })
+    .await;
+    env.server.delete_json(CR, "apps", "r1").unwrap();
+    let second = env.request("apps", "r1", cluster_ref("dev")).await;
+    assert_ne!(first.metadata.uid, second.metadata.uid);
+    env.approve_in_store("apps", "r1");
+
+    let issued = env.wait_ready_reason("apps", "r1", "Issued").await;
+    assert_eq!(issued.metadata.uid, second.metadata.uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_rotated_credentials_does_not_mark_the_rebuilt_issuer() {
+    // A request is signed with the old token while the token is rotated: the CA refuses
+    // it (401), but by then the issuer was rebuilt with the new token. The refusal says
+    // nothing about the new build: the issuer stays Verified and the request is signed
+    // with the new token at once, not after the five-minute wait for an issuer change.
+    let env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    sim.set_auth(SimAuth::Bearer("old".into()));
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), CLUSTER_NS);
+    let token = |value: &str| Secret {
+        metadata: ObjectMeta {
+            name: Some("rest-auth".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "token".to_string(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &token("old"))
+        .await
+        .unwrap();
+    env.cluster_issuer(
+        "corp",
+        IssuerSpec {
+            rest: Some(RestBackend {
+                url: sim.url(),
+                auth_secret_name: Some("rest-auth".into()),
+                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                timeout: Some("2s".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+
+    // The engine reads the request just before signing; hold that read while the
+    // credentials are rotated on both sides.
+    env.server.faults().delay_next(
+        Method::GET,
+        "certificaterequests/rot",
+        Duration::from_millis(1500),
+        1,
+    );
+    env.request("apps", "rot", cluster_ref("corp")).await;
+    env.approve_in_store("apps", "rot");
+    eventually("the engine to read the request", || {
+        env.server.count(Method::GET, "certificaterequests/rot") >= 1
+    })
+    .await;
+    sim.set_auth(SimAuth::Bearer("new".into()));
+    secrets
+        .replace("rest-auth", &PostParams::default(), &{
+            let mut s = token("new");
+            s.metadata.resource_version = secrets
+                .get("rest-auth")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version;
+            s
+        })
+        .await
+        .unwrap();
+
+    env.wait_ready_reason("apps", "rot", "Issued").await;
+    assert_eq!(sim.sign_submissions(), 2, "one refused, one signed");
+    let issuer = env.wait_cluster_issuer("corp", "Verified").await;
+    assert_eq!(issuer.status.unwrap().conditions.len(), 1);
+    let events: Api<Event> = Api::all(env.client.clone());
+    let unauthorized = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Unauthorized"))
+        .count();
+    assert_eq!(unauthorized, 0, "the issuer was never marked Unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_status_cleared_by_someone_else_is_written_again() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    let issuers: Api<InternalClusterIssuer> = Api::all(env.client.clone());
+    issuers
+        .patch_status(
+            "dev",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": []}})),
+        )
+        .await
+        .unwrap();
+    env.wait_cluster_issuer("dev", "Verified").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_status_that_could_not_be_written_is_decided_afresh() {
+    // "Waiting for the issuer" could not be written (the read before the write fails);
+    // the issuer appears, usable, before the retry. The retry must sign, not write the
+    // stale wait and sleep until the five-minute backstop.
+    let env = Env::start().await;
+    env.request("apps", "early", cluster_ref("late")).await;
+    let faults = env.server.faults();
+    faults.delay_next(
+        Method::GET,
+        "certificaterequests/early",
+        Duration::from_millis(1500),
+        1,
+    );
+    faults.fail_next(Method::GET, "certificaterequests/early", 500, 1);
+    env.approve_in_store("apps", "early");
+    eventually("the engine to read the request to write the wait", || {
+        env.server.count(Method::GET, "certificaterequests/early") >= 1
+    })
+    .await;
+    env.ca_secret(CLUSTER_NS, "late-ca").await;
+    env.cluster_issuer("late", ca_spec("late-ca")).await;
+
+    env.wait_ready_reason("apps", "early", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deleted_while_its_watch_was_down_is_noticed_after_the_relist() {
+    // The Secret watch is down while the CA Secret is deleted and more changes follow
+    // than the API server remembers: the watch must list again, and the deletion shows
+    // only as an absence from that list. The issuer must still notice.
+    let mut env = Env::new_with(ApiServerOptions::new().history_limit(5)).await;
+    env.start_engine(support::fast_config());
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    let watches = env.server.open_watches();
+
+    // Only the Secret watch stays down for a while (its next two tries fail); the
+    // others come back at once.
+    env.server
+        .faults()
+        .fail_next(Method::GET, "/api/v1/secrets", 500, 2);
+    env.server.drop_watches();
+    eventually("every other watch to be back", || {
+        env.server.open_watches() == watches - 1
+    })
+    .await;
+    env.server
+        .delete_json("secrets", CLUSTER_NS, "dev-ca")
+        .unwrap();
+    for i in 0..10 {
+        env.server
+            .create_json(
+                "secrets",
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": format!("filler-{i}"), "namespace": "other"}}),
+            )
+            .unwrap();
+    }
+
+    env.wait_cluster_issuer("dev", "SecretNotFound").await;
+}
