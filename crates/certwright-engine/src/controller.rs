@@ -602,10 +602,10 @@ impl Shared {
     // ---- requests -------------------------------------------------------------
 
     async fn reconcile_request(&self, key: &RequestKey) {
-        // A result that could not be written yet is written before anything else, so
-        // that a failed write never leads to a second submission.
-        // Anything else (waiting for the issuer, deferred, denied, invalid) carries no
-        // PKI result and is decided afresh: the issuer may have become usable meanwhile.
+        // A PKI answer that could not be written yet is written before anything else, so
+        // that a failed write never leads to a second submission. Any other unwritten
+        // status (waiting for the issuer, deferred, denied, invalid) carries no PKI
+        // result and is decided afresh: the issuer may have become usable meanwhile.
         let unwritten = lock(&self.unwritten).remove(key);
         if let Some(pending) = unwritten
             && pending.answered_by.is_some()
