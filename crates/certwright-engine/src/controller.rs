@@ -966,14 +966,7 @@ impl Shared {
         //    its own entry and is looked at afresh).
         let digest = hash_of(plan.status.reason, &plan.status.message);
         let mut requests = lock(&self.requests);
-        let same_object = requests
-            .get(key)
-            .is_some_and(|e| e.cached.metadata.uid.as_deref() == Some(pending.uid.as_str()));
-        if !same_object {
-            drop(requests);
-            if lock(&self.requests).contains_key(key) {
-                self.request_queue.add(key.clone());
-            }
+        if !self.owns_entry(&requests, key, &pending.uid) {
             return;
         }
         match plan.requeue {
@@ -1005,15 +998,27 @@ impl Shared {
     /// keeps its entry and is looked at.
     fn forget_request(&self, key: &RequestKey, uid: &str) {
         let mut requests = lock(&self.requests);
+        if self.owns_entry(&requests, key, uid) {
+            requests.remove(key);
+        }
+    }
+
+    /// Whether the cache entry under `key` is the object `uid`. When a namesake (another
+    /// uid) holds it, that one is queued to be looked at afresh.
+    fn owns_entry(
+        &self,
+        requests: &HashMap<RequestKey, RequestEntry>,
+        key: &RequestKey,
+        uid: &str,
+    ) -> bool {
         match requests.get(key) {
-            Some(entry) if entry.cached.metadata.uid.as_deref() == Some(uid) => {
-                requests.remove(key);
-            }
+            Some(entry) if entry.cached.metadata.uid.as_deref() == Some(uid) => true,
             Some(_) => {
-                drop(requests);
+                // The queue has its own lock and never takes this one.
                 self.request_queue.add(key.clone());
+                false
             }
-            None => {}
+            None => false,
         }
     }
 
