@@ -17,8 +17,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 /// The webhook process; killed if the test ends without stopping it.
@@ -99,17 +97,7 @@ impl Webhook {
 
     /// An HTTPS client that trusts only `ca_pem` and reaches `localhost` at the webhook.
     fn client(&self, ca_pem: &str) -> reqwest::Client {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = certwright_testkit::tls::client_config(ca_pem.as_bytes()).unwrap();
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .resolve("localhost", self.addr)

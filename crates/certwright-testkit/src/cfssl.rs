@@ -97,22 +97,11 @@ enum NotListening {
 /// and a connect to a port nothing listens on can even succeed by connecting the socket
 /// to itself (TCP simultaneous open). Only this server holds a certificate from its CA.
 fn is_our_server(addr: SocketAddr, tls_ca_pem: &str) -> Result<(), String> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
     use std::io::Write as _;
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(tls_ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| format!("TLS CA: {e}"))?;
-        roots.add(cert).map_err(|e| format!("TLS CA: {e}"))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        crate::tls::client_config(tls_ca_pem.as_bytes()).map_err(|e| format!("TLS CA: {e}"))?;
     let mut tls = rustls::ClientConnection::new(
         std::sync::Arc::new(config),
         ServerName::try_from("localhost").map_err(|e| e.to_string())?,

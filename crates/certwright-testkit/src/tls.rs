@@ -116,6 +116,32 @@ impl Drop for RunningServer {
     }
 }
 
+/// A rustls (ring) client configuration that trusts only the certificates in `ca_pem`:
+/// what a test needs to talk to one of the testkit's TLS servers, or to check who
+/// answers on a port.
+///
+/// # Errors
+/// When `ca_pem` is not PEM, holds an unusable certificate, or holds none.
+pub fn client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("not PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("an unusable certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate".to_string());
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("no TLS version available: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
 /// A port on 127.0.0.1 that nothing listens on (it was free a moment ago), never the
 /// same port twice in one process.
 ///
@@ -314,6 +340,17 @@ mod tests {
     }
 
     #[test]
+    fn a_client_config_needs_a_certificate() {
+        assert_eq!(client_config(b"").expect_err("empty"), "no certificate");
+        assert_eq!(
+            client_config(b"not pem at all").expect_err("no PEM block"),
+            "no certificate"
+        );
+        let ca = TestCa::root(KeyKind::EcdsaP256, "client config CA");
+        assert!(client_config(ca.cert_pem().as_bytes()).is_ok());
+    }
+
+    #[test]
     fn a_refused_port_refuses_and_cannot_be_taken() {
         let port = refused_port();
         let err = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect_err("refused");
@@ -332,17 +369,7 @@ mod tests {
         assert!(server.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
 
         // A raw TLS handshake trusting the server's CA succeeds.
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(server.ca_pem().as_bytes()) {
-            roots.add(cert.expect("pem")).expect("root");
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = client_config(server.ca_pem().as_bytes()).expect("client config");
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(server.addr)
             .await

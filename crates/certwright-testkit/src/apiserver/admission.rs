@@ -589,24 +589,7 @@ impl Clients {
 
 /// reqwest over rustls (ring) trusting only `ca_pem`, never following redirects.
 fn https_client(ca_pem: &[u8]) -> Result<reqwest::Client, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| format!("the caBundle is not PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("the caBundle holds an unusable certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("the caBundle holds no certificate".to_string());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("no TLS version available: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = crate::tls::client_config(ca_pem).map_err(|e| format!("the caBundle: {e}"))?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
