@@ -2,14 +2,12 @@
 //! talks HTTP to it exactly as to a cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, issued_chain, namespaced_ref};
 use certwright_api::{Base64Bytes, IssuerSpec, PENDING_ID_ANNOTATION, RestBackend};
 use certwright_testkit::apiserver::Method;
 use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
-use support::{CLUSTER_NS, Env, ca_spec, cluster_ref, issued_chain, namespaced_ref};
 
 fn rest_spec(sim: &RestSimulator) -> IssuerSpec {
     IssuerSpec {
@@ -281,7 +279,7 @@ async fn a_ca_side_pending_request_is_persisted_polled_and_never_resubmitted() {
     })
     .await;
     // Polls happen (at the CA's pace, at least a second apart), submissions do not.
-    support::eventually("two polls", || sim.polls() >= 2).await;
+    crate::support::eventually("two polls", || sim.polls() >= 2).await;
     assert_eq!(sim.sign_submissions(), 1);
     assert!(sim.approve(&id));
     env.wait_ready_reason("apps", "held", "Issued").await;
@@ -437,7 +435,7 @@ async fn a_restart_with_a_thousand_completed_requests_makes_no_backend_calls() {
             .create_json("certificaterequests.cert-manager.io", object)
             .unwrap();
     }
-    env.start_engine(support::fast_config());
+    env.start_engine(crate::support::fast_config());
     env.wait_cluster_issuer("corp", "Verified").await;
     env.request("apps", "fresh", cluster_ref("corp")).await;
     env.approve("apps", "fresh").await;
@@ -510,7 +508,7 @@ async fn shutdown_waits_for_in_flight_signing_and_its_write() {
     );
     env.request("apps", "last", cluster_ref("corp")).await;
     env.approve("apps", "last").await;
-    support::eventually("the CA to receive the request", || {
+    crate::support::eventually("the CA to receive the request", || {
         sim.sign_submissions() == 1
     })
     .await;

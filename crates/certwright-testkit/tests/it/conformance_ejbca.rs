@@ -133,7 +133,7 @@ impl Harness for EjbcaHarness {
             ),
             // A 201 with truncated JSON means EJBCA signed: the backend fails such a
             // request as Misconfigured, never retryable, rather than enroll again
-            // (tests/ejbca.rs covers it).
+            // (the `ejbca` tests cover it).
             Scenario::TruncatedJson => return None,
             Scenario::Oversized => (
                 Behaviour::Oversized(4 * 1024 * 1024),

@@ -2,15 +2,13 @@
 //! engine serves CertificateRequests naming those kinds and ignores certwright's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, fast_config};
 use certwright_api::{Condition, IssuerRef, IssuerSpec};
 use certwright_engine::{Engine, IssuerKinds, IssuerResource};
 use kube::api::PostParams;
 use kube::{Api, CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use support::{CLUSTER_NS, Env, ca_spec, cluster_ref, fast_config};
 
 /// The embedder's spec: certwright's issuer spec plus a field of their own.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]

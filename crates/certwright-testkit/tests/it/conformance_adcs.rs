@@ -86,7 +86,7 @@ impl Harness for AdcsHarness {
             Scenario::Html200 => (Behaviour::Html200, self.sim.url(), sim_ca, timeout),
             // certsrv speaks no JSON; its analogue is the CA chain cut short, read before
             // submitting. (A certificate cut short in the answer to the submission is final:
-            // `tests/adcs.rs`.)
+            // the `adcs` tests.)
             Scenario::TruncatedJson => (Behaviour::TruncatedChain, self.sim.url(), sim_ca, timeout),
             Scenario::Oversized => (
                 Behaviour::Oversized(4 * 1024 * 1024),

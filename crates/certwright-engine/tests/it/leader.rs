@@ -2,16 +2,14 @@
 //! graceful stop hands over at once, a leader that cannot renew stops at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::Env;
 use certwright_engine::Error;
 use certwright_engine::leader::{LeaderElector, LeaseConfig};
 use certwright_testkit::apiserver::Method;
-use support::Env;
 use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> LeaseConfig {
@@ -66,7 +64,7 @@ async fn one_leader_at_a_time_and_a_graceful_stop_hands_over() {
         let (stop, work) = (stop_a.clone(), work(running.clone(), overlap.clone()));
         async move { a.run(stop, work).await }
     });
-    support::eventually("replica-a to lead", || running.load(Ordering::SeqCst) == 1).await;
+    crate::support::eventually("replica-a to lead", || running.load(Ordering::SeqCst) == 1).await;
     let task_b = tokio::spawn({
         let (stop, work) = (stop_b.clone(), work(running.clone(), overlap.clone()));
         async move { b.run(stop, work).await }
@@ -99,7 +97,7 @@ async fn one_leader_at_a_time_and_a_graceful_stop_hands_over() {
             .unwrap()["spec"]["holderIdentity"]
             .clone()
     };
-    support::eventually("replica-b to take over", || {
+    crate::support::eventually("replica-b to take over", || {
         holder() == "replica-b" && running.load(Ordering::SeqCst) == 1
     })
     .await;
@@ -126,7 +124,7 @@ async fn a_leader_that_cannot_renew_stops_at_once() {
         let work = work(running.clone(), overlap.clone());
         async move { elector.run(CancellationToken::new(), work).await }
     });
-    support::eventually("the elector to lead", || {
+    crate::support::eventually("the elector to lead", || {
         running.load(Ordering::SeqCst) == 1
     })
     .await;

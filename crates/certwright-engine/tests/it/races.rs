@@ -4,11 +4,10 @@
 //! without the fix.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
 use certwright_api::{Base64Bytes, InternalClusterIssuer, IssuerSpec, RestBackend};
 use certwright_testkit::apiserver::{ApiServerOptions, Method};
 use certwright_testkit::rest_sim::{RestSimulator, SimAuth};
@@ -17,7 +16,6 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
 
 const CR: &str = "certificaterequests.cert-manager.io";
 
@@ -189,7 +187,7 @@ async fn a_secret_deleted_while_its_watch_was_down_is_noticed_after_the_relist()
     // than the API server remembers: the watch must list again, and the deletion shows
     // only as an absence from that list. The issuer must still notice.
     let mut env = Env::new_with(ApiServerOptions::new().history_limit(5)).await;
-    env.start_engine(support::fast_config());
+    env.start_engine(crate::support::fast_config());
     env.ca_secret(CLUSTER_NS, "dev-ca").await;
     env.cluster_issuer("dev", ca_spec("dev-ca")).await;
     env.wait_cluster_issuer("dev", "Verified").await;

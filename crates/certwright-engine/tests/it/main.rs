@@ -1,0 +1,10 @@
+//! Engine tests against the in-memory API server.
+//!
+//! One test binary per crate: every integration test links the whole dependency
+//! tree, so separate binaries cost a link and tens of megabytes each.
+
+mod embedding;
+mod flow;
+mod leader;
+mod races;
+mod support;
