@@ -169,7 +169,41 @@ fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
     Ok(())
 }
 
+/// Free space a run of `cargo xtask test` from an empty `target/` needs, with
+/// `CARGO_INCREMENTAL=0` as CI sets it (measured: docs/testing.md).
+const TEST_DISK_NEED_MIB: u64 = 2048;
+
+/// Says how much disk is free where `target/` lives, and warns when a test run from
+/// scratch may not fit: a full disk otherwise shows up as an obscure linker or LLVM
+/// I/O error in the middle of the build.
+fn report_free_disk() {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let probe = if target.exists() { target } else { root() };
+    let Ok(out) = Command::new("df").arg("-Pk").arg(&probe).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(free_kib) = text
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|field| field.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let free_mib = free_kib / 1024;
+    println!("==> {free_mib} MiB free for {}", probe.display());
+    if free_mib < TEST_DISK_NEED_MIB {
+        eprintln!(
+            "warning: a test run from an empty target/ needs about {TEST_DISK_NEED_MIB} MiB; \
+             only {free_mib} MiB are free"
+        );
+    }
+}
+
 fn test() -> Result<()> {
+    report_free_disk();
     // The REST adapter is tested against a real CA server.
     ensure_debian_package("cfssl", "golang-cfssl")?;
     cargo(&["fmt", "--all", "--", "--check"])?;
