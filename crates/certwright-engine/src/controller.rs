@@ -332,6 +332,7 @@ async fn watch_issuers<R: IssuerResource>(
                     generation: obj.meta().generation,
                     spec: obj.issuer_spec().clone(),
                     conditions: obj.conditions().to_vec(),
+                    resource_version: obj.meta().resource_version.clone(),
                     secret_names: obj.secret_names(),
                     build: {
                         let obj = obj.clone();
@@ -1253,8 +1254,12 @@ impl Shared {
     }
 
     async fn write_issuer_status(&self, key: &IssuerKey, entry: &IssuerEntry) {
-        let (conditions, generation) = match lock(&self.snapshots).get(key) {
-            Some(s) => (s.conditions.clone(), s.generation),
+        let (conditions, generation, read_from) = match lock(&self.snapshots).get(key) {
+            Some(s) => (
+                s.conditions.clone(),
+                s.generation,
+                s.resource_version.clone(),
+            ),
             None => return,
         };
         // Written when the object's Ready condition (as last watched or written) differs:
@@ -1285,13 +1290,18 @@ impl Shared {
             .await
         {
             Ok(written) => {
+                // What was written stands in for the watch event still on its way, unless
+                // a newer event came first (someone may have changed the status since):
+                // then the watch is the fresher account, and the written one is stale.
                 if let Some(snapshot) = lock(&self.snapshots).get_mut(key)
+                    && snapshot.resource_version == read_from
                     && let Some(conditions) = written
                         .data
                         .pointer("/status/conditions")
                         .and_then(|c| serde_json::from_value::<Vec<Condition>>(c.clone()).ok())
                 {
                     snapshot.conditions = conditions;
+                    snapshot.resource_version = written.metadata.resource_version.clone();
                 }
                 let label = self.issuer_label(key);
                 let reference = ObjectReference {

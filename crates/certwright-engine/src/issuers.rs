@@ -33,6 +33,9 @@ pub(crate) struct Snapshot {
     pub(crate) generation: Option<i64>,
     pub(crate) spec: IssuerSpec,
     pub(crate) conditions: Vec<Condition>,
+    /// The resourceVersion `conditions` were read from: a written status only replaces
+    /// them while no newer watch event has.
+    pub(crate) resource_version: Option<String>,
     pub(crate) secret_names: Vec<String>,
     pub(crate) build: BuildFn,
 }

@@ -156,6 +156,47 @@ async fn an_issuer_status_cleared_by_someone_else_is_written_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_status_cleared_while_the_engine_awaits_its_write_is_written_again() {
+    // The engine restores a cleared status, but hears the answer to its write late: by
+    // then the watch has told it of the write and of a second clearing. The late answer
+    // must not stand for the newer, cleared status (the issuer would stay without a
+    // Ready condition until it next changed).
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    // Cleared in the store, so the held-answer rule below only catches the engine.
+    let resource = "internalclusterissuers.pki.certwright.io";
+    let clear = || {
+        let mut issuer = env.server.get_json(resource, "", "dev").unwrap();
+        issuer["status"]["conditions"] = json!([]);
+        env.server.put_json(resource, issuer).unwrap();
+    };
+    let ready_reason = || {
+        env.server.get_json(resource, "", "dev").and_then(|issuer| {
+            issuer["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .and_then(|c| c["reason"].as_str().map(str::to_string))
+        })
+    };
+    env.server.faults().delay_answer_next(
+        Method::PATCH,
+        "internalclusterissuers/dev/status",
+        Duration::from_secs(3),
+        1,
+    );
+    clear();
+    eventually("the engine to write the status again", || {
+        ready_reason().as_deref() == Some("Verified")
+    })
+    .await;
+    clear();
+    env.wait_cluster_issuer("dev", "Verified").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_status_that_could_not_be_written_is_decided_afresh() {
     // "Waiting for the issuer" could not be written (the read before the write fails);
     // the issuer appears, usable, before the retry. The retry must sign, not write the

@@ -1,4 +1,4 @@
-//! Fault injection (answer an error, or answer late, on matching calls) and the log of
+//! Fault injection (answer an error, handle late, or answer late, on matching calls) and the log of
 //! the calls the server received, so that a test can provoke retries and assert that
 //! no call was missing or extra. How rules match: see [`Faults`].
 
@@ -81,6 +81,9 @@ enum Action {
         rng: SplitMix64,
     },
     Delay(Duration),
+    /// Handles the call at once (the store changes, watchers hear of it) and holds the
+    /// answer back.
+    DelayAnswer(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +99,8 @@ struct Rule {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Decision {
     pub(crate) delay: Option<Duration>,
+    /// How long to hold the answer back after handling the call.
+    pub(crate) answer_delay: Option<Duration>,
     pub(crate) fail: Option<u16>,
 }
 
@@ -108,9 +113,9 @@ pub(crate) struct Decision {
 /// `""` every call. List and watch calls share a path; both match.
 ///
 /// Failures answer before the store is touched, so a failed write changed nothing.
-/// Rules are checked in the order they were added: the first matching delay rule and
-/// the first matching failure rule each spend one call, so a call may be delayed and
-/// then failed. A probabilistic rule ([`Faults::fail_ratio`]) fails a matching call
+/// Rules are checked in the order they were added: the first matching delay rule, the
+/// first matching answer-delay rule and the first matching failure rule each spend one
+/// call, so a call may be delayed and then failed. A probabilistic rule ([`Faults::fail_ratio`]) fails a matching call
 /// only when its draw says so; when it does not, later rules still apply.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -211,6 +216,24 @@ impl Faults {
         });
     }
 
+    /// Handles the next `times` matching calls at once, so the store changes and watchers
+    /// hear of it, but holds each answer back by `delay`: the caller learns of its own
+    /// write after the rest of the world, as over a slow network.
+    pub fn delay_answer_next(
+        &self,
+        method: impl Into<MethodMatch>,
+        pattern: impl Into<String>,
+        delay: Duration,
+        times: usize,
+    ) {
+        self.rules().push(Rule {
+            method: method.into(),
+            pattern: pattern.into(),
+            action: Action::DelayAnswer(delay),
+            remaining: Some(times),
+        });
+    }
+
     /// Removes every rule.
     pub fn clear(&self) {
         self.rules().clear();
@@ -242,6 +265,10 @@ impl Faults {
                     Action::Delay(d) => {
                         v["delayMs"] = json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                     }
+                    Action::DelayAnswer(d) => {
+                        v["answerDelayMs"] =
+                            json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    }
                 }
                 if let Some(n) = rule.remaining {
                     v["times"] = json!(n);
@@ -251,8 +278,8 @@ impl Faults {
             .collect()
     }
 
-    /// The first matching delay rule and the first matching failure rule each spend one
-    /// of their calls; a call may be both delayed and then failed.
+    /// The first matching delay, answer-delay and failure rules each spend one of their
+    /// calls; a call may be both delayed and then failed.
     pub(crate) fn decide(&self, method: &Method, path: &str) -> Decision {
         let mut rules = self.rules();
         let mut decision = Decision::default();
@@ -276,6 +303,10 @@ impl Faults {
                 }
                 Action::Delay(d) if decision.delay.is_none() => {
                     decision.delay = Some(*d);
+                    true
+                }
+                Action::DelayAnswer(d) if decision.answer_delay.is_none() => {
+                    decision.answer_delay = Some(*d);
                     true
                 }
                 _ => false,
@@ -387,6 +418,7 @@ mod tests {
             faults.decide(&Method::GET, "/api/v1/secrets"),
             Decision {
                 delay: Some(d),
+                answer_delay: None,
                 fail: Some(500)
             }
         );
@@ -399,6 +431,21 @@ mod tests {
             faults.decide(&Method::GET, "/api/v1/secrets"),
             Decision::default()
         );
+    }
+
+    #[test]
+    fn an_answer_delay_is_spent_apart_from_a_delay() {
+        let faults = Faults::default();
+        let d = Duration::from_millis(5);
+        faults.delay_answer_next(Method::PATCH, "/status", d, 1);
+        faults.delay_next(Method::PATCH, "/status", d, 1);
+        let first = faults.decide(&Method::PATCH, "/a/status");
+        assert_eq!((first.delay, first.answer_delay), (Some(d), Some(d)));
+        assert_eq!(
+            faults.decide(&Method::PATCH, "/a/status"),
+            Decision::default()
+        );
+        assert!(faults.is_empty());
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         // Upstream sends them with the answer, success or failure.
         admission::add_warning_headers(response.headers_mut(), &warnings);
     }
+    if let Some(delay) = decision.answer_delay {
+        tokio::time::sleep(delay).await;
+    }
     let status = response.status();
     shared
         .stats

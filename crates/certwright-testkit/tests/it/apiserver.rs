@@ -830,6 +830,45 @@ async fn injected_faults_fail_then_let_calls_through_and_delays_slow_them() -> a
 }
 
 #[tokio::test]
+async fn a_held_answer_comes_after_the_write_is_visible() -> anyhow::Result<()> {
+    let (server, client) = start().await?;
+    let widgets: Api<Widget> = Api::default_namespaced(client);
+    widgets
+        .create(&PostParams::default(), &widget("w", 1))
+        .await?;
+    server
+        .faults()
+        .delay_answer_next(Method::PATCH, "/status", Duration::from_secs(5), 1);
+    let writer = {
+        let widgets = widgets.clone();
+        tokio::spawn(async move {
+            let patch = Patch::Merge(json!({"status": {"ready": true}}));
+            widgets
+                .patch_status("w", &PatchParams::default(), &patch)
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while widgets.get("w").await?.status.is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "the held write never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        !writer.is_finished(),
+        "the writer had its answer before the write was visible"
+    );
+    let written = writer.await??;
+    ensure!(
+        written.status.is_some(),
+        "the held answer is the written object"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_request_log_counts_calls() -> anyhow::Result<()> {
     let (server, client) = start().await?;
     let widgets: Api<Widget> = Api::default_namespaced(client);
