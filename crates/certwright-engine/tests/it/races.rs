@@ -232,16 +232,16 @@ async fn a_secret_deleted_while_its_watch_was_down_is_noticed_after_the_relist()
     env.ca_secret(CLUSTER_NS, "dev-ca").await;
     env.cluster_issuer("dev", ca_spec("dev-ca")).await;
     env.wait_cluster_issuer("dev", "Verified").await;
-    let watches = env.server.open_watches();
 
-    // Only the Secret watch stays down for a while (its next two tries fail); the
-    // others come back at once.
-    env.server
-        .faults()
-        .fail_next(Method::GET, "/api/v1/secrets", 500, 2);
+    // Only the Secret watch stays down (every list and watch of Secrets fails) until
+    // the deletion and the changes after it are done; the other watches come back at
+    // once. A failed try proves its old stream is gone.
+    let faults = env.server.faults();
+    faults.fail_ratio(Method::GET, "/api/v1/secrets", 500, 1.0);
+    let injected = env.server.stats().injected_faults;
     env.server.drop_watches();
-    eventually("every other watch to be back", || {
-        env.server.open_watches() == watches - 1
+    eventually("the Secret watch to try again and fail", || {
+        env.server.stats().injected_faults > injected
     })
     .await;
     env.server
@@ -256,6 +256,7 @@ async fn a_secret_deleted_while_its_watch_was_down_is_noticed_after_the_relist()
             )
             .unwrap();
     }
+    faults.clear();
 
     env.wait_cluster_issuer("dev", "SecretNotFound").await;
 }
