@@ -67,6 +67,10 @@ struct RequestEntry {
     not_before: Option<Instant>,
     /// Hash of the last Ready reason and message written, to skip identical writes.
     last_written: Option<u64>,
+    /// Its issuer changed (became usable, or was rebuilt) after the last look at the
+    /// request began: until a look begins afresh, no backoff or poll time is set, since
+    /// one decided before the change would hold the request back for nothing.
+    woken: bool,
 }
 
 /// A result on its way to a request, kept until it is written.
@@ -546,6 +550,7 @@ impl Shared {
                             attempts: 0,
                             not_before: None,
                             last_written: None,
+                            woken: false,
                         },
                     );
                 }
@@ -569,6 +574,7 @@ impl Shared {
             if self.issuer_key_for(&entry.cached).as_ref() == Some(issuer) {
                 if now {
                     entry.not_before = None;
+                    entry.woken = true;
                 }
                 keys.push(key.clone());
             }
@@ -591,11 +597,22 @@ impl Shared {
             .is_some_and(|e| e.last_written == Some(digest))
     }
 
-    /// Schedules the next look at a request without touching the API server.
+    /// Schedules the next look at a request without touching the API server. When its
+    /// issuer changed while this look was under way, the next look comes at once
+    /// instead: what this one decided may be stale.
     fn schedule(&self, key: &RequestKey, delay: Duration) {
         let delay = delay.min(self.config.retry.max.max(crate::decide::ISSUER_BACKSTOP));
-        if let Some(entry) = lock(&self.requests).get_mut(key) {
-            entry.not_before = Instant::now().checked_add(delay);
+        let woken = match lock(&self.requests).get_mut(key) {
+            Some(entry) if entry.woken => true,
+            Some(entry) => {
+                entry.not_before = Instant::now().checked_add(delay);
+                false
+            }
+            None => false,
+        };
+        if woken {
+            self.request_queue.add(key.clone());
+            return;
         }
         self.request_queue.add_after(key.clone(), delay);
     }
@@ -615,9 +632,13 @@ impl Shared {
             return;
         }
         let (cached, not_before) = {
-            let requests = lock(&self.requests);
-            match requests.get(key) {
-                Some(e) => (e.cached.clone(), e.not_before),
+            let mut requests = lock(&self.requests);
+            match requests.get_mut(key) {
+                Some(e) => {
+                    // This look sees the issuer as it is now.
+                    e.woken = false;
+                    (e.cached.clone(), e.not_before)
+                }
                 None => return,
             }
         };

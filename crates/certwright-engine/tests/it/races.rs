@@ -223,6 +223,31 @@ async fn a_waiting_status_that_could_not_be_written_is_decided_afresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_that_becomes_usable_while_a_wait_is_written_does_not_hold_the_request() {
+    // The engine is writing "the issuer does not exist" (its read of the request is
+    // slow) when the issuer appears, usable. The wait it then schedules was decided
+    // before the issuer changed and must not hold the request back (for five minutes,
+    // the backstop of a wait for an issuer).
+    let env = Env::start().await;
+    env.request("apps", "early", cluster_ref("late")).await;
+    env.server.faults().delay_next(
+        Method::GET,
+        "certificaterequests/early",
+        Duration::from_millis(1500),
+        1,
+    );
+    env.approve_in_store("apps", "early");
+    eventually("the engine to read the request to write the wait", || {
+        env.server.count(Method::GET, "certificaterequests/early") >= 1
+    })
+    .await;
+    env.ca_secret(CLUSTER_NS, "late-ca").await;
+    env.cluster_issuer("late", ca_spec("late-ca")).await;
+
+    env.wait_ready_reason("apps", "early", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_deleted_while_its_watch_was_down_is_noticed_after_the_relist() {
     // The Secret watch is down while the CA Secret is deleted and more changes follow
     // than the API server remembers: the watch must list again, and the deletion shows
