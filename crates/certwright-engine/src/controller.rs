@@ -597,12 +597,14 @@ impl Shared {
             .is_some_and(|e| e.last_written == Some(digest))
     }
 
-    /// Schedules the next look at a request without touching the API server. When its
-    /// issuer changed while this look was under way, the next look comes at once
-    /// instead: what this one decided may be stale.
-    fn schedule(&self, key: &RequestKey, delay: Duration) {
+    /// Schedules the next look at the request `uid` without touching the API server. The
+    /// next look comes at once instead when its issuer changed while this look was under
+    /// way (what this one decided may be stale), or when a namesake holds the name now
+    /// (it has its own timing, and this decision says nothing about it).
+    fn schedule(&self, key: &RequestKey, uid: &str, delay: Duration) {
         let delay = delay.min(self.config.retry.max.max(crate::decide::ISSUER_BACKSTOP));
-        let woken = match lock(&self.requests).get_mut(key) {
+        let at_once = match lock(&self.requests).get_mut(key) {
+            Some(entry) if entry.cached.metadata.uid.as_deref() != Some(uid) => true,
             Some(entry) if entry.woken => true,
             Some(entry) => {
                 entry.not_before = Instant::now().checked_add(delay);
@@ -610,7 +612,7 @@ impl Shared {
             }
             None => false,
         };
-        if woken {
+        if at_once {
             self.request_queue.add(key.clone());
             return;
         }
@@ -701,7 +703,7 @@ impl Shared {
             // Nothing new to say: no read, no write.
             if self.already_written(key, &plan) {
                 if let Requeue::After(delay) | Requeue::IssuerChange(delay) = plan.requeue {
-                    self.schedule(key, delay);
+                    self.schedule(key, &uid, delay);
                 }
                 return;
             }
@@ -744,7 +746,7 @@ impl Shared {
                 );
                 if self.already_written(key, &plan) {
                     if let Requeue::After(delay) = plan.requeue {
-                        self.schedule(key, delay + spread(key));
+                        self.schedule(key, uid, delay + spread(key));
                     }
                     return;
                 }
@@ -762,7 +764,7 @@ impl Shared {
             }
             Err(e) => {
                 warn!(error = %e, "could not read the CertificateRequest; retrying");
-                self.schedule(key, self.config.retry.min);
+                self.schedule(key, uid, self.config.retry.min);
                 return;
             }
         };
@@ -1010,7 +1012,7 @@ impl Shared {
                 } else {
                     delay
                 };
-                self.schedule(key, delay);
+                self.schedule(key, &pending.uid, delay);
             }
         }
     }
@@ -1201,6 +1203,7 @@ impl Shared {
             .get(key)
             .is_none_or(|at| at.elapsed() >= interval);
         let was_usable = entry.health().usable();
+        let mut overruled = false;
         if let Some(backend) = entry.backend.clone()
             && (rebuilt || due)
         {
@@ -1235,7 +1238,11 @@ impl Shared {
                 }
             };
             lock(&self.last_checked).insert(key.clone(), Instant::now());
+            // A request may have marked the issuer (a refusal of its credentials) while
+            // the check ran; if the check undoes that, the request must hear of it.
+            let before = entry.health().usable();
             entry.set_health(health);
+            overruled = before != entry.health().usable();
         }
         let health = entry.health();
         if health.reason != REASON_VERIFIED || rebuilt {
@@ -1248,10 +1255,11 @@ impl Shared {
         self.write_issuer_status(key, &entry).await;
         // Requests for this issuer go at once when it was (re)built, which includes its
         // first check after it appeared (requests that saw it missing, or that arrived
-        // before this check, wait for this), and when it becomes usable. When it stops
-        // being usable, they are looked at again but keep their own backoff.
+        // before this check, wait for this), and when it becomes usable, also when the
+        // check overrules a request that marked it unusable while the check ran. When it
+        // stops being usable, they are looked at again but keep their own backoff.
         let usable = health.usable();
-        if rebuilt || usable != was_usable {
+        if rebuilt || usable != was_usable || overruled {
             self.requeue_requests_for(key, rebuilt || usable);
         }
         self.issuer_queue.add_after(key.clone(), interval);

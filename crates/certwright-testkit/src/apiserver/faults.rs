@@ -115,7 +115,7 @@ pub(crate) struct Decision {
 /// Failures answer before the store is touched, so a failed write changed nothing.
 /// Rules are checked in the order they were added: the first matching delay rule, the
 /// first matching answer-delay rule and the first matching failure rule each spend one
-/// call, so a call may be delayed and then failed. A probabilistic rule ([`Faults::fail_ratio`]) fails a matching call
+/// call, so a call may be delayed and then failed (its failure held back, too). A probabilistic rule ([`Faults::fail_ratio`]) fails a matching call
 /// only when its draw says so; when it does not, later rules still apply.
 #[derive(Debug, Default)]
 pub struct Faults {

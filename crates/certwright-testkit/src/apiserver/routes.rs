@@ -49,6 +49,10 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         tokio::time::sleep(delay).await;
     }
     if let Some(code) = decision.fail {
+        // A failure touches nothing; an answer delay still holds it back.
+        if let Some(delay) = decision.answer_delay {
+            tokio::time::sleep(delay).await;
+        }
         let response = ApiError::injected(code).into_response();
         shared.stats.record(&method, response.status(), true, false);
         return response;

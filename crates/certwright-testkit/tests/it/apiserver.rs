@@ -826,6 +826,19 @@ async fn injected_faults_fail_then_let_calls_through_and_delays_slow_them() -> a
     let started = Instant::now();
     secrets.get("a").await?;
     assert!(started.elapsed() < Duration::from_secs(2));
+
+    // A held answer holds back an injected failure too.
+    server.faults().fail_next(Method::GET, "/secrets/a", 500, 1);
+    server
+        .faults()
+        .delay_answer_next(Method::GET, "/secrets/a", Duration::from_secs(1), 1);
+    let started = Instant::now();
+    assert_eq!(
+        api_error(secrets.get("a").await)?,
+        (500, "InternalError".into())
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(server.faults().is_empty());
     Ok(())
 }
 
