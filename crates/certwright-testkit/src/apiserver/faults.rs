@@ -127,6 +127,16 @@ impl Faults {
         self.rules.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Adds a rule for `times` matching calls (`None`: until [`Faults::clear`]).
+    fn push(&self, method: MethodMatch, pattern: String, action: Action, times: Option<usize>) {
+        self.rules().push(Rule {
+            method,
+            pattern,
+            action,
+            remaining: times,
+        });
+    }
+
     /// Answers the next `times` matching calls with `code` and a `Status` body whose
     /// reason is the one upstream uses for that code (409 `Conflict`, 429
     /// `TooManyRequests` with `Retry-After: 1`, 500 `InternalError`, ...), without
@@ -138,12 +148,12 @@ impl Faults {
         code: u16,
         times: usize,
     ) {
-        self.rules().push(Rule {
-            method: method.into(),
-            pattern: pattern.into(),
-            action: Action::Fail(code),
-            remaining: Some(times),
-        });
+        self.push(
+            method.into(),
+            pattern.into(),
+            Action::Fail(code),
+            Some(times),
+        );
     }
 
     /// Fails each matching call with probability `ratio` (0 to 1), with `code` as
@@ -173,16 +183,12 @@ impl Faults {
         } else {
             ratio.clamp(0.0, 1.0)
         };
-        self.rules().push(Rule {
-            method: method.into(),
-            pattern: pattern.into(),
-            action: Action::FailRatio {
-                code,
-                ratio,
-                rng: SplitMix64(seed),
-            },
-            remaining: None,
-        });
+        let action = Action::FailRatio {
+            code,
+            ratio,
+            rng: SplitMix64(seed),
+        };
+        self.push(method.into(), pattern.into(), action, None);
     }
 
     /// Delays every matching call by `delay` until [`Faults::clear`].
@@ -192,12 +198,7 @@ impl Faults {
         pattern: impl Into<String>,
         delay: Duration,
     ) {
-        self.rules().push(Rule {
-            method: method.into(),
-            pattern: pattern.into(),
-            action: Action::Delay(delay),
-            remaining: None,
-        });
+        self.push(method.into(), pattern.into(), Action::Delay(delay), None);
     }
 
     /// Delays the next `times` matching calls by `delay`.
@@ -208,12 +209,12 @@ impl Faults {
         delay: Duration,
         times: usize,
     ) {
-        self.rules().push(Rule {
-            method: method.into(),
-            pattern: pattern.into(),
-            action: Action::Delay(delay),
-            remaining: Some(times),
-        });
+        self.push(
+            method.into(),
+            pattern.into(),
+            Action::Delay(delay),
+            Some(times),
+        );
     }
 
     /// Handles the next `times` matching calls at once, so the store changes and watchers
@@ -226,12 +227,12 @@ impl Faults {
         delay: Duration,
         times: usize,
     ) {
-        self.rules().push(Rule {
-            method: method.into(),
-            pattern: pattern.into(),
-            action: Action::DelayAnswer(delay),
-            remaining: Some(times),
-        });
+        self.push(
+            method.into(),
+            pattern.into(),
+            Action::DelayAnswer(delay),
+            Some(times),
+        );
     }
 
     /// Removes every rule.
