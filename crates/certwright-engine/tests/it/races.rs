@@ -201,6 +201,22 @@ async fn a_waiting_status_that_could_not_be_written_is_decided_afresh() {
     // "Waiting for the issuer" could not be written (the read before the write fails);
     // the issuer appears, usable, before the retry. The retry must sign, not write the
     // stale wait and sleep until the five-minute backstop.
+    issuer_appears_while_the_wait_is_read(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_that_becomes_usable_while_a_wait_is_written_does_not_hold_the_request() {
+    // The engine is writing "the issuer does not exist" (its read of the request is
+    // slow) when the issuer appears, usable. The wait it then schedules was decided
+    // before the issuer changed and must not hold the request back (for five minutes,
+    // the backstop of a wait for an issuer).
+    issuer_appears_while_the_wait_is_read(false).await;
+}
+
+/// A request waits for a missing issuer; the engine's read of the request before it
+/// writes the wait is slow (and, with `read_fails`, then fails). The issuer appears,
+/// usable, during that read; the request must be issued within the test's deadline.
+async fn issuer_appears_while_the_wait_is_read(read_fails: bool) {
     let env = Env::start().await;
     env.request("apps", "early", cluster_ref("late")).await;
     let faults = env.server.faults();
@@ -210,32 +226,9 @@ async fn a_waiting_status_that_could_not_be_written_is_decided_afresh() {
         Duration::from_millis(1500),
         1,
     );
-    faults.fail_next(Method::GET, "certificaterequests/early", 500, 1);
-    env.approve_in_store("apps", "early");
-    eventually("the engine to read the request to write the wait", || {
-        env.server.count(Method::GET, "certificaterequests/early") >= 1
-    })
-    .await;
-    env.ca_secret(CLUSTER_NS, "late-ca").await;
-    env.cluster_issuer("late", ca_spec("late-ca")).await;
-
-    env.wait_ready_reason("apps", "early", "Issued").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_issuer_that_becomes_usable_while_a_wait_is_written_does_not_hold_the_request() {
-    // The engine is writing "the issuer does not exist" (its read of the request is
-    // slow) when the issuer appears, usable. The wait it then schedules was decided
-    // before the issuer changed and must not hold the request back (for five minutes,
-    // the backstop of a wait for an issuer).
-    let env = Env::start().await;
-    env.request("apps", "early", cluster_ref("late")).await;
-    env.server.faults().delay_next(
-        Method::GET,
-        "certificaterequests/early",
-        Duration::from_millis(1500),
-        1,
-    );
+    if read_fails {
+        faults.fail_next(Method::GET, "certificaterequests/early", 500, 1);
+    }
     env.approve_in_store("apps", "early");
     eventually("the engine to read the request to write the wait", || {
         env.server.count(Method::GET, "certificaterequests/early") >= 1
