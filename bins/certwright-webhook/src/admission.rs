@@ -399,6 +399,13 @@ fn warnings(spec: &IssuerSpec) -> Vec<String> {
                 .to_string(),
         );
     }
+    if spec.adcs.as_ref().is_some_and(|a| a.send_validity_period) {
+        out.push(
+            "spec.adcs.sendValidityPeriod needs EDITF_ATTRIBUTEENDDATE on the CA; without it \
+             the template decides the lifetime"
+                .to_string(),
+        );
+    }
     if spec.ejbca.as_ref().is_some_and(|e| e.send_end_time) {
         out.push(
             "spec.ejbca.sendEndTime needs EJBCA 9.3.3 or later; older versions do not honour \
@@ -699,6 +706,7 @@ mod tests {
         spec["allowTemplateOverride"] = json!(true);
         spec["requestsPerSecond"] = json!(100);
         spec["maxConcurrentRequests"] = json!(128);
+        spec["adcs"]["sendValidityPeriod"] = json!(true);
         let store = secrets(&[("team-a", "adcs-auth", &["username", "password"])]);
         let response = admit(
             &create(KIND_ISSUER, Some("team-a"), spec),
@@ -718,7 +726,8 @@ mod tests {
                 "spec.allowTemplateOverride",
                 "spec.requestsPerSecond",
                 "spec.maxConcurrentRequests",
-                "spec.adcs.authMethod"
+                "spec.adcs.authMethod",
+                "spec.adcs.sendValidityPeriod"
             ]
         );
         for warning in &warnings {

@@ -218,6 +218,12 @@ pub struct AdcsBackend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub poll_interval: Option<String>,
+    /// Ask for the requested duration with the `ValidityPeriod` and `ValidityPeriodUnits`
+    /// request attributes. The CA honours them only with `EDITF_ATTRIBUTEENDDATE` set
+    /// (`certutil -setreg policy\EditFlags +EDITF_ATTRIBUTEENDDATE`), and never beyond
+    /// the template's validity period; otherwise the template decides. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub send_validity_period: bool,
     /// Timeout of each call to certsrv, as a Go duration. Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::Base64Bytes;
 use crate::duration::parse_duration;
-use crate::issuer::{AdcsBackend, CaBackend, EjbcaBackend, IssuerSpec, RestBackend};
+use crate::issuer::{AdcsBackend, BackendKind, CaBackend, EjbcaBackend, IssuerSpec, RestBackend};
 
 /// What kind of problem a field has, as Kubernetes names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,15 +160,18 @@ fn validate_ejbca(v: &mut Validator, ejbca: &EjbcaBackend) {
         true,
     );
     v.ca_bundle("spec.ejbca.caBundle", ejbca.ca_bundle.as_ref());
-    v.template_name(
+    v.backend_name(
+        BackendKind::Ejbca,
         "spec.ejbca.certificateAuthorityName",
         &ejbca.certificate_authority_name,
     );
-    v.template_name(
+    v.backend_name(
+        BackendKind::Ejbca,
         "spec.ejbca.certificateProfileName",
         &ejbca.certificate_profile_name,
     );
-    v.template_name(
+    v.backend_name(
+        BackendKind::Ejbca,
         "spec.ejbca.endEntityProfileName",
         &ejbca.end_entity_profile_name,
     );
@@ -176,7 +179,7 @@ fn validate_ejbca(v: &mut Validator, ejbca: &EjbcaBackend) {
         v.push("spec.ejbca.endEntityName", FieldErrorKind::Invalid, detail);
     }
     if let Some(id) = &ejbca.account_binding_id {
-        v.template_name("spec.ejbca.accountBindingId", id);
+        v.backend_name(BackendKind::Ejbca, "spec.ejbca.accountBindingId", id);
     }
     v.timeout("spec.ejbca.timeout", ejbca.timeout.as_deref());
 }
@@ -274,6 +277,15 @@ impl Validator {
         }
     }
 
+    fn backend_name(&mut self, kind: BackendKind, field: &str, name: &str) {
+        if name.trim().is_empty() {
+            return self.push(field, FieldErrorKind::Required, "a name is required");
+        }
+        if let Err(why) = check_backend_name(kind, name) {
+            self.push(field, FieldErrorKind::Invalid, why);
+        }
+    }
+
     fn timeout(&mut self, field: &str, raw: Option<&str>) {
         self.duration(field, raw, Duration::from_secs(1), Duration::from_secs(300));
     }
@@ -317,6 +329,29 @@ pub fn check_template_name(name: &str) -> Result<(), String> {
         return Err("has leading or trailing spaces".to_string());
     }
     Ok(())
+}
+
+/// Checks a CA, profile or template name by the rules of the backend it is sent to:
+/// EJBCA names travel in JSON bodies and percent-encoded path segments, so any text
+/// passes but control characters and surrounding spaces (`CN=ExampleCA` is a valid CA
+/// name); the other backends' names go into form fields and attribute lists, and follow
+/// [`check_template_name`].
+pub fn check_backend_name(kind: BackendKind, name: &str) -> Result<(), String> {
+    match kind {
+        BackendKind::Ejbca => {
+            if name.chars().count() > 256 {
+                return Err("is longer than 256 characters".to_string());
+            }
+            if name.chars().any(char::is_control) {
+                return Err("contains control characters".to_string());
+            }
+            if name != name.trim() {
+                return Err("has leading or trailing spaces".to_string());
+            }
+            Ok(())
+        }
+        _ => check_template_name(name),
+    }
 }
 
 /// Checks a DNS-1123 subdomain, the rule for Secret names: at most 253 characters of
@@ -511,6 +546,7 @@ mod tests {
             ca_bundle: Some(ca_bundle()),
             template_name: "Web Server".into(),
             poll_interval: Some("5m".into()),
+            send_validity_period: false,
             timeout: Some("30s".into()),
         }
     }
@@ -554,10 +590,56 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            IssuerSpec {
+                ejbca: Some(EjbcaBackend {
+                    url: "https://ejbca.corp.example/ejbca/ejbca-rest-api".into(),
+                    auth_secret_name: "ejbca-client".into(),
+                    ca_bundle: Some(ca_bundle()),
+                    // The EJBCA REST contract's own example of a CA name.
+                    certificate_authority_name: "CN=ExampleCA".into(),
+                    certificate_profile_name: "ENDUSER: web & mail".into(),
+                    end_entity_profile_name: "k8s\\workloads=1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
         ];
         for spec in specs {
             assert_eq!(validate_issuer_spec(&spec), Ok(()), "{spec:?}");
         }
+    }
+
+    #[test]
+    fn names_follow_the_rules_of_their_backend() {
+        assert_eq!(
+            check_backend_name(BackendKind::Ejbca, "CN=ExampleCA,O=Sample"),
+            Ok(())
+        );
+        assert!(check_backend_name(BackendKind::Adcs, "CN=ExampleCA").is_err());
+        for bad in ["CA\r\nX", " IssuingCA", &"x".repeat(257)] {
+            assert!(
+                check_backend_name(BackendKind::Ejbca, bad).is_err(),
+                "{bad:?}"
+            );
+        }
+        let spec = IssuerSpec {
+            ejbca: Some(EjbcaBackend {
+                url: "https://ejbca.corp.example/ejbca/ejbca-rest-api".into(),
+                auth_secret_name: "ejbca-client".into(),
+                certificate_authority_name: "CN=Example\u{0}CA".into(),
+                certificate_profile_name: "ENDUSER".into(),
+                end_entity_profile_name: "k8s".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&spec),
+            vec![(
+                "spec.ejbca.certificateAuthorityName".into(),
+                FieldErrorKind::Invalid
+            )]
+        );
     }
 
     #[test]

@@ -1375,8 +1375,13 @@ fn sign_request(full: &CertificateRequest, entry: &IssuerEntry) -> Result<SignRe
             ));
         }
         Some(t) => {
-            certwright_api::validation::check_template_name(t)
-                .map_err(|why| format!("annotation {TEMPLATE_ANNOTATION}: {why}"))?;
+            // By the rules of the backend the name goes to (an EJBCA profile name may
+            // hold '=', an AD CS template name may not).
+            match entry.spec.backend_kind() {
+                Some(kind) => certwright_api::validation::check_backend_name(kind, t),
+                None => certwright_api::validation::check_template_name(t),
+            }
+            .map_err(|why| format!("annotation {TEMPLATE_ANNOTATION}: {why}"))?;
             Some(t.clone())
         }
     };

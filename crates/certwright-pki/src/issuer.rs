@@ -474,6 +474,7 @@ fn adcs_backend<S: SecretSource + ?Sized>(
             .map(|b| b.as_bytes().to_vec()),
         poll_interval: duration(spec.poll_interval.as_deref(), DEFAULT_POLL_INTERVAL),
         timeout: duration(spec.timeout.as_deref(), DEFAULT_TIMEOUT),
+        send_validity_period: spec.send_validity_period,
         ..AdcsConfig::new(spec.url.clone(), spec.template_name.clone(), auth)
     };
     Ok(AdcsBackend::new(config)?)

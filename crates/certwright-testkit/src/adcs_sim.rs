@@ -77,6 +77,10 @@ pub enum Behaviour {
     FetchFails,
     /// Issue on submission a certificate for another key than the CSR's.
     WrongKey,
+    /// Answer the submission with the "Certificate Issued" page linking its request id,
+    /// and the certificate page for that id with "Certificate Request Denied" by a CA
+    /// manager with this reason (`0x80094014`), as some certsrv deployments answer.
+    DenyOnFetch(String),
     /// Answer the submission with this HTML page (200), after counting it.
     SubmitPage(String),
     /// 200 HTML of this many bytes, everywhere.
@@ -87,6 +91,26 @@ pub enum Behaviour {
     Hang,
     /// 401 on every request, whatever the credentials.
     Unauthorized401Loop,
+}
+
+/// How `certnew.p7b` wraps the CA chain. Real certsrv sends PKCS#7 SignedData as PEM;
+/// other implementations send other shapes under the same content type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChainFormat {
+    /// PKCS#7 SignedData, PEM with the `PKCS7` label (certsrv's answer).
+    #[default]
+    Pkcs7Pem,
+    /// PKCS#7 SignedData, PEM under this label (`CERTIFICATE`, `PKCS #7 SIGNED DATA`).
+    Pkcs7PemLabel(String),
+    /// PKCS#7 SignedData, DER.
+    Pkcs7Der,
+    /// PKCS#7 SignedData, bare base64.
+    Pkcs7Base64,
+    /// The CA certificates as PEM `CERTIFICATE` blocks, issuing CA first.
+    CertificatesPem,
+    /// The issuing CA's certificate alone, bare base64 of its DER.
+    CertificateBase64,
 }
 
 /// How IIS authenticates.
@@ -143,6 +167,11 @@ pub struct SimOptions {
     pub extended_protection: bool,
     /// Require TLS client certificates issued by this CA (PEM).
     pub client_ca_pem: Option<String>,
+    /// Keep a connection authenticated after its first authenticated request (IIS's
+    /// default). False: every request must authenticate, as IIS with
+    /// `authPersistNonNTLM=false` for Kerberos, Apache mod_auth_gssapi, or a load
+    /// balancer spreading one client's requests over servers.
+    pub persist_auth: bool,
 }
 
 impl Default for SimOptions {
@@ -151,6 +180,7 @@ impl Default for SimOptions {
             auth: SimAuth::default_ntlm(),
             extended_protection: true,
             client_ca_pem: None,
+            persist_auth: true,
         }
     }
 }
@@ -168,6 +198,11 @@ struct Inner {
     behaviour: Behaviour,
     auth: Option<SimAuth>,
     extended_protection: bool,
+    persist_auth: bool,
+    chain_format: ChainFormat,
+    /// EDITF_ATTRIBUTEENDDATE: honour the ValidityPeriod request attributes.
+    attribute_end_date: bool,
+    last_validity: Option<std::time::Duration>,
     templates: Vec<String>,
     requests: HashMap<u64, Held>,
     next_id: u64,
@@ -184,7 +219,9 @@ struct Shared {
     ca: LocalCa,
     issuing_pem: String,
     root_pem: String,
-    p7b_pem: String,
+    p7b: Vec<u8>,
+    /// The issuing CA's and the root's DER, issuing CA first.
+    ca_ders: [Vec<u8>; 2],
     /// RFC 5929 tls-server-end-point hash of the server certificate.
     end_point_hash: Vec<u8>,
     inner: Mutex<Inner>,
@@ -243,7 +280,6 @@ impl AdcsSimulator {
         )
         .map_err(io::Error::other)?;
         let p7b = signed_data(&[&root.cert().cert_der, &issuing.cert().cert_der]);
-        let p7b_pem = pem("PKCS7", &p7b);
 
         // The TLS CA signs with ECDSA-SHA384, so the channel binding hashes with SHA-384.
         let tls_ca = TestCa::root(KeyKind::EcdsaP384, "certwright AD CS simulator TLS CA");
@@ -270,11 +306,16 @@ impl AdcsSimulator {
             ca,
             issuing_pem: issuing.cert_pem().to_string(),
             root_pem: root.cert_pem().to_string(),
-            p7b_pem,
+            p7b,
+            ca_ders: [
+                issuing.cert().cert_der.to_vec(),
+                root.cert().cert_der.to_vec(),
+            ],
             end_point_hash,
             inner: Mutex::new(Inner {
                 auth: Some(options.auth),
                 extended_protection: options.extended_protection,
+                persist_auth: options.persist_auth,
                 templates: vec![DEFAULT_TEMPLATE.to_string(), "User".to_string()],
                 next_id: 100,
                 ..Inner::default()
@@ -319,6 +360,28 @@ impl AdcsSimulator {
     /// Changes IIS authentication; open connections keep what they authenticated.
     pub fn set_auth(&self, auth: SimAuth) {
         self.shared.lock().auth = Some(auth);
+    }
+
+    /// Whether connections stay authenticated after their first authenticated request.
+    pub fn set_persist_auth(&self, on: bool) {
+        self.shared.lock().persist_auth = on;
+    }
+
+    /// How `certnew.p7b` wraps the CA chain from now on.
+    pub fn set_chain_format(&self, format: ChainFormat) {
+        self.shared.lock().chain_format = format;
+    }
+
+    /// Sets the CA's EDITF_ATTRIBUTEENDDATE flag: honour the `ValidityPeriod` and
+    /// `ValidityPeriodUnits` request attributes (off by default, as on a new CA).
+    pub fn set_attribute_end_date(&self, on: bool) {
+        self.shared.lock().attribute_end_date = on;
+    }
+
+    /// The lifetime the last submission asked for through `ValidityPeriod` attributes
+    /// and the CA honoured.
+    pub fn last_validity(&self) -> Option<std::time::Duration> {
+        self.shared.lock().last_validity
     }
 
     /// Switches Extended Protection on or off.
@@ -548,6 +611,10 @@ async fn handle(shared: &Shared, state: &Mutex<NtlmState>, req: Request<Incoming
     if let Some(refusal) = authenticate(shared, state, authorization.as_deref()) {
         return refusal;
     }
+    if !shared.lock().persist_auth {
+        // The next request lands on a server that has not seen this authentication.
+        *state.lock().unwrap_or_else(|p| p.into_inner()) = NtlmState::Anonymous;
+    }
     match behaviour {
         Behaviour::Hang => return std::future::pending::<Answer>().await,
         Behaviour::Fail500 => {
@@ -594,19 +661,14 @@ async fn handle(shared: &Shared, state: &Mutex<NtlmState>, req: Request<Incoming
         (Method::GET, "/certsrv/certnew.p7b") => {
             let renewal = query.get("renewal").map(String::as_str);
             if query.get("reqid").map(String::as_str) == Some("CACert") && renewal == Some("0") {
-                let p7b = &shared.p7b_pem;
-                if behaviour == Behaviour::TruncatedChain {
-                    return answer(
-                        StatusCode::OK,
-                        "application/x-pkcs7-certificates",
-                        p7b[..p7b.len() / 2].to_string(),
-                    );
-                }
-                answer(
-                    StatusCode::OK,
-                    "application/x-pkcs7-certificates",
-                    shared.p7b_pem.clone(),
-                )
+                let format = shared.lock().chain_format.clone();
+                let body = chain_body(shared, &format);
+                let body = if behaviour == Behaviour::TruncatedChain {
+                    body[..body.len() / 2].to_vec()
+                } else {
+                    body
+                };
+                answer(StatusCode::OK, "application/x-pkcs7-certificates", body)
             } else {
                 error_page(
                     0x8007_0057,
@@ -1047,13 +1109,22 @@ async fn submit(shared: &Shared, behaviour: &Behaviour, body: &[u8], browser: bo
             "The request subject name is invalid or too long.",
         );
     };
-    let template = form
+    let attributes: HashMap<String, String> = form
         .get("CertAttrib")
-        .and_then(|a| {
-            a.split("\r\n")
-                .find_map(|l| l.strip_prefix("CertificateTemplate:"))
+        .map(|a| {
+            a.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect()
         })
-        .map(str::to_string);
+        .unwrap_or_default();
+    let template = attributes.get("certificatetemplate").cloned();
+    let validity = shared
+        .lock()
+        .attribute_end_date
+        .then(|| validity_period(&attributes))
+        .flatten();
+    shared.lock().last_validity = validity;
     let (id, known) = {
         let mut inner = shared.lock();
         inner.submissions += 1;
@@ -1092,7 +1163,14 @@ async fn submit(shared: &Shared, behaviour: &Behaviour, body: &[u8], browser: bo
                  <P>Please return to this web site in a day or two to retrieve your certificate.</P>"
             ))
         }
-        Behaviour::TruncatedCertificate => match sign(shared, &csr_pem).await {
+        Behaviour::DenyOnFetch(reason) => {
+            shared
+                .lock()
+                .requests
+                .insert(id, Held::Denied(reason.clone()));
+            issued_page(id)
+        }
+        Behaviour::TruncatedCertificate => match sign(shared, &csr_pem, validity).await {
             Ok(pem) => answer(
                 StatusCode::OK,
                 "application/pkix-cert",
@@ -1100,20 +1178,20 @@ async fn submit(shared: &Shared, behaviour: &Behaviour, body: &[u8], browser: bo
             ),
             Err(page) => page,
         },
-        Behaviour::IssueInline => match sign(shared, &csr_pem).await {
+        Behaviour::IssueInline => match sign(shared, &csr_pem, validity).await {
             Ok(pem) => {
                 shared.lock().requests.insert(id, Held::Issued(pem.clone()));
                 cert_answer(pem, browser)
             }
             Err(page) => page,
         },
-        _ => match sign(shared, &csr_pem).await {
+        _ => match sign(shared, &csr_pem, validity).await {
             Ok(pem) => {
                 let pem = if *behaviour == Behaviour::WrongKey {
                     let other = CsrBuilder::new(KeyKind::EcdsaP256)
                         .common_name("someone-else.example")
                         .build();
-                    match sign(shared, &other.csr_pem).await {
+                    match sign(shared, &other.csr_pem, validity).await {
                         Ok(pem) => pem,
                         Err(page) => return page,
                     }
@@ -1121,18 +1199,44 @@ async fn submit(shared: &Shared, behaviour: &Behaviour, body: &[u8], browser: bo
                     pem
                 };
                 shared.lock().requests.insert(id, Held::Issued(pem));
-                html(&format!(
-                    "<P ID=locPageTitle><B>Certificate Issued</B></P>\
-                     <P ID=locInstalled>The certificate you requested was issued to you.</P>\
-                     <Input Type=Radio ID=rbDerEnc Name=rbEncoding>DER encoded or\
-                     <Input Type=Radio ID=rbB64Enc Name=rbEncoding Checked>Base 64 encoded\
-                     <A Href=\"certnew.cer?ReqID={id}&amp;Enc=b64\">Download certificate</A>\
-                     <A Href=\"certnew.p7b?ReqID={id}&amp;Enc=b64\">Download certificate chain</A>"
-                ))
+                issued_page(id)
             }
             Err(page) => page,
         },
     }
+}
+
+/// The "Certificate Issued" page of `certfnsh.asp`, linking the certificate of `id`.
+fn issued_page(id: u64) -> Answer {
+    html(&format!(
+        "<P ID=locPageTitle><B>Certificate Issued</B></P>\
+         <P ID=locInstalled>The certificate you requested was issued to you.</P>\
+         <Input Type=Radio ID=rbDerEnc Name=rbEncoding>DER encoded or\
+         <Input Type=Radio ID=rbB64Enc Name=rbEncoding Checked>Base 64 encoded\
+         <A Href=\"certnew.cer?ReqID={id}&amp;Enc=b64\">Download certificate</A>\
+         <A Href=\"certnew.p7b?ReqID={id}&amp;Enc=b64\">Download certificate chain</A>"
+    ))
+}
+
+/// The lifetime the `ValidityPeriod` (`Seconds` ... `Years`) and `ValidityPeriodUnits`
+/// request attributes ask for, as certsrv's policy module reads them.
+fn validity_period(attributes: &HashMap<String, String>) -> Option<std::time::Duration> {
+    let units: u64 = attributes.get("validityperiodunits")?.parse().ok()?;
+    let unit: u64 = match attributes
+        .get("validityperiod")?
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "seconds" => 1,
+        "minutes" => 60,
+        "hours" => 3600,
+        "days" => 86_400,
+        "weeks" => 7 * 86_400,
+        "months" => 30 * 86_400,
+        "years" => 365 * 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(units.checked_mul(unit)?))
 }
 
 /// A certificate as certsrv sends it: `application/pkix-cert` to browsers only.
@@ -1144,14 +1248,19 @@ fn cert_answer(pem: String, browser: bool) -> Answer {
     }
 }
 
-async fn sign(shared: &Shared, csr_pem: &str) -> Result<String, Answer> {
+async fn sign(
+    shared: &Shared,
+    csr_pem: &str,
+    validity: Option<std::time::Duration>,
+) -> Result<String, Answer> {
     let Ok(csr) = Csr::parse(csr_pem.as_bytes()) else {
         return Err(error_page(
             0x8009_3102,
             "ASN1 unexpected end of data. (CRYPT_E_ASN1_EOD)",
         ));
     };
-    let request = SignRequest::new(csr, "adcs-sim");
+    let mut request = SignRequest::new(csr, "adcs-sim");
+    request.duration = validity;
     match shared.ca.sign(&request).await {
         Ok(Outcome::Issued(bundle)) => bundle
             .leaf()
@@ -1176,7 +1285,7 @@ async fn fetch(shared: &Shared, query: &HashMap<String, String>, browser: bool) 
     let held = shared.lock().requests.get(&id).cloned();
     match held {
         Some(Held::Issued(pem)) => cert_answer(pem, browser),
-        Some(Held::Approved(csr)) => match sign(shared, &csr).await {
+        Some(Held::Approved(csr)) => match sign(shared, &csr, None).await {
             Ok(pem) => {
                 shared.lock().requests.insert(id, Held::Issued(pem.clone()));
                 cert_answer(pem, browser)
@@ -1238,6 +1347,24 @@ fn signed_data(certs: &[&[u8]]) -> Vec<u8> {
     let mut content_info = der(0x06, SIGNED_DATA);
     content_info.extend(der(0xa0, &der(0x30, &inner)));
     der(0x30, &content_info)
+}
+
+/// The body of `certnew.p7b` for the CA chain, wrapped as `format` says.
+fn chain_body(shared: &Shared, format: &ChainFormat) -> Vec<u8> {
+    let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+    match format {
+        ChainFormat::Pkcs7Pem => pem("PKCS7", &shared.p7b).into_bytes(),
+        ChainFormat::Pkcs7PemLabel(label) => pem(label, &shared.p7b).into_bytes(),
+        ChainFormat::Pkcs7Der => shared.p7b.clone(),
+        ChainFormat::Pkcs7Base64 => b64(&shared.p7b).into_bytes(),
+        ChainFormat::CertificatesPem => shared
+            .ca_ders
+            .iter()
+            .map(|der| pem("CERTIFICATE", der))
+            .collect::<String>()
+            .into_bytes(),
+        ChainFormat::CertificateBase64 => format!("{}\r\n", b64(&shared.ca_ders[0])).into_bytes(),
+    }
 }
 
 fn pem(label: &str, der: &[u8]) -> String {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,6 +37,8 @@ use serde_json::{Value, json};
 use certwright_pki::ca::{LocalCa, LocalCaConfig};
 use certwright_pki::{Backend, Outcome, SignRequest};
 use certwright_x509::{Certificate, Csr};
+
+use rcgen::DnType;
 
 use crate::fixtures::{CsrBuilder, KeyKind, TestCa};
 use crate::tls::{PeerCertificates, RunningServer, TlsOptions, TlsServer};
@@ -236,7 +238,18 @@ impl EjbcaSimulator {
 
     async fn start(mode: Mode, tls: TlsOptions) -> io::Result<EjbcaSimulator> {
         let root = TestCa::root(KeyKind::EcdsaP256, "certwright EJBCA simulator root");
-        let issuing = root.intermediate(KeyKind::EcdsaP256, "certwright EJBCA simulator CA");
+        // A subject DN with every character a path segment must percent-encode: the
+        // separators of the DN itself (',', '='), escaped ones ('\\,', '\\+'), '/',
+        // spaces and non-ASCII letters.
+        let issuing = root.intermediate_with_subject(
+            KeyKind::EcdsaP256,
+            &[
+                (DnType::CountryName, "SE"),
+                (DnType::OrganizationName, "Sample, Société Générale"),
+                (DnType::OrganizationalUnitName, "PKI/Ops + K8s"),
+                (DnType::CommonName, "certwright EJBCA simulator CA"),
+            ],
+        );
         let chain_pem = format!("{}{}", issuing.cert_pem(), root.cert_pem());
         let ca = LocalCa::from_pem(
             chain_pem.as_bytes(),
@@ -607,8 +620,12 @@ async fn download(
     State(shared): State<Arc<Shared>>,
     Extension(peer): Extension<PeerCertificates>,
     Path(subject_dn): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(refusal) = raw_path_parameter_refusal(uri.path(), "/v1/ca/", "subject_dn") {
+        return refusal;
+    }
     match admit(&shared, &headers, &peer).await {
         Err(response) => return response,
         Ok(Behaviour::BrokenChain) => {
@@ -641,6 +658,23 @@ async fn download(
         pem,
     )
         .into_response()
+}
+
+/// A `simple`-style path parameter (the REST contract's style for `{subject_dn}` and
+/// `{request_id}`) is one string only when its reserved characters are percent-encoded:
+/// a raw ',' separates list items, and RFC 3986's other reserved characters end or split
+/// the segment. Refuses, as a contract-checking gateway does, a raw value with any of them.
+fn raw_path_parameter_refusal(path: &str, after: &str, name: &str) -> Option<Response> {
+    let start = path.find(after)? + after.len();
+    let segment = path[start..].split('/').next().unwrap_or_default();
+    let raw = segment.chars().find(|c| ":?#[]@!$&'()*+,;=".contains(*c))?;
+    Some(error(
+        StatusCode::BAD_REQUEST,
+        &format!(
+            "path parameter {name}: {raw:?} is not percent-encoded (RFC 3986); a ',' in a \
+             simple-style parameter separates list items"
+        ),
+    ))
 }
 
 /// `EnrollCertificateRestRequest`, as far as the simulator reads it.

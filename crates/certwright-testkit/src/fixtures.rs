@@ -302,8 +302,23 @@ impl TestCa {
     /// # Panics
     /// If rcgen fails to sign (a broken test environment).
     pub fn intermediate(&self, kind: KeyKind, common_name: &str) -> TestCa {
+        self.intermediate_with_subject(kind, &[(DnType::CommonName, common_name)])
+    }
+
+    /// An intermediate CA with this subject (attributes in order), issued by this CA,
+    /// with a path length constraint of 0.
+    ///
+    /// # Panics
+    /// If rcgen fails to sign (a broken test environment).
+    pub fn intermediate_with_subject(&self, kind: KeyKind, subject: &[(DnType, &str)]) -> TestCa {
         let key = kind.key_pair();
-        let (params, serial_hex) = ca_params(common_name, Some(0));
+        let (mut params, serial_hex) = ca_params("", Some(0));
+        params.distinguished_name = distinguished_name(
+            &subject
+                .iter()
+                .map(|(t, v)| (t.clone(), (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        );
         let cert = params
             .signed_by(&key, &self.issuer())
             .expect("rcgen signs the intermediate");

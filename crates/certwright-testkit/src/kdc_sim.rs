@@ -42,6 +42,8 @@ pub const DEFAULT_REALM: &str = "CORP.EXAMPLE";
 pub const DEFAULT_SERVICE_HOST: &str = "localhost";
 
 const AES256: u8 = 18;
+/// rc4-hmac.
+const RC4_HMAC: u8 = 23;
 /// Allowed clock skew, as Windows: five minutes.
 const SKEW_SECONDS: i64 = 300;
 
@@ -53,6 +55,11 @@ struct Counters {
     as_requests: u64,
     tgs_requests: u64,
     failures: Vec<String>,
+    /// The key of `HTTP/<host>`; replaced by [`KdcSimulator::rotate_service_key`].
+    service_key: Key,
+    /// The account has no aes256 key (only RC4, as an account whose password predates
+    /// the domain's AES support).
+    no_aes_key: bool,
 }
 
 struct Shared {
@@ -61,7 +68,6 @@ struct Shared {
     user_key: Key,
     krbtgt_key: Key,
     service_host: String,
-    service_key: Key,
     counters: Mutex<Counters>,
 }
 
@@ -123,8 +129,10 @@ impl KdcSimulator {
             username: username.to_string(),
             krbtgt_key: random_key(),
             service_host: DEFAULT_SERVICE_HOST.to_string(),
-            service_key: random_key(),
-            counters: Mutex::new(Counters::default()),
+            counters: Mutex::new(Counters {
+                service_key: random_key(),
+                ..Counters::default()
+            }),
         });
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
@@ -156,7 +164,21 @@ impl KdcSimulator {
 
     /// The key of `HTTP/<host>`, which certsrv decrypts tickets with.
     pub fn service_key(&self) -> Vec<u8> {
-        self.shared.service_key.clone()
+        self.shared.lock().service_key.clone()
+    }
+
+    /// Gives `HTTP/<host>` a new key (a reset of the service account's password) and
+    /// returns it: tickets issued before no longer decrypt at certsrv.
+    pub fn rotate_service_key(&self) -> Vec<u8> {
+        let key = random_key();
+        self.shared.lock().service_key = key.clone();
+        key
+    }
+
+    /// Makes the account one without an aes256 key: ETYPE-INFO2 lists only RC4
+    /// (rc4-hmac, etype 23), and an aes256 timestamp fails pre-authentication.
+    pub fn remove_aes_key(&self) {
+        self.shared.lock().no_aes_key = true;
     }
 
     /// An MIT keytab (format 0x0502) holding the user's aes256 key, version 2.
@@ -452,12 +474,21 @@ fn as_reply(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, Refusal> {
         return Err(Refusal::new(14, "aes256-cts-hmac-sha1-96 not offered"));
     }
     let salt = format!("{}{}", shared.realm, shared.username);
-    let Some(timestamp) = padata(&req, 2) else {
-        let info = Asn1SequenceOf(vec![EtypeInfo2Entry {
+    let no_aes_key = shared.lock().no_aes_key;
+    let info = if no_aes_key {
+        Asn1SequenceOf(vec![EtypeInfo2Entry {
+            etype: ExplicitContextTag0::from(IntegerAsn1(vec![RC4_HMAC])),
+            salt: Optional::from(None),
+            s2kparams: Optional::from(None),
+        }])
+    } else {
+        Asn1SequenceOf(vec![EtypeInfo2Entry {
             etype: ExplicitContextTag0::from(IntegerAsn1(vec![AES256])),
             salt: Optional::from(Some(ExplicitContextTag1::from(string(&salt)))),
             s2kparams: Optional::from(None),
-        }]);
+        }])
+    };
+    let Some(timestamp) = padata(&req, 2) else {
         let method = Asn1SequenceOf(vec![
             PaData {
                 padata_type: ExplicitContextTag1::from(IntegerAsn1(vec![19])),
@@ -472,6 +503,16 @@ fn as_reply(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, Refusal> {
         refusal.e_data = Some(der(&method));
         return Err(refusal);
     };
+    if no_aes_key {
+        // As a KDC does: the timestamp is under a key the account does not have.
+        let method = Asn1SequenceOf(vec![PaData {
+            padata_type: ExplicitContextTag1::from(IntegerAsn1(vec![19])),
+            padata_data: ExplicitContextTag2::from(OctetStringAsn1::from(der(&info))),
+        }]);
+        let mut refusal = Refusal::new(24, "pre-authentication failed: no aes256 key");
+        refusal.e_data = Some(der(&method));
+        return Err(refusal);
+    }
     let enc: EncryptedData = picky_asn1_der::from_bytes(timestamp)
         .map_err(|e| Refusal::new(24, format!("unreadable PA-ENC-TIMESTAMP: {e}")))?;
     let plain = decrypt(&shared.user_key, 1, &enc)
@@ -573,10 +614,11 @@ fn tgs_reply(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, Refusal> {
         ));
     }
     let crealm = tgt.crealm.0.0.to_string();
+    let service_key = shared.lock().service_key.clone();
     let (ticket, part) = issue(
         shared,
         sname,
-        &shared.service_key,
+        &service_key,
         &b.nonce.0,
         &crealm,
         &tgt.cname.0,

@@ -37,7 +37,7 @@ pub(crate) const USER_AGENT: &str = concat!(
 #[derive(Clone)]
 pub(crate) enum ConnAuth {
     Ntlm(Arc<ntlm::Credentials>),
-    Kerberos(Arc<kerberos::Credentials>),
+    Kerberos(Arc<kerberos::Client>),
     Basic(HeaderValue),
     /// TLS client certificate (in the TLS configuration) or nothing.
     None,
@@ -69,6 +69,10 @@ pub(crate) struct Session<'t> {
     sender: SendRequest<Full<Bytes>>,
     end_point_hash: Option<Vec<u8>>,
     authenticated: bool,
+    /// False once the server asked this authenticated connection to authenticate again
+    /// (Kerberos persistence off, or a load balancer spreading requests): from then on
+    /// every request authenticates up front.
+    persistent: bool,
     host: String,
     /// Why the connection failed, when TLS says (a refused client certificate shows up
     /// only here under TLS 1.3).
@@ -142,6 +146,7 @@ impl Transport {
             sender,
             end_point_hash,
             authenticated: false,
+            persistent: true,
             host: bare,
             failure,
         })
@@ -230,6 +235,12 @@ impl Session<'_> {
 
     /// Sends `method path` (relative to certsrv) with `form` as the body, authenticating
     /// the connection first when it needs to, and reads the whole answer.
+    ///
+    /// A connection authenticated with NTLM or Kerberos is trusted to stay so; when
+    /// certsrv answers 401 on it all the same (IIS with `authPersistNonNTLM=false`, Apache
+    /// mod_auth_gssapi, a load balancer), the request is authenticated again once, with a
+    /// fresh token and the same channel binding. A 401 carries no side effect, so sending
+    /// a submission again after it submits nothing twice.
     pub(crate) async fn send(
         &mut self,
         method: Method,
@@ -237,104 +248,21 @@ impl Session<'_> {
         form: Option<&str>,
     ) -> Result<Response, Error> {
         let call = self.transport.call(&method, path);
-        match self.transport.auth.clone() {
-            ConnAuth::Ntlm(credentials) if !self.authenticated => {
-                let negotiate = ntlm::negotiate();
-                let first = self
-                    .exchange(&call, &method, path, form, Some(ntlm_header(&negotiate)))
-                    .await?;
-                if first.0.status != StatusCode::UNAUTHORIZED {
-                    // No authentication required here.
-                    self.authenticated = true;
-                    return Ok(first.0);
-                }
-                let offered = first.1;
-                let Some(challenge_msg) = offered.iter().find_map(|v| ntlm_token(v)) else {
-                    return Err(no_ntlm_offered(&call, &offered));
-                };
-                let challenge = ntlm::parse_challenge(&challenge_msg).map_err(|why| {
-                    Error::InvalidResponse {
-                        message: format!("{call}: certsrv's NTLM challenge is unusable: {why}"),
-                    }
-                })?;
-                let spn = format!("HTTP/{}", self.host);
-                let answer = ntlm::authenticate(
-                    &credentials,
-                    &negotiate,
-                    &challenge_msg,
-                    &challenge,
-                    self.end_point_hash.as_deref(),
-                    &spn,
-                    &ntlm::Fresh::draw(),
-                );
-                let (response, _) = self
-                    .exchange(&call, &method, path, form, Some(ntlm_header(&answer)))
-                    .await?;
-                if response.status == StatusCode::UNAUTHORIZED {
-                    return Err(Error::Unauthorized {
-                        message: format!(
-                            "{call}: certsrv refused the NTLM credentials of \"{}\" (wrong \
-                             username, domain or password, a locked account, or Extended \
-                             Protection refusing the channel binding)",
-                            display_user(&credentials)
-                        ),
-                    });
-                }
-                self.authenticated = true;
-                Ok(response)
+        let auth = self.transport.auth.clone();
+        let per_connection = matches!(auth, ConnAuth::Ntlm(_) | ConnAuth::Kerberos(_));
+        if per_connection && self.authenticated && self.persistent {
+            let (response, _) = self.exchange(&call, &method, path, form, None).await?;
+            if response.status != StatusCode::UNAUTHORIZED {
+                return Ok(response);
             }
-            ConnAuth::Kerberos(credentials) if !self.authenticated => {
-                let bindings = self
-                    .end_point_hash
-                    .as_deref()
-                    .map(ntlm::channel_bindings_hash);
-                let token = kerberos::negotiate_token(
-                    &credentials,
-                    &self.host,
-                    bindings,
-                    self.transport.timeout,
-                )
-                .await?;
-                let value = format!(
-                    "Negotiate {}",
-                    base64::engine::general_purpose::STANDARD.encode(token)
-                );
-                let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                    Error::misconfigured("the Negotiate token is not a header value")
-                })?;
-                value.set_sensitive(true);
-                let (response, offered) = self
-                    .exchange(&call, &method, path, form, Some(value))
-                    .await?;
-                if response.status == StatusCode::UNAUTHORIZED {
-                    let negotiate = offered.iter().any(|v| {
-                        v.split_whitespace()
-                            .next()
-                            .is_some_and(|s| s.eq_ignore_ascii_case("Negotiate"))
-                    });
-                    return Err(if negotiate {
-                        Error::Unauthorized {
-                            message: format!(
-                                "{call}: certsrv refused the Kerberos ticket of {} for HTTP/{} \
-                                 (a service ticket for another account, clock skew, or Extended \
-                                 Protection refusing the channel binding)",
-                                credentials.principal(),
-                                self.host
-                            ),
-                        }
-                    } else {
-                        Error::misconfigured(format!(
-                            "{call}: certsrv does not offer Negotiate (it offers: {}); enable \
-                             Windows Authentication with the Negotiate provider in IIS, or pick \
-                             the matching authMethod",
-                            offered.join(", ")
-                        ))
-                    });
-                }
-                // A mutual-authentication token in WWW-Authenticate is accepted unread.
-                self.authenticated = true;
-                Ok(response)
+            tracing::debug!(call = %call, "certsrv asked an authenticated connection to authenticate again");
+            self.persistent = false;
+        }
+        match auth {
+            ConnAuth::Ntlm(credentials) => {
+                self.ntlm(&call, &method, path, form, &credentials).await
             }
+            ConnAuth::Kerberos(client) => self.kerberos(&call, &method, path, form, &client).await,
             ConnAuth::Basic(value) => {
                 let (response, _) = self
                     .exchange(&call, &method, path, form, Some(value))
@@ -349,25 +277,136 @@ impl Session<'_> {
                 }
                 Ok(response)
             }
-            _ => {
+            ConnAuth::None => {
                 let (response, offered) = self.exchange(&call, &method, path, form, None).await?;
                 if response.status == StatusCode::UNAUTHORIZED {
                     return Err(Error::Unauthorized {
-                        message: match &self.transport.auth {
-                            ConnAuth::Ntlm(_) | ConnAuth::Kerberos(_) => format!(
-                                "{call}: certsrv asked an authenticated connection to \
-                                 authenticate again"
-                            ),
-                            _ => format!(
-                                "{call}: certsrv asks for HTTP authentication ({}); the TLS \
-                                 client certificate was not accepted as a login",
-                                offered.join(", ")
-                            ),
-                        },
+                        message: format!(
+                            "{call}: certsrv asks for HTTP authentication ({}); the TLS client \
+                             certificate was not accepted as a login",
+                            offered.join(", ")
+                        ),
                     });
                 }
                 Ok(response)
             }
+        }
+    }
+
+    /// The NTLM handshake on this connection, carrying the request.
+    async fn ntlm(
+        &mut self,
+        call: &str,
+        method: &Method,
+        path: &str,
+        form: Option<&str>,
+        credentials: &ntlm::Credentials,
+    ) -> Result<Response, Error> {
+        let negotiate = ntlm::negotiate();
+        let first = self
+            .exchange(call, method, path, form, Some(ntlm_header(&negotiate)))
+            .await?;
+        if first.0.status != StatusCode::UNAUTHORIZED {
+            // No authentication required here.
+            self.authenticated = true;
+            return Ok(first.0);
+        }
+        let offered = first.1;
+        let Some(challenge_msg) = offered.iter().find_map(|v| ntlm_token(v)) else {
+            return Err(no_ntlm_offered(call, &offered));
+        };
+        let challenge =
+            ntlm::parse_challenge(&challenge_msg).map_err(|why| Error::InvalidResponse {
+                message: format!("{call}: certsrv's NTLM challenge is unusable: {why}"),
+            })?;
+        let spn = format!("HTTP/{}", self.host);
+        let answer = ntlm::authenticate(
+            credentials,
+            &negotiate,
+            &challenge_msg,
+            &challenge,
+            self.end_point_hash.as_deref(),
+            &spn,
+            &ntlm::Fresh::draw(),
+        );
+        let (response, _) = self
+            .exchange(call, method, path, form, Some(ntlm_header(&answer)))
+            .await?;
+        if response.status == StatusCode::UNAUTHORIZED {
+            return Err(Error::Unauthorized {
+                message: format!(
+                    "{call}: certsrv refused the NTLM credentials of \"{}\" (wrong username, \
+                     domain or password, a locked account, or Extended Protection refusing the \
+                     channel binding)",
+                    display_user(credentials)
+                ),
+            });
+        }
+        self.authenticated = true;
+        Ok(response)
+    }
+
+    /// A Negotiate token with the request. A refused token whose ticket came from the
+    /// cache is tried once more with fresh tickets: the service key may have changed.
+    async fn kerberos(
+        &mut self,
+        call: &str,
+        method: &Method,
+        path: &str,
+        form: Option<&str>,
+        client: &kerberos::Client,
+    ) -> Result<Response, Error> {
+        let bindings = self
+            .end_point_hash
+            .as_deref()
+            .map(ntlm::channel_bindings_hash);
+        let timeout = self.transport.timeout;
+        let mut retried = false;
+        loop {
+            let (token, cached) = client
+                .negotiate_token(&self.host, bindings, timeout)
+                .await?;
+            let value = format!(
+                "Negotiate {}",
+                base64::engine::general_purpose::STANDARD.encode(token)
+            );
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| Error::misconfigured("the Negotiate token is not a header value"))?;
+            value.set_sensitive(true);
+            let (response, offered) = self.exchange(call, method, path, form, Some(value)).await?;
+            if response.status != StatusCode::UNAUTHORIZED {
+                // A mutual-authentication token in WWW-Authenticate is accepted unread.
+                self.authenticated = true;
+                return Ok(response);
+            }
+            let negotiate = offered.iter().any(|v| {
+                v.split_whitespace()
+                    .next()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("Negotiate"))
+            });
+            if !negotiate {
+                return Err(Error::misconfigured(format!(
+                    "{call}: certsrv does not offer Negotiate (it offers: {}); enable Windows \
+                     Authentication with the Negotiate provider in IIS, or pick the matching \
+                     authMethod",
+                    offered.join(", ")
+                )));
+            }
+            if cached && !retried {
+                tracing::debug!(call = %call, "certsrv refused a cached Kerberos ticket; asking the KDC again");
+                client.forget().await;
+                retried = true;
+                continue;
+            }
+            return Err(Error::Unauthorized {
+                message: format!(
+                    "{call}: certsrv refused the Kerberos ticket of {} for HTTP/{} (a service \
+                     ticket for another account, clock skew, or Extended Protection refusing \
+                     the channel binding)",
+                    client.credentials.principal(),
+                    self.host
+                ),
+            });
         }
     }
 

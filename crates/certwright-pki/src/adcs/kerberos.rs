@@ -3,7 +3,10 @@
 //! Asks the KDC (TCP, RFC 4120 7.2.2 framing) for a TGT with encrypted-timestamp
 //! pre-authentication (aes256-cts-hmac-sha1-96, the key from the password and the KDC's
 //! salt, or from a keytab), then for a service ticket, and wraps an AP-REQ in a SPNEGO
-//! NegTokenInit for `Authorization: Negotiate`. Messages and crypto come from `picky-krb`.
+//! NegTokenInit for `Authorization: Negotiate`. The TGT and the service ticket are kept
+//! per backend (so per issuer) until shortly before they expire or certsrv refuses a
+//! ticket; each Negotiate token is a fresh authenticator. Messages and crypto come from
+//! `picky-krb`.
 
 use std::fmt;
 use std::str::FromStr as _;
@@ -216,6 +219,7 @@ fn kdc_error(
     credentials: &Credentials,
     step: &str,
     error: &picky_krb::messages::KrbErrorInner,
+    aes_listed: Option<bool>,
 ) -> Error {
     let code = error.error_code.0;
     let text = error
@@ -237,8 +241,16 @@ fn kdc_error(
         )),
         14 => Error::misconfigured(format!(
             "Kerberos {step}: the KDC refuses aes256-cts-hmac-sha1-96 for {who} \
-             (KDC_ERR_ETYPE_NOSUPP){text}"
+             (KDC_ERR_ETYPE_NOSUPP){text}; {NO_AES_KEY}"
         )),
+        24 | 31 if aes_listed == Some(false) => Error::Unauthorized {
+            message: format!(
+                "Kerberos {step}: the KDC refused the pre-authentication of {who} \
+                 (KDC_ERR_PREAUTH_FAILED){text} and lists no aes256-cts-hmac-sha1-96 key for \
+                 it: the account may have no AES256 key ({NO_AES_KEY}); a wrong password or \
+                 keytab key gives the same error"
+            ),
+        },
         18 | 12 => Error::Unauthorized {
             message: format!(
                 "Kerberos {step}: the KDC refuses {who} (error {code}: account disabled, locked or restricted){text}"
@@ -267,16 +279,39 @@ fn kdc_error(
     }
 }
 
-/// The salt the KDC names in ETYPE-INFO2 for aes256, if any.
-fn salt_of(error: &picky_krb::messages::KrbErrorInner) -> Option<String> {
+/// How to give an account an AES256 key, for messages.
+const NO_AES_KEY: &str = "in Active Directory, tick \"This account supports Kerberos AES 256 \
+     bit encryption\" on the account (msDS-SupportedEncryptionTypes), then reset its \
+     password so that the domain controller creates the AES keys, and export a new keytab";
+
+/// Whether the KDC's ETYPE-INFO2 lists an aes256 key for the account: `None` when the
+/// error carries no ETYPE-INFO2.
+fn aes_listed(error: &picky_krb::messages::KrbErrorInner) -> Option<bool> {
+    let infos = etype_info(error)?;
+    Some(infos.iter().any(|entry| entry.etype.0.0 == [AES256]))
+}
+
+/// The ETYPE-INFO2 entries in a KRB-ERROR's METHOD-DATA, if it has any.
+fn etype_info(
+    error: &picky_krb::messages::KrbErrorInner,
+) -> Option<Vec<picky_krb::data_types::EtypeInfo2Entry>> {
     let data = error.e_data.0.as_ref()?;
     let method: Asn1SequenceOf<PaData> = picky_asn1_der::from_bytes(&data.0.0).ok()?;
-    method
+    let entries: Vec<_> = method
         .0
         .iter()
         .filter(|pa| pa.padata_type.0.0 == [19])
         .filter_map(|pa| picky_asn1_der::from_bytes::<EtypeInfo2>(&pa.padata_data.0.0).ok())
         .flat_map(|info| info.0)
+        .collect();
+    let listed = method.0.iter().any(|pa| pa.padata_type.0.0 == [19]);
+    listed.then_some(entries)
+}
+
+/// The salt the KDC names in ETYPE-INFO2 for aes256, if any.
+fn salt_of(error: &picky_krb::messages::KrbErrorInner) -> Option<String> {
+    etype_info(error)?
+        .into_iter()
         .find(|entry| entry.etype.0.0 == [AES256])
         .and_then(|entry| entry.salt.0.map(|s| s.0.0.to_string()))
 }
@@ -316,11 +351,25 @@ fn kdc_req(padata: Vec<PaData>, body: KdcReqBody, msg_type: u8) -> KdcReq {
     }
 }
 
-/// A session key and the ticket it goes with.
+/// A session key, the ticket it goes with, and when the ticket stops being valid.
+#[derive(Clone)]
 struct Granted {
     ticket: Ticket,
     key: Vec<u8>,
+    /// When the ticket is replaced: shortly before it ends (by a quarter of its lifetime
+    /// when granted, at most [`RENEW_BEFORE`]).
+    renew_at: time::OffsetDateTime,
 }
+
+impl Granted {
+    /// Whether the ticket may still be used at `now`.
+    fn usable_at(&self, now: time::OffsetDateTime) -> bool {
+        now < self.renew_at
+    }
+}
+
+/// How long before its end a cached ticket is replaced, at most.
+const RENEW_BEFORE: time::Duration = time::Duration::minutes(5);
 
 fn granted(rep: &KdcRep, key: &[u8], usage: i32, nonce: u32, what: &str) -> Result<Granted, Error> {
     let plain = decrypt(key, usage, &rep.enc_part.0)?;
@@ -342,9 +391,13 @@ fn granted(rep: &KdcRep, key: &[u8], usage: i32, nonce: u32, what: &str) -> Resu
             "holds a session key that is not aes256",
         ));
     }
+    let end = time::OffsetDateTime::try_from(part.end_time.0.0.clone())
+        .map_err(|e| invalid(&format!("the {what}'s end time"), e))?;
+    let lifetime = end - time::OffsetDateTime::now_utc();
     Ok(Granted {
         ticket: rep.ticket.0.clone(),
         key: part.key.0.key_value.0.0.clone(),
+        renew_at: end - (lifetime / 4i32).clamp(time::Duration::ZERO, RENEW_BEFORE),
     })
 }
 
@@ -412,17 +465,18 @@ async fn tgt(
         )?,
         10,
     ));
-    let salt = match kdc_call(&credentials.kdc, &der("the AS-REQ", &first)?, timeout).await? {
-        Reply::Error(e) if e.error_code.0 == 25 => salt_of(&e),
-        Reply::Error(e) => return Err(kdc_error(credentials, "AS-REQ", &e)),
-        Reply::As(_) | Reply::Tgs(_) => {
-            return Err(Error::misconfigured(format!(
-                "Kerberos: the KDC does not require pre-authentication for {}; refusing to use \
-                 such an account",
-                credentials.principal()
-            )));
-        }
-    };
+    let (salt, first_aes) =
+        match kdc_call(&credentials.kdc, &der("the AS-REQ", &first)?, timeout).await? {
+            Reply::Error(e) if e.error_code.0 == 25 => (salt_of(&e), aes_listed(&e)),
+            Reply::Error(e) => return Err(kdc_error(credentials, "AS-REQ", &e, aes_listed(&e))),
+            Reply::As(_) | Reply::Tgs(_) => {
+                return Err(Error::misconfigured(format!(
+                    "Kerberos: the KDC does not require pre-authentication for {}; refusing to \
+                     use such an account",
+                    credentials.principal()
+                )));
+            }
+        };
     let key = long_term_key(credentials, salt)?;
     let stamp = PaEncTsEnc {
         patimestamp: ExplicitContextTag0::from(time_at(now)),
@@ -444,7 +498,10 @@ async fn tgt(
     ));
     match kdc_call(&credentials.kdc, &der("the AS-REQ", &request)?, timeout).await? {
         Reply::As(rep) => granted(&rep, &key, 3, as_nonce, "AS-REP"),
-        Reply::Error(e) => Err(kdc_error(credentials, "AS-REQ", &e)),
+        Reply::Error(e) => {
+            let aes = aes_listed(&e).or(first_aes);
+            Err(kdc_error(credentials, "AS-REQ", &e, aes))
+        }
         Reply::Tgs(_) => Err(invalid("the KDC", "answered an AS-REQ with a TGS-REP")),
     }
 }
@@ -453,7 +510,7 @@ async fn tgt(
 async fn service_ticket(
     credentials: &Credentials,
     cname: &PrincipalName,
-    tgt: Granted,
+    tgt: &Granted,
     host: &str,
     timeout: Duration,
 ) -> Result<Granted, Error> {
@@ -480,13 +537,13 @@ async fn service_ticket(
         padata_type: ExplicitContextTag1::from(IntegerAsn1(vec![1])),
         padata_data: ExplicitContextTag2::from(OctetStringAsn1::from(der(
             "PA-TGS-REQ",
-            &ap_req(tgt.ticket, enc),
+            &ap_req(tgt.ticket.clone(), enc),
         )?)),
     };
     let request: TgsReq = ApplicationTag(kdc_req(vec![pa], body, 12));
     match kdc_call(&credentials.kdc, &der("the TGS-REQ", &request)?, timeout).await? {
         Reply::Tgs(rep) => granted(&rep, &tgt.key, 8, tgs_nonce, "TGS-REP"),
-        Reply::Error(e) => Err(kdc_error(credentials, "TGS-REQ", &e)),
+        Reply::Error(e) => Err(kdc_error(credentials, "TGS-REQ", &e, None)),
         Reply::As(_) => Err(invalid("the KDC", "answered a TGS-REQ with an AS-REP")),
     }
 }
@@ -504,40 +561,106 @@ fn gss_checksum(bindings: Option<[u8; 16]>) -> Checksum {
     }
 }
 
-/// The SPNEGO token for `Authorization: Negotiate`: a fresh AP-REQ for `HTTP/<host>`,
-/// carrying the channel bindings (`tls-server-end-point`) when the TLS certificate is known.
-pub(crate) async fn negotiate_token(
-    credentials: &Credentials,
-    host: &str,
-    bindings: Option<[u8; 16]>,
-    timeout: Duration,
-) -> Result<Vec<u8>, Error> {
-    let cname = principal(1, &[credentials.username.as_str()])?;
-    let tgt = tgt(credentials, &cname, timeout).await?;
-    let service = service_ticket(credentials, &cname, tgt, host, timeout).await?;
-    let now = time::OffsetDateTime::now_utc();
-    let auth = authenticator(credentials, &cname, Some(gss_checksum(bindings)), now)?;
-    let enc = encrypt(&service.key, 11, &der("the AP-REQ authenticator", &auth)?)?;
-    let krb = ApplicationTag0(KrbMessage {
-        krb5_oid: oid(KRB5_OID)?,
-        krb5_token_id: [0x01, 0x00],
-        krb_msg: ap_req(service.ticket, enc),
-    });
-    let init = ApplicationTag0(GssApiNegInit {
-        oid: oid(SPNEGO_OID)?,
-        neg_token_init: ExplicitContextTag0::from(NegTokenInit {
-            mech_types: Optional::from(Some(ExplicitContextTag0::from(Asn1SequenceOf(vec![
-                oid(MS_KRB5_OID)?,
-                oid(KRB5_OID)?,
-            ])))),
-            req_flags: Optional::from(None),
-            mech_token: Optional::from(Some(ExplicitContextTag2::from(OctetStringAsn1::from(
-                der("the Kerberos GSS token", &krb)?,
-            )))),
-            mech_list_mic: Optional::from(None),
-        }),
-    });
-    der("the SPNEGO token", &init)
+/// Kerberos for one backend: its credentials and the tickets it holds.
+pub(crate) struct Client {
+    pub(crate) credentials: Credentials,
+    /// Held across a KDC exchange, so that concurrent calls wait for one set of tickets
+    /// instead of each asking the KDC.
+    tickets: tokio::sync::Mutex<Tickets>,
+}
+
+/// The cached TGT, and the service ticket for the host it was asked for.
+#[derive(Default)]
+struct Tickets {
+    tgt: Option<Granted>,
+    service: Option<(String, Granted)>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(credentials: Credentials) -> Client {
+        Client {
+            credentials,
+            tickets: tokio::sync::Mutex::new(Tickets::default()),
+        }
+    }
+
+    /// Drops the cached tickets: certsrv refused one, or it was issued for another key.
+    pub(crate) async fn forget(&self) {
+        *self.tickets.lock().await = Tickets::default();
+    }
+
+    /// A service ticket for `HTTP/<host>`, from the cache or the KDC, and whether it
+    /// came from the cache.
+    async fn service_ticket(
+        &self,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<(Granted, bool), Error> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut tickets = self.tickets.lock().await;
+        if let Some((cached_host, service)) = &tickets.service
+            && cached_host == host
+            && service.usable_at(now)
+        {
+            return Ok((service.clone(), true));
+        }
+        let cname = principal(1, &[self.credentials.username.as_str()])?;
+        let tgt = match tickets.tgt.as_ref().filter(|t| t.usable_at(now)) {
+            Some(tgt) => tgt.clone(),
+            None => {
+                let fresh = tgt(&self.credentials, &cname, timeout).await?;
+                tickets.tgt = Some(fresh.clone());
+                fresh
+            }
+        };
+        let service = service_ticket(&self.credentials, &cname, &tgt, host, timeout).await?;
+        tickets.service = Some((host.to_string(), service.clone()));
+        Ok((service, false))
+    }
+
+    /// The SPNEGO token for `Authorization: Negotiate`: a fresh AP-REQ for `HTTP/<host>`,
+    /// carrying the channel bindings (`tls-server-end-point`) when the TLS certificate is
+    /// known, and whether its ticket came from the cache.
+    pub(crate) async fn negotiate_token(
+        &self,
+        host: &str,
+        bindings: Option<[u8; 16]>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, bool), Error> {
+        let (service, cached) = self.service_ticket(host, timeout).await?;
+        let cname = principal(1, &[self.credentials.username.as_str()])?;
+        let now = time::OffsetDateTime::now_utc();
+        let auth = authenticator(&self.credentials, &cname, Some(gss_checksum(bindings)), now)?;
+        let enc = encrypt(&service.key, 11, &der("the AP-REQ authenticator", &auth)?)?;
+        let krb = ApplicationTag0(KrbMessage {
+            krb5_oid: oid(KRB5_OID)?,
+            krb5_token_id: [0x01, 0x00],
+            krb_msg: ap_req(service.ticket, enc),
+        });
+        let init = ApplicationTag0(GssApiNegInit {
+            oid: oid(SPNEGO_OID)?,
+            neg_token_init: ExplicitContextTag0::from(NegTokenInit {
+                mech_types: Optional::from(Some(ExplicitContextTag0::from(Asn1SequenceOf(vec![
+                    oid(MS_KRB5_OID)?,
+                    oid(KRB5_OID)?,
+                ])))),
+                req_flags: Optional::from(None),
+                mech_token: Optional::from(Some(ExplicitContextTag2::from(OctetStringAsn1::from(
+                    der("the Kerberos GSS token", &krb)?,
+                )))),
+                mech_list_mic: Optional::from(None),
+            }),
+        });
+        Ok((der("the SPNEGO token", &init)?, cached))
+    }
 }
 
 /// The aes256 key of `principal@realm` with the highest version in an MIT keytab.

@@ -21,7 +21,7 @@ use hyper::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use certwright_x509::{Certificate, Csr, parse_pem_bundle};
+use certwright_x509::{Certificate, Csr};
 
 use crate::http::{ClientIdentity, excerpt, redacted_url};
 use crate::{
@@ -139,6 +139,9 @@ pub struct AdcsConfig {
     pub template: String,
     /// Delay before polling a pending request.
     pub poll_interval: Duration,
+    /// Send the requested duration as the `ValidityPeriod` and `ValidityPeriodUnits`
+    /// request attributes (honoured by a CA with `EDITF_ATTRIBUTEENDDATE`).
+    pub send_validity_period: bool,
     /// Timeout of each step (connect, each request with its answer).
     pub timeout: Duration,
     /// Largest answer accepted.
@@ -154,6 +157,7 @@ impl AdcsConfig {
             ca_bundle_pem: None,
             template: template.into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            send_validity_period: false,
             timeout: DEFAULT_TIMEOUT,
             max_response_bytes: MAX_RESPONSE_BYTES,
         }
@@ -165,6 +169,7 @@ pub struct AdcsBackend {
     transport: Transport,
     template: String,
     poll_interval: Duration,
+    send_validity_period: bool,
     auth_name: &'static str,
     /// The CA chain from `certnew.p7b`, fetched once.
     chain: Mutex<Option<Arc<Vec<Certificate>>>>,
@@ -197,7 +202,7 @@ impl AdcsBackend {
             .map_err(|why| Error::misconfigured(format!("templateName {why}")))?;
         let (auth, identity, auth_name) = match config.auth {
             AdcsAuth::Kerberos(k) => (
-                ConnAuth::Kerberos(Arc::new(kerberos_credentials(k)?)),
+                ConnAuth::Kerberos(Arc::new(kerberos::Client::new(kerberos_credentials(k)?))),
                 None,
                 "kerberos",
             ),
@@ -248,6 +253,7 @@ impl AdcsBackend {
             },
             template,
             poll_interval: config.poll_interval.max(Duration::from_secs(1)),
+            send_validity_period: config.send_validity_period,
             auth_name,
             chain: Mutex::new(None),
         })
@@ -297,54 +303,101 @@ impl AdcsBackend {
         chain: &[Certificate],
     ) -> Result<Outcome, Error> {
         check_status(call, &response)?;
-        match pages::read_answer(response.content_type.as_deref(), &response.body) {
-            Answer::Certificate(body) => {
+        let answer = pages::read_answer(response.content_type.as_deref(), &response.body);
+        match page_outcome(answer, template, None) {
+            Page::Certificate(body) => {
                 let leaf = read_certificate(call, &body)
                     .map_err(|_| maybe_submitted(call, &response, "a readable certificate"))?;
                 check_key(&leaf, &request.csr)?;
-                bundle_with(leaf, chain).map(Outcome::Issued).ok_or_else(|| {
-                    Error::Rejected {
-                        reason: format!(
-                            "{call}: certsrv issued a certificate that does not chain to the CA                              chain it serves (did the CA renew its certificate?); it was not                              submitted again"
-                        ),
-                    }
-                })
-            }
-            Answer::IssuedId(id) => {
-                let leaf = match self.fetch_issued(session, id).await {
-                    Ok(leaf) => leaf,
-                    Err(e) => {
-                        tracing::warn!(
-                            request_id = id,
-                            error = %e,
-                            "AD CS issued the request but its certificate could not be                              fetched; polling for it"
-                        );
-                        return Ok(self.fetch_later(id));
-                    }
-                };
-                check_key(&leaf, &request.csr)?;
-                // A chain that does not fit (the CA renewed since it was cached) is
-                // refreshed by polling, which may use the network.
-                Ok(bundle_with(leaf, chain)
+                bundle_with(leaf, chain)
                     .map(Outcome::Issued)
-                    .unwrap_or_else(|| self.fetch_later(id)))
+                    .ok_or_else(|| Error::Rejected {
+                        reason: format!(
+                            "{call}: certsrv issued a certificate that does not chain to the CA \
+                             chain it serves (did the CA renew its certificate?); it was not \
+                             submitted again"
+                        ),
+                    })
             }
-            Answer::Pending(Some(id)) => Ok(Outcome::Pending(PendingRequest {
-                id: id.to_string(),
-                retry_after: self.poll_interval,
-            })),
-            Answer::Pending(None) => Err(maybe_submitted(call, &response, "a request id")),
-            Answer::Denied { message, code } => Err(denied(&message, code, template)),
-            Answer::Failed { message, code } => match pages::explain(code, &message, template) {
-                Verdict::Unknown(m) => Err(Error::Rejected {
+            Page::Fetch(id) => {
+                self.fetch_submitted(session, id, request, template, chain)
+                    .await
+            }
+            Page::Pending(id) => Ok(self.pending(id)),
+            Page::Failed(e) => Err(e),
+            Page::Unreadable(said) => Err(match said {
+                Some(said) => Error::Rejected {
                     reason: format!(
-                        "{call}: {m} (an error certsrv may not be asked again about, as the                          request may have reached the CA)"
+                        "{call}: {said} (an error certsrv may not be asked again about, as the \
+                         request may have reached the CA)"
                     ),
-                }),
-                verdict => Err(verdict_error(verdict, call)),
-            },
-            Answer::Unknown => Err(maybe_submitted(call, &response, "a certsrv answer")),
+                },
+                None => maybe_submitted(call, &response, "a certsrv answer"),
+            }),
         }
+    }
+
+    /// The first fetch of `certnew.cer` for a request certsrv took under `id`: its page
+    /// is read as a poll's is (a denial is a denial), and anything that cannot be read
+    /// leaves the request pending under its id, to be fetched again, never resubmitted.
+    async fn fetch_submitted(
+        &self,
+        session: &mut Session<'_>,
+        id: u64,
+        request: &SignRequest,
+        template: &str,
+        chain: &[Certificate],
+    ) -> Result<Outcome, Error> {
+        let path = format!("certnew.cer?ReqID={id}&ENC=b64");
+        let call = format!("GET {}", self.url_of(&path));
+        let page = match session.send(Method::GET, &path, None).await {
+            Ok(answer) => check_status(&call, &answer).map(|()| {
+                page_outcome(
+                    pages::read_answer(answer.content_type.as_deref(), &answer.body),
+                    template,
+                    Some(id),
+                )
+            }),
+            Err(e) => Err(e),
+        };
+        let leaf = match page {
+            Ok(Page::Certificate(body)) => read_certificate(&call, &body),
+            Ok(Page::Pending(id)) => return Ok(self.pending(id)),
+            // A denial is final. Anything else (the CA service down, access to the page
+            // refused) is no reason to submit again: the request is fetched later.
+            Ok(Page::Failed(e @ Error::Rejected { .. })) => return Err(e),
+            Ok(Page::Failed(e)) => Err(e),
+            Ok(Page::Fetch(_) | Page::Unreadable(_)) => Err(Error::InvalidResponse {
+                message: format!("{call}: a page that is not the issued certificate"),
+            }),
+            Err(e) => Err(e),
+        };
+        let leaf = match leaf {
+            Ok(leaf) => leaf,
+            Err(e) => {
+                tracing::warn!(
+                    request_id = id,
+                    error = %e,
+                    "AD CS issued the request but its certificate could not be fetched; \
+                     polling for it"
+                );
+                return Ok(self.fetch_later(id));
+            }
+        };
+        check_key(&leaf, &request.csr)?;
+        // A chain that does not fit (the CA renewed since it was cached) is refreshed by
+        // polling, which may use the network.
+        Ok(bundle_with(leaf, chain)
+            .map(Outcome::Issued)
+            .unwrap_or_else(|| self.fetch_later(id)))
+    }
+
+    /// `Pending` under a request id held for CA-manager approval.
+    fn pending(&self, id: u64) -> Outcome {
+        Outcome::Pending(PendingRequest {
+            id: id.to_string(),
+            retry_after: self.poll_interval,
+        })
     }
 
     /// `Pending` under a request id certsrv issued, to fetch the certificate soon.
@@ -356,13 +409,20 @@ impl AdcsBackend {
     }
 
     /// `certnew.cer` for an issued request id.
-    async fn fetch_issued(&self, session: &mut Session<'_>, id: u64) -> Result<Certificate, Error> {
+    async fn fetch_issued(
+        &self,
+        session: &mut Session<'_>,
+        id: u64,
+        template: &str,
+    ) -> Result<Certificate, Error> {
         let path = format!("certnew.cer?ReqID={id}&ENC=b64");
         let call = format!("GET {}", self.url_of(&path));
         let answer = session.send(Method::GET, &path, None).await?;
         check_status(&call, &answer)?;
-        match pages::read_answer(answer.content_type.as_deref(), &answer.body) {
-            Answer::Certificate(body) => read_certificate(&call, &body),
+        let read = pages::read_answer(answer.content_type.as_deref(), &answer.body);
+        match page_outcome(read, template, Some(id)) {
+            Page::Certificate(body) => read_certificate(&call, &body),
+            Page::Failed(e) => Err(e),
             _ => Err(unknown_page(&call, &answer, "the issued certificate")),
         }
     }
@@ -378,25 +438,22 @@ impl AdcsBackend {
         id: u64,
     ) -> Result<Outcome, Error> {
         check_status(call, &response)?;
-        match pages::read_answer(response.content_type.as_deref(), &response.body) {
-            Answer::Certificate(body) => {
+        let answer = pages::read_answer(response.content_type.as_deref(), &response.body);
+        match page_outcome(answer, template, Some(id)) {
+            Page::Certificate(body) => {
                 let leaf = read_certificate(call, &body)?;
                 self.issued(session, leaf, &request.csr).await
             }
-            Answer::IssuedId(issued) => {
-                let leaf = self.fetch_issued(session, issued).await?;
+            Page::Fetch(issued) => {
+                let leaf = self.fetch_issued(session, issued, template).await?;
                 self.issued(session, leaf, &request.csr).await
             }
-            Answer::Pending(found) => Ok(Outcome::Pending(PendingRequest {
-                id: found.unwrap_or(id).to_string(),
-                retry_after: self.poll_interval,
-            })),
-            Answer::Denied { message, code } => Err(denied(&message, code, template)),
-            Answer::Failed { message, code } => Err(verdict_error(
-                pages::explain(code, &message, template),
-                call,
-            )),
-            Answer::Unknown => Err(unknown_page(call, &response, "a certsrv answer")),
+            Page::Pending(id) => Ok(self.pending(id)),
+            Page::Failed(e) => Err(e),
+            Page::Unreadable(Some(said)) => Err(Error::InvalidResponse {
+                message: format!("{call}: {said}"),
+            }),
+            Page::Unreadable(None) => Err(unknown_page(call, &response, "a certsrv answer")),
         }
     }
 
@@ -437,19 +494,14 @@ impl AdcsBackend {
         let call = format!("GET {}", self.url_of(&path));
         let response = session.send(Method::GET, &path, None).await?;
         check_status(&call, &response)?;
-        let is_p7 = response
-            .content_type
-            .as_deref()
-            .is_some_and(|ct| ct.to_ascii_lowercase().contains("pkcs7"));
-        if !is_p7 {
+        // Read whatever the body holds: a certsrv may answer PKCS#7 or plain
+        // certificates, under any content type. Only a page is not a chain.
+        if looks_like_html(&response.body) {
             return Err(unknown_page(&call, &response, "the CA chain (PKCS#7)"));
         }
-        let der = pem_or_der(&response.body, "PKCS7").ok_or_else(|| Error::InvalidResponse {
-            message: format!("{call}: the CA chain is neither PEM nor base64 PKCS#7"),
-        })?;
-        let certs = pkcs7::signed_data_certificates(&der)
+        let certs = pkcs7::certificates_in(&response.body)
             .map_err(|why| Error::InvalidResponse {
-                message: format!("{call}: {why}"),
+                message: format!("{call}: the CA chain is unreadable: {why}"),
             })?
             .iter()
             .map(|d| Certificate::from_der(d))
@@ -485,7 +537,8 @@ impl Backend for AdcsBackend {
 
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {
         let template = self.template_for(request)?;
-        let form = submit_form(&request.csr, template);
+        let validity = request.duration.filter(|_| self.send_validity_period);
+        let form = submit_form(&request.csr, template, validity);
         let call = format!("POST {}", self.url_of("certfnsh.asp"));
         let mut session = self.transport.open().await?;
         // Everything that may fail and be retried happens before the submission.
@@ -547,12 +600,19 @@ impl Backend for AdcsBackend {
     }
 }
 
-/// The `certfnsh.asp` form, url-encoded.
-fn submit_form(csr: &Csr, template: &str) -> String {
+/// The `certfnsh.asp` form, url-encoded: the CSR and the request attributes (the
+/// template, and the lifetime when one is sent), one `Name:Value` a line.
+fn submit_form(csr: &Csr, template: &str, validity: Option<Duration>) -> String {
+    let mut attributes = format!("CertificateTemplate:{template}");
+    if let Some((unit, count)) = validity.and_then(validity_period) {
+        attributes.push_str(&format!(
+            "\r\nValidityPeriod:{unit}\r\nValidityPeriodUnits:{count}"
+        ));
+    }
     let fields = [
         ("Mode", "newreq".to_string()),
         ("CertRequest", csr.to_pem()),
-        ("CertAttrib", format!("CertificateTemplate:{template}")),
+        ("CertAttrib", attributes),
         ("FriendlyType", "Saved-Request Certificate".to_string()),
         ("TargetStoreFlags", "0".to_string()),
         ("SaveCert", "yes".to_string()),
@@ -562,6 +622,25 @@ fn submit_form(csr: &Csr, template: &str) -> String {
         .map(|(k, v)| format!("{k}={}", form_encode(v)))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// A lifetime as certsrv's `ValidityPeriod` unit and `ValidityPeriodUnits` count: the
+/// largest of days, hours, minutes and seconds that counts it exactly. `None` below one
+/// second.
+fn validity_period(duration: Duration) -> Option<(&'static str, u64)> {
+    let seconds = duration.as_secs();
+    if seconds == 0 {
+        return None;
+    }
+    [
+        ("Days", 86_400),
+        ("Hours", 3_600),
+        ("Minutes", 60),
+        ("Seconds", 1),
+    ]
+    .into_iter()
+    .find(|(_, unit)| seconds.is_multiple_of(*unit))
+    .map(|(name, unit)| (name, seconds / unit))
 }
 
 fn form_encode(value: &str) -> String {
@@ -627,6 +706,45 @@ fn bundle_with(leaf: Certificate, chain: &[Certificate]) -> Option<IssuedBundle>
         .filter(|bundle| bundle.chain.len() > 1 || bundle.ca.is_some())
 }
 
+/// What a certsrv page means for a request, decided in one place for the answer to a
+/// submission, the first fetch after it and every later poll.
+#[derive(Debug)]
+enum Page {
+    /// The certificate itself.
+    Certificate(Vec<u8>),
+    /// Issued under this id: fetch `certnew.cer`.
+    Fetch(u64),
+    /// Held for CA-manager approval under this id.
+    Pending(u64),
+    /// Denied, or an error with an HRESULT whose meaning is known: final or the issuer's.
+    Failed(Error),
+    /// Not a page certsrv answers, or an HRESULT we do not know (what certsrv said).
+    Unreadable(Option<String>),
+}
+
+/// Reads certsrv's answer about a request, `id` when already known (a fetch or a poll).
+fn page_outcome(answer: Answer, template: &str, id: Option<u64>) -> Page {
+    match answer {
+        Answer::Certificate(body) => Page::Certificate(body),
+        Answer::IssuedId(issued) => Page::Fetch(issued),
+        Answer::Pending(found) => match found.or(id) {
+            Some(id) => Page::Pending(id),
+            None => Page::Unreadable(None),
+        },
+        Answer::Denied { message, code } => Page::Failed(denied(&message, code, template)),
+        Answer::Failed { message, code } => match pages::explain(code, &message, template) {
+            Verdict::Unknown(said) => Page::Unreadable(Some(said)),
+            Verdict::Misconfigured(m) => Page::Failed(Error::misconfigured(m)),
+            Verdict::Rejected(m) => Page::Failed(Error::Rejected { reason: m }),
+            Verdict::Transient(m) => Page::Failed(Error::Transient {
+                message: m,
+                source: None,
+            }),
+        },
+        Answer::Unknown => Page::Unreadable(None),
+    }
+}
+
 fn denied(message: &str, code: Option<u32>, template: &str) -> Error {
     match code.map(|c| pages::explain(c, message, template)) {
         Some(Verdict::Misconfigured(m)) => Error::misconfigured(m),
@@ -636,20 +754,6 @@ fn denied(message: &str, code: Option<u32>, template: &str) -> Error {
         },
         _ => Error::Rejected {
             reason: format!("AD CS denied the request: {message}"),
-        },
-    }
-}
-
-fn verdict_error(verdict: Verdict, call: &str) -> Error {
-    match verdict {
-        Verdict::Misconfigured(m) => Error::misconfigured(m),
-        Verdict::Rejected(m) => Error::Rejected { reason: m },
-        Verdict::Transient(m) => Error::Transient {
-            message: m,
-            source: None,
-        },
-        Verdict::Unknown(m) => Error::InvalidResponse {
-            message: format!("{call}: {m}"),
         },
     }
 }
@@ -694,44 +798,30 @@ fn unknown_page(call: &str, response: &Response, expected: &str) -> Error {
     }
 }
 
-/// A PEM block of `label` (or CERTIFICATE), bare base64, or DER.
-fn pem_or_der(body: &[u8], label: &str) -> Option<Vec<u8>> {
-    let text = String::from_utf8_lossy(body);
-    if let Some(start) = text.find("-----BEGIN ") {
-        let after = &text[start..];
-        let header_end = after.find('\n')?;
-        let end = after.find("-----END ")?;
-        let inner: String = after
-            .get(header_end..end)?
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        let _ = label;
-        return base64::engine::general_purpose::STANDARD.decode(inner).ok();
-    }
-    if body.first() == Some(&0x30) {
-        return Some(body.to_vec());
-    }
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .ok()
+/// Whether an answer is an HTML page rather than a certificate or chain.
+fn looks_like_html(body: &[u8]) -> bool {
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    body[start..].first() == Some(&b'<')
 }
 
+/// The first certificate of an answer (PEM under any label, DER or base64, or PKCS#7).
 fn read_certificate(call: &str, body: &[u8]) -> Result<Certificate, Error> {
-    let parsed = if body.windows(11).any(|w| w == b"-----BEGIN ") {
-        parse_pem_bundle(body)
-            .ok()
-            .and_then(|mut certs| (!certs.is_empty()).then(|| certs.remove(0)))
-    } else {
-        pem_or_der(body, "CERTIFICATE").and_then(|der| Certificate::from_der(&der).ok())
-    };
-    parsed.ok_or_else(|| Error::InvalidResponse {
-        message: format!(
-            "{call}: certsrv sent a certificate that cannot be read ({} bytes)",
-            body.len()
-        ),
-    })
+    pkcs7::certificates_in(body)
+        .ok()
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|der| Certificate::from_der(der).ok())
+        })
+        .ok_or_else(|| Error::InvalidResponse {
+            message: format!(
+                "{call}: certsrv sent a certificate that cannot be read ({} bytes)",
+                body.len()
+            ),
+        })
 }
 
 /// Checks Kerberos credentials and reads the key out of a keytab.

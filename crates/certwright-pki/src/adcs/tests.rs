@@ -88,12 +88,41 @@ fn config_is_checked() {
 }
 
 #[test]
+fn a_lifetime_goes_in_validity_period_attributes() {
+    let generated = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("www.example.test")
+        .build();
+    let csr = Csr::parse(generated.csr_pem.as_bytes()).expect("csr");
+    let form = submit_form(&csr, "WebServer", Some(Duration::from_secs(90 * 86_400)));
+    assert!(
+        form.contains(
+            "CertAttrib=CertificateTemplate%3AWebServer%0D%0AValidityPeriod%3ADays%0D%0A\
+             ValidityPeriodUnits%3A90&"
+        ),
+        "{form}"
+    );
+    assert_eq!(
+        validity_period(Duration::from_secs(36 * 3600)),
+        Some(("Hours", 36))
+    );
+    assert_eq!(
+        validity_period(Duration::from_secs(90)),
+        Some(("Seconds", 90))
+    );
+    assert_eq!(
+        validity_period(Duration::from_secs(600)),
+        Some(("Minutes", 10))
+    );
+    assert_eq!(validity_period(Duration::from_millis(500)), None);
+}
+
+#[test]
 fn the_form_carries_the_reference_fields() {
     let generated = CsrBuilder::new(KeyKind::EcdsaP256)
         .common_name("www.example.test")
         .build();
     let csr = Csr::parse(generated.csr_pem.as_bytes()).expect("csr");
-    let form = submit_form(&csr, "Web Server+1");
+    let form = submit_form(&csr, "Web Server+1", None);
     let fields: Vec<&str> = form
         .split('&')
         .map(|f| f.split('=').next().unwrap_or(""))

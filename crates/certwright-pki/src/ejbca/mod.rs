@@ -252,12 +252,18 @@ impl EjbcaBackend {
         })
     }
 
-    /// `{base}/{segments...}`, each segment percent-encoded.
+    /// `{base}/{segments...}`, each segment percent-encoded as RFC 3986 asks of data in
+    /// a path: everything but the unreserved characters. (The `url` crate leaves `,`, `=`
+    /// and `+` raw in segments, which EJBCA's `simple`-style path parameters read as a
+    /// list separator and refuse.)
     fn endpoint(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
+        let mut path = url.path().trim_end_matches('/').to_string();
+        for segment in segments {
+            path.push('/');
+            path.push_str(&encode_segment(segment));
         }
+        url.set_path(&path);
         url
     }
 
@@ -652,6 +658,19 @@ fn refuses_password(response: &HttpResponse) -> Option<String> {
         .then_some(message)
 }
 
+/// Percent-encodes every byte of `segment` but RFC 3986's unreserved characters.
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len() * 3);
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[async_trait::async_trait]
 impl Backend for EjbcaBackend {
     fn kind(&self) -> &'static str {
@@ -1025,8 +1044,36 @@ mod tests {
                     "download"
                 ])
                 .as_str(),
-            "https://ejbca.example/ejbca/ejbca-rest-api/v1/ca/CN=Issuing%20CA,O=Corp/certificate/download"
+            "https://ejbca.example/ejbca/ejbca-rest-api/v1/ca/CN%3DIssuing%20CA%2CO%3DCorp/certificate/download"
         );
+        let dn = "CN=Ops\\+K8s,OU=PKI/Ops,O=Sample\\, Société Générale,C=SE";
+        let url = backend.endpoint(&["v1", "ca", dn, "certificate", "download"]);
+        assert_eq!(
+            url.path(),
+            "/ejbca/ejbca-rest-api/v1/ca/CN%3DOps%5C%2BK8s%2COU%3DPKI%2FOps%2CO%3DSample%5C%2C\
+             %20Soci%C3%A9t%C3%A9%20G%C3%A9n%C3%A9rale%2CC%3DSE/certificate/download"
+        );
+        // Decoded, the segment is the DN again.
+        let segment = url
+            .path_segments()
+            .and_then(|mut s| s.nth(4))
+            .unwrap_or_default();
+        let decoded: Vec<u8> = {
+            let bytes = segment.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' {
+                    out.push(u8::from_str_radix(&segment[i + 1..i + 3], 16).unwrap_or(0));
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            out
+        };
+        assert_eq!(String::from_utf8_lossy(&decoded), dn);
     }
 
     #[tokio::test]

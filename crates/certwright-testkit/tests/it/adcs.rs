@@ -365,6 +365,7 @@ async fn client_certificate_authentication() {
         auth: SimAuth::None,
         extended_protection: false,
         client_ca_pem: Some(clients.cert_pem().to_string()),
+        ..SimOptions::default()
     })
     .await
     .unwrap();
@@ -499,4 +500,127 @@ async fn polling_an_unknown_request_id_is_rejected() {
     assert_eq!(err.metric_label(), "rejected", "{err}");
     assert!(err.to_string().contains("0x8007000D"), "{err}");
     assert_eq!(sim.submissions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_in_any_wrapping_is_read() {
+    use certwright_testkit::adcs_sim::ChainFormat;
+    let sim = AdcsSimulator::start().await.unwrap();
+    for format in [
+        ChainFormat::Pkcs7Pem,
+        ChainFormat::Pkcs7PemLabel("CERTIFICATE".into()),
+        ChainFormat::Pkcs7PemLabel("PKCS #7 SIGNED DATA".into()),
+        ChainFormat::Pkcs7Der,
+        ChainFormat::Pkcs7Base64,
+        ChainFormat::CertificatesPem,
+        ChainFormat::CertificateBase64,
+    ] {
+        sim.set_chain_format(format.clone());
+        // A new backend each time: the chain is cached per backend.
+        let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+        let health = backend
+            .check()
+            .await
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        assert!(health.message.contains("template WebServer"), "{format:?}");
+        match backend.sign(&request()).await {
+            Ok(Outcome::Issued(bundle)) => {
+                assert_eq!(
+                    bundle.chain[1].subject().to_string(),
+                    "CN=CORP-ISSUING-CA",
+                    "{format:?}"
+                );
+                if format != ChainFormat::CertificateBase64 {
+                    assert_eq!(bundle.ca_pem(), sim.root_pem(), "{format:?}");
+                }
+            }
+            other => panic!("{format:?}: expected Issued, got {other:?}"),
+        }
+    }
+    // A page is still not a chain.
+    sim.set_behaviour(Behaviour::Html200);
+    let err = backend(&sim, ntlm(DEFAULT_PASSWORD))
+        .check()
+        .await
+        .expect_err("a sign-in page");
+    assert_eq!(err.metric_label(), "invalid_response", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_on_the_first_fetch_after_submitting_is_a_denial() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    sim.set_behaviour(Behaviour::DenyOnFetch("no owner on record".into()));
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    match backend.sign(&request()).await {
+        Err(e @ Error::Rejected { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("no owner on record"), "{text}");
+            assert!(text.contains("denied"), "{text}");
+            assert!(!e.is_retryable());
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(sim.submissions(), 1);
+    // A poll of the same id reads the page the same way.
+    let id = (sim.submissions() + 100).to_string();
+    match backend.poll(&id, &request()).await {
+        Err(Error::Rejected { reason }) => assert!(reason.contains("no owner on record")),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_asked_to_authenticate_again_authenticates_once_more() {
+    let sim = AdcsSimulator::start_with(SimOptions {
+        persist_auth: false,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    // certcarc.asp, certnew.p7b, the submission and certnew.cer: four requests, each
+    // authenticated on the one connection, the channel binding checked every time.
+    match backend.sign(&request()).await {
+        Ok(Outcome::Issued(bundle)) => assert_eq!(bundle.chain.len(), 2),
+        other => panic!("expected Issued, got {other:?}"),
+    }
+    assert_eq!(sim.connections(), 1);
+    assert_eq!(sim.ntlm_handshakes(), 4);
+    assert_eq!(
+        sim.submissions(),
+        1,
+        "a 401 is answered before the submission is read"
+    );
+    assert_eq!(sim.auth_failures(), Vec::<String>::new());
+    // Wrong credentials are still refused, without a loop.
+    let wrong = backend_at(sim.url(), sim.tls_ca_pem(), ntlm("Wr0ng-Horse!"));
+    let err = wrong.sign(&request()).await.expect_err("refused");
+    assert_eq!(err.metric_label(), "unauthorized", "{err}");
+    assert_eq!(sim.auth_failures(), ["ntlm: wrong password"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requested_lifetime_is_asked_for_when_the_issuer_sends_it() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    sim.set_attribute_end_date(true);
+    let mut config = AdcsConfig::new(sim.url(), DEFAULT_TEMPLATE, ntlm(DEFAULT_PASSWORD));
+    config.ca_bundle_pem = Some(sim.tls_ca_pem().as_bytes().to_vec());
+    config.send_validity_period = true;
+    let sending = AdcsBackend::new(config).unwrap();
+    let mut request = request();
+    request.duration = Some(Duration::from_secs(36 * 3600));
+    let leaf = match sending.sign(&request).await.unwrap() {
+        Outcome::Issued(bundle) => bundle.chain[0].clone(),
+        other => panic!("expected Issued, got {other:?}"),
+    };
+    assert_eq!(sim.last_validity(), Some(Duration::from_secs(36 * 3600)));
+    let lifetime = leaf.not_after().as_second() - leaf.not_before().as_second();
+    assert!(
+        (36 * 3600..=36 * 3600 + 120).contains(&lifetime),
+        "lifetime {lifetime}s"
+    );
+    // Without sendValidityPeriod the template decides.
+    let silent = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    silent.sign(&request).await.unwrap();
+    assert_eq!(sim.last_validity(), None);
 }

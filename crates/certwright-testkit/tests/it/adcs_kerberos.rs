@@ -184,3 +184,98 @@ async fn certsrv_refuses_a_ticket_for_another_service_key() {
         world.sim.auth_failures()
     );
 }
+
+fn password_backend(world: &World) -> AdcsBackend {
+    backend(
+        world,
+        kerberos(
+            &world.kdc.address(),
+            KerberosSecret::Password(DEFAULT_PASSWORD.into()),
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_are_cached_a_hundred_signs_make_one_as_and_one_tgs_exchange() {
+    let world = world().await;
+    let backend = password_backend(&world);
+    for _ in 0..100 {
+        issued(&backend).await;
+    }
+    backend.check().await.expect("healthy");
+    assert_eq!(world.sim.submissions(), 100);
+    assert_eq!(world.sim.kerberos_logons(), 101, "one logon per connection");
+    assert_eq!(
+        world.kdc.as_requests(),
+        2,
+        "one AS exchange: asked, then given"
+    );
+    assert_eq!(world.kdc.tgs_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_certsrv_refuses_is_replaced_once() {
+    let world = world().await;
+    let backend = password_backend(&world);
+    issued(&backend).await;
+    // The service account's password is reset: the cached ticket no longer decrypts.
+    let key = world.kdc.rotate_service_key();
+    world.sim.set_auth(SimAuth::Negotiate {
+        service_key: key,
+        principal: format!("{DEFAULT_USER}@{DEFAULT_REALM}"),
+    });
+    issued(&backend).await;
+    assert_eq!(
+        world.kdc.tgs_requests(),
+        2,
+        "a fresh ticket after the refusal"
+    );
+    assert_eq!(
+        world.sim.auth_failures().len(),
+        1,
+        "{:?}",
+        world.sim.auth_failures()
+    );
+    assert_eq!(world.sim.submissions(), 2);
+    // A ticket refused though fresh is an error, not a loop.
+    world.sim.set_auth(SimAuth::Negotiate {
+        service_key: vec![7; 32],
+        principal: format!("{DEFAULT_USER}@{DEFAULT_REALM}"),
+    });
+    let err = backend.sign(&request()).await.expect_err("refused");
+    assert_eq!(err.metric_label(), "unauthorized", "{err}");
+    assert_eq!(world.kdc.tgs_requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_negotiate_authenticates_every_request() {
+    let world = world().await;
+    world.sim.set_persist_auth(false);
+    let backend = password_backend(&world);
+    issued(&backend).await;
+    issued(&backend).await;
+    assert_eq!(world.sim.connections(), 2);
+    // Each request authenticates with its own token from the one cached ticket: four
+    // for the first sign (certcarc.asp, certnew.p7b, the submission, certnew.cer), two
+    // for the second (the chain is cached).
+    assert_eq!(world.sim.kerberos_logons(), 6);
+    assert_eq!(world.sim.submissions(), 2);
+    assert_eq!(world.sim.auth_failures(), Vec::<String>::new());
+    assert_eq!(world.kdc.tgs_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_without_an_aes_key_is_named() {
+    let world = world().await;
+    world.kdc.remove_aes_key();
+    let err = password_backend(&world)
+        .sign(&request())
+        .await
+        .expect_err("no AES key");
+    assert_eq!(err.metric_label(), "unauthorized", "{err}");
+    let text = err.to_string();
+    assert!(text.contains("KDC_ERR_PREAUTH_FAILED"), "{text}");
+    assert!(text.contains("may have no AES256 key"), "{text}");
+    assert!(text.contains("msDS-SupportedEncryptionTypes"), "{text}");
+    assert_eq!(world.sim.submissions(), 0);
+}

@@ -647,3 +647,41 @@ async fn a_pending_id_copied_onto_another_request_does_not_open() {
     assert_eq!(sim.finalizations(), 0, "refused without a call");
     issued(backend.poll(&id, &first).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_subject_dn_is_percent_encoded_in_the_path() {
+    let sim = oauth_sim().await;
+    let dn = sim.ca_subject_dn();
+    // The simulator's CA has a subject that needs every kind of encoding, and refuses a
+    // path parameter with a raw reserved character, as EJBCA's contract reads it.
+    for c in [',', ' ', '=', '+', '/', 'é'] {
+        assert!(dn.contains(c), "{c:?} in {dn}");
+    }
+    let backend = oauth_backend(&sim, |_| {});
+    let health = backend.check().await.expect("the chain downloads");
+    assert!(health.message.contains(CA_NAME), "{}", health.message);
+    assert_eq!(sim.chain_downloads(), 1);
+    match backend
+        .sign(&request("web.apps.example", &["web.apps.example"]))
+        .await
+    {
+        Ok(Outcome::Issued(bundle)) => assert_eq!(bundle.chain[1].subject().to_string(), dn),
+        other => panic!("expected Issued, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_named_like_a_dn_is_accepted() {
+    let sim = oauth_sim().await;
+    // EJBCA's contract uses "CN=ExampleCA" as its example of a CA name; such a name is
+    // not refused by a rule meant for AD CS templates.
+    let backend = oauth_backend(&sim, |c| {
+        c.certificate_authority_name = "CN=ExampleCA".into()
+    });
+    let err = backend
+        .check()
+        .await
+        .expect_err("no such CA in the simulator");
+    assert_eq!(err.metric_label(), "misconfigured", "{err}");
+    assert!(err.to_string().contains("\"CN=ExampleCA\""), "{err}");
+}
