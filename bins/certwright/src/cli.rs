@@ -1,4 +1,4 @@
-//! Flags, file loading, the three commands and their output.
+//! Flags, file loading, the commands and their output.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,9 @@ enum Command {
     Check(IssuerArgs),
     /// Sign a CSR through the issuer's PKI and print the chain.
     Sign(SignArgs),
+    /// Ask the PKI again about a request it holds for approval (the pending id `sign`
+    /// printed) and print the chain once it is issued; nothing is submitted again.
+    Poll(PollArgs),
     /// Show what a CSR or certificate (PEM or DER) contains.
     Inspect {
         /// The file to inspect.
@@ -87,6 +90,22 @@ struct SignArgs {
     #[arg(long = "usage")]
     usages: Vec<String>,
     /// Template or profile overriding the issuer's.
+    #[arg(long)]
+    template: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PollArgs {
+    #[command(flatten)]
+    issuer: IssuerArgs,
+    /// The PKCS#10 CSR that was signed, PEM or DER: the issued certificate is checked
+    /// against its key.
+    #[arg(long)]
+    csr: PathBuf,
+    /// The pending id `certwright sign` printed.
+    #[arg(long)]
+    id: String,
+    /// The template or profile the request named, if it overrode the issuer's.
     #[arg(long)]
     template: Option<String>,
 }
@@ -134,6 +153,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Inspect { file } => inspect(&file, output),
         Command::Check(args) => runtime().and_then(|rt| rt.block_on(check(&args, output))),
         Command::Sign(args) => runtime().and_then(|rt| rt.block_on(sign(&args, output))),
+        Command::Poll(args) => runtime().and_then(|rt| rt.block_on(poll(&args, output))),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -273,11 +293,32 @@ async fn check(args: &IssuerArgs, output: Output) -> Result<u8, Failure> {
     Ok(0)
 }
 
+fn read_csr(path: &Path) -> Result<Csr, Failure> {
+    let csr_bytes = read_bounded(path)?;
+    Csr::parse(&csr_bytes)
+        .with_context(|| format!("{}", path.display()))
+        .map_err(Failure::input)
+}
+
+/// A request from the CLI, named as such in the CA's audit log. Its idempotency key comes
+/// from the CSR, so that `poll` presents the key `sign` enrolled with (EJBCA's pending id
+/// is sealed to it) and a CA that deduplicates sees one request per CSR.
+fn cli_request(csr: Csr) -> SignRequest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, csr.der());
+    let key: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut request = SignRequest::new(csr, format!("certwright-cli-{key}"));
+    request.requester = Requester {
+        namespace: String::new(),
+        name: "certwright-cli".into(),
+    };
+    request
+}
+
 async fn sign(args: &SignArgs, output: Output) -> Result<u8, Failure> {
-    let csr_bytes = read_bounded(&args.csr)?;
-    let csr = Csr::parse(&csr_bytes)
-        .with_context(|| format!("{}", args.csr.display()))
-        .map_err(Failure::input)?;
+    let csr = read_csr(&args.csr)?;
     let duration = args
         .duration
         .as_deref()
@@ -286,16 +327,33 @@ async fn sign(args: &SignArgs, output: Output) -> Result<u8, Failure> {
         .context("--duration")
         .map_err(Failure::input)?;
     let (name, _spec, backend) = build(&args.issuer)?;
-    let mut request = SignRequest::new(csr, format!("certwright-cli-{}", std::process::id()));
+    let mut request = cli_request(csr);
     request.duration = duration;
     request.is_ca = args.is_ca;
     request.usages = args.usages.clone();
     request.template = args.template.clone();
-    request.requester = Requester {
-        namespace: String::new(),
-        name: "certwright-cli".into(),
-    };
-    match backend.sign(&request).await.map_err(pki_failure)? {
+    let outcome = backend.sign(&request).await.map_err(pki_failure)?;
+    report(&name, outcome, output)
+}
+
+async fn poll(args: &PollArgs, output: Output) -> Result<u8, Failure> {
+    let csr = read_csr(&args.csr)?;
+    let id = args.id.trim();
+    if id.is_empty() || id.len() > 4096 {
+        return Err(Failure::input(anyhow!(
+            "--id must be the pending id `certwright sign` printed"
+        )));
+    }
+    let (name, _spec, backend) = build(&args.issuer)?;
+    let mut request = cli_request(csr);
+    request.template = args.template.clone();
+    let outcome = backend.poll(id, &request).await.map_err(pki_failure)?;
+    report(&name, outcome, output)
+}
+
+/// Prints an issued chain (exit 0) or a pending id (exit 3).
+fn report(name: &str, outcome: Outcome, output: Output) -> Result<u8, Failure> {
+    match outcome {
         Outcome::Issued(bundle) => {
             let leaf = bundle.leaf().ok_or_else(|| {
                 pki_failure(PkiError::InvalidResponse {
@@ -333,8 +391,9 @@ async fn sign(args: &SignArgs, output: Output) -> Result<u8, Failure> {
                     json!({"ok": true, "issuer": name, "pending": {"id": pending.id, "retryAfterSeconds": pending.retry_after.as_secs()}})
                 ),
                 Output::Text => println!(
-                    "{name}: the CA holds the request for approval: pending id {}",
-                    pending.id
+                    "{name}: the CA holds the request for approval: pending id {} (ask again \
+                     with `certwright poll --id {}`)",
+                    pending.id, pending.id
                 ),
             }
             Ok(exit::PENDING)

@@ -108,12 +108,51 @@ async fn check_and_sign_through_ad_cs() {
     assert_eq!(json["ca"].as_str().unwrap(), sim.root_pem());
 
     sim.set_behaviour(Behaviour::Pending);
-    let out = certwright(sign(csr)).await;
+    let out = certwright(sign(csr.clone())).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        sim.waiting_ids(),
-        [json["pending"]["id"].as_str().unwrap().to_string()]
+    let id = json["pending"]["id"].as_str().unwrap().to_string();
+    assert_eq!(sim.waiting_ids(), std::slice::from_ref(&id));
+
+    // `poll` asks again under the id: still pending (exit 3), then issued (exit 0).
+    let poll = || {
+        vec![
+            "poll".to_string(),
+            "--issuer".into(),
+            issuer.clone(),
+            "--secret".into(),
+            secret.clone(),
+            "--csr".into(),
+            csr.clone(),
+            "--id".into(),
+            id.clone(),
+        ]
+    };
+    let out = certwright(poll()).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("pending id {id}")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(sim.approve(&id));
+    let out = certwright(poll()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let chain = certwright_x509::parse_pem_bundle(&out.stdout).unwrap();
+    assert_eq!(chain.len(), 3, "leaf, issuing CA, root");
+    assert_eq!(sim.submissions(), 2, "polling submits nothing");
+
+    // A request denied on the page after its submission fails (exit 1), not pending.
+    sim.set_behaviour(Behaviour::DenyOnFetch("no owner on record".into()));
+    let out = certwright(sign(csr)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no owner on record"),
+        "{json}"
     );
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use certwright_testkit::ejbca_sim::{
-    CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
+    APPROVAL_PROFILE, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 
@@ -205,5 +205,57 @@ async fn check_and_sign_with_a_client_certificate() {
     assert_eq!(
         json["leaf"]["dnsNames"],
         serde_json::json!(["web.apps.example.test", "web"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_finished_with_poll() {
+    let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
+        .await
+        .unwrap();
+    let files = Files::new();
+    let issuer = files.issuer(&sim);
+    let secret = files.write(
+        "secret.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ejbca-client\n  namespace: apps\n\
+             type: Opaque\nstringData:\n  tokenUrl: {}\n  clientId: {CLIENT_ID}\n  \
+             clientSecret: {CLIENT_SECRET}\n",
+            sim.token_url()
+        ),
+    );
+    let csr = files.csr();
+    let out = certwright(&[
+        "--output",
+        "json",
+        "sign",
+        "--issuer",
+        &issuer,
+        "--secret",
+        &secret,
+        "--csr",
+        &csr,
+        "--template",
+        APPROVAL_PROFILE,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = json["pending"]["id"].as_str().unwrap().to_string();
+    let poll = [
+        "poll", "--issuer", &issuer, "--secret", &secret, "--csr", &csr, "--id", &id,
+    ];
+    let out = certwright(&poll).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let request_id: i64 = id.split('.').next().unwrap().parse().unwrap();
+    assert!(sim.approve(request_id));
+    let out = certwright(&poll).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let chain = certwright_x509::parse_pem_bundle(&out.stdout).unwrap();
+    assert_eq!(chain.len(), 3, "leaf, issuing CA, root");
+    assert_eq!(
+        sim.enrollments(),
+        1,
+        "finished by finalize, not enrolled again"
     );
 }
