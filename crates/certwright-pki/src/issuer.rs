@@ -213,7 +213,7 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                 .adcs
                 .as_ref()
                 .ok_or(BuildError::Unavailable(BackendKind::Adcs))?;
-            Ok(Arc::new(adcs_backend(&lookup, adcs)?))
+            Ok(Arc::new(adcs_backend(&lookup, adcs, default_duration)?))
         }
         Some(other) => Err(BuildError::Unavailable(other)),
         // validate_issuer_spec guarantees exactly one backend block.
@@ -392,6 +392,7 @@ fn keytab_bytes(stored: &[u8]) -> Vec<u8> {
 fn adcs_backend<S: SecretSource + ?Sized>(
     lookup: &Lookup<'_, S>,
     spec: &certwright_api::AdcsBackend,
+    default_duration: Duration,
 ) -> Result<crate::adcs::AdcsBackend, BuildError> {
     use crate::adcs::{AdcsAuth, AdcsBackend, AdcsConfig, DEFAULT_POLL_INTERVAL};
     use certwright_api::AdcsAuthMethod;
@@ -475,6 +476,7 @@ fn adcs_backend<S: SecretSource + ?Sized>(
         poll_interval: duration(spec.poll_interval.as_deref(), DEFAULT_POLL_INTERVAL),
         timeout: duration(spec.timeout.as_deref(), DEFAULT_TIMEOUT),
         send_validity_period: spec.send_validity_period,
+        default_duration,
         ..AdcsConfig::new(spec.url.clone(), spec.template_name.clone(), auth)
     };
     Ok(AdcsBackend::new(config)?)

@@ -6,6 +6,9 @@
 //! timestamp pre-authentication (KDC_ERR_PREAUTH_REQUIRED with ETYPE-INFO2, then AS-REP or
 //! KDC_ERR_PREAUTH_FAILED), answers TGS-REQs for the service, and [`verify_ap_req`] checks
 //! the SPNEGO token certsrv receives: ticket, authenticator, time and channel bindings.
+//! It counts AS-REQs and TGS-REQs (what a ticket cache saves), can give the service a new
+//! key (tickets issued before stop decrypting), and can make the account one without an
+//! AES key (ETYPE-INFO2 lists only RC4 and pre-authentication fails).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -142,6 +142,9 @@ pub struct AdcsConfig {
     /// Send the requested duration as the `ValidityPeriod` and `ValidityPeriodUnits`
     /// request attributes (honoured by a CA with `EDITF_ATTRIBUTEENDDATE`).
     pub send_validity_period: bool,
+    /// The lifetime sent with `send_validity_period` when the request names none.
+    /// Default: [`crate::DEFAULT_DURATION`].
+    pub default_duration: Duration,
     /// Timeout of each step (connect, each request with its answer).
     pub timeout: Duration,
     /// Largest answer accepted.
@@ -158,6 +161,7 @@ impl AdcsConfig {
             template: template.into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             send_validity_period: false,
+            default_duration: crate::DEFAULT_DURATION,
             timeout: DEFAULT_TIMEOUT,
             max_response_bytes: MAX_RESPONSE_BYTES,
         }
@@ -170,6 +174,7 @@ pub struct AdcsBackend {
     template: String,
     poll_interval: Duration,
     send_validity_period: bool,
+    default_duration: Duration,
     auth_name: &'static str,
     /// The CA chain from `certnew.p7b`, fetched once.
     chain: Mutex<Option<Arc<Vec<Certificate>>>>,
@@ -254,6 +259,7 @@ impl AdcsBackend {
             template,
             poll_interval: config.poll_interval.max(Duration::from_secs(1)),
             send_validity_period: config.send_validity_period,
+            default_duration: config.default_duration,
             auth_name,
             chain: Mutex::new(None),
         })
@@ -537,7 +543,9 @@ impl Backend for AdcsBackend {
 
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {
         let template = self.template_for(request)?;
-        let validity = request.duration.filter(|_| self.send_validity_period);
+        let validity = self
+            .send_validity_period
+            .then(|| request.duration.unwrap_or(self.default_duration));
         let form = submit_form(&request.csr, template, validity);
         let call = format!("POST {}", self.url_of("certfnsh.asp"));
         let mut session = self.transport.open().await?;

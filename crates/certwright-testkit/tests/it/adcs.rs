@@ -614,6 +614,9 @@ async fn the_requested_lifetime_is_asked_for_when_the_issuer_sends_it() {
         other => panic!("expected Issued, got {other:?}"),
     };
     assert_eq!(sim.last_validity(), Some(Duration::from_secs(36 * 3600)));
+    // A request that names no duration asks for the issuer's default.
+    sending.sign(&self::request()).await.unwrap();
+    assert_eq!(sim.last_validity(), Some(Duration::from_secs(90 * 86_400)));
     let lifetime = leaf.not_after().as_second() - leaf.not_before().as_second();
     assert!(
         (36 * 3600..=36 * 3600 + 120).contains(&lifetime),
