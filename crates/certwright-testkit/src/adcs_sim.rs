@@ -78,8 +78,10 @@ pub enum Behaviour {
     /// Issue on submission a certificate for another key than the CSR's.
     WrongKey,
     /// Answer the submission with the "Certificate Issued" page linking its request id,
-    /// and the certificate page for that id with "Certificate Request Denied" by a CA
-    /// manager with this reason (`0x80094014`), as some certsrv deployments answer.
+    /// and the certificate page for that id with "Certificate Request Denied", as some
+    /// certsrv deployments answer. The text is the disposition message: one starting
+    /// with "Denied by Policy Module 0x...." is the policy module's, with its HRESULT;
+    /// any other is a CA manager's reason (`0x80094014`).
     DenyOnFetch(String),
     /// Answer the submission with this HTML page (200), after counting it.
     SubmitPage(String),
@@ -89,6 +91,9 @@ pub enum Behaviour {
     Fail500,
     /// Accept and never answer, everywhere.
     Hang,
+    /// Take the submission (it counts, and the CA holds it), then never answer it: the
+    /// answer is lost, as after a reset or a proxy timeout.
+    LoseAnswerToSubmission,
     /// 401 on every request, whatever the credentials.
     Unauthorized401Loop,
 }
@@ -172,6 +177,9 @@ pub struct SimOptions {
     /// `authPersistNonNTLM=false` for Kerberos, Apache mod_auth_gssapi, or a load
     /// balancer spreading one client's requests over servers.
     pub persist_auth: bool,
+    /// Close the connection after a 401 to a request that carried no credentials, as
+    /// some load balancers do.
+    pub close_after_401: bool,
 }
 
 impl Default for SimOptions {
@@ -181,6 +189,7 @@ impl Default for SimOptions {
             extended_protection: true,
             client_ca_pem: None,
             persist_auth: true,
+            close_after_401: false,
         }
     }
 }
@@ -199,6 +208,7 @@ struct Inner {
     auth: Option<SimAuth>,
     extended_protection: bool,
     persist_auth: bool,
+    close_after_401: bool,
     chain_format: ChainFormat,
     /// EDITF_ATTRIBUTEENDDATE: honour the ValidityPeriod request attributes.
     attribute_end_date: bool,
@@ -316,6 +326,7 @@ impl AdcsSimulator {
                 auth: Some(options.auth),
                 extended_protection: options.extended_protection,
                 persist_auth: options.persist_auth,
+                close_after_401: options.close_after_401,
                 templates: vec![DEFAULT_TEMPLATE.to_string(), "User".to_string()],
                 next_id: 100,
                 ..Inner::default()
@@ -608,7 +619,12 @@ async fn handle(shared: &Shared, state: &Mutex<NtlmState>, req: Request<Incoming
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Some(refusal) = authenticate(shared, state, authorization.as_deref()) {
+    if let Some(mut refusal) = authenticate(shared, state, authorization.as_deref()) {
+        if authorization.is_none() && shared.lock().close_after_401 {
+            refusal
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         return refusal;
     }
     if !shared.lock().persist_auth {
@@ -662,13 +678,13 @@ async fn handle(shared: &Shared, state: &Mutex<NtlmState>, req: Request<Incoming
             let renewal = query.get("renewal").map(String::as_str);
             if query.get("reqid").map(String::as_str) == Some("CACert") && renewal == Some("0") {
                 let format = shared.lock().chain_format.clone();
-                let body = chain_body(shared, &format);
+                let (content_type, body) = chain_body(shared, &format);
                 let body = if behaviour == Behaviour::TruncatedChain {
                     body[..body.len() / 2].to_vec()
                 } else {
                     body
                 };
-                answer(StatusCode::OK, "application/x-pkcs7-certificates", body)
+                answer(StatusCode::OK, content_type, body)
             } else {
                 error_page(
                     0x8007_0057,
@@ -1151,6 +1167,13 @@ async fn submit(shared: &Shared, behaviour: &Behaviour, body: &[u8], browser: bo
         Behaviour::Deny(reason) => {
             denied_page(&format!("Denied by Policy Module  0x80094014, {reason}"))
         }
+        Behaviour::LoseAnswerToSubmission => {
+            shared
+                .lock()
+                .requests
+                .insert(id, Held::Waiting(csr_pem.clone()));
+            std::future::pending::<Answer>().await
+        }
         Behaviour::ErrorPage(code, text) => error_page(*code, text),
         Behaviour::SubmitPage(page) => html(page),
         Behaviour::Pending => {
@@ -1298,6 +1321,20 @@ async fn fetch(shared: &Shared, query: &HashMap<String, String>, browser: bool) 
              <TR><TD>LastStatus:</TD><TD>The operation completed successfully. 0x0 (WIN32: 0)</TD></TR>\
              <TR><TD>Disposition message:</TD><TD>Taken Under Submission</TD></TR></TABLE>"
         )),
+        Some(Held::Denied(reason)) if reason.starts_with("Denied by Policy Module") => {
+            let code = reason
+                .split_whitespace()
+                .find_map(|w| w.trim_end_matches(',').strip_prefix("0x"))
+                .unwrap_or("80094014")
+                .to_string();
+            html(&format!(
+                "<P ID=locPageTitle><B>Certificate Request Denied</B></P>\
+                 <TABLE><TR><TD>Request Id:</TD><TD>{id}</TD></TR>\
+                 <TR><TD>LastStatus:</TD><TD>Denied by the policy module. 0x{code}</TD></TR>\
+                 <TR><TD>Disposition message:</TD><TD>{}</TD></TR></TABLE>",
+                escape(&reason)
+            ))
+        }
         Some(Held::Denied(reason)) => html(&format!(
             "<P ID=locPageTitle><B>Certificate Request Denied</B></P>\
              <TABLE><TR><TD>Request Id:</TD><TD>{id}</TD></TR>\
@@ -1349,21 +1386,30 @@ fn signed_data(certs: &[&[u8]]) -> Vec<u8> {
     der(0x30, &content_info)
 }
 
-/// The body of `certnew.p7b` for the CA chain, wrapped as `format` says.
-fn chain_body(shared: &Shared, format: &ChainFormat) -> Vec<u8> {
+/// The content type and body of `certnew.p7b` for the CA chain, wrapped as `format`
+/// says. PKCS#7 goes out as certsrv sends it; plain certificates under the content types
+/// other implementations use.
+fn chain_body(shared: &Shared, format: &ChainFormat) -> (&'static str, Vec<u8>) {
+    const P7: &str = "application/x-pkcs7-certificates";
     let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
     match format {
-        ChainFormat::Pkcs7Pem => pem("PKCS7", &shared.p7b).into_bytes(),
-        ChainFormat::Pkcs7PemLabel(label) => pem(label, &shared.p7b).into_bytes(),
-        ChainFormat::Pkcs7Der => shared.p7b.clone(),
-        ChainFormat::Pkcs7Base64 => b64(&shared.p7b).into_bytes(),
-        ChainFormat::CertificatesPem => shared
-            .ca_ders
-            .iter()
-            .map(|der| pem("CERTIFICATE", der))
-            .collect::<String>()
-            .into_bytes(),
-        ChainFormat::CertificateBase64 => format!("{}\r\n", b64(&shared.ca_ders[0])).into_bytes(),
+        ChainFormat::Pkcs7Pem => (P7, pem("PKCS7", &shared.p7b).into_bytes()),
+        ChainFormat::Pkcs7PemLabel(label) => ("text/plain", pem(label, &shared.p7b).into_bytes()),
+        ChainFormat::Pkcs7Der => ("application/octet-stream", shared.p7b.clone()),
+        ChainFormat::Pkcs7Base64 => (P7, b64(&shared.p7b).into_bytes()),
+        ChainFormat::CertificatesPem => (
+            "application/x-pem-file",
+            shared
+                .ca_ders
+                .iter()
+                .map(|der| pem("CERTIFICATE", der))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        ChainFormat::CertificateBase64 => (
+            "application/pkix-cert",
+            format!("{}\r\n", b64(&shared.ca_ders[0])).into_bytes(),
+        ),
     }
 }
 

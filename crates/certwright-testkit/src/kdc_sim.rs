@@ -63,6 +63,8 @@ struct Counters {
     /// The account has no aes256 key (only RC4, as an account whose password predates
     /// the domain's AES support).
     no_aes_key: bool,
+    /// Lifetime of the tickets issued; ten hours (Windows' default) when unset.
+    ticket_lifetime: Option<std::time::Duration>,
 }
 
 struct Shared {
@@ -182,6 +184,11 @@ impl KdcSimulator {
     /// (rc4-hmac, etype 23), and an aes256 timestamp fails pre-authentication.
     pub fn remove_aes_key(&self) {
         self.shared.lock().no_aes_key = true;
+    }
+
+    /// Issues tickets valid for `lifetime` from now on (ten hours by default).
+    pub fn set_ticket_lifetime(&self, lifetime: std::time::Duration) {
+        self.shared.lock().ticket_lifetime = Some(lifetime);
     }
 
     /// An MIT keytab (format 0x0502) holding the user's aes256 key, version 2.
@@ -379,7 +386,11 @@ fn issue(
 ) -> (Ticket, EncKdcRepPart) {
     let session = random_key();
     let at = now();
-    let end = at + time::Duration::hours(10);
+    let lifetime = shared
+        .lock()
+        .ticket_lifetime
+        .unwrap_or(std::time::Duration::from_secs(10 * 3600));
+    let end = at + lifetime;
     let key = EncryptionKey {
         key_type: ExplicitContextTag0::from(IntegerAsn1(vec![AES256])),
         key_value: ExplicitContextTag1::from(OctetStringAsn1::from(session)),

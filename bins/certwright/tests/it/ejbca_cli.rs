@@ -40,6 +40,10 @@ impl Files {
     }
 
     fn issuer(&self, sim: &EjbcaSimulator) -> String {
+        self.issuer_of_ca(sim, CA_NAME)
+    }
+
+    fn issuer_of_ca(&self, sim: &EjbcaSimulator, ca_name: &str) -> String {
         self.write(
             "issuer.yaml",
             &format!(
@@ -50,7 +54,7 @@ impl Files {
                  \x20   url: {}\n\
                  \x20   authSecretName: ejbca-client\n\
                  \x20   caBundle: {}\n\
-                 \x20   certificateAuthorityName: {CA_NAME}\n\
+                 \x20   certificateAuthorityName: \"{ca_name}\"\n\
                  \x20   certificateProfileName: {CERTIFICATE_PROFILE}\n\
                  \x20   endEntityProfileName: {END_ENTITY_PROFILE}\n\
                  \x20   endEntityName: dns\n\
@@ -257,5 +261,32 @@ async fn an_approval_is_finished_with_poll() {
         sim.enrollments(),
         1,
         "finished by finalize, not enrolled again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_named_like_a_dn_is_an_ejbca_name() {
+    let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
+        .await
+        .unwrap();
+    let files = Files::new();
+    // "CN=ExampleCA" is the REST contract's own example of a CA name: the issuer is
+    // valid, and EJBCA is asked for it (this simulator knows no such CA).
+    let issuer = files.issuer_of_ca(&sim, "CN=ExampleCA");
+    let secret = files.write(
+        "secret.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ejbca-client\n  namespace: apps\n\
+             type: Opaque\nstringData:\n  tokenUrl: {}\n  clientId: {CLIENT_ID}\n  \
+             clientSecret: {CLIENT_SECRET}\n",
+            sim.token_url()
+        ),
+    );
+    let out = certwright(&["check", "--issuer", &issuer, "--secret", &secret]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("EJBCA lists no CA named \"CN=ExampleCA\""),
+        "{stderr}"
     );
 }

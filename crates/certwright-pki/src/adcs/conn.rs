@@ -257,6 +257,10 @@ impl Session<'_> {
             }
             tracing::debug!(call = %call, "certsrv asked an authenticated connection to authenticate again");
             self.persistent = false;
+            // A balancer may close the connection with its 401: authenticate on a new one.
+            if self.sender.ready().await.is_err() {
+                self.reconnect().await?;
+            }
         }
         match auth {
             ConnAuth::Ntlm(credentials) => {
@@ -291,6 +295,16 @@ impl Session<'_> {
                 Ok(response)
             }
         }
+    }
+
+    /// Replaces a connection the server closed with a new one, unauthenticated, keeping
+    /// what was learnt about the server (it does not keep connections authenticated).
+    async fn reconnect(&mut self) -> Result<(), Error> {
+        let fresh = self.transport.open().await?;
+        let persistent = self.persistent;
+        *self = fresh;
+        self.persistent = persistent;
+        Ok(())
     }
 
     /// The NTLM handshake on this connection, carrying the request.

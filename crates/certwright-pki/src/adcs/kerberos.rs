@@ -297,15 +297,14 @@ fn etype_info(
 ) -> Option<Vec<picky_krb::data_types::EtypeInfo2Entry>> {
     let data = error.e_data.0.as_ref()?;
     let method: Asn1SequenceOf<PaData> = picky_asn1_der::from_bytes(&data.0.0).ok()?;
-    let entries: Vec<_> = method
+    let infos = method
         .0
         .iter()
         .filter(|pa| pa.padata_type.0.0 == [19])
-        .filter_map(|pa| picky_asn1_der::from_bytes::<EtypeInfo2>(&pa.padata_data.0.0).ok())
-        .flat_map(|info| info.0)
-        .collect();
-    let listed = method.0.iter().any(|pa| pa.padata_type.0.0 == [19]);
-    listed.then_some(entries)
+        .map(|pa| picky_asn1_der::from_bytes::<EtypeInfo2>(&pa.padata_data.0.0).ok())
+        .collect::<Option<Vec<_>>>()?;
+    // None too when no ETYPE-INFO2 is there, or one cannot be read: nothing is known.
+    (!infos.is_empty()).then(|| infos.into_iter().flat_map(|info| info.0).collect())
 }
 
 /// The salt the KDC names in ETYPE-INFO2 for aes256, if any.
@@ -368,6 +367,13 @@ impl Granted {
     }
 }
 
+/// When a ticket granted at `now` and ending at `end` is replaced: a quarter of its
+/// lifetime before its end, at most [`RENEW_BEFORE`] before.
+fn renew_at(end: time::OffsetDateTime, now: time::OffsetDateTime) -> time::OffsetDateTime {
+    let lifetime = end - now;
+    end - (lifetime / 4i32).clamp(time::Duration::ZERO, RENEW_BEFORE)
+}
+
 /// How long before its end a cached ticket is replaced, at most.
 const RENEW_BEFORE: time::Duration = time::Duration::minutes(5);
 
@@ -393,11 +399,10 @@ fn granted(rep: &KdcRep, key: &[u8], usage: i32, nonce: u32, what: &str) -> Resu
     }
     let end = time::OffsetDateTime::try_from(part.end_time.0.0.clone())
         .map_err(|e| invalid(&format!("the {what}'s end time"), e))?;
-    let lifetime = end - time::OffsetDateTime::now_utc();
     Ok(Granted {
         ticket: rep.ticket.0.clone(),
         key: part.key.0.key_value.0.0.clone(),
-        renew_at: end - (lifetime / 4i32).clamp(time::Duration::ZERO, RENEW_BEFORE),
+        renew_at: renew_at(end, time::OffsetDateTime::now_utc()),
     })
 }
 
@@ -569,11 +574,31 @@ pub(crate) struct Client {
     tickets: tokio::sync::Mutex<Tickets>,
 }
 
-/// The cached TGT, and the service ticket for the host it was asked for.
+/// The cached TGT, the service ticket for the host it was asked for, and the last
+/// failure to get tickets.
 #[derive(Default)]
 struct Tickets {
     tgt: Option<Granted>,
     service: Option<(String, Granted)>,
+    failed: Option<(std::time::Instant, Error)>,
+}
+
+/// The same failure again, for a call that waited while another call failed to get
+/// tickets (errors hold sources that cannot be cloned; the kind and message are kept).
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Unauthorized { message } => Error::Unauthorized {
+            message: message.clone(),
+        },
+        Error::Misconfigured { message, .. } => Error::misconfigured(message.clone()),
+        Error::InvalidResponse { message } => Error::InvalidResponse {
+            message: message.clone(),
+        },
+        other => Error::Transient {
+            message: other.to_string(),
+            source: None,
+        },
+    }
 }
 
 impl fmt::Debug for Client {
@@ -599,31 +624,62 @@ impl Client {
 
     /// A service ticket for `HTTP/<host>`, from the cache or the KDC, and whether it
     /// came from the cache.
+    ///
+    /// One call at a time asks the KDC; calls that waited meanwhile take its tickets, or
+    /// its failure, instead of asking the KDC one after another.
     async fn service_ticket(
         &self,
         host: &str,
         timeout: Duration,
     ) -> Result<(Granted, bool), Error> {
-        let now = time::OffsetDateTime::now_utc();
+        let asked = std::time::Instant::now();
         let mut tickets = self.tickets.lock().await;
+        let now = time::OffsetDateTime::now_utc();
         if let Some((cached_host, service)) = &tickets.service
             && cached_host == host
             && service.usable_at(now)
         {
             return Ok((service.clone(), true));
         }
-        let cname = principal(1, &[self.credentials.username.as_str()])?;
-        let tgt = match tickets.tgt.as_ref().filter(|t| t.usable_at(now)) {
-            Some(tgt) => tgt.clone(),
-            None => {
-                let fresh = tgt(&self.credentials, &cname, timeout).await?;
-                tickets.tgt = Some(fresh.clone());
-                fresh
+        if let Some((at, e)) = &tickets.failed
+            && *at >= asked
+        {
+            return Err(again(e));
+        }
+        match self.fetch(&mut tickets, host, timeout, now).await {
+            Ok(service) => {
+                tickets.failed = None;
+                tickets.service = Some((host.to_string(), service.clone()));
+                Ok((service, false))
             }
-        };
-        let service = service_ticket(&self.credentials, &cname, &tgt, host, timeout).await?;
-        tickets.service = Some((host.to_string(), service.clone()));
-        Ok((service, false))
+            Err(e) => {
+                tickets.failed = Some((std::time::Instant::now(), again(&e)));
+                Err(e)
+            }
+        }
+    }
+
+    /// A service ticket from the KDC, with the cached TGT or a new one. A cached TGT the
+    /// KDC refuses (its key was reset, or it ended early) is replaced once.
+    async fn fetch(
+        &self,
+        tickets: &mut Tickets,
+        host: &str,
+        timeout: Duration,
+        now: time::OffsetDateTime,
+    ) -> Result<Granted, Error> {
+        let cname = principal(1, &[self.credentials.username.as_str()])?;
+        if let Some(cached) = tickets.tgt.clone().filter(|t| t.usable_at(now)) {
+            match service_ticket(&self.credentials, &cname, &cached, host, timeout).await {
+                Ok(service) => return Ok(service),
+                // The KDC answered, and refused this TGT: try once with a new one.
+                Err(Error::Unauthorized { .. }) => tickets.tgt = None,
+                Err(e) => return Err(e),
+            }
+        }
+        let fresh = tgt(&self.credentials, &cname, timeout).await?;
+        tickets.tgt = Some(fresh.clone());
+        service_ticket(&self.credentials, &cname, &fresh, host, timeout).await
     }
 
     /// The SPNEGO token for `Authorization: Negotiate`: a fresh AP-REQ for `HTTP/<host>`,
@@ -795,6 +851,20 @@ mod tests {
         );
         assert!(keytab_key(b"junk", "svc", "CORP.EXAMPLE").is_err());
         assert!(keytab_key(&[0x05, 0x02, 0, 0, 0, 40, 0], "svc", "CORP.EXAMPLE").is_err());
+    }
+
+    #[test]
+    fn tickets_are_renewed_shortly_before_they_end() {
+        let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        // A ten-hour ticket: five minutes before its end.
+        let end = now + time::Duration::hours(10);
+        assert_eq!(renew_at(end, now), end - time::Duration::minutes(5));
+        // A four-minute ticket: a quarter of its lifetime before its end.
+        let end = now + time::Duration::minutes(4);
+        assert_eq!(renew_at(end, now), end - time::Duration::minutes(1));
+        // A ticket that has already ended is renewed at once.
+        let end = now - time::Duration::minutes(1);
+        assert_eq!(renew_at(end, now), end);
     }
 
     #[test]

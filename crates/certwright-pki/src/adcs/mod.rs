@@ -308,11 +308,11 @@ impl AdcsBackend {
         template: &str,
         chain: &[Certificate],
     ) -> Result<Outcome, Error> {
-        check_status(call, &response)?;
+        check_submission_status(call, &response)?;
         let answer = pages::read_answer(response.content_type.as_deref(), &response.body);
         match page_outcome(answer, template, None) {
             Page::Certificate(body) => {
-                let leaf = read_certificate(call, &body)
+                let leaf = read_certificate(call, &body, &request.csr)
                     .map_err(|_| maybe_submitted(call, &response, "a readable certificate"))?;
                 check_key(&leaf, &request.csr)?;
                 bundle_with(leaf, chain)
@@ -330,7 +330,7 @@ impl AdcsBackend {
                     .await
             }
             Page::Pending(id) => Ok(self.pending(id)),
-            Page::Failed(e) => Err(e),
+            Page::Denied(e) | Page::Failed(e) => Err(e),
             Page::Unreadable(said) => Err(match said {
                 Some(said) => Error::Rejected {
                     reason: format!(
@@ -367,12 +367,15 @@ impl AdcsBackend {
             Err(e) => Err(e),
         };
         let leaf = match page {
-            Ok(Page::Certificate(body)) => read_certificate(&call, &body),
+            Ok(Page::Certificate(body)) => read_certificate(&call, &body, &request.csr),
             Ok(Page::Pending(id)) => return Ok(self.pending(id)),
-            // A denial is final. Anything else (the CA service down, access to the page
-            // refused) is no reason to submit again: the request is fetched later.
+            // A denial is final, whatever its HRESULT says of the cause: the request was
+            // not issued. A refusal (unknown id) is final too. Anything else (the CA
+            // service down, access to the page refused) is no reason to submit again:
+            // the request is fetched later.
+            Ok(Page::Denied(e)) if !e.is_retryable() => return Err(e),
             Ok(Page::Failed(e @ Error::Rejected { .. })) => return Err(e),
-            Ok(Page::Failed(e)) => Err(e),
+            Ok(Page::Denied(e) | Page::Failed(e)) => Err(e),
             Ok(Page::Fetch(_) | Page::Unreadable(_)) => Err(Error::InvalidResponse {
                 message: format!("{call}: a page that is not the issued certificate"),
             }),
@@ -420,6 +423,7 @@ impl AdcsBackend {
         session: &mut Session<'_>,
         id: u64,
         template: &str,
+        csr: &Csr,
     ) -> Result<Certificate, Error> {
         let path = format!("certnew.cer?ReqID={id}&ENC=b64");
         let call = format!("GET {}", self.url_of(&path));
@@ -427,8 +431,8 @@ impl AdcsBackend {
         check_status(&call, &answer)?;
         let read = pages::read_answer(answer.content_type.as_deref(), &answer.body);
         match page_outcome(read, template, Some(id)) {
-            Page::Certificate(body) => read_certificate(&call, &body),
-            Page::Failed(e) => Err(e),
+            Page::Certificate(body) => read_certificate(&call, &body, csr),
+            Page::Denied(e) | Page::Failed(e) => Err(e),
             _ => Err(unknown_page(&call, &answer, "the issued certificate")),
         }
     }
@@ -447,15 +451,17 @@ impl AdcsBackend {
         let answer = pages::read_answer(response.content_type.as_deref(), &response.body);
         match page_outcome(answer, template, Some(id)) {
             Page::Certificate(body) => {
-                let leaf = read_certificate(call, &body)?;
+                let leaf = read_certificate(call, &body, &request.csr)?;
                 self.issued(session, leaf, &request.csr).await
             }
             Page::Fetch(issued) => {
-                let leaf = self.fetch_issued(session, issued, template).await?;
+                let leaf = self
+                    .fetch_issued(session, issued, template, &request.csr)
+                    .await?;
                 self.issued(session, leaf, &request.csr).await
             }
             Page::Pending(id) => Ok(self.pending(id)),
-            Page::Failed(e) => Err(e),
+            Page::Denied(e) | Page::Failed(e) => Err(e),
             Page::Unreadable(Some(said)) => Err(Error::InvalidResponse {
                 message: format!("{call}: {said}"),
             }),
@@ -552,9 +558,15 @@ impl Backend for AdcsBackend {
         // Everything that may fail and be retried happens before the submission.
         let chain = self.ca_chain(&mut session, false).await?;
         tracing::debug!(call = %call, requester = %request.requester, template, "submitting to AD CS");
-        let response = session
+        let response = match session
             .send(Method::POST, "certfnsh.asp", Some(&form))
-            .await?;
+            .await
+        {
+            Ok(response) => response,
+            // A timeout or a reset once the form was sent: certsrv may hold the request.
+            Err(e) if e.is_retryable() => return Err(answer_lost(&call, &e)),
+            Err(e) => return Err(e),
+        };
         self.submitted(&mut session, &call, response, request, template, &chain)
             .await
     }
@@ -588,7 +600,7 @@ impl Backend for AdcsBackend {
         let call = format!("GET {}", self.url_of(&path));
         let response = session.send(Method::GET, &path, None).await?;
         check_status(&call, &response)?;
-        let ca = read_certificate(&call, &response.body)?;
+        let ca = read_certificates(&call, &response.body)?.swap_remove(0);
         if !chain.iter().any(|c| c.der() == ca.der()) {
             return Err(Error::InvalidResponse {
                 message: format!(
@@ -724,7 +736,10 @@ enum Page {
     Fetch(u64),
     /// Held for CA-manager approval under this id.
     Pending(u64),
-    /// Denied, or an error with an HRESULT whose meaning is known: final or the issuer's.
+    /// Denied by the CA's policy module or a CA manager: the request was not issued.
+    Denied(Error),
+    /// An error with an HRESULT whose meaning is known: final, the issuer's, or
+    /// transient.
     Failed(Error),
     /// Not a page certsrv answers, or an HRESULT we do not know (what certsrv said).
     Unreadable(Option<String>),
@@ -739,7 +754,7 @@ fn page_outcome(answer: Answer, template: &str, id: Option<u64>) -> Page {
             Some(id) => Page::Pending(id),
             None => Page::Unreadable(None),
         },
-        Answer::Denied { message, code } => Page::Failed(denied(&message, code, template)),
+        Answer::Denied { message, code } => Page::Denied(denied(&message, code, template)),
         Answer::Failed { message, code } => match pages::explain(code, &message, template) {
             Verdict::Unknown(said) => Page::Unreadable(Some(said)),
             Verdict::Misconfigured(m) => Page::Failed(Error::misconfigured(m)),
@@ -763,6 +778,33 @@ fn denied(message: &str, code: Option<u32>, template: &str) -> Error {
         _ => Error::Rejected {
             reason: format!("AD CS denied the request: {message}"),
         },
+    }
+}
+
+/// The status of the answer to the submission. A status that turns the request away
+/// before certsrv reads it (401 and 403: authentication; 404: a wrong url; 429 and 503:
+/// refused by IIS or a proxy in front) is read as [`check_status`] reads any; any other
+/// failure (500, a gateway's 502 or 504) may come after certsrv took the request, so
+/// it is final rather than retried.
+fn check_submission_status(call: &str, response: &Response) -> Result<(), Error> {
+    let turned_away = matches!(response.status.as_u16(), 401 | 403 | 404 | 429 | 503);
+    match check_status(call, response) {
+        Err(e) if !turned_away => {
+            tracing::warn!(call = %call, error = %e, "the submission failed after it was sent");
+            Err(maybe_submitted(call, response, "a certsrv answer"))
+        }
+        checked => checked,
+    }
+}
+
+/// The answer to the submission never came (a timeout, a reset) after the form was
+/// sent: certsrv may hold the request, so it is refused for good rather than sent again.
+fn answer_lost(call: &str, cause: &Error) -> Error {
+    Error::Rejected {
+        reason: format!(
+            "{call}: the answer to the submission was lost ({cause}); the request may have \
+             been submitted to the CA, so it is not sent again (look for it on the CA)"
+        ),
     }
 }
 
@@ -815,21 +857,35 @@ fn looks_like_html(body: &[u8]) -> bool {
     body[start..].first() == Some(&b'<')
 }
 
-/// The first certificate of an answer (PEM under any label, DER or base64, or PKCS#7).
-fn read_certificate(call: &str, body: &[u8]) -> Result<Certificate, Error> {
-    pkcs7::certificates_in(body)
-        .ok()
-        .and_then(|certs| {
-            certs
-                .first()
-                .and_then(|der| Certificate::from_der(der).ok())
-        })
-        .ok_or_else(|| Error::InvalidResponse {
+/// The certificates in an answer (PEM under any label, DER or base64, or PKCS#7), at
+/// least one.
+fn read_certificates(call: &str, body: &[u8]) -> Result<Vec<Certificate>, Error> {
+    let certs: Vec<Certificate> = pkcs7::certificates_in(body)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|der| Certificate::from_der(der).ok())
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::InvalidResponse {
             message: format!(
                 "{call}: certsrv sent a certificate that cannot be read ({} bytes)",
                 body.len()
             ),
-        })
+        });
+    }
+    Ok(certs)
+}
+
+/// The issued certificate in an answer that may carry the chain too (PKCS#7): the one
+/// with the CSR's key, else the first (which [`check_key`] then refuses).
+fn read_certificate(call: &str, body: &[u8], csr: &Csr) -> Result<Certificate, Error> {
+    let mut certs = read_certificates(call, body)?;
+    let wanted = &csr.public_key().spki_der;
+    let at = certs
+        .iter()
+        .position(|c| &c.public_key().spki_der == wanted)
+        .unwrap_or(0);
+    Ok(certs.swap_remove(at))
 }
 
 /// Checks Kerberos credentials and reads the key out of a keytab.

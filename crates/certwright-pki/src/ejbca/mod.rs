@@ -256,15 +256,27 @@ impl EjbcaBackend {
     /// a path: everything but the unreserved characters. (The `url` crate leaves `,`, `=`
     /// and `+` raw in segments, which EJBCA's `simple`-style path parameters read as a
     /// list separator and refuse.)
-    fn endpoint(&self, segments: &[&str]) -> Url {
+    ///
+    /// # Errors
+    /// [`Error::InvalidResponse`] for a segment of dots only (`.`, `..`): URLs read it as
+    /// a step in the path, encoded or not, so it cannot travel as data. Such values come
+    /// only from the PKI's answers (a CA's subject DN, a request id).
+    fn endpoint(&self, segments: &[&str]) -> Result<Url, Error> {
         let mut url = self.base.clone();
         let mut path = url.path().trim_end_matches('/').to_string();
         for segment in segments {
+            if !segment.is_empty() && segment.bytes().all(|b| b == b'.') {
+                return Err(Error::InvalidResponse {
+                    message: format!(
+                        "EJBCA named a CA or request {segment:?}, which cannot be put in a URL"
+                    ),
+                });
+            }
             path.push('/');
             path.push_str(&encode_segment(segment));
         }
         url.set_path(&path);
-        url
+        Ok(url)
     }
 
     fn request(
@@ -435,7 +447,7 @@ impl EjbcaBackend {
 
     /// The configured CA's subject DN, from `GET {url}/v1/ca`.
     async fn ca_subject_dn(&self) -> Result<String, Error> {
-        let url = self.endpoint(&["v1", "ca"]);
+        let url = self.endpoint(&["v1", "ca"])?;
         let call = describe_call(&Method::GET, &url);
         let response = self.send(Method::GET, url, None).await?;
         if !response.is_success() {
@@ -477,7 +489,7 @@ impl EjbcaBackend {
     /// The chain of the CA with `subject_dn`, from
     /// `GET {url}/v1/ca/{subject_dn}/certificate/download` (PEM).
     async fn download_chain(&self, subject_dn: &str) -> Result<Vec<Certificate>, Error> {
-        let url = self.endpoint(&["v1", "ca", subject_dn, "certificate", "download"]);
+        let url = self.endpoint(&["v1", "ca", subject_dn, "certificate", "download"])?;
         let call = describe_call(&Method::GET, &url);
         let response = self.send(Method::GET, url, None).await?;
         if !response.is_success() {
@@ -700,7 +712,7 @@ impl Backend for EjbcaBackend {
         };
         let body = serde_json::to_vec(&body)
             .map_err(|e| Error::misconfigured(format!("cannot encode the enrollment: {e}")))?;
-        let url = self.endpoint(&["v1", "certificate", "pkcs10enroll"]);
+        let url = self.endpoint(&["v1", "certificate", "pkcs10enroll"])?;
         let call = describe_call(&Method::POST, &url);
         tracing::debug!(
             call = %call,
@@ -765,7 +777,7 @@ impl Backend for EjbcaBackend {
         })
         .map_err(|e| Error::misconfigured(format!("cannot encode the finalize call: {e}")))?;
         let id = request_id.to_string();
-        let url = self.endpoint(&["v1", "certificate", &id, "finalize"]);
+        let url = self.endpoint(&["v1", "certificate", &id, "finalize"])?;
         let call = describe_call(&Method::POST, &url);
         let response = self.send(Method::POST, url, Some(&body)).await?;
         match response.status {
@@ -806,7 +818,7 @@ impl Backend for EjbcaBackend {
     }
 
     async fn check(&self) -> Result<Health, Error> {
-        let url = self.endpoint(&["v1", "certificate", "status"]);
+        let url = self.endpoint(&["v1", "certificate", "status"])?;
         let call = describe_call(&Method::GET, &url);
         let response = self.send(Method::GET, url, None).await?;
         if !response.is_success() {
@@ -1043,16 +1055,26 @@ mod tests {
                     "certificate",
                     "download"
                 ])
+                .expect("a URL")
                 .as_str(),
             "https://ejbca.example/ejbca/ejbca-rest-api/v1/ca/CN%3DIssuing%20CA%2CO%3DCorp/certificate/download"
         );
         let dn = "CN=Ops\\+K8s,OU=PKI/Ops,O=Sample\\, Société Générale,C=SE";
-        let url = backend.endpoint(&["v1", "ca", dn, "certificate", "download"]);
+        let url = backend
+            .endpoint(&["v1", "ca", dn, "certificate", "download"])
+            .expect("a URL");
         assert_eq!(
             url.path(),
             "/ejbca/ejbca-rest-api/v1/ca/CN%3DOps%5C%2BK8s%2COU%3DPKI%2FOps%2CO%3DSample%5C%2C\
              %20Soci%C3%A9t%C3%A9%20G%C3%A9n%C3%A9rale%2CC%3DSE/certificate/download"
         );
+        // A segment of dots cannot be data in a URL: refused, not resolved.
+        for dots in [".", ".."] {
+            let err = backend
+                .endpoint(&["v1", "certificate", dots, "finalize"])
+                .expect_err("refused");
+            assert_eq!(err.metric_label(), "invalid_response", "{err}");
+        }
         // Decoded, the segment is the DN again.
         let segment = url
             .path_segments()

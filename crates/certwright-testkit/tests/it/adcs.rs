@@ -567,6 +567,44 @@ async fn a_denial_on_the_first_fetch_after_submitting_is_a_denial() {
         Err(Error::Rejected { reason }) => assert!(reason.contains("no owner on record")),
         other => panic!("expected Rejected, got {other:?}"),
     }
+    // A denial by the policy module whose HRESULT names the issuer's configuration is
+    // final too: the request was not issued, so it is not left pending.
+    sim.set_behaviour(Behaviour::DenyOnFetch(
+        "Denied by Policy Module  0x80094800, The request was for a certificate template \
+         that is not supported by the Active Directory Certificate Services policy: WebServer."
+            .into(),
+    ));
+    match backend.sign(&request()).await {
+        Err(e @ Error::Misconfigured { .. }) => {
+            assert!(
+                e.to_string().contains("CERTSRV_E_UNSUPPORTED_CERT_TYPE"),
+                "{e}"
+            );
+        }
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+    assert_eq!(sim.submissions(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_with_its_401_is_replaced() {
+    let sim = AdcsSimulator::start_with(SimOptions {
+        persist_auth: false,
+        close_after_401: true,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let backend = backend(&sim, ntlm(DEFAULT_PASSWORD));
+    match backend.sign(&request()).await {
+        Ok(Outcome::Issued(bundle)) => assert_eq!(bundle.chain.len(), 2),
+        other => panic!("expected Issued, got {other:?}"),
+    }
+    // The first connection, closed by the 401 to its second request, and its
+    // replacement, which authenticates every request up front.
+    assert_eq!(sim.connections(), 2);
+    assert_eq!(sim.submissions(), 1);
+    assert_eq!(sim.auth_failures(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,4 +664,30 @@ async fn the_requested_lifetime_is_asked_for_when_the_issuer_sends_it() {
     let silent = backend(&sim, ntlm(DEFAULT_PASSWORD));
     silent.sign(&request).await.unwrap();
     assert_eq!(sim.last_validity(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_the_submission_is_never_sent_again() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let mut config = AdcsConfig::new(sim.url(), DEFAULT_TEMPLATE, ntlm(DEFAULT_PASSWORD));
+    config.ca_bundle_pem = Some(sim.tls_ca_pem().as_bytes().to_vec());
+    config.timeout = Duration::from_secs(1);
+    let backend = AdcsBackend::new(config).unwrap();
+    sim.set_behaviour(Behaviour::LoseAnswerToSubmission);
+    let err = backend.sign(&request()).await.expect_err("no answer");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("may have been submitted"), "{text}");
+    assert!(text.contains("look for it on the CA"), "{text}");
+    assert_eq!(sim.submissions(), 1);
+    assert_eq!(sim.waiting_ids().len(), 1, "the CA holds the one request");
+
+    // A 500 answering the submission itself (the chain is cached from the call above,
+    // so the submission is the first request) is final too: it may come after certsrv
+    // took the request.
+    sim.set_behaviour(Behaviour::Fail500);
+    let err = backend.sign(&request()).await.expect_err("500");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(err.to_string().contains("may have been submitted"), "{err}");
 }

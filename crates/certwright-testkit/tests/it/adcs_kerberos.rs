@@ -279,3 +279,35 @@ async fn an_account_without_an_aes_key_is_named() {
     assert!(text.contains("msDS-SupportedEncryptionTypes"), "{text}");
     assert_eq!(world.sim.submissions(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signs_share_one_set_of_tickets() {
+    let world = world().await;
+    let backend = std::sync::Arc::new(password_backend(&world));
+    let signs: Vec<_> = (0..8)
+        .map(|_| {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.sign(&request()).await })
+        })
+        .collect();
+    for sign in signs {
+        assert!(matches!(sign.await.unwrap(), Ok(Outcome::Issued(_))));
+    }
+    assert_eq!(world.kdc.as_requests(), 2);
+    assert_eq!(world.kdc.tgs_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_are_renewed_before_they_end() {
+    let world = world().await;
+    world.kdc.set_ticket_lifetime(Duration::from_secs(2));
+    let backend = password_backend(&world);
+    issued(&backend).await;
+    issued(&backend).await;
+    assert_eq!(world.kdc.tgs_requests(), 1, "cached while valid");
+    // Renewed a quarter of the lifetime (0.5 s) before the end: gone after 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    issued(&backend).await;
+    assert_eq!(world.kdc.as_requests(), 4, "a new TGT");
+    assert_eq!(world.kdc.tgs_requests(), 2, "a new service ticket");
+}

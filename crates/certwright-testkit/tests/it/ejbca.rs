@@ -669,19 +669,3 @@ async fn a_ca_subject_dn_is_percent_encoded_in_the_path() {
         other => panic!("expected Issued, got {other:?}"),
     }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ca_named_like_a_dn_is_accepted() {
-    let sim = oauth_sim().await;
-    // EJBCA's contract uses "CN=ExampleCA" as its example of a CA name; such a name is
-    // not refused by a rule meant for AD CS templates.
-    let backend = oauth_backend(&sim, |c| {
-        c.certificate_authority_name = "CN=ExampleCA".into()
-    });
-    let err = backend
-        .check()
-        .await
-        .expect_err("no such CA in the simulator");
-    assert_eq!(err.metric_label(), "misconfigured", "{err}");
-    assert!(err.to_string().contains("\"CN=ExampleCA\""), "{err}");
-}
