@@ -182,20 +182,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         })
 }
 
+/// Reads a whole file, at most [`MAX_FILE_BYTES`]: through a cap on the read itself, so
+/// that a FIFO, a device (`/dev/zero`) or a process substitution, whose size the file
+/// system does not know, cannot make the CLI read without end.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
-    let meta = std::fs::metadata(path)
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
         .with_context(|| format!("reading {}", path.display()))
         .map_err(Failure::input)?;
-    if meta.len() > MAX_FILE_BYTES {
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))
+        .map_err(Failure::input)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Failure::input(anyhow!(
-            "{} is {} bytes; the limit is {MAX_FILE_BYTES}",
-            path.display(),
-            meta.len()
+            "{} holds more than {MAX_FILE_BYTES} bytes, the limit",
+            path.display()
         )));
     }
-    std::fs::read(path)
-        .with_context(|| format!("reading {}", path.display()))
-        .map_err(Failure::input)
+    Ok(bytes)
 }
 
 fn read_text(path: &Path) -> Result<String, Failure> {

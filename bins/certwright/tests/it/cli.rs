@@ -206,6 +206,42 @@ fn inspect_explains_a_csr_and_a_certificate() {
     );
 }
 
+#[test]
+fn inputs_without_a_known_size_are_read_through_a_cap() {
+    // /dev/zero has no size and no end; a FIFO reports size 0 whatever is written to it.
+    let out = certwright(&["inspect"], &[Path::new("/dev/zero")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("more than 1048576 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let files = Files::new();
+    let fifo = files.dir.path().join("csr.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            // Twice the cap; the reader stops early and the write then fails.
+            let _ = pipe.write_all(&vec![b'A'; 2 * 1024 * 1024]);
+        })
+    };
+    let out = certwright(&["inspect"], &[&fifo]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("more than"),
+        "{}",
+        text(&out.stderr)
+    );
+    writer.join().unwrap();
+}
+
 fn cfssl_issuer(
     files: &Files,
     server: &CfsslServer,
