@@ -1070,6 +1070,16 @@ fn check_rbac(src: &Source, doc: &Doc, out: &mut Vec<Finding>) {
                 ));
             }
         }
+        // A Lease is elected on by name: reading or renewing another one (another
+        // controller's) is never needed. Only create cannot be narrowed by name.
+        let leases = list("resources").contains(&"leases")
+            && list("apiGroups").contains(&"coordination.k8s.io");
+        let unnamed = at(Some(rule), &["resourceNames"])
+            .and_then(Value::as_sequence)
+            .is_none_or(|names| names.is_empty());
+        if leases && unnamed && list("verbs").iter().any(|v| *v != "create") {
+            problem("leases other than create must name the Lease in resourceNames".to_string());
+        }
         let secrets = list("resources")
             .iter()
             .any(|r| *r == "secrets" || r.starts_with("secrets/"));
@@ -1424,6 +1434,38 @@ rules:
     resources: ["certificaterequests"]
     verbs: ["get", "patch"]
 "#;
+
+    #[test]
+    fn lease_rules_name_their_lease() {
+        let unnamed = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: le
+rules:
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["get", "create", "update"]
+"#;
+        assert_one(
+            &lint(&chart(&[("le.yaml", unnamed)])),
+            "templates/le.yaml:",
+            "resourceNames",
+        );
+        let named = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: le
+rules:
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["create"]
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    resourceNames: [{{ .Values.image.repository | quote }}]
+    verbs: ["get", "update"]
+"#;
+        assert_eq!(lint(&chart(&[("le.yaml", named)])), Vec::<String>::new());
+    }
 
     #[test]
     fn rbac_has_no_wildcards_and_reads_secrets_only() {
