@@ -5,9 +5,12 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use kube::api::PostParams;
 use kube::{Api, Client};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// How many events may wait to be written.
 const QUEUE: usize = 4096;
@@ -30,15 +33,68 @@ pub struct Transition {
 /// Sends events to a background writer.
 #[derive(Clone, Debug)]
 pub struct EventSink {
-    tx: Option<mpsc::Sender<Transition>>,
+    queue: Option<Arc<Queue>>,
+}
+
+/// Events waiting to be written, at most `capacity`: when full, the oldest gives way to
+/// the newest, which says more about the object's state now.
+#[derive(Debug)]
+struct Queue {
+    items: Mutex<VecDeque<Transition>>,
+    ready: Notify,
+    capacity: usize,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Queue {
+        Queue {
+            items: Mutex::new(VecDeque::with_capacity(capacity.min(64))),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues `t`; returns the oldest event, dropped to make room, if the queue was full.
+    fn push(&self, t: Transition) -> Option<Transition> {
+        let dropped = {
+            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            let dropped = if items.len() >= self.capacity {
+                items.pop_front()
+            } else {
+                None
+            };
+            items.push_back(t);
+            dropped
+        };
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// The oldest queued event, waiting for one.
+    async fn pop(&self) -> Transition {
+        loop {
+            let next = self
+                .items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            match next {
+                Some(t) => return t,
+                // A push between the look and the wait leaves a permit: no event is missed.
+                None => self.ready.notified().await,
+            }
+        }
+    }
 }
 
 impl EventSink {
     /// Starts the writer on the current runtime.
     pub fn start(client: Client, controller: String, instance: Option<String>) -> EventSink {
-        let (tx, mut rx) = mpsc::channel::<Transition>(QUEUE);
+        let queue = Arc::new(Queue::new(QUEUE));
+        let pending = queue.clone();
         tokio::spawn(async move {
-            while let Some(t) = rx.recv().await {
+            loop {
+                let t = pending.pop().await;
                 let namespace = t
                     .regarding
                     .namespace
@@ -80,20 +136,65 @@ impl EventSink {
                 }
             }
         });
-        EventSink { tx: Some(tx) }
+        EventSink { queue: Some(queue) }
     }
 
     /// A sink that drops everything (for tests of other parts).
     pub fn disabled() -> EventSink {
-        EventSink { tx: None }
+        EventSink { queue: None }
     }
 
-    /// Queues an event; never waits.
+    /// Queues an event; never waits. When the queue is full, the oldest queued event is
+    /// dropped.
     pub fn emit(&self, transition: Transition) {
-        if let Some(tx) = &self.tx
-            && let Err(mpsc::error::TrySendError::Full(t)) = tx.try_send(transition)
+        if let Some(queue) = &self.queue
+            && let Some(dropped) = queue.push(transition)
         {
-            tracing::warn!(reason = t.reason, "event queue full; event dropped");
+            tracing::warn!(
+                reason = dropped.reason,
+                "event queue full; the oldest event was dropped"
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(reason: &'static str) -> Transition {
+        Transition {
+            regarding: ObjectReference::default(),
+            reason,
+            note: String::new(),
+            warning: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_and_keeps_the_newest() {
+        let queue = Queue::new(2);
+        assert!(queue.push(transition("First")).is_none());
+        assert!(queue.push(transition("Second")).is_none());
+        let dropped = queue.push(transition("Third")).expect("full");
+        assert_eq!(dropped.reason, "First");
+        assert_eq!(queue.pop().await.reason, "Second");
+        assert_eq!(queue.pop().await.reason, "Third");
+    }
+
+    #[tokio::test]
+    async fn the_writer_wakes_for_an_event_queued_while_it_waits() {
+        let queue = Arc::new(Queue::new(4));
+        let waiting = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.pop().await.reason })
+        };
+        tokio::task::yield_now().await;
+        queue.push(transition("Issued"));
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("no panic");
+        assert_eq!(reason, "Issued");
     }
 }
