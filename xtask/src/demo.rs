@@ -139,8 +139,8 @@ async fn demo(root: &Path) -> Result<()> {
     let ready = wait_issuer(&issuers, "demo", &mut controller).await?;
     println!("==> InternalClusterIssuer demo: {ready}");
 
-    // An issuer the webhook refuses: plain http, a Secret that does not exist, a
-    // template name that would inject attributes.
+    // An issuer the webhook refuses: plain http and a template name that would inject
+    // attributes (its Secret, which does not exist, is only a warning).
     let broken: InternalClusterIssuer = serde_json::from_value(json!({
         "apiVersion": "pki.certwright.io/v1alpha1",
         "kind": "InternalClusterIssuer",

@@ -99,8 +99,6 @@ struct Problem {
     /// A Kubernetes `CauseType`: FieldValueInvalid, FieldValueRequired, ...
     reason: &'static str,
     message: String,
-    /// True when the check could not be made (as opposed to a check that failed).
-    undecided: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -154,7 +152,6 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
                 field: String::new(),
                 reason: "FieldValueRequired",
                 message: format!("the {kind} request carries no object"),
-                undecided: false,
             }],
         )));
     };
@@ -167,7 +164,6 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
                     field: String::new(),
                     reason: "FieldValueInvalid",
                     message: format!("the object is not a valid {kind}: {why}"),
-                    undecided: false,
                 }],
             )));
         }
@@ -202,7 +198,6 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
                         field: "metadata.namespace".to_string(),
                         reason: "FieldValueRequired",
                         message: "an InternalIssuer must have a namespace".to_string(),
-                        undecided: false,
                     }],
                 )));
             }
@@ -220,7 +215,6 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
             },
             message: format!("{}: {}", e.kind, e.detail),
             field: e.field,
-            undecided: false,
         }));
     }
     // A name that is not a valid Secret name was reported above; looking it up would
@@ -260,20 +254,24 @@ impl IssuerReview {
     }
 
     /// Checks each referenced Secret (exists where this issuer may read it, holds the
-    /// keys of at least one alternative) and answers: allowed with the warnings, or
-    /// denied with every problem.
+    /// keys of at least one alternative) and answers: denied with every problem of the
+    /// spec, or allowed with the warnings. What is wrong with a Secret is a warning, not a
+    /// denial: GitOps tools, External Secrets and Sealed Secrets create Secrets after or
+    /// beside the issuer, and the controller reports a missing Secret in the issuer's
+    /// Ready condition until it appears.
     pub(crate) fn decide(self, secrets: &dyn SecretLookup) -> AdmissionResponse {
         let IssuerReview {
             mut response,
             kind,
             namespace,
-            mut problems,
-            warnings,
+            problems,
+            mut warnings,
             requirements,
             ..
         } = self;
         for requirement in &requirements {
             let secret = &requirement.secret;
+            let field = requirement.field;
             let found = match secrets.lookup(&namespace, secret) {
                 SecretState::Found(keys) => keys,
                 SecretState::NotFound => {
@@ -282,41 +280,30 @@ impl IssuerReview {
                     } else {
                         "an InternalIssuer reads Secrets from its own namespace"
                     };
-                    problems.push(Problem {
-                        field: requirement.field.to_string(),
-                        reason: "FieldValueNotFound",
-                        message: format!(
-                            "Secret {secret:?} not found in namespace {namespace:?} ({scope})"
-                        ),
-                        undecided: false,
-                    });
+                    warnings.push(format!(
+                        "{field}: Secret {secret:?} not found in namespace {namespace:?} \
+                         ({scope}); the issuer is not Ready until it exists"
+                    ));
                     continue;
                 }
                 SecretState::Unknown(why) => {
-                    problems.push(Problem {
-                        field: requirement.field.to_string(),
-                        reason: "FieldValueInvalid",
-                        message: format!(
-                            "could not check Secret {secret:?} in namespace {namespace:?}: {why}"
-                        ),
-                        undecided: true,
-                    });
+                    warnings.push(format!(
+                        "{field}: could not check Secret {secret:?} in namespace \
+                         {namespace:?}: {why}"
+                    ));
                     continue;
                 }
             };
             if let Some(unmet) = requirement.unmet(|key| found.contains(key)) {
-                problems.push(Problem {
-                    field: requirement.field.to_string(),
-                    reason: "FieldValueInvalid",
-                    message: format!("Secret {secret:?} in namespace {namespace:?} {unmet}"),
-                    undecided: false,
-                });
+                warnings.push(format!(
+                    "{field}: Secret {secret:?} in namespace {namespace:?} {unmet}"
+                ));
             }
         }
-        if !warnings.is_empty() {
-            response.warnings = Some(warnings);
-        }
         if problems.is_empty() {
+            if !warnings.is_empty() {
+                response.warnings = Some(warnings);
+            }
             response
         } else {
             deny(response, problems)
@@ -417,19 +404,15 @@ fn warnings(spec: &IssuerSpec) -> Vec<String> {
 }
 
 /// Denies with every problem: one message for people (each problem `field: message`,
-/// joined with "; ") and one `StatusCause` per problem for programs. The code is 422
-/// Invalid, or 503 when the only problems are checks that could not be made.
+/// joined with "; ") and one `StatusCause` per problem for programs, with code 422
+/// Invalid.
 fn deny(response: AdmissionResponse, problems: Vec<Problem>) -> AdmissionResponse {
     let message = problems
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    let (code, reason) = if problems.iter().all(|p| p.undecided) {
-        (503, "ServiceUnavailable")
-    } else {
-        (422, "Invalid")
-    };
+    let (code, reason) = (422, "Invalid");
     let causes = problems
         .into_iter()
         .map(|p| StatusCause {
@@ -618,7 +601,8 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        // An invalid URL and a missing Secret: both, in one answer.
+        // An invalid URL and a bad limit: both, in one answer (a missing Secret is only a
+        // warning).
         let mut spec = adcs_spec("ntlm");
         spec["adcs"]["url"] = json!("http://adcs.corp.example/certsrv");
         spec["maxConcurrentRequests"] = json!(0);
@@ -637,44 +621,66 @@ mod tests {
             .iter()
             .map(|c| c.field.as_str())
             .collect();
-        assert_eq!(
-            fields,
-            vec![
-                "spec.adcs.url",
-                "spec.maxConcurrentRequests",
-                "spec.adcs.authSecretName"
-            ]
-        );
-        assert_eq!(message(&response).matches("; ").count(), 2);
+        assert_eq!(fields, vec!["spec.adcs.url", "spec.maxConcurrentRequests"]);
+        assert_eq!(message(&response).matches("; ").count(), 1);
+    }
+
+    fn warnings_of(response: &AdmissionResponse) -> Vec<String> {
+        response.warnings.clone().unwrap_or_default()
     }
 
     #[test]
-    fn a_missing_secret_is_denied_naming_the_field_and_namespace() {
+    fn a_missing_secret_is_a_warning_naming_the_field_and_namespace() {
+        // GitOps tools and secret operators create Secrets after the issuer.
         let response = admit(
             &create(KIND_CLUSTER_ISSUER, None, ca_spec()),
             &settings(),
             &secrets(&[]),
         );
-        assert!(!response.allowed);
+        assert!(response.allowed, "{}", message(&response));
         assert_eq!(
-            message(&response),
-            "spec.ca.secretName: Secret \"dev-ca\" not found in namespace \"cert-manager\" \
-             (an InternalClusterIssuer reads Secrets from the cluster resource namespace)"
+            warnings_of(&response),
+            [
+                "spec.ca.secretName: Secret \"dev-ca\" not found in namespace \"cert-manager\" \
+              (an InternalClusterIssuer reads Secrets from the cluster resource namespace); \
+              the issuer is not Ready until it exists"
+            ]
         );
     }
 
     #[test]
-    fn a_secret_missing_a_key_is_denied() {
+    fn a_secret_missing_a_key_is_a_warning() {
         let store = secrets(&[(CLUSTER_NS, "dev-ca", &["tls.crt"])]);
         let response = admit(
             &create(KIND_CLUSTER_ISSUER, None, ca_spec()),
             &settings(),
             &store,
         );
-        assert!(!response.allowed);
+        assert!(response.allowed, "{}", message(&response));
         assert_eq!(
-            message(&response),
-            "spec.ca.secretName: Secret \"dev-ca\" in namespace \"cert-manager\" has no tls.key"
+            warnings_of(&response),
+            ["spec.ca.secretName: Secret \"dev-ca\" in namespace \"cert-manager\" has no tls.key"]
+        );
+    }
+
+    #[test]
+    fn a_spec_problem_is_denied_even_when_its_secret_is_missing() {
+        let spec = json!({"rest": {"url": "http://pki.corp.example/api/v1", "authSecretName": "pki-auth"}});
+        let response = admit(
+            &create(KIND_ISSUER, Some("team-a"), spec),
+            &settings(),
+            &secrets(&[]),
+        );
+        assert!(!response.allowed);
+        assert!(
+            message(&response).starts_with("spec.rest.url:"),
+            "{}",
+            message(&response)
+        );
+        assert!(
+            !message(&response).contains("authSecretName"),
+            "{}",
+            message(&response)
         );
     }
 
@@ -691,12 +697,16 @@ mod tests {
         }
         let store = secrets(&[("team-a", "adcs-auth", &["username", "password"])]);
         let response = admit(&request, &settings(), &store);
-        assert!(!response.allowed);
-        assert_eq!(
-            message(&response),
-            "spec.adcs.authSecretName: Secret \"adcs-auth\" in namespace \"team-a\" holds none \
-             of the key sets [username + realm + kdc + password], \
-             [username + realm + kdc + keytab]"
+        assert!(response.allowed, "{}", message(&response));
+        assert!(
+            warnings_of(&response).contains(
+                &"spec.adcs.authSecretName: Secret \"adcs-auth\" in namespace \"team-a\" holds \
+                  none of the key sets [username + realm + kdc + password], \
+                  [username + realm + kdc + keytab]"
+                    .to_string()
+            ),
+            "{:?}",
+            warnings_of(&response)
         );
     }
 
@@ -784,7 +794,11 @@ mod tests {
         );
         // The same Secret in another namespace does not count.
         let store = secrets(&[("team-a", "dev-ca", &["tls.crt", "tls.key"])]);
-        assert!(!admit(&request, &settings(), &store).allowed);
+        let warnings = warnings_of(&admit(&request, &settings(), &store));
+        assert!(
+            warnings[0].contains("not found in namespace \"cert-manager\""),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -802,14 +816,16 @@ mod tests {
         );
         let in_cluster_ns = secrets(&[(CLUSTER_NS, "dev-ca", &["tls.crt", "tls.key"])]);
         let response = admit(&request, &settings(), &in_cluster_ns);
-        assert!(!response.allowed);
-        assert!(message(&response).contains("not found in namespace \"team-a\""));
+        assert!(warnings_of(&response)[0].contains("not found in namespace \"team-a\""));
         let in_own_ns = secrets(&[("team-a", "dev-ca", &["tls.crt", "tls.key"])]);
-        assert!(admit(&request, &settings(), &in_own_ns).allowed);
+        assert_eq!(
+            warnings_of(&admit(&request, &settings(), &in_own_ns)),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
-    fn a_secret_that_cannot_be_read_fails_closed() {
+    fn a_secret_that_cannot_be_read_is_a_warning() {
         let mut store = FetchedSecrets::new();
         store.insert(
             SecretRef {
@@ -823,13 +839,14 @@ mod tests {
             &settings(),
             &store,
         );
-        assert!(!response.allowed);
+        assert!(response.allowed, "{}", message(&response));
         assert_eq!(
-            message(&response),
-            "spec.ca.secretName: could not check Secret \"dev-ca\" in namespace \
-             \"cert-manager\": timed out after 5s"
+            warnings_of(&response),
+            [
+                "spec.ca.secretName: could not check Secret \"dev-ca\" in namespace \
+              \"cert-manager\": timed out after 5s"
+            ]
         );
-        assert_eq!(response.result.code, 503);
     }
 
     #[test]
@@ -889,7 +906,7 @@ mod tests {
             Some(ca_spec()),
         );
         let response = admit(&changed, &settings(), &secrets(&[]));
-        assert!(!response.allowed);
-        assert!(message(&response).contains("\"new-ca\" not found"));
+        assert!(response.allowed);
+        assert!(warnings_of(&response)[0].contains("\"new-ca\" not found"));
     }
 }
