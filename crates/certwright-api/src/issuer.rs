@@ -14,6 +14,9 @@ use crate::condition::Condition;
 use crate::duration::{DurationError, parse_duration};
 
 /// A Go duration: digits with an optional fraction, each followed by a unit.
+/// A DNS-1123 subdomain, the rule for Secret names (as `check_dns1123_subdomain`).
+pub(crate) const SECRET_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h))*$";
 
 /// The CEL rule that makes the API server itself enforce exactly one backend block.
@@ -136,7 +139,7 @@ pub struct IssuerStatus {
 pub struct CaBackend {
     /// A `kubernetes.io/tls` Secret: `tls.crt` is the CA certificate (a chain up to the
     /// root is allowed), `tls.key` its private key.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
     pub secret_name: String,
 }
 
@@ -164,7 +167,7 @@ pub struct RestBackend {
     /// Secret with credentials: `token`, or `username` and `password`, or `tls.crt` and
     /// `tls.key` (client certificate), or `key` (cfssl authsign HMAC key, hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
     pub auth_secret_name: Option<String>,
     /// PEM certificates trusted for the CA's TLS endpoint; the system roots when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,7 +209,7 @@ pub struct AdcsBackend {
     pub auth_method: AdcsAuthMethod,
     /// Secret with `username`, `password` and optional `domain`; Kerberos adds `realm`,
     /// `kdc` and `password` or `keytab`; clientCertificate uses `tls.crt` and `tls.key`.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
     pub auth_secret_name: String,
     /// PEM certificates trusted for the certsrv TLS endpoint; the system roots when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,7 +242,7 @@ pub struct EjbcaBackend {
     pub url: String,
     /// A `kubernetes.io/tls` Secret (mutual TLS), or a Secret with `tokenUrl`,
     /// `clientId`, `clientSecret` and optional `scopes`, `audience` (OAuth2).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
     pub auth_secret_name: String,
     /// PEM certificates trusted for EJBCA's TLS endpoint; the system roots when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]

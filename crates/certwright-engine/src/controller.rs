@@ -1122,11 +1122,18 @@ impl Shared {
         } else {
             key.namespace.clone()
         };
-        self.index_secrets(key, Some((&namespace, &snapshot.secret_names)));
+        // Validate before reading: no Secret is read for a spec that is invalid, so a
+        // name that is not a DNS-1123 name never reaches a request path.
+        let invalid = certwright_api::validate_issuer_spec(&snapshot.spec).err();
+        let secret_names: &[String] = match invalid {
+            Some(_) => &[],
+            None => &snapshot.secret_names,
+        };
+        self.index_secrets(key, Some((&namespace, secret_names)));
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let mut data = BTreeMap::new();
         let mut versions = Vec::new();
-        for name in &snapshot.secret_names {
+        for name in secret_names {
             match secrets_api.get_opt(name).await {
                 Ok(Some(secret)) => {
                     versions.push((name.clone(), secret.metadata.resource_version.clone()));
@@ -1160,10 +1167,14 @@ impl Shared {
             Some(entry) if entry.fingerprint == fingerprint => (entry, false),
             previous => {
                 let protection_cfg = protection_config(&snapshot.spec, &self.config);
-                let (backend, health) = match (snapshot.build)(&NamespacedSecrets {
-                    namespace: namespace.clone(),
-                    data,
-                }) {
+                let built = match invalid {
+                    Some(errors) => Err(certwright_pki::issuer::BuildError::InvalidSpec(errors)),
+                    None => (snapshot.build)(&NamespacedSecrets {
+                        namespace: namespace.clone(),
+                        data,
+                    }),
+                };
+                let (backend, health) = match built {
                     Ok(backend) => (
                         Some(backend),
                         Health {

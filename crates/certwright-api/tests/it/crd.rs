@@ -205,3 +205,40 @@ fn duration_pattern_in_schema_matches_the_parser() {
         assert!(certwright_api::parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn secret_name_pattern_in_schema_matches_the_validator() {
+    let schema = schema_of(&InternalIssuer::crd());
+    let spec = &schema["properties"]["spec"]["properties"];
+    let patterns: Vec<&str> = [
+        &spec["ca"]["properties"]["secretName"],
+        &spec["rest"]["properties"]["authSecretName"],
+        &spec["adcs"]["properties"]["authSecretName"],
+        &spec["ejbca"]["properties"]["authSecretName"],
+    ]
+    .iter()
+    .map(|field| {
+        field["pattern"]
+            .as_str()
+            .expect("a pattern on every Secret name")
+    })
+    .collect();
+    let re = regex::Regex::new(patterns[0]).unwrap();
+    assert!(patterns.iter().all(|p| *p == patterns[0]));
+    for good in ["dev-ca", "a", "pki.auth-1", "0x"] {
+        assert!(re.is_match(good), "{good}");
+        assert!(
+            certwright_api::validation::check_dns1123_subdomain(good).is_ok(),
+            "{good}"
+        );
+    }
+    for bad in [
+        "Dev-CA", "../x", "a/b", "-a", "a-", "a..b", "", "a_b", "a b",
+    ] {
+        assert!(!re.is_match(bad), "{bad}");
+        assert!(
+            certwright_api::validation::check_dns1123_subdomain(bad).is_err(),
+            "{bad}"
+        );
+    }
+}

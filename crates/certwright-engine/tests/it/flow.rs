@@ -520,3 +520,22 @@ async fn shutdown_waits_for_in_flight_signing_and_its_write() {
         cr.status
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_spec_is_reported_before_any_secret_is_read() {
+    let env = Env::start().await;
+    // A Secret name that is no DNS-1123 name would become part of a request path; a real
+    // API server refuses it by the CRD's pattern, a bypassed one must not matter.
+    env.cluster_issuer("sly", ca_spec("../../kube-system/secrets/admin"))
+        .await;
+    let issuer = env.wait_cluster_issuer("sly", "InvalidSpec").await;
+    let ready = &issuer.status.unwrap().conditions[0];
+    assert!(
+        ready.message.contains("spec.ca.secretName"),
+        "{}",
+        ready.message
+    );
+    // No Secret was read by name (the list and watch of Secret metadata run anyway).
+    assert_eq!(env.server.count(Method::GET, "secrets/"), 0);
+    assert_eq!(env.server.count(Method::GET, "kube-system"), 0);
+}
