@@ -821,7 +821,8 @@ impl Shared {
             attempts + 1,
             self.config.retry,
             poll_interval,
-        );
+        )
+        .with_requested_duration(request.duration);
         permit.record(plan.breaker);
         self.reflect_breaker(&issuer, &entry, plan.breaker).await;
         let pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);

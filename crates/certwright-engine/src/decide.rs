@@ -273,6 +273,39 @@ fn plain(
     }
 }
 
+impl Plan {
+    /// Says so when an issued certificate is shorter than the duration the request asked
+    /// for (by more than a minute or 1%, so that a backdated notBefore or rounding does
+    /// not count): the CA's own certificate ends sooner, or its profile or template caps
+    /// lifetimes. The Ready message says it, and the Event becomes a warning, so that a
+    /// certificate renewed far more often than planned is noticed.
+    #[must_use]
+    pub fn with_requested_duration(mut self, requested: Option<Duration>) -> Plan {
+        let (Some(requested), Some(leaf)) = (
+            requested,
+            self.status.issued.as_ref().and_then(|b| b.leaf()),
+        ) else {
+            return self;
+        };
+        let lifetime = leaf.not_after().as_second() - leaf.not_before().as_second();
+        let requested_secs = i64::try_from(requested.as_secs()).unwrap_or(i64::MAX);
+        let slack = (requested_secs / 100).max(60);
+        if lifetime.saturating_add(slack) >= requested_secs {
+            return self;
+        }
+        let issued_for = Duration::from_secs(u64::try_from(lifetime.max(0)).unwrap_or(0));
+        self.status.message = format!(
+            "{}; shorter than the requested {}: the CA issued it for {} (its own certificate \
+             ends sooner, or its profile or template caps lifetimes)",
+            self.status.message,
+            format_duration(requested),
+            format_duration(issued_for)
+        );
+        self.event = (self.event.0, true);
+        self
+    }
+}
+
 /// Maps an attempt to exactly one plan: one match, one condition, one requeue decision.
 /// `attempt` counts the failed attempts of this request so far, this one included;
 /// `poll_interval` bounds how long a CA-side pending request waits between polls.
@@ -536,6 +569,43 @@ mod tests {
             Backoff::default(),
             Duration::from_secs(300),
         )
+    }
+
+    #[test]
+    fn a_certificate_shorter_than_requested_is_said_and_warned() {
+        use certwright_testkit::fixtures::{KeyKind, TestCa};
+        let ca = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
+        let leaf = ca.issue_leaf(KeyKind::EcdsaP256, "web.example");
+        let bundle = IssuedBundle::from_certificates(vec![
+            certwright_x509::Certificate::from_der(&leaf.cert_der).unwrap(),
+            certwright_x509::Certificate::from_der(&ca.cert().cert_der).unwrap(),
+        ])
+        .unwrap();
+        let lifetime = (certwright_testkit::fixtures::VALID_UNTIL_UNIX
+            - certwright_testkit::fixtures::VALID_FROM_UNIX) as u64;
+        let issued = || plan_of(Ok(Outcome::Issued(bundle.clone())));
+        // As long as asked (or within a minute of it), or nothing asked: as before.
+        for requested in [None, Some(lifetime), Some(lifetime + 59)] {
+            let p = issued().with_requested_duration(requested.map(Duration::from_secs));
+            assert_eq!(p.event, ("Issued", false), "{requested:?}");
+            assert!(
+                !p.status.message.contains("shorter"),
+                "{}",
+                p.status.message
+            );
+        }
+        // Cut short: the message says by how much, and the Event is a warning.
+        let p = issued().with_requested_duration(Some(Duration::from_secs(lifetime * 2)));
+        assert_eq!(p.event, ("Issued", true));
+        assert_eq!(p.status.ready, ConditionStatus::True);
+        assert!(
+            p.status.message.contains("shorter than the requested")
+                && p.status
+                    .message
+                    .contains(&format_duration(Duration::from_secs(lifetime))),
+            "{}",
+            p.status.message
+        );
     }
 
     #[test]

@@ -30,8 +30,9 @@ use x509_cert::spki::SubjectPublicKeyInfoRef;
 use crate::{Backend, DEFAULT_DURATION, Error, Health, IssuedBundle, Outcome, SignRequest};
 
 /// How far notBefore is set back from the time of signing, so that a relying party whose
-/// clock is slightly behind accepts a fresh certificate. The lifetime stays the requested
-/// duration: notAfter is counted from the backdated notBefore.
+/// clock is slightly behind accepts a fresh certificate. The requested lifetime is
+/// counted from the time of signing: notAfter is now plus the duration, so even a
+/// duration shorter than the backdate gives a certificate valid for that long.
 const BACKDATE: i64 = 60;
 
 /// Length of the random serial numbers, in bytes (126 bits of randomness).
@@ -224,7 +225,9 @@ impl LocalCa {
         let not_before = now
             .saturating_sub(BACKDATE)
             .max(ca.not_before().as_second());
-        let not_after = not_before.saturating_add(lifetime).min(self.valid_until());
+        // Cut short only by the CA's own validity; the engine reports a certificate
+        // shorter than requested.
+        let not_after = now.saturating_add(lifetime).min(self.valid_until());
 
         let usages = Usages::from_request(&request.usages, request.is_ca)?;
         let basic_constraints = BasicConstraints {
@@ -1125,7 +1128,8 @@ mod tests {
                 assert_eq!(cert.sans(), csr.sans(), "{context}");
                 assert_eq!(cert.public_key(), csr.public_key(), "{context}");
 
-                assert_eq!(lifetime(cert), DAY as i64, "{context}");
+                // The duration counts from the signing, after the backdated notBefore.
+                assert_eq!(lifetime(cert), DAY as i64 + BACKDATE, "{context}");
                 let not_before = cert.not_before().as_second();
                 assert!(
                     (before - BACKDATE - 2..=now()).contains(&not_before),
@@ -1163,7 +1167,7 @@ mod tests {
         let request = SignRequest::new(full_csr(TestKey::EcdsaP256), "uid-1");
         let bundle = issue(&ca, &request).await;
         let cert = leaf(&bundle);
-        assert_eq!(lifetime(cert), (90 * DAY) as i64);
+        assert_eq!(lifetime(cert), (90 * DAY) as i64 + BACKDATE);
         assert_eq!(
             key_usages(cert),
             vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
@@ -1185,7 +1189,23 @@ mod tests {
         )
         .unwrap();
         let bundle = issue(&ca, &SignRequest::new(full_csr(TestKey::EcdsaP256), "uid")).await;
-        assert_eq!(lifetime(leaf(&bundle)), (7 * DAY) as i64);
+        assert_eq!(lifetime(leaf(&bundle)), (7 * DAY) as i64 + BACKDATE);
+    }
+
+    #[tokio::test]
+    async fn a_duration_shorter_than_the_backdate_counts_from_now() {
+        let root = TestCa::root(TestKey::EcdsaP256, "Corp Root CA");
+        let ca = local_ca(&root);
+        let mut request = SignRequest::new(full_csr(TestKey::EcdsaP256), "uid");
+        request.duration = Some(Duration::from_secs(30));
+        let before = now();
+        let bundle = issue(&ca, &request).await;
+        let not_after = leaf(&bundle).not_after().as_second();
+        // Valid for the 30 s asked for, from now; not expired on arrival.
+        assert!(
+            (before + 30..=now() + 30).contains(&not_after),
+            "notAfter {not_after}, signed at {before}"
+        );
     }
 
     #[test]

@@ -539,3 +539,40 @@ async fn an_invalid_spec_is_reported_before_any_secret_is_read() {
     assert_eq!(env.server.count(Method::GET, "secrets/"), 0);
     assert_eq!(env.server.count(Method::GET, "kube-system"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_cut_short_by_the_ca_says_so() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    // Far longer than the CA certificate (fixtures end in 2035) lives.
+    env.request_with("apps", "long", cluster_ref("dev"), |cr| {
+        cr.spec.duration = Some("438000h".into());
+    })
+    .await;
+    env.approve("apps", "long").await;
+    let cr = env.wait_ready_reason("apps", "long", "Issued").await;
+    let ready = cr
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("shorter than the requested 438000h"),
+        "{}",
+        ready.message
+    );
+    // A request for a lifetime the CA can give is not flagged.
+    env.request("apps", "day", cluster_ref("dev")).await;
+    env.approve("apps", "day").await;
+    let cr = env.wait_ready_reason("apps", "day", "Issued").await;
+    assert!(
+        cr.status
+            .unwrap()
+            .conditions
+            .iter()
+            .all(|c| !c.message.contains("shorter")),
+    );
+}
