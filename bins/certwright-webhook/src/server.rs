@@ -42,6 +42,79 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may finish their requests after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// HTTP/2 pings on an open connection: every interval, and a peer that does not answer
+/// one within the timeout is gone.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests one HTTP/2 connection may have in flight at once.
+const H2_MAX_STREAMS: u32 = 64;
+
+/// How many connections are served and for how long they may sit idle.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    max_connections: usize,
+    /// A connection with no request in flight for this long is closed, HTTP/1.1
+    /// keep-alive and HTTP/2 alike (the API server opens a new one when it needs it).
+    idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// Marks a request in flight until the guard drops.
+    fn begin(self: &Arc<Activity>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let busy = self.in_flight.load(Ordering::SeqCst) > 0;
+            if !busy && last.elapsed() >= idle {
+                return;
+            }
+            let wake = if busy {
+                tokio::time::Instant::now() + idle
+            } else {
+                last + idle
+            };
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+/// A request in flight; its end counts as activity.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Everything `run` needs, from the flags.
 #[derive(Debug)]
@@ -113,7 +186,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    serve_tls(listener, acceptor, webhook_router(state), stop_rx, draining).await;
+    serve_tls(
+        listener,
+        acceptor,
+        webhook_router(state),
+        stop_rx,
+        draining,
+        Limits::default(),
+    )
+    .await;
     let _ = probes_stop_tx.send(true);
     reload.abort();
     signal.abort();
@@ -223,20 +304,32 @@ fn answer(response: AdmissionResponse) -> Response {
 }
 
 /// Accepts TLS connections until `stop` turns true, then lets open connections finish
-/// their requests for up to [`SHUTDOWN_GRACE`].
+/// their requests for up to [`SHUTDOWN_GRACE`]. At most `limits.max_connections` are
+/// served at once, and a connection idle for `limits.idle_timeout` is closed, so that
+/// idle connections (HTTP/1.1 keep-alive, HTTP/2) cannot pile up.
 async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
     mut stop: watch::Receiver<bool>,
     draining: Arc<AtomicBool>,
+    limits: Limits,
 ) {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = Duration::from_millis(50);
     loop {
+        let permit = tokio::select! {
+            () = stopped(&mut stop) => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
         tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => break,
+            () = stopped(&mut stop) => break,
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => {
@@ -253,9 +346,10 @@ async fn serve_tls(
                     }
                 };
                 let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(router.clone());
+                let router = router.clone();
                 let watcher = graceful.watcher();
                 connections.spawn(async move {
+                    let _permit = permit;
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -264,18 +358,45 @@ async fn serve_tls(
                         }
                         Err(_) => return,
                     };
+                    let activity = Activity::new();
+                    let service = {
+                        let inner = TowerToHyperService::new(router);
+                        let activity = activity.clone();
+                        hyper::service::service_fn(move |request| {
+                            use hyper::service::Service as _;
+                            let in_flight = activity.begin();
+                            let answer = inner.call(request);
+                            async move {
+                                let answer = answer.await;
+                                drop(in_flight);
+                                answer
+                            }
+                        })
+                    };
                     let mut builder = ConnectionBuilder::new(TokioExecutor::new());
                     builder
                         .http1()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_READ_TIMEOUT);
+                    builder
+                        .http2()
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
+                        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+                        .max_concurrent_streams(H2_MAX_STREAMS);
                     let connection = builder.serve_connection(TokioIo::new(tls), service);
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    tokio::select! {
+                        served = watcher.watch(connection) => {
+                            if let Err(e) = served {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        }
+                        () = activity.idle_for(limits.idle_timeout) => {
+                            tracing::debug!("closing an idle connection");
+                        }
                     }
                 });
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     draining.store(true, Ordering::SeqCst);
@@ -290,6 +411,11 @@ async fn serve_tls(
         }
     }
     connections.shutdown().await;
+}
+
+/// Resolves once `stop` turns true (or its sender is gone), holding no borrow of it.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Plain HTTP `/healthz` (the process runs) and `/readyz` (not shutting down).
@@ -345,5 +471,178 @@ async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use certwright_testkit::fixtures::{KeyKind, TestCa};
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    struct Served {
+        addr: SocketAddr,
+        ca_pem: String,
+        _stop: watch::Sender<bool>,
+    }
+
+    /// serve_tls on 127.0.0.1 with a `GET /slow` that takes 600 ms.
+    async fn serve(limits: Limits) -> Served {
+        let ca = TestCa::root(KeyKind::EcdsaP256, "webhook test CA");
+        let leaf = ca.issue_leaf(KeyKind::EcdsaP256, "localhost");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    "slow"
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve_tls(
+            listener,
+            TlsAcceptor::from(Arc::new(config)),
+            router,
+            stop_rx,
+            Arc::new(AtomicBool::new(false)),
+            limits,
+        ));
+        Served {
+            addr,
+            ca_pem: ca.cert_pem().to_string(),
+            _stop: stop,
+        }
+    }
+
+    async fn connect(
+        served: &Served,
+        alpn: &[u8],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let mut config = certwright_testkit::tls::client_config(served.ca_pem.as_bytes()).unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(served.addr).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    }
+
+    /// Reads until the server closes the connection; false if it is still open after 5 s.
+    async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+        let mut buf = [0u8; 4096];
+        let read_to_end = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read_to_end)
+            .await
+            .is_ok()
+    }
+
+    async fn http_get(
+        stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+        path: &str,
+    ) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&answer).ends_with("ok")
+            && !String::from_utf8_lossy(&answer).ends_with("slow")
+        {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before answering: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    const SHORT_IDLE: Limits = Limits {
+        max_connections: 8,
+        idle_timeout: Duration::from_millis(300),
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_http1_connection_is_closed_but_not_a_busy_one() {
+        let served = serve(SHORT_IDLE).await;
+        let mut stream = connect(&served, b"http/1.1").await.unwrap();
+        // A request longer than the idle timeout is answered: in flight is not idle.
+        assert!(
+            http_get(&mut stream, "/slow")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        // Keep-alive, then nothing: closed by the server.
+        assert!(
+            http_get(&mut stream, "/healthz")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(closed_by_server(&mut stream).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_http2_connection_is_closed() {
+        let served = serve(SHORT_IDLE).await;
+        let mut stream = connect(&served, b"h2").await.unwrap();
+        // The client preface and an empty SETTINGS frame, then nothing.
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        assert!(closed_by_server(&mut stream).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_cap_wait_for_one_to_close() {
+        let served = serve(Limits {
+            max_connections: 2,
+            idle_timeout: Duration::from_secs(60),
+        })
+        .await;
+        let first = connect(&served, b"http/1.1").await.unwrap();
+        let _second = connect(&served, b"http/1.1").await.unwrap();
+        // The third waits in the backlog: its TLS handshake is not served.
+        let third = {
+            let served = Served {
+                addr: served.addr,
+                ca_pem: served.ca_pem.clone(),
+                _stop: watch::channel(false).0,
+            };
+            tokio::spawn(async move { connect(&served, b"http/1.1").await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!third.is_finished(), "a third connection was served");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("served once a connection closed")
+            .unwrap()
+            .unwrap();
     }
 }
