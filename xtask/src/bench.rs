@@ -311,6 +311,9 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
             api.kubeconfig.display().to_string(),
             "--cluster-resource-namespace".into(),
             NS.into(),
+            // The outage test's REST simulator is on loopback, which the egress policy
+            // refuses to issuers; the bench's issuers are cluster issuers.
+            "--egress-exempt-cluster-issuers".into(),
             "--leader-elect=false".into(),
             "--max-concurrent-reconciles".into(),
             "32".into(),

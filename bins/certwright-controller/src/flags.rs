@@ -77,6 +77,25 @@ pub(crate) struct Flags {
     /// How often each issuer's PKI is health-checked (Go duration).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub(crate) issuer_health_check_interval: std::time::Duration,
+
+    /// Hosts (`pki.corp.example`, `*.corp.example`) and networks (`10.20.0.0/16`) that
+    /// issuers may reach, comma-separated or repeated; anything not denied when unset.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) egress_allow: Vec<String>,
+
+    /// Addresses and networks issuers may never reach, besides loopback, link-local, the
+    /// API server's addresses and this pod's own.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) egress_deny: Vec<String>,
+
+    /// Let InternalClusterIssuers (written by the platform team) connect anywhere; the
+    /// egress policy then applies to namespaced InternalIssuers only.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) egress_exempt_cluster_issuers: bool,
+
+    /// This pod's address, refused to issuers (set from the downward API).
+    #[arg(long, env = "POD_IP")]
+    pub(crate) pod_ip: Option<std::net::IpAddr>,
 }
 
 /// Accepts `:9402` (all interfaces) as well as `host:port`.

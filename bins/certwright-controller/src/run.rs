@@ -34,7 +34,48 @@ fn default_identity() -> String {
     format!("{host}_{:08x}", random as u32)
 }
 
-async fn client(flags: &Flags) -> anyhow::Result<Client> {
+/// The egress policy of the flags, refusing also the API server's addresses (from the
+/// client configuration and `KUBERNETES_SERVICE_HOST`) and this pod's own.
+async fn egress_policy(
+    flags: &Flags,
+    api_server: &kube::Config,
+) -> anyhow::Result<certwright_pki::egress::EgressPolicy> {
+    let mut policy = certwright_pki::egress::EgressPolicy::new();
+    for entry in &flags.egress_allow {
+        policy = policy
+            .allow(entry)
+            .map_err(|e| anyhow::anyhow!("--egress-allow: {e}"))?;
+    }
+    for entry in &flags.egress_deny {
+        policy = policy
+            .deny(entry)
+            .map_err(|e| anyhow::anyhow!("--egress-deny: {e}"))?;
+    }
+    let mut own = Vec::new();
+    if let Some(host) = api_server.cluster_url.host() {
+        let port = api_server.cluster_url.port_u16().unwrap_or(443);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(addrs) => own.extend(addrs.map(|a| a.ip())),
+            Err(e) => {
+                tracing::warn!(host, error = %e, "cannot resolve the API server to refuse it to issuers")
+            }
+        }
+    }
+    if let Some(ip) = std::env::var("KUBERNETES_SERVICE_HOST")
+        .ok()
+        .and_then(|h| h.parse().ok())
+    {
+        own.push(ip);
+    }
+    own.extend(flags.pod_ip);
+    for addr in own {
+        policy = policy.deny_addr(addr);
+    }
+    Ok(policy)
+}
+
+async fn client(flags: &Flags) -> anyhow::Result<(Client, kube::Config)> {
     let config = match &flags.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
@@ -47,7 +88,8 @@ async fn client(flags: &Flags) -> anyhow::Result<Client> {
             .await
             .context("no --kubeconfig, KUBECONFIG or in-cluster configuration")?,
     };
-    Client::try_from(config).context("building the Kubernetes client")
+    let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    Ok((client, config))
 }
 
 /// SIGTERM or SIGINT cancel the returned token.
@@ -95,7 +137,8 @@ async fn serve(addr: std::net::SocketAddr, app: Router, what: &str) -> anyhow::R
 
 pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(flags.log_format, &flags.log_level)?;
-    let client = client(&flags).await?;
+    let (client, kube_config) = client(&flags).await?;
+    let egress = egress_policy(&flags, &kube_config).await?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -152,6 +195,8 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         cluster_resource_namespace: flags.cluster_resource_namespace.clone(),
         issuer_health_check_interval: flags.issuer_health_check_interval,
         instance: Some(identity.clone()),
+        egress: Some(Arc::new(egress)),
+        egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
         ..EngineConfig::default()
     };
     let shutdown = shutdown_on_signal();

@@ -28,6 +28,11 @@ const WARN_MAX_CONCURRENT_REQUESTS: u32 = 64;
 pub(crate) struct Settings {
     /// Where cluster issuers read their Secrets from.
     pub(crate) cluster_resource_namespace: String,
+    /// The controller's egress policy, checked on the URLs an issuer names; unchecked
+    /// when `None`.
+    pub(crate) egress: Option<certwright_pki::egress::EgressPolicy>,
+    /// Cluster issuers may name any host.
+    pub(crate) egress_exempt_cluster_issuers: bool,
 }
 
 /// What is known about one Secret. Only key names, never values.
@@ -217,6 +222,23 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
             field: e.field,
         }));
     }
+    // What the egress policy decides without resolving names: an address, or a name of
+    // this host or the API server, as an issuer's URL. (The controller checks the
+    // resolved address of every connection, and the KDC in the Secret too.)
+    let exempt = kind == KIND_CLUSTER_ISSUER && settings.egress_exempt_cluster_issuers;
+    if let Some(policy) = settings.egress.as_ref().filter(|_| !exempt) {
+        for (field, url) in issuer_urls(&spec) {
+            if let Some(host) = url_host(url)
+                && let Err(refused) = policy.check_static(host)
+            {
+                problems.push(Problem {
+                    field: field.to_string(),
+                    reason: "FieldValueForbidden",
+                    message: format!("Forbidden: {refused}"),
+                });
+            }
+        }
+    }
     // A name that is not a valid Secret name was reported above; looking it up would
     // only add noise.
     let requirements = secret_requirements(&spec)
@@ -309,6 +331,32 @@ impl IssuerReview {
             deny(response, problems)
         }
     }
+}
+
+/// The PKI URLs a spec names, with their fields.
+fn issuer_urls(spec: &IssuerSpec) -> Vec<(&'static str, &str)> {
+    let mut urls = Vec::new();
+    if let Some(rest) = &spec.rest {
+        urls.push(("spec.rest.url", rest.url.as_str()));
+    }
+    if let Some(adcs) = &spec.adcs {
+        urls.push(("spec.adcs.url", adcs.url.as_str()));
+    }
+    if let Some(ejbca) = &spec.ejbca {
+        urls.push(("spec.ejbca.url", ejbca.url.as_str()));
+    }
+    urls
+}
+
+/// The host of an absolute URL (`[::1]` with its brackets), without user or port.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.trim().split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.starts_with('[') {
+        return host_port.find(']').map(|end| &host_port[..=end]);
+    }
+    Some(host_port.split(':').next().unwrap_or(host_port)).filter(|h| !h.is_empty())
 }
 
 /// The issuer parsed from a request's object.
@@ -446,6 +494,8 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             cluster_resource_namespace: CLUSTER_NS.to_string(),
+            egress: Some(certwright_pki::egress::EgressPolicy::new()),
+            egress_exempt_cluster_issuers: false,
         }
     }
 
@@ -660,6 +710,74 @@ mod tests {
         assert_eq!(
             warnings_of(&response),
             ["spec.ca.secretName: Secret \"dev-ca\" in namespace \"cert-manager\" has no tls.key"]
+        );
+    }
+
+    #[test]
+    fn a_namespaced_issuer_may_not_name_this_host_the_api_server_or_metadata() {
+        for (url, host) in [
+            ("https://127.0.0.1:6443/api", "127.0.0.1"),
+            ("https://169.254.169.254/latest", "169.254.169.254"),
+            (
+                "https://kubernetes.default.svc/api",
+                "kubernetes.default.svc",
+            ),
+            ("https://[::1]:8443/x", "::1"),
+            ("https://localhost:9443", "localhost"),
+        ] {
+            let spec = json!({"rest": {"url": url}});
+            let response = admit(
+                &create(KIND_ISSUER, Some("team-a"), spec.clone()),
+                &settings(),
+                &secrets(&[]),
+            );
+            assert!(!response.allowed, "{url}");
+            assert!(
+                message(&response).starts_with(&format!(
+                    "spec.rest.url: Forbidden: the egress policy refuses {host}"
+                )),
+                "{url}: {}",
+                message(&response)
+            );
+            // A cluster issuer too, unless the platform exempts cluster issuers.
+            let cluster = create(KIND_CLUSTER_ISSUER, None, spec);
+            assert!(
+                !admit(&cluster, &settings(), &secrets(&[])).allowed,
+                "{url}"
+            );
+            let exempt = Settings {
+                egress_exempt_cluster_issuers: true,
+                ..settings()
+            };
+            assert!(admit(&cluster, &exempt, &secrets(&[])).allowed, "{url}");
+        }
+        let fine = json!({"rest": {"url": "https://pki.corp.example/api"}});
+        assert!(
+            admit(
+                &create(KIND_ISSUER, Some("team-a"), fine.clone()),
+                &settings(),
+                &secrets(&[])
+            )
+            .allowed
+        );
+        // An allow list of names: any other name is refused.
+        let allow = Settings {
+            egress: Some(
+                certwright_pki::egress::EgressPolicy::new()
+                    .allow("*.pki.corp.example")
+                    .unwrap(),
+            ),
+            ..settings()
+        };
+        let response = admit(
+            &create(KIND_ISSUER, Some("team-a"), fine),
+            &allow,
+            &secrets(&[]),
+        );
+        assert!(
+            message(&response).contains("not among the hosts"),
+            "{}",
+            message(&response)
         );
     }
 

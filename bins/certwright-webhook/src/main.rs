@@ -61,6 +61,19 @@ struct Flags {
     #[arg(long, env = "POD_NAMESPACE", default_value = "cert-manager")]
     cluster_resource_namespace: String,
 
+    /// Hosts and networks issuers may reach (the controller's --egress-allow).
+    #[arg(long, value_delimiter = ',')]
+    egress_allow: Vec<String>,
+
+    /// Addresses and networks issuers may never reach (the controller's --egress-deny).
+    #[arg(long, value_delimiter = ',')]
+    egress_deny: Vec<String>,
+
+    /// InternalClusterIssuers may name any host (the controller's
+    /// --egress-exempt-cluster-issuers).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    egress_exempt_cluster_issuers: bool,
+
     /// Log line format. The filter comes from RUST_LOG (default: info).
     #[arg(
         long,
@@ -101,6 +114,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut egress = certwright_pki::egress::EgressPolicy::new();
+    for (flag, entries, allow) in [
+        ("--egress-allow", &flags.egress_allow, true),
+        ("--egress-deny", &flags.egress_deny, false),
+    ] {
+        for entry in entries {
+            let next = if allow {
+                egress.clone().allow(entry)
+            } else {
+                egress.clone().deny(entry)
+            };
+            match next {
+                Ok(policy) => egress = policy,
+                Err(e) => {
+                    tracing::error!(flag, error = %e, "invalid egress policy");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     let config = server::Config {
         tls_cert_file: flags.tls_cert_file,
         tls_private_key_file: flags.tls_private_key_file,
@@ -108,6 +141,8 @@ fn main() -> ExitCode {
         health_probe_bind_address: flags.health_probe_bind_address,
         kubeconfig: flags.kubeconfig,
         cluster_resource_namespace: flags.cluster_resource_namespace,
+        egress,
+        egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
     };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -125,6 +125,8 @@ pub(crate) struct Config {
     pub(crate) health_probe_bind_address: SocketAddr,
     pub(crate) kubeconfig: Option<PathBuf>,
     pub(crate) cluster_resource_namespace: String,
+    pub(crate) egress: certwright_pki::egress::EgressPolicy,
+    pub(crate) egress_exempt_cluster_issuers: bool,
 }
 
 /// What the handlers share.
@@ -154,6 +156,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         client,
         settings: Settings {
             cluster_resource_namespace: config.cluster_resource_namespace.clone(),
+            egress: Some(config.egress.clone()),
+            egress_exempt_cluster_issuers: config.egress_exempt_cluster_issuers,
         },
     });
 

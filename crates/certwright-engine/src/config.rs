@@ -1,7 +1,10 @@
 //! How the engine is tuned. Every field has a default that suits a production cluster;
 //! the controller binary maps its flags onto these.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use certwright_pki::egress::EgressPolicy;
 
 use crate::decide::Backoff;
 
@@ -32,6 +35,12 @@ pub struct EngineConfig {
     pub controller_name: String,
     /// This replica's name (the pod name), reported on Events.
     pub instance: Option<String>,
+    /// Where the backends of namespaced issuers (and, unless
+    /// [`EngineConfig::egress_exempt_cluster_issuers`], cluster issuers) may connect.
+    /// `None`: anywhere (the controller binary always sets one).
+    pub egress: Option<Arc<EgressPolicy>>,
+    /// Cluster issuers, which the platform team writes, connect anywhere.
+    pub egress_exempt_cluster_issuers: bool,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +59,8 @@ impl Default for EngineConfig {
             breaker_max_open_for: Duration::from_secs(300),
             controller_name: "certwright".to_string(),
             instance: None,
+            egress: None,
+            egress_exempt_cluster_issuers: false,
         }
     }
 }

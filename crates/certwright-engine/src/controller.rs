@@ -1173,6 +1173,11 @@ impl Shared {
                     None => (snapshot.build)(&NamespacedSecrets {
                         namespace: namespace.clone(),
                         data,
+                        egress: if key.cluster && self.config.egress_exempt_cluster_issuers {
+                            None
+                        } else {
+                            self.config.egress.clone()
+                        },
                     }),
                 };
                 let (backend, health) = match built {

@@ -168,6 +168,8 @@ pub(crate) fn protection_config(
 pub(crate) struct NamespacedSecrets {
     pub(crate) namespace: String,
     pub(crate) data: BTreeMap<String, SecretData>,
+    /// The egress policy this issuer's backend keeps to.
+    pub(crate) egress: Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>>,
 }
 
 impl SecretSource for NamespacedSecrets {
@@ -177,6 +179,10 @@ impl SecretSource for NamespacedSecrets {
 
     fn namespace(&self) -> Option<&str> {
         Some(&self.namespace)
+    }
+
+    fn egress(&self) -> Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>> {
+        self.egress.clone()
     }
 }
 

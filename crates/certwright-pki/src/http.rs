@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::egress::EgressPolicy;
 use crate::{DEFAULT_TIMEOUT, Error};
 
 pub use reqwest::header::{self, HeaderMap};
@@ -67,6 +68,8 @@ pub struct HttpConfig {
     pub max_response_bytes: usize,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Where the client may connect (issuers a tenant writes); anywhere when `None`.
+    pub egress: Option<Arc<EgressPolicy>>,
 }
 
 impl Default for HttpConfig {
@@ -78,6 +81,7 @@ impl Default for HttpConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             user_agent: concat!("certwright/", env!("CARGO_PKG_VERSION")).to_string(),
+            egress: None,
         }
     }
 }
@@ -172,6 +176,7 @@ pub struct HttpClient {
     max_response_bytes: usize,
     trust: &'static str,
     has_identity: bool,
+    egress: Option<Arc<EgressPolicy>>,
 }
 
 impl fmt::Debug for HttpClient {
@@ -220,7 +225,11 @@ impl HttpClient {
         };
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if let Some(policy) = &config.egress {
+            client = client.dns_resolver(Arc::new(CheckedResolver(policy.clone())));
+        }
+        let client = client
             .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
@@ -239,6 +248,7 @@ impl HttpClient {
             max_response_bytes: config.max_response_bytes,
             trust,
             has_identity: config.client_identity.is_some(),
+            egress: config.egress,
         })
     }
 
@@ -269,6 +279,15 @@ impl HttpClient {
             source: Some(Box::new(e)),
         })?;
         let call = describe_call(request.method(), request.url());
+        // A name goes through the checking resolver; an address written as the host
+        // never reaches a resolver, so it is checked here (with names that always mean
+        // this host or the API server).
+        if let Some(policy) = &self.egress {
+            let host = request.url().host_str().unwrap_or_default();
+            policy
+                .check_static(host)
+                .map_err(|refused| egress_error(&call, &refused))?;
+        }
         let started = Instant::now();
         let mut response = self
             .client
@@ -317,6 +336,9 @@ impl HttpClient {
     }
 
     fn transport_error(&self, call: &str, err: reqwest::Error) -> Error {
+        if let Some(refused) = crate::egress::refusal(&err) {
+            return egress_error(call, refused);
+        }
         if let Some(failure) = tls_failure(&err) {
             return self.tls_error(call, failure, err);
         }
@@ -745,6 +767,27 @@ fn skip_element_content(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, el
         if c == '>' {
             break;
         }
+    }
+}
+
+/// A connection the egress policy refuses: the issuer's configuration names a host it
+/// may not reach.
+pub(crate) fn egress_error(call: &str, refused: &crate::egress::Refused) -> Error {
+    Error::misconfigured(format!("{call}: {refused}"))
+}
+
+/// reqwest's resolver, keeping to an egress policy: names are resolved here, and only
+/// the addresses the policy allows are handed to the connector.
+struct CheckedResolver(Arc<EgressPolicy>);
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs = crate::egress::resolve(Some(&policy), &host, 0).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

@@ -80,6 +80,13 @@ pub trait SecretSource {
     fn namespace(&self) -> Option<&str> {
         None
     }
+
+    /// The egress policy the built backend keeps to: where its PKI (and KDC) may be.
+    /// The engine gives one for the issuers a tenant writes; `None` lets the backend
+    /// connect anywhere.
+    fn egress(&self) -> Option<Arc<crate::egress::EgressPolicy>> {
+        None
+    }
 }
 
 impl SecretSource for BTreeMap<String, SecretData> {
@@ -196,6 +203,7 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                 template: rest.template_name.clone(),
                 timeout: duration_or(rest.timeout.as_deref(), DEFAULT_TIMEOUT),
                 default_duration,
+                egress: secrets.egress(),
             };
             Ok(Arc::new(RestBackend::new(config)?))
         }
@@ -359,6 +367,7 @@ fn ejbca_backend<S: SecretSource + ?Sized>(
             .and_then(|t| parse_duration(t).ok())
             .unwrap_or(DEFAULT_TIMEOUT),
         default_duration,
+        egress: lookup.source.egress(),
         ..EjbcaConfig::new(
             spec.url.clone(),
             spec.certificate_authority_name.clone(),
@@ -477,6 +486,7 @@ fn adcs_backend<S: SecretSource + ?Sized>(
         timeout: duration(spec.timeout.as_deref(), DEFAULT_TIMEOUT),
         send_validity_period: spec.send_validity_period,
         default_duration,
+        egress: lookup.source.egress(),
         ..AdcsConfig::new(spec.url.clone(), spec.template_name.clone(), auth)
     };
     Ok(AdcsBackend::new(config)?)

@@ -3,10 +3,12 @@
 //! A backend turns a verified CSR into a certificate chain by asking a CA. The engine
 //! knows backends only through the [`Backend`] trait; each adapter is a type that
 //! implements it plus a constructor from its configuration, compiled in behind a cargo
-//! feature (`ca`, `rest`). A third party adds a backend by implementing [`Backend`] in
-//! its own crate. Nothing here knows Kubernetes.
+//! feature (`ca`, `rest`, `adcs`, `ejbca`). A third party adds a backend by implementing
+//! [`Backend`] in its own crate. Nothing here knows Kubernetes. [`egress`] is the policy
+//! network adapters keep to for the issuers a tenant writes.
 #![deny(missing_docs)]
 
+pub mod egress;
 mod error;
 mod request;
 

@@ -576,3 +576,36 @@ async fn a_certificate_cut_short_by_the_ca_says_so() {
             .all(|c| !c.message.contains("shorter")),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_issuer_cannot_reach_what_the_egress_policy_refuses() {
+    let sim = RestSimulator::start().await.unwrap();
+    let mut env = Env::new().await;
+    env.start_engine(certwright_engine::EngineConfig {
+        egress: Some(std::sync::Arc::new(
+            certwright_pki::egress::EgressPolicy::new(),
+        )),
+        egress_exempt_cluster_issuers: true,
+        ..crate::support::fast_config()
+    });
+    // A tenant points its issuer at loopback (the simulator is there): refused, never
+    // connected to, and its requests wait saying why.
+    env.namespaced_issuer("team", "sly", rest_spec(&sim)).await;
+    env.request("team", "svc", namespaced_ref("sly")).await;
+    env.approve("team", "svc").await;
+    env.wait_request("team", "svc", "waiting on the refused issuer", |cr| {
+        cr.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.message.contains("the egress policy refuses 127.0.0.1"))
+        })
+    })
+    .await;
+    assert_eq!(sim.sign_submissions(), 0);
+    // The platform team's cluster issuer, exempted, reaches the same PKI.
+    env.cluster_issuer("platform", rest_spec(&sim)).await;
+    env.request("apps", "web", cluster_ref("platform")).await;
+    env.approve("apps", "web").await;
+    env.wait_ready_reason("apps", "web", "Issued").await;
+    assert_eq!(sim.sign_submissions(), 1);
+}

@@ -53,6 +53,7 @@ pub(crate) struct Transport {
     pub(crate) max_response_bytes: usize,
     pub(crate) trust: &'static str,
     pub(crate) has_identity: bool,
+    pub(crate) egress: Option<Arc<crate::egress::EgressPolicy>>,
 }
 
 /// An answer read in full.
@@ -103,7 +104,13 @@ impl Transport {
         let server_name = ServerName::try_from(bare.clone())
             .map_err(|e| Error::misconfigured(format!("url host {host:?} is unusable: {e}")))?;
         let connect = async {
-            let tcp = TcpStream::connect((bare.as_str(), port))
+            let addrs = crate::egress::resolve(self.egress.as_deref(), &host, port)
+                .await
+                .map_err(|e| match crate::egress::refusal(&e) {
+                    Some(refused) => Error::misconfigured(format!("{call}: {refused}")),
+                    None => Error::transient(format!("{call}: cannot connect: {e}"), e),
+                })?;
+            let tcp = TcpStream::connect(&addrs[..])
                 .await
                 .map_err(|e| Error::transient(format!("{call}: cannot connect: {e}"), e))?;
             let _ = tcp.set_nodelay(true);

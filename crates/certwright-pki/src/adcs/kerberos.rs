@@ -65,6 +65,8 @@ pub(crate) struct Credentials {
     pub(crate) realm: String,
     pub(crate) kdc: String,
     pub(crate) secret: Secret,
+    /// Where the KDC may be (issuers a tenant writes); anywhere when `None`.
+    pub(crate) egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -168,10 +170,26 @@ enum Reply {
 }
 
 /// One request to the KDC over TCP, with the 4-byte length prefix.
-async fn kdc_call(kdc: &str, request: &[u8], timeout: Duration) -> Result<Reply, Error> {
+async fn kdc_call(
+    credentials: &Credentials,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Reply, Error> {
+    let kdc = credentials.kdc.as_str();
     let call = format!("Kerberos: the KDC {kdc}");
     let work = async {
-        let mut tcp = TcpStream::connect(kdc)
+        // `kdc` is host:port, checked when the credentials were read.
+        let (host, port) = kdc
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .ok_or_else(|| Error::misconfigured(format!("{call}: not host:port")))?;
+        let addrs = crate::egress::resolve(credentials.egress.as_deref(), host, port)
+            .await
+            .map_err(|e| match crate::egress::refusal(&e) {
+                Some(refused) => Error::misconfigured(format!("{call}: {refused}")),
+                None => Error::transient(format!("{call} is unreachable: {e}"), e),
+            })?;
+        let mut tcp = TcpStream::connect(&addrs[..])
             .await
             .map_err(|e| Error::transient(format!("{call} is unreachable: {e}"), e))?;
         let len = u32::try_from(request.len()).map_err(|e| invalid("request too large", e))?;
@@ -471,7 +489,7 @@ async fn tgt(
         10,
     ));
     let (salt, first_aes) =
-        match kdc_call(&credentials.kdc, &der("the AS-REQ", &first)?, timeout).await? {
+        match kdc_call(credentials, &der("the AS-REQ", &first)?, timeout).await? {
             Reply::Error(e) if e.error_code.0 == 25 => (salt_of(&e), aes_listed(&e)),
             Reply::Error(e) => return Err(kdc_error(credentials, "AS-REQ", &e, aes_listed(&e))),
             Reply::As(_) | Reply::Tgs(_) => {
@@ -501,7 +519,7 @@ async fn tgt(
         kdc_body(credentials, Some(cname.clone()), krbtgt, now, as_nonce)?,
         10,
     ));
-    match kdc_call(&credentials.kdc, &der("the AS-REQ", &request)?, timeout).await? {
+    match kdc_call(credentials, &der("the AS-REQ", &request)?, timeout).await? {
         Reply::As(rep) => granted(&rep, &key, 3, as_nonce, "AS-REP"),
         Reply::Error(e) => {
             let aes = aes_listed(&e).or(first_aes);
@@ -546,7 +564,7 @@ async fn service_ticket(
         )?)),
     };
     let request: TgsReq = ApplicationTag(kdc_req(vec![pa], body, 12));
-    match kdc_call(&credentials.kdc, &der("the TGS-REQ", &request)?, timeout).await? {
+    match kdc_call(credentials, &der("the TGS-REQ", &request)?, timeout).await? {
         Reply::Tgs(rep) => granted(&rep, &tgt.key, 8, tgs_nonce, "TGS-REP"),
         Reply::Error(e) => Err(kdc_error(credentials, "TGS-REQ", &e, None)),
         Reply::As(_) => Err(invalid("the KDC", "answered a TGS-REQ with an AS-REP")),
@@ -853,6 +871,28 @@ mod tests {
         assert!(keytab_key(&[0x05, 0x02, 0, 0, 0, 40, 0], "svc", "CORP.EXAMPLE").is_err());
     }
 
+    #[tokio::test]
+    async fn a_kdc_the_egress_policy_refuses_is_never_reached() {
+        // A port that refuses: were the connection attempted, the error would say
+        // "unreachable", not name the policy.
+        let credentials = Credentials {
+            username: "svc".into(),
+            realm: "CORP.EXAMPLE".into(),
+            kdc: "127.0.0.1:1".into(),
+            secret: Secret::Password("pw".into()),
+            egress: Some(std::sync::Arc::new(crate::egress::EgressPolicy::new())),
+        };
+        let err = match kdc_call(&credentials, b"x", Duration::from_secs(2)).await {
+            Err(e) => e,
+            Ok(_) => panic!("reached"),
+        };
+        assert_eq!(err.metric_label(), "misconfigured", "{err}");
+        assert!(
+            err.to_string().contains("egress policy refuses 127.0.0.1"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn tickets_are_renewed_shortly_before_they_end() {
         let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
@@ -874,6 +914,7 @@ mod tests {
             realm: "CORP.EXAMPLE".into(),
             kdc: "127.0.0.1:88".into(),
             secret: Secret::Password(pw.into()),
+            egress: None,
         };
         let a = long_term_key(&c("pw"), None).expect("key");
         assert_eq!(a.len(), 32);

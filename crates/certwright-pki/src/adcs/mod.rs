@@ -145,6 +145,8 @@ pub struct AdcsConfig {
     /// The lifetime sent with `send_validity_period` when the request names none.
     /// Default: [`crate::DEFAULT_DURATION`].
     pub default_duration: Duration,
+    /// Where certsrv and the KDC may be (issuers a tenant writes); anywhere when `None`.
+    pub egress: Option<Arc<crate::egress::EgressPolicy>>,
     /// Timeout of each step (connect, each request with its answer).
     pub timeout: Duration,
     /// Largest answer accepted.
@@ -162,6 +164,7 @@ impl AdcsConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             send_validity_period: false,
             default_duration: crate::DEFAULT_DURATION,
+            egress: None,
             timeout: DEFAULT_TIMEOUT,
             max_response_bytes: MAX_RESPONSE_BYTES,
         }
@@ -207,7 +210,10 @@ impl AdcsBackend {
             .map_err(|why| Error::misconfigured(format!("templateName {why}")))?;
         let (auth, identity, auth_name) = match config.auth {
             AdcsAuth::Kerberos(k) => (
-                ConnAuth::Kerberos(Arc::new(kerberos::Client::new(kerberos_credentials(k)?))),
+                ConnAuth::Kerberos(Arc::new(kerberos::Client::new(kerberos_credentials(
+                    k,
+                    config.egress.clone(),
+                )?))),
                 None,
                 "kerberos",
             ),
@@ -255,6 +261,7 @@ impl AdcsBackend {
                 max_response_bytes: config.max_response_bytes,
                 trust,
                 has_identity,
+                egress: config.egress,
             },
             template,
             poll_interval: config.poll_interval.max(Duration::from_secs(1)),
@@ -889,7 +896,10 @@ fn read_certificate(call: &str, body: &[u8], csr: &Csr) -> Result<Certificate, E
 }
 
 /// Checks Kerberos credentials and reads the key out of a keytab.
-fn kerberos_credentials(k: KerberosCredentials) -> Result<kerberos::Credentials, Error> {
+fn kerberos_credentials(
+    k: KerberosCredentials,
+    egress: Option<Arc<crate::egress::EgressPolicy>>,
+) -> Result<kerberos::Credentials, Error> {
     check_username(&k.username)?;
     let username = k.username.trim().to_string();
     if username.contains(['@', '\\', '/']) {
@@ -943,6 +953,7 @@ fn kerberos_credentials(k: KerberosCredentials) -> Result<kerberos::Credentials,
         realm,
         kdc,
         secret,
+        egress,
     })
 }
 

@@ -13,7 +13,7 @@ mod sealed;
 mod wire;
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::rand::SystemRandom;
@@ -96,6 +96,9 @@ pub struct EjbcaConfig {
     /// Delay before polling an enrollment held for approval. Default:
     /// [`DEFAULT_POLL_INTERVAL`].
     pub poll_interval: Duration,
+    /// Where EJBCA and the token endpoint may be (issuers a tenant writes); anywhere
+    /// when `None`.
+    pub egress: Option<Arc<crate::egress::EgressPolicy>>,
 }
 
 impl EjbcaConfig {
@@ -121,6 +124,7 @@ impl EjbcaConfig {
             timeout: DEFAULT_TIMEOUT,
             default_duration: DEFAULT_DURATION,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            egress: None,
         }
     }
 }
@@ -202,6 +206,7 @@ impl EjbcaBackend {
             client_identity: None,
             timeout: config.timeout,
             connect_timeout: config.timeout.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+            egress: config.egress.clone(),
             ..HttpConfig::default()
         };
         let http = HttpClient::new(HttpConfig {

@@ -111,6 +111,8 @@ pub struct RestConfig {
     /// Lifetime requested when the request names none (ignored by cfssl, whose profile
     /// decides). Default: [`DEFAULT_DURATION`].
     pub default_duration: Duration,
+    /// Where the CA may be (issuers a tenant writes); anywhere when `None`.
+    pub egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
 }
 
 impl RestConfig {
@@ -125,6 +127,7 @@ impl RestConfig {
             template: None,
             timeout: DEFAULT_TIMEOUT,
             default_duration: DEFAULT_DURATION,
+            egress: None,
         }
     }
 }
@@ -209,6 +212,7 @@ impl RestBackend {
             client_identity,
             timeout: config.timeout,
             connect_timeout: config.timeout.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+            egress: config.egress,
             ..HttpConfig::default()
         })?;
         Ok(RestBackend {

@@ -11,5 +11,6 @@ mod conformance_ca;
 mod conformance_cfssl;
 mod conformance_ejbca;
 mod conformance_rest;
+mod egress;
 mod ejbca;
 mod rest_backend;
