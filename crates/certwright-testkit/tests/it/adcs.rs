@@ -671,7 +671,9 @@ async fn a_lost_answer_to_the_submission_is_never_sent_again() {
     let sim = AdcsSimulator::start().await.unwrap();
     let mut config = AdcsConfig::new(sim.url(), DEFAULT_TEMPLATE, ntlm(DEFAULT_PASSWORD));
     config.ca_bundle_pem = Some(sim.tls_ca_pem().as_bytes().to_vec());
-    config.timeout = Duration::from_secs(1);
+    // Long enough for the steps before the submission on a loaded machine; the lost
+    // answer then costs this long once.
+    config.timeout = Duration::from_secs(3);
     let backend = AdcsBackend::new(config).unwrap();
     sim.set_behaviour(Behaviour::LoseAnswerToSubmission);
     let err = backend.sign(&request()).await.expect_err("no answer");
