@@ -824,6 +824,11 @@ impl Shared {
         )
         .with_requested_duration(request.duration);
         permit.record(plan.breaker);
+        let plan = if plan.issuer_fault.is_some() {
+            self.confirm_issuer_fault(label, &backend, plan).await
+        } else {
+            plan
+        };
         self.reflect_breaker(&issuer, &entry, plan.breaker).await;
         let pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);
         self.apply(key, pending, Some(full)).await;
@@ -1015,6 +1020,40 @@ impl Shared {
                 };
                 self.schedule(key, &pending.uid, delay);
             }
+        }
+    }
+
+    /// One request's refusal looked like the issuer's (unauthorized, misconfigured): the
+    /// issuer's own health check decides whose it is before the issuer, shared by other
+    /// requests and teams, is marked not Ready. A healthy check makes it the request's
+    /// (its template override, a profile refused for it), which fails alone.
+    async fn confirm_issuer_fault(
+        &self,
+        label: &str,
+        backend: &Arc<dyn certwright_pki::Backend>,
+        plan: Plan,
+    ) -> Plan {
+        let result = tokio::time::timeout(CHECK_TIMEOUT, backend.check()).await;
+        self.metrics.backend_call(
+            label,
+            backend.kind(),
+            "check",
+            match &result {
+                Ok(Ok(_)) => "success",
+                Ok(Err(e)) => e.metric_label(),
+                Err(_) => "transient",
+            },
+        );
+        match result {
+            Ok(Ok(_)) => {
+                info!(issuer = %label, "the issuer's health check passed: the refusal was this request's");
+                plan.request_scoped()
+            }
+            Ok(Err(e)) if e.is_issuer_fault() => {
+                let health = check_health(&e);
+                plan.issuer_confirmed(health.reason, health.message)
+            }
+            _ => plan.issuer_unconfirmed(self.config.retry.max),
         }
     }
 

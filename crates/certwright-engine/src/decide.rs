@@ -274,6 +274,46 @@ fn plain(
 }
 
 impl Plan {
+    /// A refusal that looked like the issuer's (unauthorized, misconfigured), but the
+    /// issuer's own health check passed right after: the cause is this request's (its
+    /// template override, a profile the CA refuses for it). The request fails; the
+    /// issuer, which serves other requests, stays as it is.
+    #[must_use]
+    pub fn request_scoped(mut self) -> Plan {
+        let Some((_, message)) = self.issuer_fault.take() else {
+            return self;
+        };
+        self.status = StatusChange::failed(
+            format!("The CA refused this request (its issuer is healthy): {message}"),
+            false,
+        );
+        self.event = ("Rejected", true);
+        self.requeue = Requeue::Never;
+        self
+    }
+
+    /// A refusal that looked like the issuer's, confirmed by the issuer's own health
+    /// check: the issuer's Ready condition says what the check found, so it never shows
+    /// one request's details; the request waits for the issuer.
+    #[must_use]
+    pub fn issuer_confirmed(mut self, reason: &'static str, message: String) -> Plan {
+        if self.issuer_fault.is_some() {
+            self.issuer_fault = Some((reason, message));
+        }
+        self
+    }
+
+    /// A refusal that looked like the issuer's, which its health check could not confirm
+    /// (the check itself failed to get an answer): the issuer is left as it is and the
+    /// request tries again after `delay`.
+    #[must_use]
+    pub fn issuer_unconfirmed(mut self, delay: Duration) -> Plan {
+        if self.issuer_fault.take().is_some() {
+            self.requeue = Requeue::After(delay);
+        }
+        self
+    }
+
     /// Says so when an issued certificate is shorter than the duration the request asked
     /// for (by more than a minute or 1%, so that a backdated notBefore or rounding does
     /// not count): the CA's own certificate ends sooner, or its profile or template caps
@@ -569,6 +609,47 @@ mod tests {
             Backoff::default(),
             Duration::from_secs(300),
         )
+    }
+
+    #[test]
+    fn an_issuer_fault_is_the_requests_unless_the_issuer_check_confirms_it() {
+        let fault = || {
+            plan_of(Err(PkiError::misconfigured(
+                "the CA does not offer certificate template \"Bogus\"",
+            )))
+        };
+        // The check passed: the request fails, the issuer is untouched.
+        let p = fault().request_scoped();
+        assert!(p.issuer_fault.is_none());
+        assert_eq!(
+            (p.status.ready, p.status.reason, p.status.failed),
+            (ConditionStatus::False, "Failed", true)
+        );
+        assert!(
+            p.status.message.contains("\"Bogus\""),
+            "{}",
+            p.status.message
+        );
+        assert_eq!(p.requeue, Requeue::Never);
+        // The check failed too: the issuer shows the check's finding, not the request's.
+        let p = fault().issuer_confirmed("Unauthorized", "certsrv refused us".into());
+        assert_eq!(
+            p.issuer_fault,
+            Some(("Unauthorized", "certsrv refused us".to_string()))
+        );
+        assert_eq!(p.status.reason, "Pending");
+        // The check got no answer: nobody is blamed yet; the request looks again.
+        let p = fault().issuer_unconfirmed(Duration::from_secs(30));
+        assert!(p.issuer_fault.is_none());
+        assert_eq!(p.requeue, Requeue::After(Duration::from_secs(30)));
+        // None of this touches a plan without an issuer fault.
+        let rejected = plan_of(Err(PkiError::Rejected {
+            reason: "no".into(),
+        }));
+        assert_eq!(
+            rejected.clone().request_scoped().status.message,
+            rejected.status.message
+        );
     }
 
     #[test]

@@ -614,3 +614,81 @@ async fn a_namespaced_issuer_cannot_reach_what_the_egress_policy_refuses() {
     env.wait_ready_reason("apps", "web", "Issued").await;
     assert_eq!(sim.sign_submissions(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_requests_refused_template_does_not_take_a_shared_issuer_offline() {
+    use certwright_testkit::adcs_sim::{
+        AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
+    };
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+
+    let sim = AdcsSimulator::start().await.unwrap();
+    let env = Env::start().await;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), CLUSTER_NS);
+    let mut auth = Secret::default();
+    auth.metadata.name = Some("adcs-auth".into());
+    auth.string_data = Some(
+        [
+            ("username".to_string(), DEFAULT_USER.to_string()),
+            ("password".to_string(), DEFAULT_PASSWORD.to_string()),
+            ("domain".to_string(), DEFAULT_DOMAIN.to_string()),
+        ]
+        .into(),
+    );
+    secrets.create(&PostParams::default(), &auth).await.unwrap();
+    env.cluster_issuer(
+        "corp-adcs",
+        IssuerSpec {
+            adcs: Some(certwright_api::AdcsBackend {
+                url: sim.url(),
+                auth_secret_name: "adcs-auth".into(),
+                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                template_name: DEFAULT_TEMPLATE.into(),
+                timeout: Some("5s".into()),
+                ..Default::default()
+            }),
+            allow_template_override: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_cluster_issuer("corp-adcs", "Verified").await;
+    // One team asks for a template the CA does not offer: its request fails, alone.
+    env.request_with("team-a", "odd", cluster_ref("corp-adcs"), |cr| {
+        cr.metadata.annotations = Some(
+            [(
+                certwright_api::TEMPLATE_ANNOTATION.to_string(),
+                "SecretTemplate-42".to_string(),
+            )]
+            .into(),
+        );
+    })
+    .await;
+    env.approve("team-a", "odd").await;
+    let odd = env.wait_ready_reason("team-a", "odd", "Failed").await;
+    let failed = odd
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        failed.message.contains("its issuer is healthy")
+            && failed.message.contains("SecretTemplate-42"),
+        "{}",
+        failed.message
+    );
+    // The issuer stays Ready, says nothing of that request, and serves another team.
+    let issuer = env.wait_cluster_issuer("corp-adcs", "Verified").await;
+    let ready = &issuer.status.unwrap().conditions[0];
+    assert!(
+        !ready.message.contains("SecretTemplate-42"),
+        "{}",
+        ready.message
+    );
+    env.request("team-b", "web", cluster_ref("corp-adcs")).await;
+    env.approve("team-b", "web").await;
+    env.wait_ready_reason("team-b", "web", "Issued").await;
+}
