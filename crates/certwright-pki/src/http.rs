@@ -770,6 +770,22 @@ fn skip_element_content(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, el
     }
 }
 
+/// Whether a call that failed may have been acted on by the server without its answer
+/// arriving: a transport failure (a timeout, a reset) after the connection was made.
+/// A failure to connect (name resolution, TCP, TLS) comes before the request is written,
+/// and a status the server answered is an answer, not a lost one.
+pub fn may_have_been_sent(err: &Error) -> bool {
+    match err {
+        Error::Transient {
+            source: Some(source),
+            ..
+        } => source
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(|e| !e.is_connect()),
+        _ => false,
+    }
+}
+
 /// A connection the egress policy refuses: the issuer's configuration names a host it
 /// may not reach.
 pub(crate) fn egress_error(call: &str, refused: &crate::egress::Refused) -> Error {

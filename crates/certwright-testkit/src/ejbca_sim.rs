@@ -94,6 +94,9 @@ pub enum Behaviour {
     /// Hold enrollments for approval with a 202 that carries neither `request_id` nor
     /// `link`.
     WaitingWithoutId,
+    /// Take enrollments (they count) and never answer them, as after a reset or a proxy
+    /// timeout; every other call answers.
+    LoseAnswerToEnrollment,
 }
 
 /// How clients authenticate.
@@ -554,6 +557,7 @@ async fn failure(behaviour: &Behaviour) -> Option<Response> {
         }
         Behaviour::Hang => std::future::pending::<Response>().await,
         Behaviour::Normal
+        | Behaviour::LoseAnswerToEnrollment
         | Behaviour::Reject(_)
         | Behaviour::WrongKey
         | Behaviour::BrokenChain
@@ -709,6 +713,9 @@ async fn enroll(
     };
     if let Behaviour::Reject(why) = &behaviour {
         return error(StatusCode::BAD_REQUEST, why);
+    }
+    if behaviour == Behaviour::LoseAnswerToEnrollment {
+        return std::future::pending::<Response>().await;
     }
     let Ok(body) = serde_json::from_slice::<EnrollRequest>(&body) else {
         return error(

@@ -726,7 +726,26 @@ impl Backend for EjbcaBackend {
             certificate_profile = %profile,
             "enrolling with EJBCA"
         );
-        let response = self.send(Method::POST, url, Some(&body)).await?;
+        // The token first, so that a failure to get one is told apart from a failure of
+        // the enrollment itself (the call below then takes it from the cache).
+        if let Some(source) = &self.oauth {
+            source.token().await?;
+        }
+        let response = match self.send(Method::POST, url, Some(&body)).await {
+            Ok(response) => response,
+            // Sent, and then the answer never came (a timeout, a reset): EJBCA may have
+            // enrolled, and enrolling again would sign a second certificate.
+            Err(e) if crate::http::may_have_been_sent(&e) => {
+                return Err(Error::Rejected {
+                    reason: format!(
+                        "{call}: the answer to the enrollment was lost ({e}); EJBCA may have \
+                         enrolled end entity {username:?}, so it is not enrolled again (look \
+                         for it in EJBCA)"
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         match response.status {
             StatusCode::OK | StatusCode::CREATED => {
                 let known = self.cached_chain();

@@ -670,3 +670,30 @@ async fn a_ca_subject_dn_is_percent_encoded_in_the_path() {
         other => panic!("expected Issued, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_an_enrollment_is_never_enrolled_again() {
+    let sim = oauth_sim().await;
+    let backend = oauth_backend(&sim, |c| c.timeout = Duration::from_secs(3));
+    sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
+    let err = backend
+        .sign(&request("web.apps.example", &["web.apps.example"]))
+        .await
+        .expect_err("no answer");
+    assert_eq!(err.metric_label(), "rejected", "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("may have enrolled"), "{err}");
+    assert!(err.to_string().contains("look for it in EJBCA"), "{err}");
+    assert_eq!(sim.enrollments(), 1);
+
+    // Nothing sent (the connection is refused): that stays a retryable failure.
+    let mut config = base_config(&sim);
+    config.url = certwright_testkit::tls::refused_url();
+    config.oauth = Some(oauth(&sim, CLIENT_SECRET));
+    let unreachable = EjbcaBackend::new(config).unwrap();
+    let err = unreachable
+        .sign(&request("web.apps.example", &["web.apps.example"]))
+        .await
+        .expect_err("refused");
+    assert!(err.is_retryable(), "{err}");
+}
