@@ -93,9 +93,10 @@ pub(crate) struct Flags {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub(crate) egress_exempt_cluster_issuers: bool,
 
-    /// This pod's address, refused to issuers (set from the downward API).
-    #[arg(long, env = "POD_IP")]
-    pub(crate) pod_ip: Option<std::net::IpAddr>,
+    /// This pod's addresses (every family), refused to issuers; set from the downward
+    /// API's `status.podIPs`.
+    #[arg(long, env = "POD_IPS", value_delimiter = ',')]
+    pub(crate) pod_ips: Vec<std::net::IpAddr>,
 }
 
 /// Accepts `:9402` (all interfaces) as well as `host:port`.

@@ -39,6 +39,7 @@ fn default_identity() -> String {
 async fn egress_policy(
     flags: &Flags,
     api_server: &kube::Config,
+    client: &Client,
 ) -> anyhow::Result<certwright_pki::egress::EgressPolicy> {
     let mut policy = certwright_pki::egress::EgressPolicy::new();
     for entry in &flags.egress_allow {
@@ -68,7 +69,25 @@ async fn egress_policy(
     {
         own.push(ip);
     }
-    own.extend(flags.pod_ip);
+    own.extend(flags.pod_ips.iter().copied());
+    // The API server's own addresses behind the `kubernetes` Service (the Service's
+    // address is rewritten to them after the check).
+    let endpoints: kube::Api<k8s_openapi::api::core::v1::Endpoints> =
+        kube::Api::namespaced(client.clone(), "default");
+    match endpoints.get_opt("kubernetes").await {
+        Ok(Some(found)) => own.extend(
+            found
+                .subsets
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|s| s.addresses.unwrap_or_default())
+                .filter_map(|a| a.ip.parse::<std::net::IpAddr>().ok()),
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the API server's endpoints (default/kubernetes) to refuse them to issuers")
+        }
+    }
     for addr in own {
         policy = policy.deny_addr(addr);
     }
@@ -138,7 +157,7 @@ async fn serve(addr: std::net::SocketAddr, app: Router, what: &str) -> anyhow::R
 pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(flags.log_format, &flags.log_level)?;
     let (client, kube_config) = client(&flags).await?;
-    let egress = egress_policy(&flags, &kube_config).await?;
+    let egress = egress_policy(&flags, &kube_config, &client).await?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
 

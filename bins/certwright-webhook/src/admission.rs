@@ -229,7 +229,7 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
     if let Some(policy) = settings.egress.as_ref().filter(|_| !exempt) {
         for (field, url) in issuer_urls(&spec) {
             if let Some(host) = url_host(url)
-                && let Err(refused) = policy.check_static(host)
+                && let Err(refused) = policy.check_static(&host)
             {
                 problems.push(Problem {
                     field: field.to_string(),
@@ -348,15 +348,15 @@ fn issuer_urls(spec: &IssuerSpec) -> Vec<(&'static str, &str)> {
     urls
 }
 
-/// The host of an absolute URL (`[::1]` with its brackets), without user or port.
-fn url_host(url: &str) -> Option<&str> {
-    let rest = url.trim().split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host_port.starts_with('[') {
-        return host_port.find(']').map(|end| &host_port[..=end]);
-    }
-    Some(host_port.split(':').next().unwrap_or(host_port)).filter(|h| !h.is_empty())
+/// The host of a URL as the controller's HTTP client reads it (the `url` crate, which
+/// normalises `2130706433`, `0x7f.1` and `127.0.0.1.` to `127.0.0.1`), `[::1]` with its
+/// brackets.
+fn url_host(url: &str) -> Option<String> {
+    url::Url::parse(url.trim())
+        .ok()?
+        .host_str()
+        .map(str::to_string)
+        .filter(|h| !h.is_empty())
 }
 
 /// The issuer parsed from a request's object.
@@ -724,6 +724,8 @@ mod tests {
             ),
             ("https://[::1]:8443/x", "::1"),
             ("https://localhost:9443", "localhost"),
+            ("https://2130706433/", "127.0.0.1"),
+            ("https://0x7f.1/", "127.0.0.1"),
         ] {
             let spec = json!({"rest": {"url": url}});
             let response = admit(

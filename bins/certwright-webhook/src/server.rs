@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -57,13 +56,19 @@ struct Limits {
     /// A connection with no request in flight for this long is closed, HTTP/1.1
     /// keep-alive and HTTP/2 alike (the API server opens a new one when it needs it).
     idle_timeout: Duration,
+    /// How long a graceful close may take (an HTTP/2 peer acknowledging GOAWAY) before
+    /// the connection is dropped.
+    close_grace: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 256,
-            idle_timeout: Duration::from_secs(90),
+            // Above the 90 s after which Go's HTTP client (the API server's) drops an
+            // idle connection itself, so that it is the client that usually closes.
+            idle_timeout: Duration::from_secs(120),
+            close_grace: Duration::from_secs(10),
         }
     }
 }
@@ -84,6 +89,7 @@ impl Activity {
 
     /// Marks a request in flight until the guard drops.
     fn begin(self: &Arc<Activity>) -> InFlight {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
@@ -91,8 +97,9 @@ impl Activity {
     /// Resolves once no request has been in flight for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
-            let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+            // In flight first: a request that begins meanwhile has moved `last` on.
             let busy = self.in_flight.load(Ordering::SeqCst) > 0;
+            let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
             if !busy && last.elapsed() >= idle {
                 return;
             }
@@ -319,7 +326,6 @@ async fn serve_tls(
     draining: Arc<AtomicBool>,
     limits: Limits,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = Duration::from_millis(50);
@@ -351,7 +357,7 @@ async fn serve_tls(
                 };
                 let acceptor = acceptor.clone();
                 let router = router.clone();
-                let watcher = graceful.watcher();
+                let mut stop = stop.clone();
                 connections.spawn(async move {
                     let _permit = permit;
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -389,14 +395,34 @@ async fn serve_tls(
                         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
                         .max_concurrent_streams(H2_MAX_STREAMS);
                     let connection = builder.serve_connection(TokioIo::new(tls), service);
-                    tokio::select! {
-                        served = watcher.watch(connection) => {
-                            if let Err(e) = served {
-                                tracing::debug!(error = %e, "connection ended with an error");
+                    let mut connection = std::pin::pin!(connection);
+                    // Idle, or shutting down: close gracefully (HTTP/2 GOAWAY, or after
+                    // the HTTP/1.1 request under way), never in the middle of an answer.
+                    let mut closing = false;
+                    let mut give_up = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+                    loop {
+                        tokio::select! {
+                            served = connection.as_mut() => {
+                                if let Err(e) = served {
+                                    tracing::debug!(error = %e, "connection ended with an error");
+                                }
+                                break;
                             }
-                        }
-                        () = activity.idle_for(limits.idle_timeout) => {
-                            tracing::debug!("closing an idle connection");
+                            () = activity.idle_for(limits.idle_timeout), if !closing => {
+                                tracing::debug!("closing an idle connection");
+                                connection.as_mut().graceful_shutdown();
+                                closing = true;
+                                give_up.as_mut().reset(tokio::time::Instant::now() + limits.close_grace);
+                            }
+                            () = stopped(&mut stop), if !closing => {
+                                connection.as_mut().graceful_shutdown();
+                                closing = true;
+                                give_up.as_mut().reset(tokio::time::Instant::now() + limits.close_grace);
+                            }
+                            () = give_up.as_mut(), if closing => {
+                                tracing::debug!("a connection did not close gracefully; dropping it");
+                                break;
+                            }
                         }
                     }
                 });
@@ -405,14 +431,13 @@ async fn serve_tls(
     }
     draining.store(true, Ordering::SeqCst);
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!(
-                "connections still open {}s after the shutdown signal; closing them",
-                SHUTDOWN_GRACE.as_secs()
-            );
-        }
+    // Each connection saw `stop` and is closing gracefully; wait for them, within bounds.
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!(
+            "connections still open {}s after the shutdown signal; closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
     }
     connections.shutdown().await;
 }
@@ -589,6 +614,7 @@ mod tests {
     const SHORT_IDLE: Limits = Limits {
         max_connections: 8,
         idle_timeout: Duration::from_millis(300),
+        close_grace: Duration::from_millis(500),
     };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,6 +653,7 @@ mod tests {
         let served = serve(Limits {
             max_connections: 2,
             idle_timeout: Duration::from_secs(60),
+            close_grace: Duration::from_secs(1),
         })
         .await;
         let first = connect(&served, b"http/1.1").await.unwrap();

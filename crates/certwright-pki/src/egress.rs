@@ -39,7 +39,11 @@ const ALWAYS_DENIED: &[&str] = &[
     "::/128",
     "fe80::/10",
     "ff00::/8",
-    "fd00:ec2::254/128",
+    // AWS's IPv6 instance metadata and EKS Pod Identity; Alibaba's and Azure's metadata
+    // and wire server, outside link-local.
+    "fd00:ec2::/32",
+    "100.100.100.200/32",
+    "168.63.129.16/32",
 ];
 
 /// Why a connection is refused.
@@ -215,12 +219,28 @@ impl EgressPolicy {
     }
 }
 
-/// An IPv4 address written as IPv6 (`::ffff:127.0.0.1`) is checked as the IPv4 address
-/// it connects to.
+/// An IPv6 address that carries an IPv4 one is checked as the IPv4 address it reaches:
+/// mapped (`::ffff:127.0.0.1`), compatible (`::127.0.0.1`), NAT64 (`64:ff9b::/96`,
+/// `64:ff9b:1::/48`) and 6to4 (`2002::/16`).
 fn canonical(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+    let IpAddr::V6(v6) = addr else {
+        return addr;
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(mapped);
+    }
+    let v4 = |hi: u16, lo: u16| {
+        IpAddr::V4(std::net::Ipv4Addr::from(
+            (u32::from(hi) << 16) | u32::from(lo),
+        ))
+    };
+    match v6.segments() {
+        // Compatible (deprecated), but not :: and ::1, which are IPv6's own.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => v4(hi, lo),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x64, 0xff9b, 1, _, _, _, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => addr,
     }
 }
 
@@ -307,7 +327,15 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "fd00:ec2::254",
+            "fd00:ec2::23",
             "224.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::7f00:1",
+            "2002:7f00:1::",
+            "100.100.100.200",
+            "168.63.129.16",
         ] {
             let refused = policy.check("x", ip(addr)).expect_err(addr);
             assert!(

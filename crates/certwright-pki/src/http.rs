@@ -227,7 +227,11 @@ impl HttpClient {
 
         let mut client = reqwest::Client::builder();
         if let Some(policy) = &config.egress {
-            client = client.dns_resolver(Arc::new(CheckedResolver(policy.clone())));
+            // No proxy from the environment: a proxy would resolve and reach the host
+            // itself, past the policy, which could then check only the proxy's address.
+            client = client
+                .no_proxy()
+                .dns_resolver(Arc::new(CheckedResolver(policy.clone())));
         }
         let client = client
             .tls_backend_preconfigured(tls)
