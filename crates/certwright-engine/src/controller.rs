@@ -1023,16 +1023,13 @@ impl Shared {
         }
     }
 
-    /// One request's refusal looked like the issuer's (unauthorized, misconfigured): the
-    /// issuer's own health check decides whose it is before the issuer, shared by other
-    /// requests and teams, is marked not Ready. A healthy check makes it the request's
-    /// (its template override, a profile refused for it), which fails alone.
-    async fn confirm_issuer_fault(
+    /// The backend's health check within [`CHECK_TIMEOUT`], counted in the metrics.
+    async fn health_check(
         &self,
         label: &str,
         backend: &Arc<dyn certwright_pki::Backend>,
-        plan: Plan,
-    ) -> Plan {
+    ) -> Result<Result<certwright_pki::Health, certwright_pki::Error>, tokio::time::error::Elapsed>
+    {
         let result = tokio::time::timeout(CHECK_TIMEOUT, backend.check()).await;
         self.metrics.backend_call(
             label,
@@ -1044,7 +1041,20 @@ impl Shared {
                 Err(_) => "transient",
             },
         );
-        match result {
+        result
+    }
+
+    /// One request's refusal looked like the issuer's (unauthorized, misconfigured): the
+    /// issuer's own health check decides whose it is before the issuer, shared by other
+    /// requests and teams, is marked not Ready. A healthy check makes it the request's
+    /// (its template override, a profile refused for it), which fails alone.
+    async fn confirm_issuer_fault(
+        &self,
+        label: &str,
+        backend: &Arc<dyn certwright_pki::Backend>,
+        plan: Plan,
+    ) -> Plan {
+        match self.health_check(label, backend).await {
             Ok(Ok(_)) => {
                 info!(issuer = %label, "the issuer's health check passed: the refusal was this request's");
                 plan.request_scoped()
@@ -1265,33 +1275,20 @@ impl Shared {
         {
             let health = match entry.protection.breaker() {
                 BreakerState::Open { .. } | BreakerState::HalfOpen => circuit_open(),
-                BreakerState::Closed => {
-                    let result = tokio::time::timeout(CHECK_TIMEOUT, backend.check()).await;
-                    self.metrics.backend_call(
-                        &label,
-                        backend.kind(),
-                        "check",
-                        match &result {
-                            Ok(Ok(_)) => "success",
-                            Ok(Err(e)) => e.metric_label(),
-                            Err(_) => "transient",
-                        },
-                    );
-                    match result {
-                        Ok(Ok(h)) => Health {
-                            reason: REASON_VERIFIED,
-                            message: h.message,
-                        },
-                        Ok(Err(e)) => check_health(&e),
-                        Err(_) => Health {
-                            reason: REASON_UNREACHABLE,
-                            message: format!(
-                                "the health check did not finish within {}",
-                                certwright_api::format_duration(CHECK_TIMEOUT)
-                            ),
-                        },
-                    }
-                }
+                BreakerState::Closed => match self.health_check(&label, &backend).await {
+                    Ok(Ok(h)) => Health {
+                        reason: REASON_VERIFIED,
+                        message: h.message,
+                    },
+                    Ok(Err(e)) => check_health(&e),
+                    Err(_) => Health {
+                        reason: REASON_UNREACHABLE,
+                        message: format!(
+                            "the health check did not finish within {}",
+                            certwright_api::format_duration(CHECK_TIMEOUT)
+                        ),
+                    },
+                },
             };
             lock(&self.last_checked).insert(key.clone(), Instant::now());
             // A request may have marked the issuer (a refusal of its credentials) while

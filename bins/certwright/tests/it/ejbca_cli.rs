@@ -66,6 +66,19 @@ impl Files {
         )
     }
 
+    /// The OAuth2 client credentials Secret of the simulator's client.
+    fn oauth_secret(&self, sim: &EjbcaSimulator) -> String {
+        self.write(
+            "secret.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ejbca-client\n  namespace: apps\n\
+                 type: Opaque\nstringData:\n  tokenUrl: {}\n  clientId: {CLIENT_ID}\n  \
+                 clientSecret: {CLIENT_SECRET}\n",
+                sim.token_url()
+            ),
+        )
+    }
+
     fn csr(&self) -> String {
         let csr = CsrBuilder::new(KeyKind::EcdsaP256)
             .common_name("web.apps.example.test")
@@ -219,15 +232,7 @@ async fn an_approval_is_finished_with_poll() {
         .unwrap();
     let files = Files::new();
     let issuer = files.issuer(&sim);
-    let secret = files.write(
-        "secret.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ejbca-client\n  namespace: apps\n\
-             type: Opaque\nstringData:\n  tokenUrl: {}\n  clientId: {CLIENT_ID}\n  \
-             clientSecret: {CLIENT_SECRET}\n",
-            sim.token_url()
-        ),
-    );
+    let secret = files.oauth_secret(&sim);
     let csr = files.csr();
     let out = certwright(&[
         "--output",
@@ -273,15 +278,7 @@ async fn a_ca_named_like_a_dn_is_an_ejbca_name() {
     // "CN=ExampleCA" is the REST contract's own example of a CA name: the issuer is
     // valid, and EJBCA is asked for it (this simulator knows no such CA).
     let issuer = files.issuer_of_ca(&sim, "CN=ExampleCA");
-    let secret = files.write(
-        "secret.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ejbca-client\n  namespace: apps\n\
-             type: Opaque\nstringData:\n  tokenUrl: {}\n  clientId: {CLIENT_ID}\n  \
-             clientSecret: {CLIENT_SECRET}\n",
-            sim.token_url()
-        ),
-    );
+    let secret = files.oauth_secret(&sim);
     let out = certwright(&["check", "--issuer", &issuer, "--secret", &secret]).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -9,6 +9,15 @@ use certwright_api::{Base64Bytes, IssuerSpec, PENDING_ID_ANNOTATION, RestBackend
 use certwright_testkit::apiserver::Method;
 use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
 
+/// The request's Ready condition.
+fn ready_condition(cr: &certwright_api::CertificateRequest) -> certwright_api::Condition {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .cloned()
+        .expect("a Ready condition")
+}
+
 fn rest_spec(sim: &RestSimulator) -> IssuerSpec {
     IssuerSpec {
         rest: Some(RestBackend {
@@ -249,13 +258,7 @@ async fn a_ca_policy_refusal_fails_the_request() {
     env.approve("apps", "ca-please").await;
     let cr = env.wait_ready_reason("apps", "ca-please", "Failed").await;
     assert!(!cr.is_invalid());
-    let ready = cr
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = ready_condition(&cr);
     assert!(ready.message.contains("path length"), "{}", ready.message);
 }
 
@@ -557,13 +560,7 @@ async fn a_certificate_cut_short_by_the_ca_says_so() {
     .await;
     env.approve("apps", "long").await;
     let cr = env.wait_ready_reason("apps", "long", "Issued").await;
-    let ready = cr
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = ready_condition(&cr);
     assert!(
         ready.message.contains("shorter than the requested 438000h"),
         "{}",
@@ -667,13 +664,7 @@ async fn one_requests_refused_template_does_not_take_a_shared_issuer_offline() {
     .await;
     env.approve("team-a", "odd").await;
     let odd = env.wait_ready_reason("team-a", "odd", "Failed").await;
-    let failed = odd
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let failed = ready_condition(&odd);
     assert!(
         failed.message.contains("its issuer is healthy")
             && failed.message.contains("SecretTemplate-42"),
