@@ -3,6 +3,8 @@
 //! every problem (each naming its field path) and warnings comes out. No I/O here: the
 //! HTTP layer asks [`review`] which Secrets matter, fetches them, then calls
 //! [`IssuerReview::decide`] with a [`SecretLookup`].
+//!
+//! Over half of this file is its unit tests, kept beside the decision they pin down.
 
 use std::collections::{BTreeSet, HashMap};
 

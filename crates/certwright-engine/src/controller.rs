@@ -934,24 +934,12 @@ impl Shared {
                 return;
             }
         }
-        // 3. An event per transition.
-        self.events.emit(Transition {
-            regarding: object_reference(&full),
-            reason: plan.event.0,
-            note: plan.status.message.clone(),
-            warning: plan.event.1,
-        });
-        if plan.event.1 {
-            warn!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
-        } else {
-            info!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
-        }
         let label = pending
             .issuer
             .as_ref()
             .map(|k| self.issuer_label(k))
             .unwrap_or_default();
-        // 4. Metrics for finished requests.
+        // 3. Metrics for finished requests.
         if plan.requeue == Requeue::Never {
             let result = match plan.status.reason {
                 certwright_api::certificate_request::REASON_ISSUED => "issued",
@@ -970,6 +958,19 @@ impl Shared {
                 self.metrics
                     .observe_approval_to_ready(&label, seconds.max(0.0));
             }
+        }
+        // 4. An event per transition, once the metrics count it (a reader who sees the
+        //    event finds the request counted).
+        self.events.emit(Transition {
+            regarding: object_reference(&full),
+            reason: plan.event.0,
+            note: plan.status.message.clone(),
+            warning: plan.event.1,
+        });
+        if plan.event.1 {
+            warn!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+        } else {
+            info!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
         }
         // 5. The issuer, when it is at fault: the build that answered, if it is still
         //    the current one. An answer from a build since replaced (credentials rotated

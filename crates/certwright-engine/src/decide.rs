@@ -2,6 +2,8 @@
 //! issuer and says what to do; [`plan`] turns what the PKI answered into the status to
 //! write, the annotation to persist first, the event, and when to look again. Time comes
 //! in as an argument, so every row of the flow is testable without I/O or sleeping.
+//!
+//! A third of this file is its unit tests, one per row of the flow, kept beside it.
 
 use std::time::Duration;
 

@@ -7,6 +7,9 @@
 //! per backend (so per issuer) until shortly before they expire or certsrv refuses a
 //! ticket; each Negotiate token is a fresh authenticator. Messages and crypto come from
 //! `picky-krb`.
+//!
+//! One file because it is one protocol exchange (AS, TGS, AP-REQ in SPNEGO, the keytab,
+//! the ticket cache) whose steps share private message builders.
 
 use std::fmt;
 use std::str::FromStr as _;
