@@ -518,7 +518,7 @@ mod tests {
         _stop: watch::Sender<bool>,
     }
 
-    /// serve_tls on 127.0.0.1 with a `GET /slow` that takes 600 ms.
+    /// serve_tls on 127.0.0.1 with a `GET /slow` that takes 1.5 s.
     async fn serve(limits: Limits) -> Served {
         let ca = TestCa::root(KeyKind::EcdsaP256, "webhook test CA");
         let leaf = ca.issue_leaf(KeyKind::EcdsaP256, "localhost");
@@ -539,7 +539,7 @@ mod tests {
             .route(
                 "/slow",
                 get(|| async {
-                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
                     "slow"
                 }),
             );
@@ -611,9 +611,11 @@ mod tests {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
+    /// Short, but long enough that a test's next request on a loaded machine comes
+    /// before the connection counts as idle.
     const SHORT_IDLE: Limits = Limits {
         max_connections: 8,
-        idle_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(1000),
         close_grace: Duration::from_millis(500),
     };
 
