@@ -1,6 +1,9 @@
 //! The engine at run time: watches, work queues, workers, and the thin layer that
 //! performs what [`crate::decide`] decided. Requests and issuers are reconciled by
 //! separate queues; a key is never processed by two workers at once.
+//!
+//! One file because the request and issuer loops share its caches, work queues and
+//! status writers; the decisions themselves are in `decide` and `issuers`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};

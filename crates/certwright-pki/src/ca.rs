@@ -6,6 +6,9 @@
 //! the DNS, IP, URI and email names it asks for, and validity, basicConstraints and usages
 //! come from the [`SignRequest`]. Other extensions the CSR requests are never copied. The
 //! TBSCertificate is DER-encoded in this module and signed with `ring`.
+//!
+//! Over half of this file is its unit tests (every usage, key type and chain rule),
+//! beside the certificate encoding they pin down.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -11,6 +11,9 @@
 //! certificates. How it answers is set with [`Behaviour`]; requests held for approval
 //! wait for [`AdcsSimulator::approve`] or [`AdcsSimulator::deny`]. It counts submissions,
 //! connections, NTLM handshakes and Kerberos logons.
+//!
+//! One file because it is one server: certsrv's pages, IIS's NTLM/Negotiate/Basic
+//! authentication per connection, and its behaviours share the request state.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -16,6 +16,9 @@
 //! Deliberate liberties: a denied request's finalize message carries the approver's
 //! comment (EJBCA's says only "has been rejected"), and `end_time` is honoured by every
 //! profile (EJBCA needs "allow validity override" in the certificate profile).
+//!
+//! One file because it is one server: EJBCA's REST paths, its token endpoint and its
+//! behaviours share the enrollment state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;

@@ -7,6 +7,9 @@
 //! Health is `GET {url}/v1/certificate/status` plus a look at the configured CA. The
 //! client authenticates with a TLS client certificate, an OAuth2 bearer token from client
 //! credentials, or both.
+//!
+//! A quarter of this file is its unit tests; wire formats, OAuth2 and sealing are
+//! submodules.
 
 mod oauth;
 mod sealed;

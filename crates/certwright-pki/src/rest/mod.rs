@@ -4,6 +4,8 @@
 //! [`RestBackend::new`] checks the configuration once; every call then maps the CA's answer
 //! onto an [`Outcome`] or an [`Error`] kind, and checks that the issued certificate carries
 //! the CSR's public key.
+//!
+//! Over a third of this file is its unit tests; the cfssl flavour is a submodule.
 
 mod cfssl;
 
