@@ -88,8 +88,9 @@ pub(crate) struct Flags {
     #[arg(long, value_delimiter = ',')]
     pub(crate) egress_deny: Vec<String>,
 
-    /// Let InternalClusterIssuers (written by the platform team) connect anywhere; the
-    /// egress policy then applies to namespaced InternalIssuers only.
+    /// Let InternalClusterIssuers (written by the platform team) connect anywhere and
+    /// show PKI errors whole in their statuses; the egress policy and the errors told by
+    /// kind only then apply to namespaced InternalIssuers only.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub(crate) egress_exempt_cluster_issuers: bool,
 

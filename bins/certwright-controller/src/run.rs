@@ -216,6 +216,7 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         instance: Some(identity.clone()),
         egress: Some(Arc::new(egress)),
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
+        redact_tenant_errors: true,
         ..EngineConfig::default()
     };
     let shutdown = shutdown_on_signal();

@@ -39,8 +39,17 @@ pub struct EngineConfig {
     /// [`EngineConfig::egress_exempt_cluster_issuers`], cluster issuers) may connect.
     /// `None`: anywhere (the controller binary always sets one).
     pub egress: Option<Arc<EgressPolicy>>,
-    /// Cluster issuers, which the platform team writes, connect anywhere.
+    /// Cluster issuers, which the platform team writes, connect anywhere and tell PKI
+    /// errors whole.
     pub egress_exempt_cluster_issuers: bool,
+    /// The statuses and Events of namespaced issuers (and, unless
+    /// [`EngineConfig::egress_exempt_cluster_issuers`], cluster issuers), and of their
+    /// requests, tell a PKI's failure by its kind only (refused, timed out, TLS, an HTTP
+    /// status), never with the words the PKI answered
+    /// ([`certwright_pki::Error::redacted`]): a tenant who points an issuer at an
+    /// internal service learns whether something answered there, not what. The full
+    /// error goes to the controller's log. The controller binary sets it.
+    pub redact_tenant_errors: bool,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +70,7 @@ impl Default for EngineConfig {
             instance: None,
             egress: None,
             egress_exempt_cluster_issuers: false,
+            redact_tenant_errors: false,
         }
     }
 }

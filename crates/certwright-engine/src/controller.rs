@@ -37,6 +37,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::EngineConfig;
 use crate::cached::{CachedRequest, RequestKey};
+use crate::checks::{CHECK_TIMEOUT, Checks};
 use crate::decide::{Attempt, Decision, IssuerState, Plan, Requeue, StatusChange, decide, plan};
 use crate::error::{Error, api_code};
 use crate::events::{EventSink, Transition};
@@ -51,15 +52,13 @@ use crate::workqueue::WorkQueue;
 
 /// How often the pending and cached gauges are computed.
 const REPORT_INTERVAL: Duration = Duration::from_secs(2);
-/// Issuers reconciled at once (a health check may wait on a slow PKI).
+/// Issuers reconciled at once (health checks run off these workers, see `checks`).
 const ISSUER_WORKERS: usize = 4;
 /// Attempts of a write that failed for a reason other than a conflict, before the
 /// result is kept for a later attempt.
 const WRITE_ATTEMPTS: u32 = 3;
 /// How many times a status write is retried after a 409 before trying again later.
 const CONFLICT_RETRIES: usize = 5;
-/// Health checks may not take longer than this.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the engine keeps per request that is neither terminal nor unapproved.
 struct RequestEntry {
@@ -156,6 +155,8 @@ pub(crate) struct Shared {
     unwritten: Mutex<HashMap<RequestKey, Unwritten>>,
     request_queue: WorkQueue<RequestKey>,
     issuer_queue: WorkQueue<IssuerKey>,
+    /// Issuer health checks under way and their verdicts.
+    checks: Checks,
     /// Issuer watchers that have completed their initial list (two when synced).
     issuer_watchers_synced: AtomicUsize,
     /// Cancelled when the engine must stop signing (shutdown or lost leadership): no
@@ -196,6 +197,7 @@ impl<K: IssuerKinds> Engine<K> {
             unwritten: Mutex::default(),
             request_queue: WorkQueue::new(),
             issuer_queue: WorkQueue::new(),
+            checks: Checks::new(),
             issuer_watchers_synced: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
         };
@@ -666,7 +668,7 @@ impl Shared {
         let known = issuer_key
             .as_ref()
             .is_some_and(|k| lock(&self.snapshots).contains_key(k));
-        if known && entry.is_none() {
+        if known && entry.as_ref().is_none_or(|e| !e.checked()) {
             // The issuer exists but has not been checked yet: its reconcile requeues us.
             return;
         }
@@ -819,6 +821,7 @@ impl Shared {
         self.metrics
             .backend_call(label, backend.kind(), operation, outcome);
         debug!(operation, outcome, "PKI answered");
+        let result = result.map_err(|e| entry.tellable(e));
         let plan = plan(
             Attempt::Answered(result),
             attempts + 1,
@@ -828,7 +831,8 @@ impl Shared {
         .with_requested_duration(request.duration);
         permit.record(plan.breaker);
         let plan = if plan.issuer_fault.is_some() {
-            self.confirm_issuer_fault(label, &backend, plan).await
+            self.confirm_issuer_fault(label, &entry, &backend, plan)
+                .await
         } else {
             plan
         };
@@ -1027,14 +1031,15 @@ impl Shared {
         }
     }
 
-    /// The backend's health check within [`CHECK_TIMEOUT`], counted in the metrics.
+    /// The backend's health check within `timeout`, counted in the metrics.
     async fn health_check(
         &self,
         label: &str,
         backend: &Arc<dyn certwright_pki::Backend>,
+        timeout: Duration,
     ) -> Result<Result<certwright_pki::Health, certwright_pki::Error>, tokio::time::error::Elapsed>
     {
-        let result = tokio::time::timeout(CHECK_TIMEOUT, backend.check()).await;
+        let result = tokio::time::timeout(timeout, backend.check()).await;
         self.metrics.backend_call(
             label,
             backend.kind(),
@@ -1055,16 +1060,17 @@ impl Shared {
     async fn confirm_issuer_fault(
         &self,
         label: &str,
+        entry: &IssuerEntry,
         backend: &Arc<dyn certwright_pki::Backend>,
         plan: Plan,
     ) -> Plan {
-        match self.health_check(label, backend).await {
+        match self.health_check(label, backend, CHECK_TIMEOUT).await {
             Ok(Ok(_)) => {
                 info!(issuer = %label, "the issuer's health check passed: the refusal was this request's");
                 plan.request_scoped()
             }
             Ok(Err(e)) if e.is_issuer_fault() => {
-                let health = check_health(&e);
+                let health = check_health(&entry.tellable(e));
                 plan.issuer_confirmed(health.reason, health.message)
             }
             _ => plan.issuer_unconfirmed(self.config.retry.max),
@@ -1158,7 +1164,7 @@ impl Shared {
 
     // ---- issuers --------------------------------------------------------------
 
-    async fn reconcile_issuer(&self, key: &IssuerKey) {
+    async fn reconcile_issuer(self: &Arc<Self>, key: &IssuerKey) {
         let label = self.issuer_label(key);
         let snapshot = lock(&self.snapshots).get(key).cloned();
         let Some(snapshot) = snapshot else {
@@ -1167,6 +1173,7 @@ impl Shared {
                 self.metrics.forget_issuer(&label);
             }
             lock(&self.last_checked).remove(key);
+            self.checks.forget(key);
             self.index_secrets(key, None);
             self.requeue_requests_for(key, true);
             return;
@@ -1221,16 +1228,20 @@ impl Shared {
             Some(entry) if entry.fingerprint == fingerprint => (entry, false),
             previous => {
                 let protection_cfg = protection_config(&snapshot.spec, &self.config);
+                // Cluster issuers may be exempted from what binds tenants' issuers.
+                let exempt = key.cluster && self.config.egress_exempt_cluster_issuers;
+                let egress = if exempt {
+                    None
+                } else {
+                    self.config.egress.clone()
+                };
+                let redact = self.config.redact_tenant_errors && !exempt;
                 let built = match invalid {
                     Some(errors) => Err(certwright_pki::issuer::BuildError::InvalidSpec(errors)),
                     None => (snapshot.build)(&NamespacedSecrets {
                         namespace: namespace.clone(),
                         data,
-                        egress: if key.cluster && self.config.egress_exempt_cluster_issuers {
-                            None
-                        } else {
-                            self.config.egress.clone()
-                        },
+                        egress,
                     }),
                 };
                 let (backend, health) = match built {
@@ -1262,47 +1273,54 @@ impl Shared {
                     backend,
                     protection,
                     health: Mutex::new(health),
+                    checked: Default::default(),
+                    redact,
                 });
                 lock(&self.issuers).insert(key.clone(), entry.clone());
                 (entry, true)
             }
         };
-        // Health check when built, and when due; never while the breaker holds calls.
+        // A build has had its verdict before this look unless it is new.
+        let had_verdict = !rebuilt && entry.checked();
+        // Health: a finished check of this build is taken in; a new check starts when the
+        // build is new or a check is due, never while the breaker holds calls. Checks run
+        // off this worker (see `checks`): their end queues the issuer again.
         let interval = self.config.issuer_health_check_interval;
-        let due = lock(&self.last_checked)
-            .get(key)
-            .is_none_or(|at| at.elapsed() >= interval);
         let was_usable = entry.health().usable();
         let mut overruled = false;
-        if let Some(backend) = entry.backend.clone()
-            && (rebuilt || due)
-        {
-            let health = match entry.protection.breaker() {
-                BreakerState::Open { .. } | BreakerState::HalfOpen => circuit_open(),
-                BreakerState::Closed => match self.health_check(&label, &backend).await {
-                    Ok(Ok(h)) => Health {
-                        reason: REASON_VERIFIED,
-                        message: h.message,
-                    },
-                    Ok(Err(e)) => check_health(&e),
-                    Err(_) => Health {
-                        reason: REASON_UNREACHABLE,
-                        message: format!(
-                            "the health check did not finish within {}",
-                            certwright_api::format_duration(CHECK_TIMEOUT)
-                        ),
-                    },
-                },
-            };
-            lock(&self.last_checked).insert(key.clone(), Instant::now());
+        if let Some((health, at)) = self.checks.take(key, &entry) {
+            lock(&self.last_checked).insert(key.clone(), at);
             // A request may have marked the issuer (a refusal of its credentials) while
             // the check ran; if the check undoes that, the request must hear of it.
             let before = entry.health().usable();
             entry.set_health(health);
+            entry.mark_checked();
             overruled = before != entry.health().usable();
+        } else if let Some(backend) = entry.backend.clone() {
+            let due = lock(&self.last_checked)
+                .get(key)
+                .is_none_or(|at| at.elapsed() >= interval);
+            if rebuilt || due || !entry.checked() {
+                match entry.protection.breaker() {
+                    BreakerState::Open { .. } | BreakerState::HalfOpen => {
+                        lock(&self.last_checked).insert(key.clone(), Instant::now());
+                        entry.set_health(circuit_open());
+                        entry.mark_checked();
+                    }
+                    BreakerState::Closed => self.start_check(key, &entry, backend),
+                }
+            }
+        } else {
+            // A failed build has its verdict: what the build said.
+            entry.mark_checked();
         }
+        if !entry.checked() {
+            // The status and the requests wait for this build's first verdict.
+            return;
+        }
+        let fresh = !had_verdict;
         let health = entry.health();
-        if health.reason != REASON_VERIFIED || rebuilt {
+        if health.reason != REASON_VERIFIED || fresh {
             info!(issuer = %label, reason = health.reason, message = %health.message, "issuer checked");
         }
         self.metrics
@@ -1310,16 +1328,69 @@ impl Shared {
         self.metrics
             .set_breaker_state(&label, entry.protection.breaker().metric_value());
         self.write_issuer_status(key, &entry).await;
-        // Requests for this issuer go at once when it was (re)built, which includes its
-        // first check after it appeared (requests that saw it missing, or that arrived
-        // before this check, wait for this), and when it becomes usable, also when the
-        // check overrules a request that marked it unusable while the check ran. When it
-        // stops being usable, they are looked at again but keep their own backoff.
+        // Requests for this issuer go at once when its build has its first verdict, which
+        // includes its first check after it appeared (requests that saw it missing, or
+        // that arrived before this check, wait for this), and when it becomes usable,
+        // also when the check overrules a request that marked it unusable while the check
+        // ran. When it stops being usable, they are looked at again but keep their own
+        // backoff.
         let usable = health.usable();
-        if rebuilt || usable != was_usable || overruled {
-            self.requeue_requests_for(key, rebuilt || usable);
+        if fresh || usable != was_usable || overruled {
+            self.requeue_requests_for(key, fresh || usable);
         }
-        self.issuer_queue.add_after(key.clone(), interval);
+        self.issuer_queue
+            .add_after(key.clone(), self.checks.next_check(key, interval));
+    }
+
+    /// Starts a health check of this build of the issuer as a task of its own, unless
+    /// one is under way.
+    fn start_check(
+        self: &Arc<Self>,
+        key: &IssuerKey,
+        entry: &Arc<IssuerEntry>,
+        backend: Arc<dyn certwright_pki::Backend>,
+    ) {
+        if !self.checks.begin(key, entry) {
+            return;
+        }
+        let (s, key, entry) = (self.clone(), key.clone(), entry.clone());
+        let timeout = self.checks.timeout(&key);
+        tokio::spawn(async move {
+            let label = s.issuer_label(&key);
+            let check = async {
+                let _permits = s.checks.permits(&key).await;
+                s.health_check(&label, &backend, timeout).await
+            };
+            let result = tokio::select! {
+                result = check => result,
+                _ = s.stopping.cancelled() => {
+                    s.checks.abandon(&key, &entry);
+                    return;
+                }
+            };
+            let (health, timed_out) = match result {
+                Ok(Ok(h)) => (
+                    Health {
+                        reason: REASON_VERIFIED,
+                        message: h.message,
+                    },
+                    false,
+                ),
+                Ok(Err(e)) => (check_health(&entry.tellable(e)), false),
+                Err(_) => (
+                    Health {
+                        reason: REASON_UNREACHABLE,
+                        message: format!(
+                            "the health check did not finish within {}",
+                            certwright_api::format_duration(timeout)
+                        ),
+                    },
+                    true,
+                ),
+            };
+            s.checks.finish(&key, &entry, health, timed_out);
+            s.issuer_queue.add(key);
+        });
     }
 
     /// Remembers which issuers use which Secrets, so that a Secret change rebuilds them.

@@ -3,6 +3,7 @@
 //! health-checked on change and periodically, with a Ready condition a person can act on.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use certwright_api::{Condition, ConditionStatus, Conditions, IssuerSpec};
@@ -125,14 +126,40 @@ pub(crate) struct IssuerEntry {
     pub(crate) backend: Option<Arc<dyn Backend>>,
     pub(crate) protection: Arc<Protection>,
     pub(crate) health: Mutex<Health>,
+    /// Whether this build has had a verdict (its first health check, or a failed
+    /// build): until then its status is not written and its requests wait.
+    pub(crate) checked: AtomicBool,
+    /// Whether the PKI's errors are told by their kind only in this issuer's statuses,
+    /// and its requests' (a tenant chose its endpoint; see
+    /// [`crate::EngineConfig::redact_tenant_errors`]).
+    pub(crate) redact: bool,
 }
 
 impl IssuerEntry {
+    /// What a PKI error may say in this issuer's statuses and its requests': the whole
+    /// error, or its kind only (see [`IssuerEntry::redact`]), the whole of it logged.
+    pub(crate) fn tellable(&self, e: PkiError) -> PkiError {
+        if !self.redact {
+            return e;
+        }
+        tracing::warn!(error = %e, "the PKI failed; statuses tell its kind only");
+        e.redacted()
+    }
+
     pub(crate) fn health(&self) -> Health {
         self.health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub(crate) fn checked(&self) -> bool {
+        self.checked.load(Ordering::SeqCst)
+    }
+
+    /// Records that this build has had its verdict; `true` the first time.
+    pub(crate) fn mark_checked(&self) -> bool {
+        !self.checked.swap(true, Ordering::SeqCst)
     }
 
     pub(crate) fn set_health(&self, health: Health) -> bool {

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod cached;
+mod checks;
 mod config;
 mod controller;
 pub mod decide;

@@ -110,6 +110,51 @@ impl Error {
         )
     }
 
+    /// The same error told without anything the remote end chose: its kind and, for a
+    /// failed connection, how it failed (refused, timed out, closed, TLS, an HTTP
+    /// status), never the answer's words. The kind, and so every decision read from it
+    /// ([`Error::is_retryable`], [`Error::retry_after`], [`Error::is_issuer_fault`]),
+    /// stays the same.
+    ///
+    /// For statuses read by someone who chose the issuer's endpoint but should not learn
+    /// what answers there: a tenant who points an issuer at an internal service learns
+    /// whether it answered, never what. The full error belongs in the operator's log.
+    pub fn redacted(&self) -> Error {
+        let how = |source: &Option<Cause>| {
+            source
+                .as_deref()
+                .and_then(|s| failure_class(s as &(dyn std::error::Error + 'static)))
+        };
+        match self {
+            Error::Transient { source, .. } => Error::Transient {
+                message: how(source).unwrap_or_else(|| "the call failed".to_string()),
+                source: None,
+            },
+            Error::RateLimited { retry_after, .. } => Error::RateLimited {
+                retry_after: *retry_after,
+                message: "the PKI asked to slow down".to_string(),
+            },
+            Error::Rejected { .. } => Error::Rejected {
+                reason: "the CA refused this request (its answer is in the controller's log)"
+                    .to_string(),
+            },
+            Error::Unauthorized { .. } => Error::Unauthorized {
+                message: "the PKI refused the issuer's credentials".to_string(),
+            },
+            Error::Misconfigured { source, .. } => Error::Misconfigured {
+                message: how(source).unwrap_or_else(|| {
+                    "the PKI cannot be used with this configuration (details are in the \
+                     controller's log)"
+                        .to_string()
+                }),
+                source: None,
+            },
+            Error::InvalidResponse { .. } => Error::InvalidResponse {
+                message: "the PKI answered something that is not what its API returns".to_string(),
+            },
+        }
+    }
+
     /// A stable, low-cardinality label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -121,6 +166,70 @@ impl Error {
             Error::InvalidResponse { .. } => "invalid_response",
         }
     }
+}
+
+/// An HTTP status a server answered, as the cause of an error built from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnsweredStatus(pub u16);
+
+impl std::fmt::Display for AnsweredStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the PKI answered HTTP {}", self.0)
+    }
+}
+
+impl std::error::Error for AnsweredStatus {}
+
+/// How a call failed, from the types among its causes, in words that hold nothing the
+/// remote end sent. `None` when no cause says.
+fn failure_class(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(err);
+    let mut found: Option<String> = None;
+    while let Some(e) = next {
+        if let Some(refused) = e.downcast_ref::<crate::egress::Refused>() {
+            // Our own words about the issuer's own configuration.
+            return Some(refused.to_string());
+        }
+        if let Some(status) = e.downcast_ref::<AnsweredStatus>() {
+            return Some(status.to_string());
+        }
+        #[cfg(feature = "http")]
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return Some("the TLS handshake with the PKI failed".to_string());
+        }
+        #[cfg(feature = "http")]
+        if let Some(r) = e.downcast_ref::<reqwest::Error>()
+            && r.is_timeout()
+        {
+            return Some("the PKI did not answer in time".to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            let class = match io.kind() {
+                K::ConnectionRefused => Some("the PKI refused the connection"),
+                K::TimedOut | K::WouldBlock => Some("the PKI did not answer in time"),
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                    Some("the PKI closed the connection")
+                }
+                K::NotFound | K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+                    Some("the PKI could not be reached")
+                }
+                _ => None,
+            };
+            // The innermost io error says most; keep looking for a TLS cause below it.
+            if let Some(class) = class {
+                found = Some(class.to_string());
+            }
+            // An io error that wraps another error reports that error's causes as its
+            // own source, skipping the error itself: look at it first.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
+            }
+        }
+        next = e.source();
+    }
+    found
 }
 
 #[cfg(test)]
@@ -187,6 +296,97 @@ mod tests {
         };
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
         assert_eq!(Error::Rejected { reason: "x".into() }.retry_after(), None);
+    }
+
+    #[test]
+    fn redacted_errors_keep_their_kind_and_lose_the_answer() {
+        let secret = "internal-service-banner v1.2";
+        let cases = [
+            Error::Transient {
+                message: format!("POST https://x answered 503: {secret}"),
+                source: Some(Box::new(AnsweredStatus(503))),
+            },
+            Error::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+                message: secret.into(),
+            },
+            Error::Rejected {
+                reason: secret.into(),
+            },
+            Error::Unauthorized {
+                message: secret.into(),
+            },
+            Error::misconfigured(secret),
+            Error::InvalidResponse {
+                message: secret.into(),
+            },
+        ];
+        for err in cases {
+            let redacted = err.redacted();
+            assert!(!redacted.to_string().contains("banner"), "{redacted}");
+            assert_eq!(redacted.metric_label(), err.metric_label());
+            assert_eq!(redacted.is_retryable(), err.is_retryable());
+            assert_eq!(redacted.is_issuer_fault(), err.is_issuer_fault());
+            assert_eq!(redacted.retry_after(), err.retry_after());
+        }
+    }
+
+    #[test]
+    fn redacted_errors_say_how_a_connection_failed() {
+        use std::io::ErrorKind;
+        let io = |kind: ErrorKind| {
+            Error::transient(
+                "connecting to https://x: banner",
+                std::io::Error::from(kind),
+            )
+        };
+        let said = |e: Error| e.redacted().to_string();
+        assert_eq!(
+            said(io(ErrorKind::ConnectionRefused)),
+            "PKI unavailable: the PKI refused the connection"
+        );
+        assert_eq!(
+            said(io(ErrorKind::TimedOut)),
+            "PKI unavailable: the PKI did not answer in time"
+        );
+        assert_eq!(
+            said(io(ErrorKind::ConnectionReset)),
+            "PKI unavailable: the PKI closed the connection"
+        );
+        assert_eq!(
+            said(io(ErrorKind::Other)),
+            "PKI unavailable: the call failed"
+        );
+        let status = Error::Transient {
+            message: "banner".into(),
+            source: Some(Box::new(AnsweredStatus(502))),
+        };
+        assert_eq!(said(status), "PKI unavailable: the PKI answered HTTP 502");
+        // A refusal by the egress policy is our own account of the issuer's own
+        // configuration, kept whole.
+        let refused = crate::egress::Refused {
+            host: "metadata.internal".into(),
+            addr: Some(
+                "169.254.169.254"
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            ),
+            why: "link-local".into(),
+        };
+        let err = Error::Misconfigured {
+            message: "x".into(),
+            source: Some(Box::new(refused.clone())),
+        };
+        assert_eq!(said(err), format!("issuer misconfigured: {refused}"));
+        // A cause wrapped in another keeps its class.
+        let wrapped = Error::transient(
+            "x",
+            std::io::Error::other(std::io::Error::from(ErrorKind::ConnectionRefused)),
+        );
+        assert_eq!(
+            said(wrapped),
+            "PKI unavailable: the PKI refused the connection"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::egress::EgressPolicy;
+use crate::error::AnsweredStatus;
 use crate::{DEFAULT_TIMEOUT, Error};
 
 pub use reqwest::header::{self, HeaderMap};
@@ -664,9 +665,12 @@ pub fn status_error(
         },
         408 | 500..=599 => Error::Transient {
             message: format!("{answered}: {said}"),
-            source: None,
+            source: Some(Box::new(AnsweredStatus(status.as_u16()))),
         },
-        404 | 405 => Error::misconfigured(format!("{answered} (wrong URL?): {said}")),
+        404 | 405 => Error::Misconfigured {
+            message: format!("{answered} (wrong URL?): {said}"),
+            source: Some(Box::new(AnsweredStatus(status.as_u16()))),
+        },
         400..=499 => Error::Rejected {
             reason: match reason.map(str::trim).filter(|r| !r.is_empty()) {
                 Some(reason) => reason.to_string(),
@@ -679,10 +683,13 @@ pub fn status_error(
                 .get(header::LOCATION)
                 .map(|l| excerpt(l.as_bytes()))
                 .unwrap_or_else(|| "nowhere".to_string());
-            Error::misconfigured(format!(
-                "{answered}, redirecting to {location}; redirects are not followed, \
-                 so point the URL at the API itself"
-            ))
+            Error::Misconfigured {
+                message: format!(
+                    "{answered}, redirecting to {location}; redirects are not followed, \
+                     so point the URL at the API itself"
+                ),
+                source: Some(Box::new(AnsweredStatus(status.as_u16()))),
+            }
         }
         _ => Error::InvalidResponse {
             message: format!("{answered}: {said}"),
@@ -796,7 +803,10 @@ pub fn may_have_been_sent(err: &Error) -> bool {
 /// A connection the egress policy refuses: the issuer's configuration names a host it
 /// may not reach.
 pub(crate) fn egress_error(call: &str, refused: &crate::egress::Refused) -> Error {
-    Error::misconfigured(format!("{call}: {refused}"))
+    Error::Misconfigured {
+        message: format!("{call}: {refused}"),
+        source: Some(Box::new(refused.clone())),
+    }
 }
 
 /// reqwest's resolver, keeping to an egress policy: names are resolved here, and only

@@ -27,7 +27,7 @@ pub mod rest;
 
 use std::time::Duration;
 
-pub use error::Error;
+pub use error::{AnsweredStatus, Error};
 pub use request::{Requester, SignRequest};
 
 use certwright_x509::{Certificate, Chain};

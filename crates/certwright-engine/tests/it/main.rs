@@ -8,3 +8,4 @@ mod flow;
 mod leader;
 mod races;
 mod support;
+mod tenancy;

@@ -107,7 +107,7 @@ impl Transport {
             let addrs = crate::egress::resolve(self.egress.as_deref(), &host, port)
                 .await
                 .map_err(|e| match crate::egress::refusal(&e) {
-                    Some(refused) => Error::misconfigured(format!("{call}: {refused}")),
+                    Some(refused) => crate::http::egress_error(&call, refused),
                     None => Error::transient(format!("{call}: cannot connect: {e}"), e),
                 })?;
             let tcp = TcpStream::connect(&addrs[..])
@@ -127,7 +127,7 @@ impl Transport {
                     "{call}: timed out after {}",
                     format_duration(self.connect_timeout)
                 ),
-                source: None,
+                source: Some(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut))),
             })??;
         let end_point_hash = tls
             .get_ref()
@@ -527,7 +527,7 @@ impl Session<'_> {
                     "{call}: timed out after {}",
                     format_duration(transport.timeout)
                 ),
-                source: None,
+                source: Some(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut))),
             })?
     }
 

@@ -189,7 +189,7 @@ async fn kdc_call(
         let addrs = crate::egress::resolve(credentials.egress.as_deref(), host, port)
             .await
             .map_err(|e| match crate::egress::refusal(&e) {
-                Some(refused) => Error::misconfigured(format!("{call}: {refused}")),
+                Some(refused) => crate::http::egress_error(&call, refused),
                 None => Error::transient(format!("{call} is unreachable: {e}"), e),
             })?;
         let mut tcp = TcpStream::connect(&addrs[..])
@@ -219,7 +219,7 @@ async fn kdc_call(
         .await
         .map_err(|_| Error::Transient {
             message: format!("{call}: timed out after {}", format_duration(timeout)),
-            source: None,
+            source: Some(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut))),
         })??;
     match body.first() {
         Some(0x6b) => picky_asn1_der::from_bytes::<AsRep>(&body)

@@ -311,21 +311,41 @@ impl Env {
     /// Waits until the cluster issuer's Ready condition has `reason`.
     pub async fn wait_cluster_issuer(&self, name: &str, reason: &str) -> InternalClusterIssuer {
         let api: Api<InternalClusterIssuer> = Api::all(self.client.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let issuer = api.get(name).await.unwrap();
-            let ready = issuer
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.condition("Ready").cloned());
-            if ready.as_ref().is_some_and(|c| c.reason == reason) {
-                return issuer;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("issuer {name}: timed out waiting for Ready reason {reason}; got {ready:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        wait_issuer(&api, name, reason, |i| i.status.as_ref()).await
+    }
+
+    /// Waits until the namespaced issuer's Ready condition has `reason`.
+    pub async fn wait_namespaced_issuer(
+        &self,
+        ns: &str,
+        name: &str,
+        reason: &str,
+    ) -> InternalIssuer {
+        let api: Api<InternalIssuer> = Api::namespaced(self.client.clone(), ns);
+        wait_issuer(&api, name, reason, |i| i.status.as_ref()).await
+    }
+}
+
+async fn wait_issuer<K>(
+    api: &Api<K>,
+    name: &str,
+    reason: &str,
+    status: impl Fn(&K) -> Option<&certwright_api::IssuerStatus>,
+) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let issuer = api.get(name).await.unwrap();
+        let ready = status(&issuer).and_then(|s| s.conditions.condition("Ready").cloned());
+        if ready.as_ref().is_some_and(|c| c.reason == reason) {
+            return issuer;
         }
+        if tokio::time::Instant::now() > deadline {
+            panic!("issuer {name}: timed out waiting for Ready reason {reason}; got {ready:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

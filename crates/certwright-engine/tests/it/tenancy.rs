@@ -1,0 +1,162 @@
+//! What one tenant's issuers can do to others and learn of what they point at: health
+//! checks run off the issuer workers, bounded per namespace; statuses tell a PKI's
+//! failure by kind only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use certwright_api::{IssuerSpec, RestBackend};
+use tokio::net::TcpListener;
+
+use crate::support::{Env, ca_spec, eventually};
+
+/// A TCP listener that accepts every connection and never says a word, counting them.
+async fn black_hole() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_black_holed_issuers_do_not_delay_another_teams_new_issuer() {
+    let (url, accepted) = black_hole().await;
+    let env = Env::start().await;
+    // Five tenants, ten issuers each, all pointing at a PKI that never answers, each
+    // allowed 30 s per call.
+    for tenant in 0..5 {
+        for i in 0..10 {
+            let spec = IssuerSpec {
+                rest: Some(RestBackend {
+                    url: url.clone(),
+                    timeout: Some("30s".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            env.namespaced_issuer(&format!("tenant-{tenant}"), &format!("hole-{i}"), spec)
+                .await;
+        }
+    }
+    // Their checks are under way (as many as each namespace may run at once)...
+    eventually("the black-holed issuers' checks to start", || {
+        accepted.load(Ordering::SeqCst) >= 5 * 4
+    })
+    .await;
+    // ...when another team creates an issuer: it is checked and Ready at once.
+    let started = tokio::time::Instant::now();
+    env.ca_secret("team", "team-ca").await;
+    env.namespaced_issuer("team", "own", ca_spec("team-ca"))
+        .await;
+    env.wait_namespaced_issuer("team", "own", "Verified").await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the new issuer became Ready after {waited:?}"
+    );
+    // The black-holed issuers get the short first timeout, not the 30 s they allow.
+    let hole = env
+        .wait_namespaced_issuer("tenant-0", "hole-0", "Unreachable")
+        .await;
+    let message = &hole.status.unwrap().conditions[0].message;
+    assert!(message.contains("within 5s"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_statuses_say_how_its_pki_failed_never_what_it_answered() {
+    use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
+    let banner = "admin console v9.1 (build 4711)";
+    let sim = RestSimulator::start().await.unwrap();
+    sim.set_behaviour(Behaviour::Reject(banner.to_string()));
+    let mut env = Env::new().await;
+    env.start_engine(certwright_engine::EngineConfig {
+        redact_tenant_errors: true,
+        egress_exempt_cluster_issuers: true,
+        ..crate::support::fast_config()
+    });
+    let spec = IssuerSpec {
+        rest: Some(RestBackend {
+            url: sim.url(),
+            ca_bundle: Some(certwright_api::Base64Bytes::from(sim.tls_ca_pem())),
+            timeout: Some("2s".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // A tenant's issuer in front of something that answers with its own words: the
+    // request fails, and neither its status nor its Events hold those words.
+    env.namespaced_issuer("team", "probe", spec.clone()).await;
+    env.request("team", "svc", crate::support::namespaced_ref("probe"))
+        .await;
+    env.approve("team", "svc").await;
+    let failed = env.wait_ready_reason("team", "svc", "Failed").await;
+    let told = format!("{:?}", failed.status);
+    assert!(!told.contains("admin console"), "{told}");
+    assert!(told.contains("the CA refused this request"), "{told}");
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), "team");
+    eventually_events(&events, |notes| {
+        notes
+            .iter()
+            .any(|n| n.contains("the CA refused this request"))
+            && !notes.iter().any(|n| n.contains("admin console"))
+    })
+    .await;
+    // A dead end answers the same way, by kind: a closed port is "refused".
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut dead = spec.clone();
+    dead.rest.as_mut().unwrap().url = format!("https://127.0.0.1:{closed}/");
+    env.namespaced_issuer("team", "dead", dead).await;
+    let issuer = env
+        .wait_namespaced_issuer("team", "dead", "Unreachable")
+        .await;
+    let message = &issuer.status.unwrap().conditions[0].message;
+    assert_eq!(message, "PKI unavailable: the PKI refused the connection");
+    // The platform team's exempt cluster issuer, in front of the same PKI, shows the
+    // CA's words whole.
+    env.cluster_issuer("platform", spec).await;
+    env.request("apps", "web", crate::support::cluster_ref("platform"))
+        .await;
+    env.approve("apps", "web").await;
+    let failed = env.wait_ready_reason("apps", "web", "Failed").await;
+    assert!(format!("{:?}", failed.status).contains(banner));
+}
+
+/// Waits until the notes of the namespace's Events satisfy `ok`.
+async fn eventually_events(
+    api: &kube::Api<k8s_openapi::api::events::v1::Event>,
+    ok: impl Fn(&[String]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let notes: Vec<String> = api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.note)
+            .collect();
+        if ok(&notes) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the Events; got {notes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
