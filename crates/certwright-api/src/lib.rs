@@ -43,3 +43,9 @@ pub const TEMPLATE_ANNOTATION: &str = "pki.certwright.io/template";
 /// CertificateRequest annotation in which the controller persists a CA-side pending
 /// request id, so that the request is polled and never submitted twice.
 pub const PENDING_ID_ANNOTATION: &str = "pki.certwright.io/pending-id";
+/// CertificateRequest annotation in which the controller records, before it submits the
+/// request to a CA, when it did (RFC 3339). Found on a request without an answer (the
+/// controller stopped mid-call), it means a submission may have reached the CA: the
+/// controller asks the CA what became of it before it submits again, or fails the
+/// request when the CA cannot be asked.
+pub const SUBMITTED_ANNOTATION: &str = "pki.certwright.io/submitted-at";

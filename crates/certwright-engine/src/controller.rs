@@ -17,9 +17,9 @@ use certwright_api::certificate_request::{
 };
 use certwright_api::{
     Base64Bytes, CertificateRequest, Condition, ConditionStatus, Conditions, PENDING_ID_ANNOTATION,
-    RequestConditions, TEMPLATE_ANNOTATION,
+    RequestConditions, SUBMITTED_ANNOTATION, TEMPLATE_ANNOTATION,
 };
-use certwright_pki::{Outcome, Requester, SignRequest};
+use certwright_pki::{Outcome, Recovery, Requester, SignRequest};
 use certwright_x509::Csr;
 use std::panic::AssertUnwindSafe;
 
@@ -86,6 +86,9 @@ struct Unwritten {
     /// credentials) that the answer says nothing about.
     answered_by: Option<Arc<IssuerEntry>>,
     plan: Plan,
+    /// Whether the request's record of a submission is cleared with it (the CA keeps
+    /// nothing of the submission, or holds it under the plan's pending id).
+    clear_submitted: bool,
     /// Failed attempts to write it so far (for backoff).
     write_failures: u32,
 }
@@ -97,6 +100,7 @@ impl Unwritten {
             issuer,
             answered_by: None,
             plan,
+            clear_submitted: false,
             write_failures: 0,
         }
     }
@@ -761,7 +765,7 @@ impl Shared {
             }
         };
         let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
-        let full = match api.get(&key.name).await {
+        let mut full = match api.get(&key.name).await {
             Ok(full) => full,
             Err(e) if api_code(&e) == Some(404) => {
                 self.forget_request(key, uid);
@@ -806,10 +810,66 @@ impl Shared {
         if self.stopping.is_cancelled() {
             return;
         }
+        // A submission recorded on the request without its answer (the process stopped
+        // mid-call, or the CA's answer was lost): the CA is asked what became of it
+        // before anything is submitted again.
+        let submitted = match &pending_id {
+            Some(_) => None,
+            None => submitted_at(&full),
+        };
         let started = std::time::Instant::now();
-        let (operation, result) = match &pending_id {
-            Some(id) => ("poll", backend.poll(id, &request).await),
-            None => ("sign", backend.sign(&request).await),
+        let recovered = match submitted {
+            Some(at) => Some(backend.recover(&request, at).await),
+            None => None,
+        };
+        let (operation, result) = match (&pending_id, recovered) {
+            (Some(id), _) => ("poll", backend.poll(id, &request).await),
+            (None, Some(Ok(Recovery::Found(outcome)))) => ("recover", Ok(outcome)),
+            (None, Some(Err(e))) => ("recover", Err(e)),
+            (None, None | Some(Ok(Recovery::SubmitAgain))) => {
+                // The record of this submission goes onto the very object read above
+                // (its resourceVersion a precondition) before the request leaves.
+                match mark_submitted(&api, key, &full).await {
+                    Ok(marked) => full = marked,
+                    Err(e) => {
+                        debug!(error = %e, "could not record the submission; looking again");
+                        self.schedule(key, uid, self.config.retry.min);
+                        return;
+                    }
+                }
+                ("sign", backend.sign(&request).await)
+            }
+            (None, Some(Ok(_))) => {
+                let at = submitted.map_or_else(String::new, |at| {
+                    jiff::Timestamp::try_from(at)
+                        .map_or_else(|_| String::new(), |t| format!(" at {t}"))
+                });
+                let why = format!(
+                    "A submission of this request may have reached the CA{at} (annotation \
+                     {SUBMITTED_ANNOTATION}) and its answer never arrived; the {} backend \
+                     cannot ask the CA what became of it, so the request is not submitted \
+                     again. Look for a certificate for it on the CA (revoke it if unwanted); \
+                     cert-manager retries with a new CertificateRequest.",
+                    backend.kind()
+                );
+                let plan = plan(
+                    Attempt::Unrecoverable(why),
+                    attempts + 1,
+                    self.config.retry,
+                    poll_interval,
+                );
+                let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
+                self.apply(key, pending, Some(full)).await;
+                return;
+            }
+        };
+        // The record of a submission is cleared once the answer shows the CA keeps
+        // nothing of it (or holds it under the pending id written with the clearing);
+        // a lost answer, or a failed search, keeps it for the next look.
+        let clear_submitted = match (operation, &result) {
+            ("sign" | "recover", Ok(Outcome::Pending(_))) => true,
+            ("sign", Err(e)) => !matches!(e, certwright_pki::Error::AnswerLost { .. }),
+            _ => false,
         };
         let outcome = match &result {
             Ok(Outcome::Issued(_)) => "success",
@@ -837,7 +897,8 @@ impl Shared {
             plan
         };
         self.reflect_breaker(&issuer, &entry, plan.breaker).await;
-        let pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);
+        let mut pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);
+        pending.clear_submitted = clear_submitted;
         self.apply(key, pending, Some(full)).await;
     }
 
@@ -905,23 +966,16 @@ impl Shared {
         }
         let plan = &pending.plan;
         // 1. The CA's pending id is persisted before anything else, on this very object
-        //    (the resourceVersion is a precondition).
-        if let Some(id) = &plan.pending_id
-            && full.annotations().get(PENDING_ID_ANNOTATION) != Some(id)
-        {
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": full.resource_version(),
-                    "annotations": {PENDING_ID_ANNOTATION: id}
-                }
-            });
+        //    (the resourceVersion is a precondition), with the record of the submission
+        //    cleared when the answer says the CA keeps nothing of it.
+        if let Some(patch) = annotations_patch(&full, plan, pending.clear_submitted) {
             match api
                 .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(updated) => full = updated,
                 Err(e) => {
-                    warn!(error = %e, pending_id = %id, "could not persist the CA's pending id; retrying");
+                    warn!(error = %e, pending_id = ?plan.pending_id, "could not persist the CA's pending id; retrying");
                     self.defer_write(key, pending);
                     return;
                 }
@@ -1588,4 +1642,65 @@ fn object_reference(full: &CertificateRequest) -> ObjectReference {
         resource_version: full.metadata.resource_version.clone(),
         ..Default::default()
     }
+}
+
+/// When a submission of the request was recorded (the annotation written before it left),
+/// if one was. A value that is not a time (edited by hand) counts as recorded at the
+/// request's creation, the earliest it could have been.
+fn submitted_at(full: &CertificateRequest) -> Option<std::time::SystemTime> {
+    let value = full.annotations().get(SUBMITTED_ANNOTATION)?;
+    let at = value
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .or_else(|| full.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    Some(std::time::SystemTime::from(at))
+}
+
+/// Records on the request, before it is submitted, that a submission is under way,
+/// with its resourceVersion as a precondition: of two controllers that read the same
+/// version (a lost lease), only one submits.
+async fn mark_submitted(
+    api: &Api<CertificateRequest>,
+    key: &RequestKey,
+    full: &CertificateRequest,
+) -> Result<CertificateRequest, kube::Error> {
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": full.resource_version(),
+            "annotations": {SUBMITTED_ANNOTATION: whole_seconds_rfc3339(jiff::Timestamp::now())}
+        }
+    });
+    api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+}
+
+fn whole_seconds_rfc3339(t: jiff::Timestamp) -> String {
+    certwright_api::condition::whole_seconds(t).to_string()
+}
+
+/// The annotations a plan writes before the status: the CA's pending id, and the record
+/// of the submission cleared when `clear_submitted`. `None` when nothing changes.
+fn annotations_patch(
+    full: &CertificateRequest,
+    plan: &Plan,
+    clear_submitted: bool,
+) -> Option<serde_json::Value> {
+    let mut annotations = serde_json::Map::new();
+    if let Some(id) = &plan.pending_id
+        && full.annotations().get(PENDING_ID_ANNOTATION) != Some(id)
+    {
+        annotations.insert(PENDING_ID_ANNOTATION.into(), json!(id));
+    }
+    if clear_submitted && full.annotations().contains_key(SUBMITTED_ANNOTATION) {
+        annotations.insert(SUBMITTED_ANNOTATION.into(), serde_json::Value::Null);
+    }
+    (!annotations.is_empty()).then(|| {
+        json!({
+            "metadata": {
+                "resourceVersion": full.resource_version(),
+                "annotations": annotations,
+            }
+        })
+    })
 }

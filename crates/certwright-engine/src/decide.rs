@@ -107,6 +107,10 @@ pub enum Attempt {
     /// The request itself cannot be signed: malformed or oversized CSR, bad duration,
     /// a template override the issuer does not allow.
     Invalid(String),
+    /// A submission may have reached the CA and its answer never arrived, and the CA
+    /// cannot be asked what became of it: submitting again could make a second
+    /// certificate. Says what the operator should look for.
+    Unrecoverable(String),
 }
 
 /// When to look at the request again.
@@ -443,6 +447,21 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                         )
                     }
                 }
+                PkiError::AnswerLost { .. } => {
+                    // Nothing is submitted again before the CA is asked.
+                    let delay = backoff.delay(attempt);
+                    plain(
+                        None,
+                        StatusChange::pending(format!(
+                            "{e}; asking the CA what became of it in {}",
+                            format_duration(delay)
+                        )),
+                        ("AnswerLost", true),
+                        CallOutcome::Failure,
+                        label,
+                        Requeue::After(delay),
+                    )
+                }
                 _ => {
                     // Transient, rate limited, invalid response: retry later, at the
                     // CA's requested time when it gave one.
@@ -492,6 +511,14 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             ("InvalidRequest", true),
             CallOutcome::Neutral,
             "invalid_request",
+            Requeue::Never,
+        ),
+        Attempt::Unrecoverable(why) => plain(
+            None,
+            StatusChange::failed(why, false),
+            ("SubmissionUnknown", true),
+            CallOutcome::Neutral,
+            "answer_lost",
             Requeue::Never,
         ),
     }
@@ -803,5 +830,36 @@ mod tests {
         let delays: Vec<u64> = (1..=6).map(|a| b.delay(a).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
         assert_eq!(b.delay(1000), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_lost_answer_waits_to_ask_the_ca_and_an_unknown_fate_fails_for_good() {
+        let lost = plan(
+            Attempt::Answered(Err(PkiError::AnswerLost {
+                message: "reset".into(),
+            })),
+            1,
+            Backoff::default(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(lost.status.reason, "Pending");
+        assert!(
+            lost.status
+                .message
+                .contains("asking the CA what became of it")
+        );
+        assert!(matches!(lost.requeue, Requeue::After(_)));
+        assert_eq!(lost.breaker, CallOutcome::Failure);
+        assert!(lost.pending_id.is_none());
+        let unknown = plan(
+            Attempt::Unrecoverable("look on the CA".into()),
+            1,
+            Backoff::default(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(unknown.status.reason, "Failed");
+        assert!(unknown.status.failed && !unknown.status.invalid_request);
+        assert_eq!(unknown.requeue, Requeue::Never);
+        assert_eq!(unknown.event, ("SubmissionUnknown", true));
     }
 }

@@ -30,7 +30,9 @@ use x509_cert::ext::pkix::{
 };
 use x509_cert::spki::SubjectPublicKeyInfoRef;
 
-use crate::{Backend, DEFAULT_DURATION, Error, Health, IssuedBundle, Outcome, SignRequest};
+use crate::{
+    Backend, DEFAULT_DURATION, Error, Health, IssuedBundle, Outcome, Recovery, SignRequest,
+};
 
 /// How far notBefore is set back from the time of signing, so that a relying party whose
 /// clock is slightly behind accepts a fresh certificate. The requested lifetime is
@@ -369,6 +371,16 @@ impl Backend for LocalCa {
 
     async fn check(&self) -> Result<Health, Error> {
         self.check_at(unix_now()?)
+    }
+
+    /// Nothing is kept outside this process: signing again makes a certificate no CA
+    /// records, and the one a stopped process signed was never seen.
+    async fn recover(
+        &self,
+        _request: &SignRequest,
+        _submitted: SystemTime,
+    ) -> Result<Recovery, Error> {
+        Ok(Recovery::SubmitAgain)
     }
 }
 

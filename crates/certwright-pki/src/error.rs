@@ -50,6 +50,15 @@ pub enum Error {
         #[source]
         source: Option<Cause>,
     },
+    /// The request body may have reached the CA, and its answer was lost (a timeout or a
+    /// reset after it was sent). Never submit the request again blindly: ask
+    /// [`crate::Backend::recover`] later what the CA did with it. Counts towards opening
+    /// the circuit breaker.
+    #[error("the answer to the submission was lost: {message}")]
+    AnswerLost {
+        /// What happened, in words a person can act on.
+        message: String,
+    },
     /// The CA answered something we cannot use (HTML where JSON was expected, a
     /// truncated or oversized body, a certificate that does not match the CSR).
     /// Retried later like a transient failure.
@@ -81,7 +90,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Transient { .. } | Error::RateLimited { .. } | Error::InvalidResponse { .. }
+            Error::Transient { .. }
+                | Error::RateLimited { .. }
+                | Error::InvalidResponse { .. }
+                | Error::AnswerLost { .. }
         )
     }
 
@@ -106,7 +118,7 @@ impl Error {
     pub fn trips_breaker(&self) -> bool {
         matches!(
             self,
-            Error::Transient { .. } | Error::InvalidResponse { .. }
+            Error::Transient { .. } | Error::InvalidResponse { .. } | Error::AnswerLost { .. }
         )
     }
 
@@ -152,6 +164,9 @@ impl Error {
             Error::InvalidResponse { .. } => Error::InvalidResponse {
                 message: "the PKI answered something that is not what its API returns".to_string(),
             },
+            Error::AnswerLost { .. } => Error::AnswerLost {
+                message: "the PKI did not answer after the request was sent".to_string(),
+            },
         }
     }
 
@@ -164,6 +179,7 @@ impl Error {
             Error::Unauthorized { .. } => "unauthorized",
             Error::Misconfigured { .. } => "misconfigured",
             Error::InvalidResponse { .. } => "invalid_response",
+            Error::AnswerLost { .. } => "answer_lost",
         }
     }
 }
@@ -284,6 +300,14 @@ mod tests {
                 false,
                 "invalid_response",
             ),
+            (
+                Error::AnswerLost {
+                    message: "reset".into(),
+                },
+                true,
+                false,
+                "answer_lost",
+            ),
         ];
         for (err, retryable, issuer_fault, label) in cases {
             assert_eq!(err.is_retryable(), retryable, "{err}");
@@ -318,6 +342,9 @@ mod tests {
             },
             Error::misconfigured(secret),
             Error::InvalidResponse {
+                message: secret.into(),
+            },
+            Error::AnswerLost {
                 message: secret.into(),
             },
         ];

@@ -135,6 +135,11 @@ pub struct Health {
 ///   [`Error::Misconfigured`]).
 /// - **Quiet about secrets.** No key, credential or whole CSR appears in an error
 ///   message or a log line.
+/// - **Lost answers.** An error from `sign` that is retryable ([`Error::is_retryable`]),
+///   or an issuer fault, promises that a second submission cannot make a second
+///   certificate (the CA kept nothing, or deduplicates). When the request body may have
+///   been acted on and its answer was lost, return [`Error::Rejected`] saying so, or
+///   [`Error::Transient`] only if [`Backend::recover`] can find out what the CA did.
 /// - **Shareable.** One instance serves concurrent calls from many tasks.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -150,6 +155,40 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Checks that the CA is reachable and accepts these credentials, without signing.
     async fn check(&self) -> Result<Health, Error>;
+
+    /// Finds out what the CA did with a submission of `request` that may have reached
+    /// it at `submitted` and whose answer never arrived (the caller stopped mid-call).
+    /// The caller asks this before it submits the same request again, and submits only
+    /// on [`Recovery::SubmitAgain`].
+    ///
+    /// The default, [`Recovery::Unknown`], is right for a CA that cannot be asked: the
+    /// caller then fails the request rather than risk a second certificate.
+    async fn recover(
+        &self,
+        request: &SignRequest,
+        submitted: std::time::SystemTime,
+    ) -> Result<Recovery, Error> {
+        let _ = (request, submitted);
+        Ok(Recovery::Unknown)
+    }
+}
+
+/// What became of a submission whose answer never arrived ([`Backend::recover`]).
+// Returned once per recovery, moved straight into the caller's plan: as `sign`'s
+// `Outcome`, not boxed.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// The CA issued the certificate or holds the request: this outcome, as `sign`
+    /// would have returned it.
+    Found(Outcome),
+    /// Submitting again cannot make a second certificate: the CA kept nothing of the
+    /// earlier submission, answers a repeated one with the first answer (an idempotency
+    /// key), or keeps nothing at all (a CA key in this process).
+    SubmitAgain,
+    /// The CA cannot be asked; it may have issued a certificate for the request.
+    Unknown,
 }
 
 #[cfg(all(test, feature = "ca", feature = "rest"))]

@@ -409,16 +409,22 @@ pub async fn connection_refused_is_transient(harness: &dyn Harness) {
     .await;
 }
 
-/// A CA that never answers makes the call time out as Transient.
+/// A CA that never answers makes the call time out: Transient when the backend knows
+/// nothing reached the CA (or the CA deduplicates); when the submission itself hung and
+/// may have reached the CA, AnswerLost (the caller asks `recover` before submitting
+/// again) or Rejected (it fails for good), so that nothing is submitted twice blindly.
 pub async fn hang_times_out(harness: &dyn Harness) {
-    // Transient when the backend knows nothing reached the CA; a backend whose request
-    // may have reached it before the hang (the submission itself hung) fails for good
-    // instead, so that the engine does not submit it again.
     expect_error(
         harness,
         Scenario::Hang,
-        |e| matches!(e, Error::Transient { .. } | Error::Rejected { .. }),
-        "Transient (timeout), or Rejected when the submission may have reached the CA",
+        |e| {
+            matches!(
+                e,
+                Error::Transient { .. } | Error::AnswerLost { .. } | Error::Rejected { .. }
+            )
+        },
+        "Transient (timeout), or AnswerLost or Rejected when the submission may have reached \
+         the CA",
     )
     .await;
 }

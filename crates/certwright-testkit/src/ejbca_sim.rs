@@ -97,8 +97,9 @@ pub enum Behaviour {
     /// Hold enrollments for approval with a 202 that carries neither `request_id` nor
     /// `link`.
     WaitingWithoutId,
-    /// Take enrollments (they count) and never answer them, as after a reset or a proxy
-    /// timeout; every other call answers.
+    /// Take enrollments (they count), sign them, and never answer, as after a reset or a
+    /// proxy timeout: the certificate exists in EJBCA, and a certificate search finds
+    /// it. Every other call answers.
     LoseAnswerToEnrollment,
 }
 
@@ -149,6 +150,17 @@ struct Inner {
     /// The end entity of each held enrollment, by approval request id.
     held_end_entities: HashMap<i64, String>,
     next_request_id: i64,
+    /// Every certificate signed, with its end entity and when, for searches.
+    database: Vec<Issued>,
+    searches: u64,
+}
+
+/// A certificate in the simulator's database.
+#[derive(Clone, Debug)]
+struct Issued {
+    username: String,
+    at: jiff::Timestamp,
+    leaf: Certificate,
 }
 
 impl Default for Inner {
@@ -172,6 +184,8 @@ impl Default for Inner {
             held: HashMap::new(),
             held_end_entities: HashMap::new(),
             next_request_id: 1000,
+            database: Vec::new(),
+            searches: 0,
         }
     }
 }
@@ -283,6 +297,7 @@ impl EjbcaSimulator {
         let api = Router::new()
             .route("/v1/certificate/status", get(status))
             .route("/v1/certificate/pkcs10enroll", post(enroll))
+            .route("/v1/certificate/search", post(search))
             .route("/v1/certificate/{request_id}/finalize", post(finalize))
             .route("/v1/ca", get(list_cas))
             .route("/v1/ca/{subject_dn}/certificate/download", get(download))
@@ -453,6 +468,11 @@ impl EjbcaSimulator {
     /// The usernames of the end entities enrolled (or held), in order.
     pub fn end_entities(&self) -> Vec<String> {
         self.shared.lock().end_entities.clone()
+    }
+
+    /// How many `POST .../v1/certificate/search` calls arrived.
+    pub fn searches(&self) -> u64 {
+        self.shared.lock().searches
     }
 }
 
@@ -717,9 +737,6 @@ async fn enroll(
     if let Behaviour::Reject(why) = &behaviour {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    if behaviour == Behaviour::LoseAnswerToEnrollment {
-        return std::future::pending::<Response>().await;
-    }
     let Ok(body) = serde_json::from_slice::<EnrollRequest>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -856,6 +873,14 @@ async fn enroll(
     }
     match issue(&shared, &request).await {
         Ok(leaf) => {
+            shared.lock().database.push(Issued {
+                username: body.username.clone(),
+                at: jiff::Timestamp::now(),
+                leaf: leaf.clone(),
+            });
+            if behaviour == Behaviour::LoseAnswerToEnrollment {
+                return std::future::pending::<Response>().await;
+            }
             let mut json = certificate_json(&shared, &leaf, body.include_chain);
             if behaviour == Behaviour::BrokenChain {
                 let other = TestCa::root(KeyKind::EcdsaP256, "Some Other Root");
@@ -963,6 +988,19 @@ async fn finalize(
         Some(Held::Approved { request, password }) => match issue(&shared, &request).await {
             // As EJBCA's finalize: the certificate alone, without its chain.
             Ok(leaf) => {
+                {
+                    let mut inner = shared.lock();
+                    let username = inner
+                        .held_end_entities
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_default();
+                    inner.database.push(Issued {
+                        username,
+                        at: jiff::Timestamp::now(),
+                        leaf: leaf.clone(),
+                    });
+                }
                 let pem = body.response_format == "PEM";
                 let mut json = certificate_json(&shared, &leaf, false);
                 if pem {
@@ -1029,16 +1067,126 @@ async fn issue(shared: &Shared, request: &SignRequest) -> Result<Certificate, Re
     }
 }
 
-/// `end_time` as EJBCA's ISO 8601 forms write it, as a lifetime from now.
-fn parse_end_time(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("Invalid end_time '{text}'. Use ISO 8601: 'yyyy-MM-dd HH:mm:ssZZ'");
+/// One search criterion, as a test on a certificate in the database.
+type Criterion = Box<dyn Fn(&Issued) -> bool + Send>;
+
+#[derive(Deserialize)]
+struct SearchRequest {
+    max_number_of_results: Option<i64>,
+    #[serde(default)]
+    criteria: Vec<SearchCriterion>,
+}
+
+#[derive(Deserialize)]
+struct SearchCriterion {
+    property: String,
+    value: String,
+    operation: String,
+}
+
+/// `POST /v1/certificate/search` (`SearchCertificatesRestRequest`): the criteria EJBCA
+/// documents for it, all of which must hold; answers `SearchCertificatesRestResponse`.
+async fn search(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<PeerCertificates>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared.lock().searches += 1;
+    if let Err(response) = admit(&shared, &headers, &peer).await {
+        return response;
+    }
+    let Ok(request) = serde_json::from_slice::<SearchRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Invalid input. The body is not JSON.",
+        );
+    };
+    let limit = match request.max_number_of_results {
+        Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Invalid search request content, max_number_of_results must be positive.",
+            );
+        }
+    };
+    let mut tests: Vec<Criterion> = Vec::new();
+    for c in request.criteria {
+        let value = c.value.clone();
+        let test: Criterion = match (c.property.as_str(), c.operation.as_str()) {
+            ("QUERY", "EQUAL") => Box::new(move |i: &Issued| {
+                i.username == value
+                    || i.leaf.subject().to_string() == value
+                    || i.leaf.serial_hex().eq_ignore_ascii_case(&value)
+            }),
+            ("QUERY", "LIKE") => {
+                let needle = value.trim_matches('%').to_string();
+                Box::new(move |i: &Issued| {
+                    i.username.contains(&needle) || i.leaf.subject().to_string().contains(&needle)
+                })
+            }
+            ("CA", "EQUAL") => Box::new(move |_: &Issued| value == CA_NAME),
+            ("END_ENTITY_PROFILE", "EQUAL") => {
+                Box::new(move |_: &Issued| value == END_ENTITY_PROFILE)
+            }
+            ("STATUS", "EQUAL") => Box::new(move |_: &Issued| value == "CERT_ACTIVE"),
+            ("ISSUED_DATE", op @ ("AFTER" | "BEFORE")) => {
+                let Some(at) = parse_date(&value) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "Invalid search criteria content, '{value}' is not an ISO 8601 date."
+                        ),
+                    );
+                };
+                let after = op == "AFTER";
+                Box::new(move |i: &Issued| if after { i.at > at } else { i.at < at })
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "Invalid search criteria content, unknown property {} or operation {}.",
+                        c.property, c.operation
+                    ),
+                );
+            }
+        };
+        tests.push(test);
+    }
+    let matching: Vec<Certificate> = shared
+        .lock()
+        .database
+        .iter()
+        .filter(|i| tests.iter().all(|t| t(i)))
+        .map(|i| i.leaf.clone())
+        .collect();
+    let more_results = matching.len() > limit;
+    let certificates: Vec<Value> = matching
+        .iter()
+        .take(limit)
+        .map(|leaf| certificate_json(&shared, leaf, false))
+        .collect();
+    Json(json!({ "certificates": certificates, "more_results": more_results })).into_response()
+}
+
+/// A date in one of the ISO 8601 forms EJBCA reads (`yyyy-MM-dd HH:mm:ssZZ`, or with a
+/// `T`).
+fn parse_date(text: &str) -> Option<jiff::Timestamp> {
     let trimmed = text.trim();
     let normalized = if trimmed.len() > 10 && trimmed.as_bytes()[10] == b' ' {
         format!("{}T{}", &trimmed[..10], &trimmed[11..])
     } else {
         trimmed.to_string()
     };
-    let end: jiff::Timestamp = normalized.parse().map_err(|_| invalid())?;
+    normalized.parse().ok()
+}
+
+/// `end_time` as EJBCA's ISO 8601 forms write it, as a lifetime from now.
+fn parse_end_time(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("Invalid end_time '{text}'. Use ISO 8601: 'yyyy-MM-dd HH:mm:ssZZ'");
+    let end = parse_date(text).ok_or_else(invalid)?;
     let now = jiff::Timestamp::now();
     if end <= now {
         return Err(format!("end_time '{text}' is in the past."));

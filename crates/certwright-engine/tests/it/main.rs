@@ -6,6 +6,7 @@
 mod embedding;
 mod flow;
 mod leader;
+mod lost_answers;
 mod races;
 mod support;
 mod tenancy;

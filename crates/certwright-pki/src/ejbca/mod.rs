@@ -29,7 +29,7 @@ use crate::http::{
 };
 use crate::{
     Backend, DEFAULT_DURATION, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome,
-    PendingRequest, SignRequest,
+    PendingRequest, Recovery, SignRequest,
 };
 
 pub use crate::http::ClientIdentity;
@@ -47,6 +47,11 @@ pub const MAX_USERNAME_BYTES: usize = 250;
 const MAX_END_TIME_DURATION: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
 const MIN_POLL_DELAY: Duration = Duration::from_secs(1);
+/// How long before a lost submission certificates are searched from: EJBCA backdates
+/// certificates (10 minutes by default) and clocks differ.
+const RECOVERY_LOOKBACK: Duration = Duration::from_secs(60 * 60);
+/// Certificates one recovery search reads; with more, the search cannot tell.
+const RECOVERY_SEARCH_LIMIT: u32 = 100;
 const MAX_POLL_DELAY: Duration = Duration::from_secs(24 * 3600);
 
 /// How the end entity of each enrollment is named (the issuer's `endEntityName`).
@@ -556,8 +561,23 @@ impl EjbcaBackend {
         let status = response.status;
         let body: wire::CertificateBody =
             parse_json(call, response).map_err(|e| signed_but_unreadable(status, e))?;
+        self.bundle_of(call, status, &body, csr, known_chain, may_fetch)
+            .await
+    }
+
+    /// The bundle of one `CertificateRestResponse` EJBCA answered with `status`, as
+    /// [`EjbcaBackend::issued`] reads it.
+    async fn bundle_of(
+        &self,
+        call: &str,
+        status: StatusCode,
+        body: &wire::CertificateBody,
+        csr: &Csr,
+        known_chain: Option<Vec<Certificate>>,
+        may_fetch: bool,
+    ) -> Result<IssuedBundle, Error> {
         let mut certs =
-            wire::issued_certificates(call, &body).map_err(|e| signed_but_unreadable(status, e))?;
+            wire::issued_certificates(call, body).map_err(|e| signed_but_unreadable(status, e))?;
         if certs.is_empty() {
             return Err(signed_but_unreadable(
                 status,
@@ -581,7 +601,7 @@ impl EjbcaBackend {
         }
         // The chain EJBCA sent: extra certificates in `certificate`, then
         // `certificate_chain`.
-        match wire::chain_certificates(call, &body) {
+        match wire::chain_certificates(call, body) {
             Ok(chain) => certs.extend(chain),
             Err(e) => tracing::warn!(
                 call = %call,
@@ -738,12 +758,13 @@ impl Backend for EjbcaBackend {
             Ok(response) => response,
             // Sent, and then the answer never came (a timeout, a reset): EJBCA may have
             // enrolled, and enrolling again would sign a second certificate.
+            // The caller asks `recover` (a certificate search) before enrolling again.
             Err(e) if crate::http::may_have_been_sent(&e) => {
-                return Err(Error::Rejected {
-                    reason: format!(
+                return Err(Error::AnswerLost {
+                    message: format!(
                         "{call}: the answer to the enrollment was lost ({e}); EJBCA may have \
-                         enrolled end entity {username:?}, so it is not enrolled again (look \
-                         for it in EJBCA)"
+                         enrolled end entity {username:?}, so it is searched for before any \
+                         new enrollment"
                     ),
                 });
             }
@@ -790,6 +811,70 @@ impl Backend for EjbcaBackend {
             )),
             _ => Err(api_error(&call, &response, CallKind::Enrollment)),
         }
+    }
+
+    /// Searches the certificates EJBCA issued to the request's end entity since a while
+    /// before `submitted` (`POST /v1/certificate/search`) for one that carries the CSR's
+    /// public key. An enrollment held for approval leaves no certificate, so it is not
+    /// found; enrolling again then files a second approval request, never a second
+    /// certificate.
+    async fn recover(
+        &self,
+        request: &SignRequest,
+        submitted: SystemTime,
+    ) -> Result<Recovery, Error> {
+        let username = self.username(request)?;
+        let since = submitted
+            .checked_sub(RECOVERY_LOOKBACK)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let body = serde_json::json!({
+            "max_number_of_results": RECOVERY_SEARCH_LIMIT,
+            "criteria": [
+                {"property": "QUERY", "value": username, "operation": "EQUAL"},
+                {"property": "CA", "value": self.ca_name, "operation": "EQUAL"},
+                {"property": "ISSUED_DATE", "value": wire::format_end_time(since), "operation": "AFTER"},
+            ],
+        });
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| Error::misconfigured(format!("cannot encode the search: {e}")))?;
+        let url = self.endpoint(&["v1", "certificate", "search"])?;
+        let call = describe_call(&Method::POST, &url);
+        let response = self.send(Method::POST, url, Some(&body)).await?;
+        match response.status {
+            StatusCode::OK => {}
+            // An EJBCA without the search call cannot be asked.
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                tracing::warn!(call = %call, "EJBCA has no certificate search; the request cannot be recovered");
+                return Ok(Recovery::Unknown);
+            }
+            _ => return Err(api_error(&call, &response, CallKind::Read)),
+        }
+        let found: wire::SearchBody = parse_json(&call, &response)?;
+        let key = &request.csr.public_key().spki_der;
+        for entry in &found.certificates {
+            let carries_key = wire::issued_certificates(&call, entry)
+                .ok()
+                .and_then(|certs| certs.into_iter().next())
+                .is_some_and(|leaf| leaf.public_key().spki_der == *key);
+            if carries_key {
+                tracing::info!(
+                    requester = %request.requester,
+                    username = %username,
+                    "EJBCA issued the certificate whose answer was lost; using it"
+                );
+                let known = self.cached_chain();
+                let bundle = self
+                    .bundle_of(&call, response.status, entry, &request.csr, known, true)
+                    .await?;
+                return Ok(Recovery::Found(Outcome::Issued(bundle)));
+            }
+        }
+        if found.more_results {
+            // Not among the first results: it may be among the others.
+            return Ok(Recovery::Unknown);
+        }
+        Ok(Recovery::SubmitAgain)
     }
 
     async fn poll(&self, pending_id: &str, request: &SignRequest) -> Result<Outcome, Error> {

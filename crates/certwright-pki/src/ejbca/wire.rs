@@ -56,6 +56,15 @@ pub(super) struct CertificateBody {
     pub(super) certificate_chain: Option<Vec<String>>,
 }
 
+/// `SearchCertificatesRestResponse`: 200 of `/v1/certificate/search`.
+#[derive(Debug, Deserialize)]
+pub(super) struct SearchBody {
+    #[serde(default)]
+    pub(super) certificates: Vec<CertificateBody>,
+    #[serde(default)]
+    pub(super) more_results: bool,
+}
+
 /// The 202 of an enrollment held for approval (`ExceptionInfoRestResponse`). Older
 /// EJBCA versions send only the `link` to the finalize call; newer ones also `request_id`.
 #[derive(Debug, Default, Deserialize)]

@@ -22,7 +22,7 @@ use crate::http::{
 };
 use crate::{
     Backend, DEFAULT_DURATION, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome,
-    PendingRequest, SignRequest,
+    PendingRequest, Recovery, SignRequest,
 };
 
 pub use crate::http::ClientIdentity;
@@ -359,6 +359,18 @@ impl Backend for RestBackend {
             Flavor::Certwright => self.check_certwright().await,
             Flavor::Cfssl => self.check_cfssl().await,
         }
+    }
+
+    /// The certwright contract requires a CA to answer a repeated `Idempotency-Key` with
+    /// its first answer, so submitting again is how to ask it. cfssl keeps no request
+    /// ids and cannot be asked; a certificate it signed before the answer was lost is
+    /// left unused, as after any lost answer (docs/backends/rest.md).
+    async fn recover(
+        &self,
+        _request: &SignRequest,
+        _submitted: std::time::SystemTime,
+    ) -> Result<Recovery, Error> {
+        Ok(Recovery::SubmitAgain)
     }
 }
 

@@ -676,15 +676,34 @@ async fn a_lost_answer_to_an_enrollment_is_never_enrolled_again() {
     let sim = oauth_sim().await;
     let backend = oauth_backend(&sim, |c| c.timeout = Duration::from_secs(3));
     sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
-    let err = backend
-        .sign(&request("web.apps.example", &["web.apps.example"]))
-        .await
-        .expect_err("no answer");
-    assert_eq!(err.metric_label(), "rejected", "{err}");
-    assert!(!err.is_retryable());
+    let first = request("web.apps.example", &["web.apps.example"]);
+    let submitted = std::time::SystemTime::now();
+    let err = backend.sign(&first).await.expect_err("no answer");
+    assert_eq!(err.metric_label(), "answer_lost", "{err}");
     assert!(err.to_string().contains("may have enrolled"), "{err}");
-    assert!(err.to_string().contains("look for it in EJBCA"), "{err}");
     assert_eq!(sim.enrollments(), 1);
+    // EJBCA did sign: a search finds the certificate with the CSR's key, and nothing is
+    // enrolled again.
+    sim.set_behaviour(Behaviour::Normal);
+    match backend.recover(&first, submitted).await {
+        Ok(certwright_pki::Recovery::Found(Outcome::Issued(bundle))) => {
+            let leaf = bundle.leaf().unwrap();
+            assert_eq!(leaf.public_key(), first.csr.public_key());
+            assert!(bundle.ca.is_some(), "the chain is completed");
+        }
+        other => panic!("expected the certificate, got {other:?}"),
+    }
+    assert_eq!(
+        (sim.enrollments(), sim.certificates_issued(), sim.searches()),
+        (1, 1, 1)
+    );
+    // Another request of the same end entity (same name, another key) finds nothing of
+    // its own: submitting it is safe.
+    let other = request("web.apps.example", &["web.apps.example"]);
+    assert!(matches!(
+        backend.recover(&other, submitted).await,
+        Ok(certwright_pki::Recovery::SubmitAgain)
+    ));
 
     // Nothing sent (the connection is refused): that stays a retryable failure.
     let mut config = base_config(&sim);

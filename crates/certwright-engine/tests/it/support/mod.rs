@@ -116,6 +116,36 @@ impl Env {
         }
     }
 
+    /// Stops the engine the way a crash or an eviction does: at once, mid-call,
+    /// writing nothing more.
+    pub async fn kill_engine(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.abort();
+            let _ = engine.await;
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Creates an Opaque Secret holding these string keys.
+    pub async fn put_secret(&self, ns: &str, name: &str, pairs: &[(&str, &str)]) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            string_data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        api.create(&PostParams::default(), &secret).await.unwrap();
+    }
+
     pub fn requests(&self, ns: &str) -> Api<CertificateRequest> {
         Api::namespaced(self.client.clone(), ns)
     }

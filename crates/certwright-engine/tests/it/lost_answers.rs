@@ -1,0 +1,176 @@
+//! A submission whose answer never arrives is never submitted again blindly: the engine
+//! records each submission on the request before it leaves, and asks the CA what became
+//! of it (or fails the request) before submitting again, also after a crash.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use certwright_api::{
+    AdcsBackend, Base64Bytes, EjbcaBackend, IssuerSpec, PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION,
+};
+use certwright_testkit::adcs_sim::{
+    AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
+};
+use certwright_testkit::ejbca_sim::{
+    Behaviour, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
+};
+use kube::ResourceExt;
+
+use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
+
+const CLIENT_ID: &str = "certwright";
+const CLIENT_SECRET: &str = "s3cret-client-secret";
+
+async fn ejbca_issuer(env: &Env, sim: &EjbcaSimulator, timeout: &str) {
+    env.put_secret(
+        CLUSTER_NS,
+        "ejbca-client",
+        &[
+            ("tokenUrl", &sim.token_url()),
+            ("clientId", CLIENT_ID),
+            ("clientSecret", CLIENT_SECRET),
+        ],
+    )
+    .await;
+    env.cluster_issuer(
+        "corp-ejbca",
+        IssuerSpec {
+            ejbca: Some(EjbcaBackend {
+                url: sim.url(),
+                auth_secret_name: "ejbca-client".into(),
+                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                certificate_authority_name: CA_NAME.into(),
+                certificate_profile_name: CERTIFICATE_PROFILE.into(),
+                end_entity_profile_name: END_ENTITY_PROFILE.into(),
+                timeout: Some(timeout.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_cluster_issuer("corp-ejbca", "Verified").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejbca_enrollment_whose_answer_is_lost_is_found_not_enrolled_again() {
+    let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
+        .await
+        .unwrap();
+    let env = Env::start().await;
+    ejbca_issuer(&env, &sim, "2s").await;
+    // EJBCA signs, and its answer is lost on the way back.
+    sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
+    env.request("apps", "web", cluster_ref("corp-ejbca")).await;
+    env.approve("apps", "web").await;
+    eventually("the enrollment", || sim.enrollments() == 1).await;
+    let cr = env.wait_ready_reason("apps", "web", "Issued").await;
+    // The certificate EJBCA signed is the one found by the search: one enrollment, one
+    // certificate, whatever the retries.
+    assert_eq!(sim.enrollments(), 1);
+    assert_eq!(sim.certificates_issued(), 1);
+    assert!(sim.searches() >= 1);
+    assert!(cr.annotations().contains_key(SUBMITTED_ANNOTATION));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_enrollment_finds_the_certificate_after_restart() {
+    let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
+        .await
+        .unwrap();
+    let mut env = Env::start().await;
+    ejbca_issuer(&env, &sim, "60s").await;
+    sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
+    env.request("apps", "web", cluster_ref("corp-ejbca")).await;
+    env.approve("apps", "web").await;
+    eventually("the enrollment", || sim.enrollments() == 1).await;
+    // The record of the submission was written before the enrollment left.
+    let before = env.requests("apps").get("web").await.unwrap();
+    assert!(before.annotations().contains_key(SUBMITTED_ANNOTATION));
+    env.kill_engine().await;
+    sim.set_behaviour(Behaviour::Normal);
+    env.start_engine(crate::support::fast_config());
+    env.wait_ready_reason("apps", "web", "Issued").await;
+    assert_eq!(sim.enrollments(), 1);
+    assert_eq!(sim.certificates_issued(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_submission_to_adcs_fails_the_request_instead_of_submitting_again() {
+    let sim = AdcsSimulator::start().await.unwrap();
+    let env = Env::start().await;
+    env.put_secret(
+        CLUSTER_NS,
+        "adcs-auth",
+        &[
+            ("username", DEFAULT_USER),
+            ("password", DEFAULT_PASSWORD),
+            ("domain", DEFAULT_DOMAIN),
+        ],
+    )
+    .await;
+    env.cluster_issuer(
+        "corp-adcs",
+        IssuerSpec {
+            adcs: Some(AdcsBackend {
+                url: sim.url(),
+                auth_secret_name: "adcs-auth".into(),
+                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                template_name: DEFAULT_TEMPLATE.into(),
+                timeout: Some("5s".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_cluster_issuer("corp-adcs", "Verified").await;
+    // A request a previous controller submitted before it died: certsrv cannot be
+    // searched by CSR, so the request fails saying where to look.
+    env.request_with("apps", "web", cluster_ref("corp-adcs"), |cr| {
+        cr.metadata.annotations = Some(
+            [(
+                SUBMITTED_ANNOTATION.to_string(),
+                "2026-01-02T03:04:05Z".to_string(),
+            )]
+            .into(),
+        );
+    })
+    .await;
+    env.approve("apps", "web").await;
+    let cr = env.wait_ready_reason("apps", "web", "Failed").await;
+    let message = &cr
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("may have reached the CA at 2026-01-02T03:04:05Z")
+            && message.contains("Look for a certificate for it on the CA"),
+        "{message}"
+    );
+    assert_eq!(sim.submissions(), 0);
+    // A request without the record is submitted as usual.
+    env.request("apps", "api", cluster_ref("corp-adcs")).await;
+    env.approve("apps", "api").await;
+    env.wait_ready_reason("apps", "api", "Issued").await;
+    assert_eq!(sim.submissions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_submission_to_a_local_ca_is_signed_again() {
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    env.request_with("apps", "web", cluster_ref("dev"), |cr| {
+        cr.metadata.annotations =
+            Some([(SUBMITTED_ANNOTATION.to_string(), "garbage".to_string())].into());
+    })
+    .await;
+    env.approve("apps", "web").await;
+    let cr = env.wait_ready_reason("apps", "web", "Issued").await;
+    assert!(!cr.annotations().contains_key(PENDING_ID_ANNOTATION));
+}
