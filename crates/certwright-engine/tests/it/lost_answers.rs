@@ -174,3 +174,41 @@ async fn a_recorded_submission_to_a_local_ca_is_signed_again() {
     let cr = env.wait_ready_reason("apps", "web", "Issued").await;
     assert!(!cr.annotations().contains_key(PENDING_ID_ANNOTATION));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_ca_answers_a_recorded_submission_again_from_its_idempotency_key() {
+    use certwright_testkit::apiserver::Method;
+    use certwright_testkit::rest_sim::RestSimulator;
+    let sim = RestSimulator::start().await.unwrap();
+    let mut env = Env::start().await;
+    env.cluster_issuer(
+        "corp-rest",
+        IssuerSpec {
+            rest: Some(certwright_api::RestBackend {
+                url: sim.url(),
+                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                timeout: Some("2s".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_cluster_issuer("corp-rest", "Verified").await;
+    // The CA signs, and the controller cannot write the result before it is killed.
+    env.server
+        .faults()
+        .fail_next(Method::PATCH, "certificaterequests/web/status", 500, 1000);
+    env.request("apps", "web", cluster_ref("corp-rest")).await;
+    // Approved in the store: the API's status writes all fail.
+    env.approve_in_store("apps", "web");
+    eventually("the signature", || sim.certificates_issued() == 1).await;
+    env.kill_engine().await;
+    env.server.faults().clear();
+    // The next controller finds the record and submits again under the same key: the
+    // CA answers with the certificate it signed, and signs nothing new.
+    env.start_engine(crate::support::fast_config());
+    env.wait_ready_reason("apps", "web", "Issued").await;
+    assert_eq!(sim.sign_submissions(), 2);
+    assert_eq!(sim.certificates_issued(), 1);
+}
