@@ -245,6 +245,10 @@ impl<K: IssuerKinds> Engine<K> {
                     e,
                 )
             })?;
+        // Everything this run starts ends with it: when its future is dropped (leadership
+        // lost, the embedder's task aborted), no watcher, worker or check goes on, and no
+        // call reaches a PKI afterwards.
+        let _stop_on_drop = s.stopping.clone().drop_guard();
         let watchers = CancellationToken::new();
         let tasks = vec![
             tokio::spawn(watch_issuers(
@@ -263,10 +267,11 @@ impl<K: IssuerKinds> Engine<K> {
             tokio::spawn(watch_requests(s.clone(), watchers.clone())),
             tokio::spawn(report_pending(s.clone(), watchers.clone())),
         ];
-        let mut workers = Vec::new();
+        let mut tasks = Owned(tasks);
+        let mut workers = Owned(Vec::new());
         for _ in 0..ISSUER_WORKERS {
             let s = s.clone();
-            workers.push(tokio::spawn(async move {
+            workers.0.push(tokio::spawn(async move {
                 while let Some(key) = s.issuer_queue.next().await {
                     // A panic must neither strand the key nor shrink the pool.
                     let run = AssertUnwindSafe(s.reconcile_issuer(&key)).catch_unwind();
@@ -281,7 +286,7 @@ impl<K: IssuerKinds> Engine<K> {
         }
         for _ in 0..s.config.max_concurrent_reconciles.max(1) {
             let s = s.clone();
-            workers.push(tokio::spawn(async move {
+            workers.0.push(tokio::spawn(async move {
                 while let Some(key) = s.request_queue.next().await {
                     let run = AssertUnwindSafe(s.reconcile_request(&key)).catch_unwind();
                     if run.await.is_err() {
@@ -299,14 +304,25 @@ impl<K: IssuerKinds> Engine<K> {
         watchers.cancel();
         s.request_queue.shutdown();
         s.issuer_queue.shutdown();
-        for w in workers {
+        for w in &mut workers.0 {
             let _ = w.await;
         }
-        for t in tasks {
+        for t in &mut tasks.0 {
             let _ = t.await;
         }
         info!("engine stopped");
         Ok(())
+    }
+}
+
+/// Tasks aborted when dropped: a run owns what it spawned.
+struct Owned(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -792,17 +808,16 @@ impl Shared {
             .get(PENDING_ID_ANNOTATION)
             .filter(|id| !id.is_empty())
             .cloned();
+        // A final verdict reached without a PKI answer, written as any other.
+        let concluded = |attempt| {
+            let plan = plan(attempt, attempts + 1, self.config.retry, poll_interval);
+            Unwritten::new(uid.to_string(), Some(issuer.clone()), plan)
+        };
         let request = match sign_request(&full, &entry) {
             Ok(r) => r,
             Err(why) => {
-                let plan = plan(
-                    Attempt::Invalid(why),
-                    attempts + 1,
-                    self.config.retry,
-                    poll_interval,
-                );
-                let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
-                self.apply(key, pending, Some(full)).await;
+                self.apply(key, concluded(Attempt::Invalid(why)), Some(full))
+                    .await;
                 return;
             }
         };
@@ -852,14 +867,8 @@ impl Shared {
                      cert-manager retries with a new CertificateRequest.",
                     backend.kind()
                 );
-                let plan = plan(
-                    Attempt::Unrecoverable(why),
-                    attempts + 1,
-                    self.config.retry,
-                    poll_interval,
-                );
-                let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
-                self.apply(key, pending, Some(full)).await;
+                self.apply(key, concluded(Attempt::Unrecoverable(why)), Some(full))
+                    .await;
                 return;
             }
         };

@@ -614,43 +614,14 @@ async fn a_namespaced_issuer_cannot_reach_what_the_egress_policy_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_requests_refused_template_does_not_take_a_shared_issuer_offline() {
-    use certwright_testkit::adcs_sim::{
-        AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
-    };
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::{Api, PostParams};
+    use certwright_testkit::adcs_sim::AdcsSimulator;
 
     let sim = AdcsSimulator::start().await.unwrap();
     let env = Env::start().await;
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), CLUSTER_NS);
-    let mut auth = Secret::default();
-    auth.metadata.name = Some("adcs-auth".into());
-    auth.string_data = Some(
-        [
-            ("username".to_string(), DEFAULT_USER.to_string()),
-            ("password".to_string(), DEFAULT_PASSWORD.to_string()),
-            ("domain".to_string(), DEFAULT_DOMAIN.to_string()),
-        ]
-        .into(),
-    );
-    secrets.create(&PostParams::default(), &auth).await.unwrap();
-    env.cluster_issuer(
-        "corp-adcs",
-        IssuerSpec {
-            adcs: Some(certwright_api::AdcsBackend {
-                url: sim.url(),
-                auth_secret_name: "adcs-auth".into(),
-                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
-                template_name: DEFAULT_TEMPLATE.into(),
-                timeout: Some("5s".into()),
-                ..Default::default()
-            }),
-            allow_template_override: true,
-            ..Default::default()
-        },
-    )
+    env.adcs_cluster_issuer("corp-adcs", &sim, |spec| {
+        spec.allow_template_override = true
+    })
     .await;
-    env.wait_cluster_issuer("corp-adcs", "Verified").await;
     // One team asks for a template the CA does not offer: its request fails, alone.
     env.request_with("team-a", "odd", cluster_ref("corp-adcs"), |cr| {
         cr.metadata.annotations = Some(

@@ -4,11 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use certwright_api::{
-    AdcsBackend, Base64Bytes, EjbcaBackend, IssuerSpec, PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION,
+    Base64Bytes, EjbcaBackend, IssuerSpec, PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION,
 };
-use certwright_testkit::adcs_sim::{
-    AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
-};
+use certwright_testkit::adcs_sim::AdcsSimulator;
 use certwright_testkit::ejbca_sim::{
     Behaviour, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };
@@ -97,32 +95,7 @@ async fn a_controller_killed_mid_enrollment_finds_the_certificate_after_restart(
 async fn a_recorded_submission_to_adcs_fails_the_request_instead_of_submitting_again() {
     let sim = AdcsSimulator::start().await.unwrap();
     let env = Env::start().await;
-    env.put_secret(
-        CLUSTER_NS,
-        "adcs-auth",
-        &[
-            ("username", DEFAULT_USER),
-            ("password", DEFAULT_PASSWORD),
-            ("domain", DEFAULT_DOMAIN),
-        ],
-    )
-    .await;
-    env.cluster_issuer(
-        "corp-adcs",
-        IssuerSpec {
-            adcs: Some(AdcsBackend {
-                url: sim.url(),
-                auth_secret_name: "adcs-auth".into(),
-                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
-                template_name: DEFAULT_TEMPLATE.into(),
-                timeout: Some("5s".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    env.wait_cluster_issuer("corp-adcs", "Verified").await;
+    env.adcs_cluster_issuer("corp-adcs", &sim, |_| {}).await;
     // A request a previous controller submitted before it died: certsrv cannot be
     // searched by CSR, so the request fails saying where to look.
     env.request_with("apps", "web", cluster_ref("corp-adcs"), |cr| {

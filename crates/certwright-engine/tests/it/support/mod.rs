@@ -146,6 +146,44 @@ impl Env {
         api.create(&PostParams::default(), &secret).await.unwrap();
     }
 
+    /// An InternalClusterIssuer in front of the AD CS simulator, with NTLM credentials,
+    /// once it is Verified; `tweak` adjusts its spec first.
+    pub async fn adcs_cluster_issuer(
+        &self,
+        name: &str,
+        sim: &certwright_testkit::adcs_sim::AdcsSimulator,
+        tweak: impl FnOnce(&mut IssuerSpec),
+    ) {
+        use certwright_testkit::adcs_sim::{
+            DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
+        };
+        let secret = format!("{name}-auth");
+        self.put_secret(
+            CLUSTER_NS,
+            &secret,
+            &[
+                ("username", DEFAULT_USER),
+                ("password", DEFAULT_PASSWORD),
+                ("domain", DEFAULT_DOMAIN),
+            ],
+        )
+        .await;
+        let mut spec = IssuerSpec {
+            adcs: Some(certwright_api::AdcsBackend {
+                url: sim.url(),
+                auth_secret_name: secret,
+                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                template_name: DEFAULT_TEMPLATE.into(),
+                timeout: Some("5s".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tweak(&mut spec);
+        self.cluster_issuer(name, spec).await;
+        self.wait_cluster_issuer(name, "Verified").await;
+    }
+
     pub fn requests(&self, ns: &str) -> Api<CertificateRequest> {
         Api::namespaced(self.client.clone(), ns)
     }
