@@ -88,6 +88,13 @@ pub(crate) struct Flags {
     #[arg(long, value_delimiter = ',')]
     pub(crate) egress_deny: Vec<String>,
 
+    /// Sign Kubernetes CertificateSigningRequests whose signerName names a certwright
+    /// issuer (`internalclusterissuers.pki.certwright.io/<name>`,
+    /// `internalissuers.pki.certwright.io/<namespace>.<name>`); needs the RBAC the chart
+    /// grants with `kubernetesCSR.enabled`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) kubernetes_csr: bool,
+
     /// Let InternalClusterIssuers (written by the platform team) connect anywhere and
     /// show PKI errors whole in their statuses; the egress policy and the errors told by
     /// kind only then apply to namespaced InternalIssuers only.

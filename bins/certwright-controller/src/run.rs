@@ -217,6 +217,7 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         egress: Some(Arc::new(egress)),
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
         redact_tenant_errors: true,
+        kubernetes_csr: flags.kubernetes_csr,
         ..EngineConfig::default()
     };
     let shutdown = shutdown_on_signal();

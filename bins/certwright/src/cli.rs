@@ -289,14 +289,47 @@ async fn check(args: &IssuerArgs, output: Output) -> Result<u8, Failure> {
     let (name, spec, backend) = build(args)?;
     let kind = spec.backend_kind().map(|k| k.as_str()).unwrap_or_default();
     let health = backend.check().await.map_err(pki_failure)?;
+    // The signerName Kubernetes CSRs name this issuer by, unless it opted out.
+    let signer = (spec.kubernetes_csr != Some(false))
+        .then(|| signer_of(&args.issuer))
+        .transpose()?;
     match output {
         Output::Json => println!(
             "{}",
-            json!({"ok": true, "issuer": name, "backend": kind, "message": health.message})
+            json!({"ok": true, "issuer": name, "backend": kind, "message": health.message, "signerName": signer})
         ),
-        Output::Text => println!("{name}: ready ({kind}): {}", health.message),
+        Output::Text => {
+            println!("{name}: ready ({kind}): {}", health.message);
+            match &signer {
+                Some(signer) => println!("Kubernetes CSRs: signerName {signer}"),
+                None => println!("Kubernetes CSRs: not signed (spec.kubernetesCSR: false)"),
+            }
+        }
     }
     Ok(0)
+}
+
+/// The signerName of the issuer in a manifest, from its kind, namespace and name.
+fn signer_of(path: &Path) -> Result<String, Failure> {
+    let text = read_text(path)?;
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not YAML or JSON", path.display()))
+        .map_err(Failure::input)?;
+    let field = |pointer: &str| {
+        doc.pointer(pointer)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    let cluster = field("/kind") == "InternalClusterIssuer";
+    let namespace = match field("/metadata/namespace") {
+        "" => "default",
+        ns => ns,
+    };
+    Ok(certwright_api::signer_name(
+        cluster,
+        namespace,
+        field("/metadata/name"),
+    ))
 }
 
 fn read_csr(path: &Path) -> Result<Csr, Failure> {

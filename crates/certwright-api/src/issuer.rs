@@ -78,6 +78,16 @@ pub struct IssuerSpec {
     /// Honour the `pki.certwright.io/template` annotation on CertificateRequests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_template_override: bool,
+    /// Sign Kubernetes CertificateSigningRequests (certificates.k8s.io/v1) whose
+    /// signerName names this issuer (`internalclusterissuers.pki.certwright.io/<name>`,
+    /// `internalissuers.pki.certwright.io/<namespace>.<name>`). Default: true; false
+    /// fails such requests, saying this issuer does not sign them.
+    #[serde(
+        default,
+        rename = "kubernetesCSR",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kubernetes_csr: Option<bool>,
 }
 
 /// The cluster-scoped issuer's spec: the same [`IssuerSpec`], so that both kinds are

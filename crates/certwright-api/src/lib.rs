@@ -49,3 +49,18 @@ pub const PENDING_ID_ANNOTATION: &str = "pki.certwright.io/pending-id";
 /// controller asks the CA what became of it before it submits again, or fails the
 /// request when the CA cannot be asked.
 pub const SUBMITTED_ANNOTATION: &str = "pki.certwright.io/submitted-at";
+/// The `signerName` a Kubernetes CertificateSigningRequest uses to ask an
+/// InternalClusterIssuer (`cluster`) or an InternalIssuer in `namespace` to sign:
+/// `internalclusterissuers.pki.certwright.io/<name>` or
+/// `internalissuers.pki.certwright.io/<namespace>.<name>`.
+pub fn signer_name(cluster: bool, namespace: &str, name: &str) -> String {
+    if cluster {
+        format!("internalclusterissuers.{GROUP}/{name}")
+    } else {
+        format!("internalissuers.{GROUP}/{namespace}.{name}")
+    }
+}
+
+/// Annotation on a Kubernetes CertificateSigningRequest asking for a CA certificate, as
+/// cert-manager writes it (`"true"`).
+pub const REQUEST_IS_CA_ANNOTATION: &str = "experimental.cert-manager.io/request-is-ca";

@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// internal service learns whether something answered there, not what. The full
     /// error goes to the controller's log. The controller binary sets it.
     pub redact_tenant_errors: bool,
+    /// Sign Kubernetes CertificateSigningRequests whose signerName names an issuer of
+    /// the engine's kinds (`<plural>.<group>/<name>`, `<plural>.<group>/<namespace>.<name>`).
+    pub kubernetes_csr: bool,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +74,7 @@ impl Default for EngineConfig {
             egress: None,
             egress_exempt_cluster_issuers: false,
             redact_tenant_errors: false,
+            kubernetes_csr: true,
         }
     }
 }

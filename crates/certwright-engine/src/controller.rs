@@ -46,7 +46,7 @@ use crate::issuers::{
     REASON_UNREACHABLE, REASON_VERIFIED, Snapshot, build_health, check_health, protection_config,
 };
 use crate::kinds::{IssuerKinds, IssuerResource};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RESOURCE_ISSUER, RESOURCE_REQUEST};
 use crate::protection::{BreakerState, CallOutcome, Protection};
 use crate::workqueue::WorkQueue;
 
@@ -142,17 +142,17 @@ fn hash_of(reason: &str, message: &str) -> u64 {
 
 /// The state shared by all watchers and workers.
 pub(crate) struct Shared {
-    client: Client,
-    config: EngineConfig,
-    metrics: Metrics,
-    events: EventSink,
-    group: &'static str,
+    pub(crate) client: Client,
+    pub(crate) config: EngineConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) events: EventSink,
+    pub(crate) group: &'static str,
     namespaced_kind: String,
     cluster_kind: String,
-    namespaced_resource: kube::core::ApiResource,
-    cluster_resource: kube::core::ApiResource,
+    pub(crate) namespaced_resource: kube::core::ApiResource,
+    pub(crate) cluster_resource: kube::core::ApiResource,
     snapshots: Mutex<HashMap<IssuerKey, Snapshot>>,
-    issuers: Mutex<HashMap<IssuerKey, Arc<IssuerEntry>>>,
+    pub(crate) issuers: Mutex<HashMap<IssuerKey, Arc<IssuerEntry>>>,
     last_checked: Mutex<HashMap<IssuerKey, Instant>>,
     secret_index: Mutex<HashMap<(String, String), HashSet<IssuerKey>>>,
     requests: Mutex<HashMap<RequestKey, RequestEntry>>,
@@ -165,7 +165,7 @@ pub(crate) struct Shared {
     issuer_watchers_synced: AtomicUsize,
     /// Cancelled when the engine must stop signing (shutdown or lost leadership): no
     /// new call reaches a PKI after this, even from a worker already past its checks.
-    stopping: CancellationToken,
+    pub(crate) stopping: CancellationToken,
 }
 
 /// The reconcile engine for the issuer kinds `K`.
@@ -267,6 +267,19 @@ impl<K: IssuerKinds> Engine<K> {
             tokio::spawn(watch_requests(s.clone(), watchers.clone())),
             tokio::spawn(report_pending(s.clone(), watchers.clone())),
         ];
+        let mut tasks = tasks;
+        if s.config.kubernetes_csr {
+            let signers = crate::csr::plan::Signers::new(
+                s.group,
+                &s.cluster_resource.plural,
+                &s.namespaced_resource.plural,
+            );
+            tasks.push(tokio::spawn(crate::csr::run(
+                s.clone(),
+                signers,
+                watchers.clone(),
+            )));
+        }
         let mut tasks = Owned(tasks);
         let mut workers = Owned(Vec::new());
         for _ in 0..ISSUER_WORKERS {
@@ -538,7 +551,7 @@ impl Shared {
         }
     }
 
-    fn issuer_label(&self, key: &IssuerKey) -> String {
+    pub(crate) fn issuer_label(&self, key: &IssuerKey) -> String {
         if key.cluster {
             format!("{}/{}", self.cluster_kind, key.name)
         } else {
@@ -609,7 +622,7 @@ impl Shared {
         }
     }
 
-    fn issuers_synced(&self) -> bool {
+    pub(crate) fn issuers_synced(&self) -> bool {
         self.issuer_watchers_synced.load(Ordering::SeqCst) >= 2
     }
 
@@ -885,10 +898,14 @@ impl Shared {
             Ok(_) => "pending",
             Err(e) => e.metric_label(),
         };
+        self.metrics.observe_signing(
+            label,
+            RESOURCE_REQUEST,
+            outcome,
+            started.elapsed().as_secs_f64(),
+        );
         self.metrics
-            .observe_signing(label, outcome, started.elapsed().as_secs_f64());
-        self.metrics
-            .backend_call(label, backend.kind(), operation, outcome);
+            .backend_call(label, RESOURCE_REQUEST, backend.kind(), operation, outcome);
         debug!(operation, outcome, "PKI answered");
         let result = result.map_err(|e| entry.tellable(e));
         let plan = plan(
@@ -911,7 +928,7 @@ impl Shared {
         self.apply(key, pending, Some(full)).await;
     }
 
-    fn poll_interval(&self, entry: &IssuerEntry) -> Duration {
+    pub(crate) fn poll_interval(&self, entry: &IssuerEntry) -> Duration {
         entry
             .spec
             .adcs
@@ -1016,7 +1033,8 @@ impl Shared {
                 REASON_DENIED => "denied",
                 _ => "failed",
             };
-            self.metrics.request_finished(&label, result);
+            self.metrics
+                .request_finished(&label, RESOURCE_REQUEST, result);
             if result == "issued"
                 && let Some(approved) = full
                     .conditions()
@@ -1105,6 +1123,7 @@ impl Shared {
         let result = tokio::time::timeout(timeout, backend.check()).await;
         self.metrics.backend_call(
             label,
+            RESOURCE_ISSUER,
             backend.kind(),
             "check",
             match &result {
@@ -1120,7 +1139,7 @@ impl Shared {
     /// issuer's own health check decides whose it is before the issuer, shared by other
     /// requests and teams, is marked not Ready. A healthy check makes it the request's
     /// (its template override, a profile refused for it), which fails alone.
-    async fn confirm_issuer_fault(
+    pub(crate) async fn confirm_issuer_fault(
         &self,
         label: &str,
         entry: &IssuerEntry,
@@ -1473,7 +1492,7 @@ impl Shared {
         }
     }
 
-    async fn write_issuer_status(&self, key: &IssuerKey, entry: &IssuerEntry) {
+    pub(crate) async fn write_issuer_status(&self, key: &IssuerKey, entry: &IssuerEntry) {
         let (conditions, generation, read_from) = match lock(&self.snapshots).get(key) {
             Some(s) => (
                 s.conditions.clone(),

@@ -22,6 +22,7 @@ pub mod cached;
 mod checks;
 mod config;
 mod controller;
+pub mod csr;
 pub mod decide;
 mod error;
 pub mod events;

@@ -12,6 +12,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+/// The `resource` label of a cert-manager CertificateRequest.
+pub const RESOURCE_REQUEST: &str = "CertificateRequest";
+/// The `resource` label of a Kubernetes CertificateSigningRequest.
+pub const RESOURCE_CSR: &str = "CertificateSigningRequest";
+/// The `resource` label of an issuer's own health check.
+pub const RESOURCE_ISSUER: &str = "Issuer";
+
 /// Bucket bounds of `certwright_signing_duration_seconds`: 5ms to 60s.
 const SIGNING_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -29,12 +36,14 @@ struct IssuerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SigningLabels {
     issuer: String,
+    resource: String,
     outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendCallLabels {
     issuer: String,
+    resource: String,
     backend: String,
     operation: String,
     outcome: String,
@@ -43,6 +52,7 @@ struct BackendCallLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     issuer: String,
+    resource: String,
     result: String,
 }
 
@@ -180,26 +190,38 @@ impl Metrics {
     }
 
     /// Records the latency of one backend sign or poll call in
-    /// `certwright_signing_duration_seconds{issuer,outcome}`.
-    pub fn observe_signing(&self, issuer: &str, outcome: &str, seconds: f64) {
+    /// `certwright_signing_duration_seconds{issuer,resource,outcome}`; `resource` is
+    /// [`RESOURCE_REQUEST`] or [`RESOURCE_CSR`].
+    pub fn observe_signing(&self, issuer: &str, resource: &str, outcome: &str, seconds: f64) {
         self.inner
             .signing_duration
             .get_or_create(&SigningLabels {
                 issuer: issuer.to_owned(),
+                resource: resource.to_owned(),
                 outcome: outcome.to_owned(),
             })
             .observe(seconds);
     }
 
     /// Counts one backend call in
-    /// `certwright_backend_calls_total{issuer,backend,operation,outcome}`; `operation` is
+    /// `certwright_backend_calls_total{issuer,resource,backend,operation,outcome}`;
+    /// `resource` is [`RESOURCE_REQUEST`], [`RESOURCE_CSR`] or [`RESOURCE_ISSUER`] (health
+    /// checks); `operation` is
     /// `sign`, `poll` or `check`, `outcome` is `success`, `pending` or the error's metric
     /// label.
-    pub fn backend_call(&self, issuer: &str, backend: &str, operation: &str, outcome: &str) {
+    pub fn backend_call(
+        &self,
+        issuer: &str,
+        resource: &str,
+        backend: &str,
+        operation: &str,
+        outcome: &str,
+    ) {
         self.inner
             .backend_calls
             .get_or_create(&BackendCallLabels {
                 issuer: issuer.to_owned(),
+                resource: resource.to_owned(),
                 backend: backend.to_owned(),
                 operation: operation.to_owned(),
                 outcome: outcome.to_owned(),
@@ -207,14 +229,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one CertificateRequest that reached a final state in
-    /// `certwright_certificate_requests_total{issuer,result}`; `result` is `issued`,
-    /// `failed` or `denied`.
-    pub fn request_finished(&self, issuer: &str, result: &str) {
+    /// Counts one CertificateRequest or Kubernetes CSR that reached a final state in
+    /// `certwright_certificate_requests_total{issuer,resource,result}`; `result` is
+    /// `issued`, `failed` or `denied`.
+    pub fn request_finished(&self, issuer: &str, resource: &str, result: &str) {
         self.inner
             .requests
             .get_or_create(&RequestLabels {
                 issuer: issuer.to_owned(),
+                resource: resource.to_owned(),
                 result: result.to_owned(),
             })
             .inc();
@@ -318,9 +341,9 @@ mod tests {
     #[test]
     fn families_have_prefixed_names_types_and_units() {
         let metrics = Metrics::new();
-        metrics.observe_signing(CLUSTER, "success", 1.0);
-        metrics.backend_call(CLUSTER, "adcs", "sign", "success");
-        metrics.request_finished(CLUSTER, "issued");
+        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "success", 1.0);
+        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "sign", "success");
+        metrics.request_finished(CLUSTER, RESOURCE_REQUEST, "issued");
         metrics.set_pending(CLUSTER, 0);
         metrics.set_issuer_ready(CLUSTER, true);
         metrics.set_breaker_state(CLUSTER, 0);
@@ -345,33 +368,33 @@ mod tests {
     #[test]
     fn counters_have_total_suffix_and_labels() {
         let metrics = Metrics::new();
-        metrics.backend_call(CLUSTER, "adcs", "sign", "success");
-        metrics.backend_call(CLUSTER, "adcs", "sign", "success");
-        metrics.backend_call(CLUSTER, "adcs", "poll", "pending");
-        metrics.backend_call(NAMESPACED, "ca", "check", "transient");
-        metrics.request_finished(CLUSTER, "issued");
-        metrics.request_finished(NAMESPACED, "denied");
-        metrics.request_finished(NAMESPACED, "denied");
+        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "sign", "success");
+        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "sign", "success");
+        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "poll", "pending");
+        metrics.backend_call(NAMESPACED, RESOURCE_ISSUER, "ca", "check", "transient");
+        metrics.request_finished(CLUSTER, RESOURCE_REQUEST, "issued");
+        metrics.request_finished(NAMESPACED, RESOURCE_REQUEST, "denied");
+        metrics.request_finished(NAMESPACED, RESOURCE_REQUEST, "denied");
         let lines = lines(&metrics);
         assert_line(
             &lines,
-            r#"certwright_backend_calls_total{issuer="InternalClusterIssuer/corp-adcs",backend="adcs",operation="sign",outcome="success"} 2"#,
+            r#"certwright_backend_calls_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",backend="adcs",operation="sign",outcome="success"} 2"#,
         );
         assert_line(
             &lines,
-            r#"certwright_backend_calls_total{issuer="InternalClusterIssuer/corp-adcs",backend="adcs",operation="poll",outcome="pending"} 1"#,
+            r#"certwright_backend_calls_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",backend="adcs",operation="poll",outcome="pending"} 1"#,
         );
         assert_line(
             &lines,
-            r#"certwright_backend_calls_total{issuer="InternalIssuer/apps/corp",backend="ca",operation="check",outcome="transient"} 1"#,
+            r#"certwright_backend_calls_total{issuer="InternalIssuer/apps/corp",resource="Issuer",backend="ca",operation="check",outcome="transient"} 1"#,
         );
         assert_line(
             &lines,
-            r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/corp-adcs",result="issued"} 1"#,
+            r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",result="issued"} 1"#,
         );
         assert_line(
             &lines,
-            r#"certwright_certificate_requests_total{issuer="InternalIssuer/apps/corp",result="denied"} 2"#,
+            r#"certwright_certificate_requests_total{issuer="InternalIssuer/apps/corp",resource="CertificateRequest",result="denied"} 2"#,
         );
     }
 
@@ -405,9 +428,9 @@ mod tests {
     #[test]
     fn signing_histogram_buckets_from_5ms_to_60s() {
         let metrics = Metrics::new();
-        metrics.observe_signing(CLUSTER, "success", 0.2);
-        metrics.observe_signing(CLUSTER, "success", 45.0);
-        metrics.observe_signing(CLUSTER, "transient", 0.001);
+        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "success", 0.2);
+        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "success", 45.0);
+        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "transient", 0.001);
         let lines = lines(&metrics);
         let series = r#"issuer="InternalClusterIssuer/corp-adcs",outcome="success""#;
         assert_line(
@@ -484,7 +507,7 @@ mod tests {
             metrics.set_issuer_ready(issuer, true);
             metrics.set_breaker_state(issuer, 0);
         }
-        metrics.request_finished(CLUSTER, "issued");
+        metrics.request_finished(CLUSTER, RESOURCE_REQUEST, "issued");
         metrics.forget_issuer(CLUSTER);
         let text = metrics.encode().unwrap();
         for gauge in [
@@ -499,7 +522,7 @@ mod tests {
             assert!(text.contains(&format!(r#"{gauge}{{issuer="{NAMESPACED}"}}"#)));
         }
         assert!(text.contains(
-            r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/corp-adcs",result="issued"} 1"#
+            r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",result="issued"} 1"#
         ));
     }
 }

@@ -137,7 +137,10 @@ fn check_local_ca_and_name_a_missing_secret() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("InternalClusterIssuer/dev: ready (ca)"),
+        text(&out.stdout).contains("InternalClusterIssuer/dev: ready (ca)")
+            && text(&out.stdout).contains(
+                "Kubernetes CSRs: signerName internalclusterissuers.pki.certwright.io/dev"
+            ),
         "{}",
         text(&out.stdout)
     );

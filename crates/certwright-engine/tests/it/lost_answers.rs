@@ -3,50 +3,14 @@
 //! of it (or fails the request) before submitting again, also after a crash.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use certwright_api::{
-    Base64Bytes, EjbcaBackend, IssuerSpec, PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION,
-};
+use certwright_api::{Base64Bytes, IssuerSpec, PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION};
 use certwright_testkit::adcs_sim::AdcsSimulator;
-use certwright_testkit::ejbca_sim::{
-    Behaviour, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
-};
+use certwright_testkit::ejbca_sim::{Behaviour, CERTIFICATE_PROFILE, EjbcaSimulator};
 use kube::ResourceExt;
 
 use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
 
-const CLIENT_ID: &str = "certwright";
-const CLIENT_SECRET: &str = "s3cret-client-secret";
-
-async fn ejbca_issuer(env: &Env, sim: &EjbcaSimulator, timeout: &str) {
-    env.put_secret(
-        CLUSTER_NS,
-        "ejbca-client",
-        &[
-            ("tokenUrl", &sim.token_url()),
-            ("clientId", CLIENT_ID),
-            ("clientSecret", CLIENT_SECRET),
-        ],
-    )
-    .await;
-    env.cluster_issuer(
-        "corp-ejbca",
-        IssuerSpec {
-            ejbca: Some(EjbcaBackend {
-                url: sim.url(),
-                auth_secret_name: "ejbca-client".into(),
-                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
-                certificate_authority_name: CA_NAME.into(),
-                certificate_profile_name: CERTIFICATE_PROFILE.into(),
-                end_entity_profile_name: END_ENTITY_PROFILE.into(),
-                timeout: Some(timeout.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    env.wait_cluster_issuer("corp-ejbca", "Verified").await;
-}
+use crate::support::{EJBCA_CLIENT_ID as CLIENT_ID, EJBCA_CLIENT_SECRET as CLIENT_SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejbca_enrollment_whose_answer_is_lost_is_found_not_enrolled_again() {
@@ -54,7 +18,8 @@ async fn an_ejbca_enrollment_whose_answer_is_lost_is_found_not_enrolled_again() 
         .await
         .unwrap();
     let env = Env::start().await;
-    ejbca_issuer(&env, &sim, "2s").await;
+    env.ejbca_cluster_issuer("corp-ejbca", &sim, CERTIFICATE_PROFILE, "2s")
+        .await;
     // EJBCA signs, and its answer is lost on the way back.
     sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
     env.request("apps", "web", cluster_ref("corp-ejbca")).await;
@@ -75,7 +40,8 @@ async fn a_controller_killed_mid_enrollment_finds_the_certificate_after_restart(
         .await
         .unwrap();
     let mut env = Env::start().await;
-    ejbca_issuer(&env, &sim, "60s").await;
+    env.ejbca_cluster_issuer("corp-ejbca", &sim, CERTIFICATE_PROFILE, "60s")
+        .await;
     sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
     env.request("apps", "web", cluster_ref("corp-ejbca")).await;
     env.approve("apps", "web").await;

@@ -5,6 +5,7 @@
 
 mod embedding;
 mod flow;
+mod kubernetes_csr;
 mod leader;
 mod lost_answers;
 mod races;

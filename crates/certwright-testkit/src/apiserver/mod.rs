@@ -5,7 +5,10 @@
 //! It serves custom resources registered from `CustomResourceDefinition`s (from Rust with
 //! [`ApiServer::register_crd`], or over HTTP), Secrets, ConfigMaps, core and
 //! `events.k8s.io` Events, Leases, Namespaces (optional: namespaces exist implicitly),
-//! `ValidatingWebhookConfiguration`s and CRDs, with get, list (`limit`/`continue`, label
+//! `certificates.k8s.io` CertificateSigningRequests (with `/status` and `/approval`, as
+//! upstream's registry keeps them: `certificates` module), `ValidatingWebhookConfiguration`s
+//! and CRDs, and answers `SubjectAccessReview`s from rules a test sets
+//! ([`ApiServer::authorizer`]), with get, list (`limit`/`continue`, label
 //! and field selectors), watch (resourceVersion, bookmarks, 410 Expired past the retained
 //! history), create, replace, merge / JSON patch, a simplified server-side apply, delete,
 //! the status subresource, `metadata.generation` and resourceVersion preconditions, as
@@ -79,6 +82,7 @@
 mod admin;
 mod admission;
 mod cel;
+mod certificates;
 mod error;
 mod faults;
 mod resource;
@@ -103,6 +107,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub use admin::CallStats;
 pub use axum::http::Method;
+pub use certificates::{AccessRule, Authorizer};
 pub use error::ApiError;
 pub use faults::{Faults, MethodMatch, RecordedRequest};
 
@@ -191,6 +196,8 @@ impl ApiServerOptions {
 pub(crate) struct Shared {
     store: Store,
     faults: Faults,
+    /// Answers SubjectAccessReviews.
+    authorizer: Authorizer,
     log: faults::RequestLog,
     stats: admin::Stats,
     /// HTTPS clients for admission webhooks, one per `caBundle`.
@@ -236,6 +243,7 @@ impl ApiServer {
         let shared = Arc::new(Shared {
             store: Store::new(options.history_limit),
             faults: Faults::default(),
+            authorizer: Authorizer::default(),
             log: faults::RequestLog::new(options.request_log_limit),
             stats: admin::Stats::default(),
             webhook_clients: admission::Clients::default(),
@@ -327,6 +335,11 @@ impl ApiServer {
     /// The fault rules: see [`Faults`].
     pub fn faults(&self) -> &Faults {
         &self.shared.faults
+    }
+
+    /// The permissions `SubjectAccessReview`s are answered from: see [`Authorizer`].
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.shared.authorizer
     }
 
     /// Ends every open watch now (cleanly, as when upstream restarts or times a watch

@@ -1,5 +1,6 @@
 //! The kinds the test API server serves: a few built-in ones (Secret, ConfigMap, core and
-//! `events.k8s.io` Events, Lease, Namespace, ValidatingWebhookConfiguration,
+//! `events.k8s.io` Events, Lease, CertificateSigningRequest, Namespace,
+//! ValidatingWebhookConfiguration,
 //! CustomResourceDefinition) and every custom resource registered from a
 //! `CustomResourceDefinition`.
 
@@ -66,6 +67,11 @@ impl ResourceDef {
             tracks_generation: false,
             create_on_update: false,
         }
+    }
+
+    /// Whether this is `certificates.k8s.io` CertificateSigningRequests.
+    pub(crate) fn is_csr(&self) -> bool {
+        self.group == super::certificates::GROUP && self.plural == super::certificates::PLURAL
     }
 
     /// The key this kind is stored under.
@@ -149,6 +155,17 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
     defs[1].short_names = vec!["cm".to_string()];
     defs[2].short_names = vec!["ev".to_string()];
     defs[3].short_names = vec!["ev".to_string()];
+
+    let mut csrs = ResourceDef::builtin(
+        super::certificates::GROUP,
+        "v1",
+        super::certificates::PLURAL,
+        "CertificateSigningRequest",
+        false,
+    );
+    csrs.status_subresource = true;
+    csrs.short_names = vec!["csr".to_string()];
+    defs.push(csrs);
 
     let mut namespaces = ResourceDef::builtin("", "v1", "namespaces", "Namespace", false);
     namespaces.status_subresource = true;

@@ -169,6 +169,13 @@ async fn serve(
         ["api", "v1", rest @ ..] if !rest.is_empty() => {
             resource(shared, request, "", "v1", rest, query, warnings).await
         }
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]
+            if request.method() == Method::POST =>
+        {
+            let body = read_body(request).await?;
+            let answer = shared.authorizer.review(body)?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
         ["apis", group, version, rest @ ..] if !rest.is_empty() => {
             resource(shared, request, group, version, rest, query, warnings).await
         }
@@ -217,7 +224,11 @@ impl Target<'_> {
         admission::Request {
             def: self.def,
             version: self.version,
-            subresource: (part == Part::Status).then_some("status"),
+            subresource: match part {
+                Part::Main => None,
+                Part::Status => Some("status"),
+                Part::Approval => Some("approval"),
+            },
             dry_run: self.options.dry_run,
         }
     }
@@ -376,6 +387,7 @@ async fn resource(
             let part = match sub {
                 None => Part::Main,
                 Some("status") if def.status_subresource => Part::Status,
+                Some("approval") if def.is_csr() => Part::Approval,
                 Some(_) => return Err(ApiError::not_found_path()),
             };
             let target = Target {

@@ -332,6 +332,8 @@ impl Prepared {
 pub(crate) enum Part {
     Main,
     Status,
+    /// A CertificateSigningRequest's `/approval`.
+    Approval,
 }
 
 /// How a write changes the live object.
@@ -977,12 +979,20 @@ impl State {
             }
         }
         meta.insert("resourceVersion".to_string(), Value::String(current_rv));
-        if options.api_semantics && def.status_subresource {
+        if options.api_semantics && def.is_csr() {
+            use super::certificates::{CsrPart, prepare_update};
+            let part = match part {
+                Part::Main => CsrPart::Main,
+                Part::Status => CsrPart::Status,
+                Part::Approval => CsrPart::Approval,
+            };
+            new = prepare_update(name, part, &live, new)?;
+        } else if options.api_semantics && def.status_subresource {
             new = match part {
                 // A write to the main resource leaves the status as it is.
                 Part::Main => with_status_of(new, &live),
                 // A status write changes the status only.
-                Part::Status => with_status_of(live.clone(), &new),
+                Part::Status | Part::Approval => with_status_of(live.clone(), &new),
             };
         }
         let effect = self.prepare_hooks(&def, &mut new, Some(&live), options)?;

@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Where cluster issuers read their Secrets in these tests.
 pub const CLUSTER_NS: &str = "cert-manager";
+/// The OAuth client the EJBCA simulators of these tests accept.
+pub const EJBCA_CLIENT_ID: &str = "certwright";
+/// Its secret.
+pub const EJBCA_CLIENT_SECRET: &str = "s3cret-client-secret";
 
 /// Waits (up to 20 s, checking every 20 ms) until `f` holds; panics naming `what`.
 pub async fn eventually(what: &str, f: impl Fn() -> bool) {
@@ -32,6 +36,22 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (up to 20 s) until the async check `f` holds; panics naming `what`.
+pub async fn eventually_async<F, Fut>(what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -180,6 +200,44 @@ impl Env {
             ..Default::default()
         };
         tweak(&mut spec);
+        self.cluster_issuer(name, spec).await;
+        self.wait_cluster_issuer(name, "Verified").await;
+    }
+
+    /// An InternalClusterIssuer in front of the EJBCA simulator (OAuth client
+    /// credentials), enrolling with `profile`, once it is Verified.
+    pub async fn ejbca_cluster_issuer(
+        &self,
+        name: &str,
+        sim: &certwright_testkit::ejbca_sim::EjbcaSimulator,
+        profile: &str,
+        timeout: &str,
+    ) {
+        use certwright_testkit::ejbca_sim::{CA_NAME, END_ENTITY_PROFILE};
+        let secret = format!("{name}-client");
+        self.put_secret(
+            CLUSTER_NS,
+            &secret,
+            &[
+                ("tokenUrl", &sim.token_url()),
+                ("clientId", EJBCA_CLIENT_ID),
+                ("clientSecret", EJBCA_CLIENT_SECRET),
+            ],
+        )
+        .await;
+        let spec = IssuerSpec {
+            ejbca: Some(certwright_api::EjbcaBackend {
+                url: sim.url(),
+                auth_secret_name: secret,
+                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+                certificate_authority_name: CA_NAME.into(),
+                certificate_profile_name: profile.into(),
+                end_entity_profile_name: END_ENTITY_PROFILE.into(),
+                timeout: Some(timeout.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         self.cluster_issuer(name, spec).await;
         self.wait_cluster_issuer(name, "Verified").await;
     }
