@@ -249,7 +249,7 @@ async fn the_controller_issues_serves_metrics_and_stops_gracefully() {
 
     // The status write lands before the controller counts the result: a scrape may
     // come between the two.
-    let issued = r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",result="issued"} 5"#;
+    let issued = r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",resource="CertificateRequest",result="issued"} 5"#;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let body = loop {
         let (code, body) = Controller::get(controller.metrics, "/metrics")

@@ -16,10 +16,10 @@ use certwright_api::certificate_request::{
     CONDITION_APPROVED, CONDITION_INVALID_REQUEST, CONDITION_READY, REASON_DENIED,
 };
 use certwright_api::{
-    Base64Bytes, CertificateRequest, Condition, ConditionStatus, Conditions, PENDING_ID_ANNOTATION,
-    RequestConditions, SUBMITTED_ANNOTATION, TEMPLATE_ANNOTATION,
+    Base64Bytes, CertificateRequest, Condition, ConditionStatus, Conditions, RequestConditions,
+    TEMPLATE_ANNOTATION,
 };
-use certwright_pki::{Outcome, Recovery, Requester, SignRequest};
+use certwright_pki::{Outcome, Requester, SignRequest};
 use certwright_x509::Csr;
 use std::panic::AssertUnwindSafe;
 
@@ -48,6 +48,7 @@ use crate::issuers::{
 use crate::kinds::{IssuerKinds, IssuerResource};
 use crate::metrics::{Metrics, RESOURCE_ISSUER, RESOURCE_REQUEST};
 use crate::protection::{BreakerState, CallOutcome, Protection};
+use crate::submission::{self, Step};
 use crate::workqueue::WorkQueue;
 
 /// How often the pending and cached gauges are computed.
@@ -816,11 +817,6 @@ impl Shared {
             self.forget_request(key, uid);
             return;
         }
-        let pending_id = full
-            .annotations()
-            .get(PENDING_ID_ANNOTATION)
-            .filter(|id| !id.is_empty())
-            .cloned();
         // A final verdict reached without a PKI answer, written as any other.
         let concluded = |attempt| {
             let plan = plan(attempt, attempts + 1, self.config.retry, poll_interval);
@@ -838,61 +834,33 @@ impl Shared {
         if self.stopping.is_cancelled() {
             return;
         }
-        // A submission recorded on the request without its answer (the process stopped
-        // mid-call, or the CA's answer was lost): the CA is asked what became of it
-        // before anything is submitted again.
-        let submitted = match &pending_id {
-            Some(_) => None,
-            None => submitted_at(&full),
-        };
+        // A pending id is polled; a submission recorded without its answer (the process
+        // stopped mid-call, or the CA's answer was lost) is recovered before anything is
+        // submitted again; otherwise the submission is recorded, then made.
         let started = std::time::Instant::now();
-        let recovered = match submitted {
-            Some(at) => Some(backend.recover(&request, at).await),
-            None => None,
-        };
-        let (operation, result) = match (&pending_id, recovered) {
-            (Some(id), _) => ("poll", backend.poll(id, &request).await),
-            (None, Some(Ok(Recovery::Found(outcome)))) => ("recover", Ok(outcome)),
-            (None, Some(Err(e))) => ("recover", Err(e)),
-            (None, None | Some(Ok(Recovery::SubmitAgain))) => {
-                // The record of this submission goes onto the very object read above
-                // (its resourceVersion a precondition) before the request leaves.
-                match mark_submitted(&api, key, &full).await {
-                    Ok(marked) => full = marked,
-                    Err(e) => {
-                        debug!(error = %e, "could not record the submission; looking again");
-                        self.schedule(key, uid, self.config.retry.min);
-                        return;
-                    }
-                }
-                ("sign", backend.sign(&request).await)
+        let step = submission::perform(
+            &api,
+            &mut full,
+            backend.as_ref(),
+            &request,
+            &self.stopping,
+            "cert-manager retries with a new CertificateRequest.",
+        )
+        .await;
+        let (operation, result) = match step {
+            Step::Answered { operation, result } => (operation, result),
+            Step::Concluded(attempt) => {
+                self.apply(key, concluded(attempt), Some(full)).await;
+                return;
             }
-            (None, Some(Ok(_))) => {
-                let at = submitted.map_or_else(String::new, |at| {
-                    jiff::Timestamp::try_from(at)
-                        .map_or_else(|_| String::new(), |t| format!(" at {t}"))
-                });
-                let why = format!(
-                    "A submission of this request may have reached the CA{at} (annotation \
-                     {SUBMITTED_ANNOTATION}) and its answer never arrived; the {} backend \
-                     cannot ask the CA what became of it, so the request is not submitted \
-                     again. Look for a certificate for it on the CA (revoke it if unwanted); \
-                     cert-manager retries with a new CertificateRequest.",
-                    backend.kind()
-                );
-                self.apply(key, concluded(Attempt::Unrecoverable(why)), Some(full))
-                    .await;
+            Step::Stopped => return,
+            Step::NotRecorded(e) => {
+                warn!(error = %e, "could not record the submission on the request; nothing was submitted");
+                self.schedule(key, uid, self.config.retry.delay(attempts + 1));
                 return;
             }
         };
-        // The record of a submission is cleared once the answer shows the CA keeps
-        // nothing of it (or holds it under the pending id written with the clearing);
-        // a lost answer, or a failed search, keeps it for the next look.
-        let clear_submitted = match (operation, &result) {
-            ("sign" | "recover", Ok(Outcome::Pending(_))) => true,
-            ("sign", Err(e)) => !matches!(e, certwright_pki::Error::AnswerLost { .. }),
-            _ => false,
-        };
+        let clears = submission::clears_record(operation, &result, false);
         let outcome = match &result {
             Ok(Outcome::Issued(_)) => "success",
             Ok(_) => "pending",
@@ -923,6 +891,7 @@ impl Shared {
             plan
         };
         self.reflect_breaker(&issuer, &entry, plan.breaker).await;
+        let clear_submitted = clears && plan.requeue != Requeue::Never;
         let mut pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);
         pending.clear_submitted = clear_submitted;
         self.apply(key, pending, Some(full)).await;
@@ -994,7 +963,9 @@ impl Shared {
         // 1. The CA's pending id is persisted before anything else, on this very object
         //    (the resourceVersion is a precondition), with the record of the submission
         //    cleared when the answer says the CA keeps nothing of it.
-        if let Some(patch) = annotations_patch(&full, plan, pending.clear_submitted) {
+        if let Some(patch) =
+            submission::annotations_patch(&full, plan.pending_id.as_ref(), pending.clear_submitted)
+        {
             match api
                 .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -1379,9 +1350,11 @@ impl Shared {
             entry.mark_checked();
             overruled = before != entry.health().usable();
         } else if let Some(backend) = entry.backend.clone() {
+            // Sooner than the interval after a first check that timed out.
+            let every = self.checks.next_check(key, interval);
             let due = lock(&self.last_checked)
                 .get(key)
-                .is_none_or(|at| at.elapsed() >= interval);
+                .is_none_or(|at| at.elapsed() >= every);
             if rebuilt || due || !entry.checked() {
                 match entry.protection.breaker() {
                     BreakerState::Open { .. } | BreakerState::HalfOpen => {
@@ -1397,7 +1370,10 @@ impl Shared {
             entry.mark_checked();
         }
         if !entry.checked() {
-            // The status and the requests wait for this build's first verdict.
+            // The status and the requests wait for this build's first verdict; the
+            // check's end queues the issuer, and this look comes back regardless.
+            self.issuer_queue
+                .add_after(key.clone(), CHECK_TIMEOUT + Duration::from_secs(5));
             return;
         }
         let fresh = !had_verdict;
@@ -1443,6 +1419,8 @@ impl Shared {
                 let _permits = s.checks.permits(&key).await;
                 s.health_check(&label, &backend, timeout).await
             };
+            // A backend that panics must not leave the issuer without a verdict.
+            let check = AssertUnwindSafe(check).catch_unwind();
             let result = tokio::select! {
                 result = check => result,
                 _ = s.stopping.cancelled() => {
@@ -1451,15 +1429,28 @@ impl Shared {
                 }
             };
             let (health, timed_out) = match result {
-                Ok(Ok(h)) => (
+                Err(_) => (
                     Health {
-                        reason: REASON_VERIFIED,
-                        message: h.message,
+                        reason: REASON_UNREACHABLE,
+                        message: "the health check failed unexpectedly (the backend panicked)"
+                            .to_string(),
                     },
                     false,
                 ),
-                Ok(Err(e)) => (check_health(&entry.tellable(e)), false),
-                Err(_) => (
+                Ok(Ok(Ok(h))) => (
+                    Health {
+                        reason: REASON_VERIFIED,
+                        // What a tenant's PKI says of itself is its own words.
+                        message: if entry.redact {
+                            "the PKI answered the health check".to_string()
+                        } else {
+                            h.message
+                        },
+                    },
+                    false,
+                ),
+                Ok(Ok(Err(e))) => (check_health(&entry.tellable(e)), false),
+                Ok(Err(_)) => (
                     Health {
                         reason: REASON_UNREACHABLE,
                         message: format!(
@@ -1670,65 +1661,4 @@ fn object_reference(full: &CertificateRequest) -> ObjectReference {
         resource_version: full.metadata.resource_version.clone(),
         ..Default::default()
     }
-}
-
-/// When a submission of the request was recorded (the annotation written before it left),
-/// if one was. A value that is not a time (edited by hand) counts as recorded at the
-/// request's creation, the earliest it could have been.
-fn submitted_at(full: &CertificateRequest) -> Option<std::time::SystemTime> {
-    let value = full.annotations().get(SUBMITTED_ANNOTATION)?;
-    let at = value
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .or_else(|| full.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    Some(std::time::SystemTime::from(at))
-}
-
-/// Records on the request, before it is submitted, that a submission is under way,
-/// with its resourceVersion as a precondition: of two controllers that read the same
-/// version (a lost lease), only one submits.
-async fn mark_submitted(
-    api: &Api<CertificateRequest>,
-    key: &RequestKey,
-    full: &CertificateRequest,
-) -> Result<CertificateRequest, kube::Error> {
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": full.resource_version(),
-            "annotations": {SUBMITTED_ANNOTATION: whole_seconds_rfc3339(jiff::Timestamp::now())}
-        }
-    });
-    api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-}
-
-fn whole_seconds_rfc3339(t: jiff::Timestamp) -> String {
-    certwright_api::condition::whole_seconds(t).to_string()
-}
-
-/// The annotations a plan writes before the status: the CA's pending id, and the record
-/// of the submission cleared when `clear_submitted`. `None` when nothing changes.
-fn annotations_patch(
-    full: &CertificateRequest,
-    plan: &Plan,
-    clear_submitted: bool,
-) -> Option<serde_json::Value> {
-    let mut annotations = serde_json::Map::new();
-    if let Some(id) = &plan.pending_id
-        && full.annotations().get(PENDING_ID_ANNOTATION) != Some(id)
-    {
-        annotations.insert(PENDING_ID_ANNOTATION.into(), json!(id));
-    }
-    if clear_submitted && full.annotations().contains_key(SUBMITTED_ANNOTATION) {
-        annotations.insert(SUBMITTED_ANNOTATION.into(), serde_json::Value::Null);
-    }
-    (!annotations.is_empty()).then(|| {
-        json!({
-            "metadata": {
-                "resourceVersion": full.resource_version(),
-                "annotations": annotations,
-            }
-        })
-    })
 }

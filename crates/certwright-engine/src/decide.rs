@@ -111,6 +111,8 @@ pub enum Attempt {
     /// cannot be asked what became of it: submitting again could make a second
     /// certificate. Says what the operator should look for.
     Unrecoverable(String),
+    /// A recorded submission may still be on its way into the CA: ask again after this.
+    Recovering(Duration),
 }
 
 /// When to look at the request again.
@@ -513,6 +515,21 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             "invalid_request",
             Requeue::Never,
         ),
+        Attempt::Recovering(after) => {
+            let after = after.max(Duration::from_secs(1));
+            plain(
+                None,
+                StatusChange::pending(format!(
+                    "An earlier submission of this request may still be reaching the CA; asking \
+                     the CA what became of it in {}",
+                    format_duration(after)
+                )),
+                ("AwaitingCA", false),
+                CallOutcome::Neutral,
+                "recovering",
+                Requeue::After(after),
+            )
+        }
         Attempt::Unrecoverable(why) => plain(
             None,
             StatusChange::failed(why, false),

@@ -31,6 +31,7 @@ pub mod kinds;
 pub mod leader;
 pub mod metrics;
 pub mod protection;
+mod submission;
 pub mod workqueue;
 
 pub use config::EngineConfig;

@@ -432,7 +432,7 @@ mod tests {
         metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "success", 45.0);
         metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "transient", 0.001);
         let lines = lines(&metrics);
-        let series = r#"issuer="InternalClusterIssuer/corp-adcs",outcome="success""#;
+        let series = r#"issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",outcome="success""#;
         assert_line(
             &lines,
             &format!("certwright_signing_duration_seconds_sum{{{series}}} 45.2"),
@@ -463,7 +463,7 @@ mod tests {
         );
         assert_line(
             &lines,
-            r#"certwright_signing_duration_seconds_bucket{le="0.005",issuer="InternalClusterIssuer/corp-adcs",outcome="transient"} 1"#,
+            r#"certwright_signing_duration_seconds_bucket{le="0.005",issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",outcome="transient"} 1"#,
         );
         let buckets = lines
             .iter()

@@ -203,7 +203,10 @@ fn failure_class(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut found: Option<String> = None;
     while let Some(e) = next {
         if let Some(refused) = e.downcast_ref::<crate::egress::Refused>() {
-            // Our own words about the issuer's own configuration.
+            // Our own words about the issuer's own configuration, without the address a
+            // name resolved to (which would let a tenant look up internal names).
+            let mut refused = refused.clone();
+            refused.addr = None;
             return Some(refused.to_string());
         }
         if let Some(status) = e.downcast_ref::<AnsweredStatus>() {
@@ -404,7 +407,10 @@ mod tests {
             message: "x".into(),
             source: Some(Box::new(refused.clone())),
         };
-        assert_eq!(said(err), format!("issuer misconfigured: {refused}"));
+        assert_eq!(
+            said(err),
+            "issuer misconfigured: the egress policy refuses metadata.internal: link-local"
+        );
         // A cause wrapped in another keeps its class.
         let wrapped = Error::transient(
             "x",

@@ -135,11 +135,13 @@ pub struct Health {
 ///   [`Error::Misconfigured`]).
 /// - **Quiet about secrets.** No key, credential or whole CSR appears in an error
 ///   message or a log line.
-/// - **Lost answers.** An error from `sign` that is retryable ([`Error::is_retryable`]),
-///   or an issuer fault, promises that a second submission cannot make a second
-///   certificate (the CA kept nothing, or deduplicates). When the request body may have
-///   been acted on and its answer was lost, return [`Error::Rejected`] saying so, or
-///   [`Error::Transient`] only if [`Backend::recover`] can find out what the CA did.
+/// - **Lost answers.** [`Error::Transient`], [`Error::RateLimited`] and
+///   [`Error::Unauthorized`] from `sign` promise that submitting again cannot make a
+///   second certificate (nothing reached the CA, the CA refused it, or it deduplicates
+///   by the idempotency key); the caller may submit again. When the request body may
+///   have been acted on and its answer was lost, return [`Error::AnswerLost`] (the
+///   caller asks [`Backend::recover`] before anything else) or [`Error::Rejected`]
+///   saying so; never one of those three.
 /// - **Shareable.** One instance serves concurrent calls from many tasks.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -187,6 +189,12 @@ pub enum Recovery {
     /// earlier submission, answers a repeated one with the first answer (an idempotency
     /// key), or keeps nothing at all (a CA key in this process).
     SubmitAgain,
+    /// Nothing found yet, but the earlier submission may still be on its way into the
+    /// CA (its call's timeout has not passed): ask again after `retry_after`.
+    NotYet {
+        /// When to ask again.
+        retry_after: std::time::Duration,
+    },
     /// The CA cannot be asked; it may have issued a certificate for the request.
     Unknown,
 }

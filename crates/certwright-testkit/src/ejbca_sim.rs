@@ -1132,7 +1132,10 @@ async fn search(
             }
             ("STATUS", "EQUAL") => Box::new(move |_: &Issued| value == "CERT_ACTIVE"),
             ("ISSUED_DATE", op @ ("AFTER" | "BEFORE")) => {
-                let Some(at) = parse_date(&value) else {
+                // As EJBCA's search validation: `YYYY-MM-DDTHH:MM:SSZ` and nothing else.
+                let strict =
+                    value.len() == 20 && value.ends_with('Z') && value.as_bytes()[10] == b'T';
+                let Some(at) = parse_date(&value).filter(|_| strict) else {
                     return error(
                         StatusCode::BAD_REQUEST,
                         &format!(

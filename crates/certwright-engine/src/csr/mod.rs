@@ -20,8 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certwright_api::{PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION};
-use certwright_pki::{Outcome, Recovery};
+use certwright_pki::Outcome;
 use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -32,7 +31,6 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -40,11 +38,12 @@ pub use plan::CachedCsr;
 use plan::{Change, Need, Signers};
 
 use crate::controller::Shared;
-use crate::decide::{Attempt, Plan, plan as plan_of};
+use crate::decide::{Attempt, Plan, Requeue, plan as plan_of};
 use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::issuers::{IssuerEntry, IssuerKey};
 use crate::metrics::RESOURCE_CSR;
+use crate::submission::{self, Step};
 
 /// How long a CSR whose issuer is missing or not usable waits before it is looked at
 /// again.
@@ -206,56 +205,28 @@ impl Ctx {
         if s.stopping.is_cancelled() {
             return Ok(Action::await_change());
         }
-        let annotation = |key: &str| {
-            full.annotations()
-                .get(key)
-                .filter(|v| !v.is_empty())
-                .cloned()
-        };
-        let pending_id = annotation(PENDING_ID_ANNOTATION);
-        let submitted = annotation(SUBMITTED_ANNOTATION).map(|at| {
-            at.parse::<jiff::Timestamp>()
-                .ok()
-                .or_else(|| full.metadata.creation_timestamp.as_ref().map(|t| t.0))
-                .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        });
         let started = std::time::Instant::now();
-        let recovered = match (&pending_id, submitted) {
-            (None, Some(at)) => Some(backend.recover(&request, at.into()).await),
-            _ => None,
-        };
-        let (operation, result) = match (&pending_id, recovered) {
-            (Some(id), _) => ("poll", backend.poll(id, &request).await),
-            (None, Some(Ok(Recovery::Found(outcome)))) => ("recover", Ok(outcome)),
-            (None, Some(Err(e))) => ("recover", Err(e)),
-            (None, None | Some(Ok(Recovery::SubmitAgain))) => {
-                let patch = json!({"metadata": {
-                    "resourceVersion": full.resource_version(),
-                    "annotations": {SUBMITTED_ANNOTATION: certwright_api::condition::whole_seconds(jiff::Timestamp::now()).to_string()},
-                }});
-                full = api
-                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|e| {
-                        Error::kube("recording the submission on a CertificateSigningRequest", e)
-                    })?;
-                ("sign", backend.sign(&request).await)
-            }
-            (None, Some(Ok(_))) => {
-                let why = format!(
-                    "A submission of this request may have reached the CA and its answer never \
-                     arrived; the {} backend cannot ask the CA what became of it, so it is not \
-                     submitted again. Look for a certificate for it on the CA, and create a new \
-                     CertificateSigningRequest.",
-                    backend.kind()
-                );
-                let plan = plan_of(
-                    Attempt::Unrecoverable(why),
-                    1,
-                    s.config.retry,
-                    s.poll_interval(&entry),
-                );
+        let step = submission::perform(
+            api,
+            &mut full,
+            backend.as_ref(),
+            &request,
+            &s.stopping,
+            "create a new CertificateSigningRequest.",
+        )
+        .await;
+        let (operation, result) = match step {
+            Step::Answered { operation, result } => (operation, result),
+            Step::Concluded(attempt) => {
+                let plan = plan_of(attempt, 1, s.config.retry, s.poll_interval(&entry));
                 return self.write(api, name, uid, Some(full), plan, false).await;
+            }
+            Step::Stopped => return Ok(Action::await_change()),
+            Step::NotRecorded(e) => {
+                return Err(Error::kube(
+                    "recording the submission on a CertificateSigningRequest",
+                    e,
+                ));
             }
         };
         let outcome = match &result {
@@ -271,11 +242,7 @@ impl Ctx {
         );
         s.metrics
             .backend_call(&label, RESOURCE_CSR, backend.kind(), operation, outcome);
-        let clear_submitted = match (operation, &result) {
-            ("sign" | "recover", Ok(Outcome::Pending(_))) => true,
-            ("sign", Err(e)) => !matches!(e, certwright_pki::Error::AnswerLost { .. }),
-            _ => false,
-        };
+        let clears = submission::clears_record(operation, &result, false);
         let result = result.map_err(|e| entry.tellable(e));
         let plan = plan_of(
             Attempt::Answered(result),
@@ -298,6 +265,7 @@ impl Ctx {
         {
             s.write_issuer_status(&issuer, &entry).await;
         }
+        let clear_submitted = clears && plan.requeue != Requeue::Never;
         self.write(api, name, uid, Some(full), plan, clear_submitted)
             .await
     }
@@ -400,20 +368,9 @@ impl Ctx {
         }
         let change = plan::change_of(&plan);
         // 1. The pending id, and the record of a submission the CA keeps nothing of.
-        let mut annotations = serde_json::Map::new();
-        if let Some(id) = &plan.pending_id
-            && full.annotations().get(PENDING_ID_ANNOTATION) != Some(id)
+        if let Some(patch) =
+            submission::annotations_patch(&full, plan.pending_id.as_ref(), clear_submitted)
         {
-            annotations.insert(PENDING_ID_ANNOTATION.into(), json!(id));
-        }
-        if clear_submitted && full.annotations().contains_key(SUBMITTED_ANNOTATION) {
-            annotations.insert(SUBMITTED_ANNOTATION.into(), serde_json::Value::Null);
-        }
-        if !annotations.is_empty() {
-            let patch = json!({"metadata": {
-                "resourceVersion": full.resource_version(),
-                "annotations": annotations,
-            }});
             match api
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

@@ -67,7 +67,7 @@ async fn an_approved_request_is_issued_with_its_chain_and_an_event() {
     assert!(found, "an Issued event is written");
     let metrics = env.metrics.encode().unwrap();
     assert!(
-        metrics.contains(r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",result="issued"} 1"#),
+        metrics.contains(r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",resource="CertificateRequest",result="issued"} 1"#),
         "{metrics}"
     );
 }

@@ -47,9 +47,13 @@ pub const MAX_USERNAME_BYTES: usize = 250;
 const MAX_END_TIME_DURATION: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
 const MIN_POLL_DELAY: Duration = Duration::from_secs(1);
-/// How long before a lost submission certificates are searched from: EJBCA backdates
-/// certificates (10 minutes by default) and clocks differ.
-const RECOVERY_LOOKBACK: Duration = Duration::from_secs(60 * 60);
+/// Clock skew allowed between the controller and EJBCA when searching for a lost
+/// submission's certificate.
+const RECOVERY_SKEW: Duration = Duration::from_secs(15 * 60);
+/// How far EJBCA sets notBefore back by default (its certificate validity offset).
+const EJBCA_BACKDATE: Duration = Duration::from_secs(10 * 60);
+/// After a submission's timeout, how much longer it may take to land in EJBCA.
+const RECOVERY_SETTLE: Duration = Duration::from_secs(30);
 /// Certificates one recovery search reads; with more, the search cannot tell.
 const RECOVERY_SEARCH_LIMIT: u32 = 100;
 const MAX_POLL_DELAY: Duration = Duration::from_secs(24 * 3600);
@@ -157,6 +161,8 @@ pub struct EjbcaBackend {
     account_binding_id: Option<String>,
     default_duration: Duration,
     poll_interval: Duration,
+    /// Each call's timeout: a submission may reach EJBCA until it has passed.
+    timeout: Duration,
     sealer: sealed::Sealer,
     rng: SystemRandom,
     /// The CA's chain (issuing CA up to the root), from the last enrollment, health check
@@ -259,6 +265,7 @@ impl EjbcaBackend {
                 .filter(|id| !id.is_empty()),
             default_duration: config.default_duration,
             poll_interval: config.poll_interval.clamp(MIN_POLL_DELAY, MAX_POLL_DELAY),
+            timeout: config.timeout,
             sealer,
             rng: SystemRandom::new(),
             chain: Mutex::new(None),
@@ -813,27 +820,29 @@ impl Backend for EjbcaBackend {
         }
     }
 
-    /// Searches the certificates EJBCA issued to the request's end entity since a while
-    /// before `submitted` (`POST /v1/certificate/search`) for one that carries the CSR's
-    /// public key. An enrollment held for approval leaves no certificate, so it is not
-    /// found; enrolling again then files a second approval request, never a second
-    /// certificate.
+    /// Searches the certificates EJBCA issued to the request's end entity since shortly
+    /// before `submitted` (`POST /v1/certificate/search`) for the one this submission
+    /// made: it carries the CSR's public key and was not valid before the submission
+    /// (less EJBCA's backdating and clock skew). When several fit (a key reused by
+    /// renewals), the one with the CSR's names; still several: cannot tell. Nothing
+    /// found while the submission may still be reaching EJBCA (its call's timeout has
+    /// not passed): ask again later. Nothing found after: enrolling again is safe. An
+    /// enrollment held for approval leaves no certificate, so it is not found; enrolling
+    /// again then files a second approval request, never a second certificate.
     async fn recover(
         &self,
         request: &SignRequest,
         submitted: SystemTime,
     ) -> Result<Recovery, Error> {
         let username = self.username(request)?;
-        let since = submitted
-            .checked_sub(RECOVERY_LOOKBACK)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
+        let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let issued_after = unix(submitted.checked_sub(RECOVERY_SKEW).unwrap_or(UNIX_EPOCH));
         let body = serde_json::json!({
             "max_number_of_results": RECOVERY_SEARCH_LIMIT,
             "criteria": [
                 {"property": "QUERY", "value": username, "operation": "EQUAL"},
                 {"property": "CA", "value": self.ca_name, "operation": "EQUAL"},
-                {"property": "ISSUED_DATE", "value": wire::format_end_time(since), "operation": "AFTER"},
+                {"property": "ISSUED_DATE", "value": wire::format_search_date(issued_after), "operation": "AFTER"},
             ],
         });
         let body = serde_json::to_vec(&body)
@@ -852,29 +861,62 @@ impl Backend for EjbcaBackend {
         }
         let found: wire::SearchBody = parse_json(&call, &response)?;
         let key = &request.csr.public_key().spki_der;
-        for entry in &found.certificates {
-            let carries_key = wire::issued_certificates(&call, entry)
-                .ok()
-                .and_then(|certs| certs.into_iter().next())
-                .is_some_and(|leaf| leaf.public_key().spki_der == *key);
-            if carries_key {
-                tracing::info!(
-                    requester = %request.requester,
-                    username = %username,
-                    "EJBCA issued the certificate whose answer was lost; using it"
-                );
-                let known = self.cached_chain();
-                let bundle = self
-                    .bundle_of(&call, response.status, entry, &request.csr, known, true)
-                    .await?;
-                return Ok(Recovery::Found(Outcome::Issued(bundle)));
+        let valid_from = unix(
+            submitted
+                .checked_sub(RECOVERY_SKEW + EJBCA_BACKDATE)
+                .unwrap_or(UNIX_EPOCH),
+        );
+        let fits: Vec<(&wire::CertificateBody, Certificate)> = found
+            .certificates
+            .iter()
+            .filter_map(|entry| {
+                let leaf = wire::issued_certificates(&call, entry)
+                    .ok()?
+                    .into_iter()
+                    .next()?;
+                let fresh = u64::try_from(leaf.not_before().as_second()).unwrap_or(0) >= valid_from;
+                (leaf.public_key().spki_der == *key && fresh).then_some((entry, leaf))
+            })
+            .collect();
+        let chosen = match fits.as_slice() {
+            [one] => Some(one),
+            [] => None,
+            several => {
+                let named: Vec<_> = several
+                    .iter()
+                    .filter(|(_, leaf)| leaf.sans() == request.csr.sans())
+                    .collect();
+                match named.as_slice() {
+                    [one] => Some(*one),
+                    _ => {
+                        tracing::warn!(call = %call, candidates = several.len(), "several certificates fit the lost enrollment; it cannot be told which");
+                        return Ok(Recovery::Unknown);
+                    }
+                }
             }
+        };
+        if let Some((entry, _)) = chosen {
+            tracing::info!(
+                requester = %request.requester,
+                username = %username,
+                "EJBCA issued the certificate whose answer was lost; using it"
+            );
+            let known = self.cached_chain();
+            let bundle = self
+                .bundle_of(&call, response.status, entry, &request.csr, known, true)
+                .await?;
+            return Ok(Recovery::Found(Outcome::Issued(bundle)));
         }
         if found.more_results {
             // Not among the first results: it may be among the others.
             return Ok(Recovery::Unknown);
         }
-        Ok(Recovery::SubmitAgain)
+        // The submission may still be reaching EJBCA until its call would have timed out.
+        let settled = submitted + self.timeout + RECOVERY_SETTLE;
+        match settled.duration_since(SystemTime::now()) {
+            Ok(wait) if !wait.is_zero() => Ok(Recovery::NotYet { retry_after: wait }),
+            _ => Ok(Recovery::SubmitAgain),
+        }
     }
 
     async fn poll(&self, pending_id: &str, request: &SignRequest) -> Result<Outcome, Error> {

@@ -325,6 +325,20 @@ pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {
     out
 }
 
+/// A date in a certificate search criterion: `YYYY-MM-DDTHH:MM:SSZ`, the only form
+/// EJBCA's search validation accepts.
+pub(super) fn format_search_date(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let second_of_day = unix_seconds % 86_400;
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        (second_of_day % 3600) / 60,
+        second_of_day % 60
+    )
+}
+
 /// `end_time` for EJBCA: `YYYY-MM-DD HH:MM:SS+00:00`, the ISO 8601 form EJBCA parses.
 pub(super) fn format_end_time(unix_seconds: u64) -> String {
     let days = (unix_seconds / 86_400) as i64;
@@ -384,6 +398,8 @@ mod tests {
         assert_eq!(format_end_time(951_782_400), "2000-02-29 00:00:00+00:00");
         assert_eq!(format_end_time(1_735_689_599), "2024-12-31 23:59:59+00:00");
         assert_eq!(format_end_time(1_735_689_600), "2025-01-01 00:00:00+00:00");
+        // Search criteria take only EJBCA's strict form.
+        assert_eq!(format_search_date(1_735_693_261), "2025-01-01T01:01:01Z");
         assert_eq!(format_end_time(4_107_542_400), "2100-03-01 00:00:00+00:00");
         assert_eq!(
             format_end_time(253_402_300_799),

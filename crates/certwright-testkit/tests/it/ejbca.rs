@@ -698,10 +698,16 @@ async fn a_lost_answer_to_an_enrollment_is_never_enrolled_again() {
         (1, 1, 1)
     );
     // Another request of the same end entity (same name, another key) finds nothing of
-    // its own: submitting it is safe.
+    // its own: while its submission may still be reaching EJBCA (within its call's
+    // timeout), that means "ask again later"; after, submitting it is safe.
     let other = request("web.apps.example", &["web.apps.example"]);
     assert!(matches!(
         backend.recover(&other, submitted).await,
+        Ok(certwright_pki::Recovery::NotYet { retry_after }) if retry_after <= Duration::from_secs(34)
+    ));
+    let long_ago = submitted - Duration::from_secs(2 * 3600);
+    assert!(matches!(
+        backend.recover(&other, long_ago).await,
         Ok(certwright_pki::Recovery::SubmitAgain)
     ));
 
