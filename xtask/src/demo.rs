@@ -240,6 +240,10 @@ async fn demo(root: &Path) -> Result<()> {
             .context("the chain does not verify")?;
     }
 
+    // A Kubernetes CertificateSigningRequest naming the same issuer's signer, approved
+    // as `kubectl certificate approve` does.
+    sign_kubernetes_csr(&client, &mut controller).await?;
+
     let metrics = cluster::http_get(metrics_port, "/metrics")?;
     println!("==> metrics excerpt (http://127.0.0.1:{metrics_port}/metrics):");
     for line in metrics.lines().filter(|l| {
@@ -265,6 +269,76 @@ async fn demo(root: &Path) -> Result<()> {
         "==> done in {:.1}s; logs in {}",
         started.elapsed().as_secs_f64(),
         d.display()
+    );
+    Ok(())
+}
+
+/// Creates a CertificateSigningRequest for the `demo` signer, approves it through
+/// `/approval`, and prints the certificate certwright writes into its status.
+async fn sign_kubernetes_csr(client: &kube::Client, controller: &mut Process) -> Result<()> {
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequest, CertificateSigningRequestSpec,
+    };
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let key = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("node-1.example.test")
+        .dns("node-1.example.test")
+        .build();
+    let signer = certwright_api::signer_name(true, "", "demo");
+    let mut csr = CertificateSigningRequest {
+        spec: CertificateSigningRequestSpec {
+            request: k8s_openapi::ByteString(key.csr_pem.into_bytes()),
+            signer_name: signer.clone(),
+            expiration_seconds: Some(24 * 3600),
+            usages: Some(vec![
+                "digital signature".into(),
+                "key encipherment".into(),
+                "server auth".into(),
+            ]),
+            username: Some("system:node:node-1".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    csr.metadata.name = Some("node-1".into());
+    csrs.create(&PostParams::default(), &csr).await?;
+    let approve = json!({"status": {"conditions": [{
+        "type": "Approved", "status": "True", "reason": "KubectlApprove",
+        "message": "This CSR was approved by the demo"
+    }]}});
+    csrs.patch_approval("node-1", &PatchParams::default(), &Patch::Merge(&approve))
+        .await?;
+    println!("==> CertificateSigningRequest node-1 ({signer}) created and approved");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pem = loop {
+        let csr = csrs.get("node-1").await?;
+        if let Some(cert) = csr.status.as_ref().and_then(|s| s.certificate.clone()) {
+            break cert.0;
+        }
+        let failed = csr
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Failed").cloned());
+        if let Some(failed) = failed {
+            bail!("node-1 failed: {:?}", failed.message);
+        }
+        controller.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "node-1 was not signed in time; see {}",
+                controller.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let chain = certwright_x509::parse_pem_bundle(&pem)?;
+    let leaf = chain.first().context("empty certificate")?;
+    println!("    node-1: {}", leaf.subject());
+    println!(
+        "      valid:     {} .. {}",
+        leaf.not_before(),
+        leaf.not_after()
     );
     Ok(())
 }
