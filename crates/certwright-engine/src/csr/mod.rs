@@ -16,12 +16,13 @@
 
 pub(crate) mod plan;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certwright_pki::Outcome;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -31,8 +32,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{error, info, warn};
 
 pub use plan::CachedCsr;
 use plan::{Change, Need, Signers};
@@ -43,6 +45,7 @@ use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::issuers::{IssuerEntry, IssuerKey};
 use crate::metrics::RESOURCE_CSR;
+use crate::protection::CallOutcome;
 use crate::submission::{self, Step};
 
 /// How long a CSR whose issuer is missing or not usable waits before it is looked at
@@ -50,17 +53,33 @@ use crate::submission::{self, Step};
 const ISSUER_WAIT: Duration = Duration::from_secs(10);
 /// Conflicting status writes retried before the result is kept for the next look.
 const CONFLICT_RETRIES: usize = 5;
+/// How often what is remembered of deleted CSRs is dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the loop remembers of one CSR (by uid) between looks.
+#[derive(Default)]
+struct Remembered {
+    /// A PKI answer that could not be written yet, and whether it clears the record
+    /// of the submission: written before anything else is done for the CSR, so a
+    /// failed write never leads to a second submission.
+    unwritten: Option<(Plan, bool)>,
+    /// Failed attempts so far, for backoff.
+    attempts: u32,
+    /// No call before this instant (backoff, the CA's poll interval): a look that a
+    /// watch event brings earlier (the loop's own annotation patch) waits.
+    not_before: Option<Instant>,
+    /// The last event reason told, so a repeated wait or retry is told once.
+    told: Option<&'static str>,
+    /// The requester may use the namespaced issuer (asked once per CSR: its requester
+    /// never changes).
+    permitted: bool,
+}
 
 /// What the loop shares between looks.
 struct Ctx {
     s: Arc<Shared>,
     signers: Signers,
-    /// Results the PKI gave that could not be written yet, by CSR uid: written before
-    /// anything else is done for that CSR, so a failed write never leads to a second
-    /// submission.
-    unwritten: Mutex<HashMap<String, Plan>>,
-    /// The last event reason emitted per CSR uid, so a repeated retry is told once.
-    told: Mutex<HashMap<String, &'static str>>,
+    remembered: Mutex<HashMap<String, Remembered>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,40 +93,75 @@ pub(crate) async fn run(s: Arc<Shared>, signers: Signers, stop: CancellationToke
     let ctx = Arc::new(Ctx {
         s,
         signers,
-        unwritten: Mutex::default(),
-        told: Mutex::default(),
+        remembered: Mutex::default(),
     });
     info!("Kubernetes CSR loop started");
-    Controller::new(api, watcher::Config::default())
-        .with_config(Config::default().concurrency(concurrency))
+    let controller = Controller::new(api, watcher::Config::default())
+        .with_config(Config::default().concurrency(concurrency));
+    // A CSR deleted while waiting is never looked at again: drop what is remembered of
+    // it once it is gone from the store.
+    let store = controller.store();
+    let pruning = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let live: HashSet<String> = store
+                    .state()
+                    .iter()
+                    .filter_map(|csr| csr.metadata.uid.clone())
+                    .collect();
+                lock(&ctx.remembered).retain(|uid, _| live.contains(uid));
+            }
+        }
+    };
+    let looks = controller
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "Kubernetes CSR look failed");
+            match result {
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
+                Err(e) => warn!(error = %e, "Kubernetes CSR loop"),
             }
-        })
-        .await;
+        });
+    tokio::join!(pruning, looks);
 }
 
 fn error_policy(_csr: Arc<CachedCsr>, error: &Error, ctx: Arc<Ctx>) -> Action {
     warn!(error = %error, "Kubernetes CSR: retrying");
-    Action::requeue(ctx.s.config.retry.max)
+    Action::requeue(ctx.s.config.retry.min.max(Duration::from_millis(100)))
 }
 
+/// One look at a CSR; a panic in it (a backend's) fails this look only.
 async fn reconcile(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    match AssertUnwindSafe(look(cached, ctx)).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            error!("a look at a Kubernetes CSR panicked; retrying later");
+            Err(Error::Task {
+                message: "a look at a CertificateSigningRequest panicked".to_string(),
+            })
+        }
+    }
+}
+
+async fn look(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let s = &ctx.s;
     let name = cached.name_any();
     let uid = cached.metadata.uid.clone().unwrap_or_default();
     let api: Api<CertificateSigningRequest> = Api::all(s.client.clone());
     // A PKI answer that could not be written yet goes first.
-    let kept = lock(&ctx.unwritten).remove(&uid);
-    if let Some(kept) = kept {
-        return ctx.write(&api, &name, &uid, None, kept, false).await;
+    let kept = ctx.remember(&uid, |r| r.unwritten.take());
+    if let Some((plan, clear)) = kept {
+        return ctx.write(&api, &name, &uid, None, plan, clear).await;
     }
     let key = match plan::need(&cached, &ctx.signers) {
         Need::Nothing => {
-            lock(&ctx.told).remove(&uid);
+            lock(&ctx.remembered).remove(&uid);
             return Ok(Action::await_change());
         }
         Need::BadSigner(why) => {
@@ -119,30 +173,74 @@ async fn reconcile(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Erro
         }
         Need::Sign(key) => key,
     };
+    if let Some(at) = ctx.remember(&uid, |r| r.not_before) {
+        let now = Instant::now();
+        if at > now {
+            return Ok(Action::requeue(at - now));
+        }
+    }
     if !s.issuers_synced() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    let entry = lock(&s.issuers).get(&key).cloned();
-    let Some(entry) = entry.filter(|e| e.checked() && e.health().usable()) else {
-        debug!(csr = %name, issuer = %s.issuer_label(&key), "waiting for the issuer");
-        return Ok(Action::requeue(
-            ISSUER_WAIT.min(s.config.retry.max.max(Duration::from_millis(200))),
-        ));
+    let wait = ISSUER_WAIT.min(s.config.retry.max.max(Duration::from_millis(200)));
+    let label = s.issuer_label(&key);
+    let Some(entry) = lock(&s.issuers).get(&key).cloned() else {
+        let why = format!("{label} does not exist; the CertificateSigningRequest waits for it");
+        ctx.tell(&cached, &uid, ("IssuerNotFound", true), why);
+        return Ok(Action::requeue(wait));
     };
     if entry.spec.kubernetes_csr == Some(false) {
         let change = Change::Fail {
             reason: plan::REASON_SIGNER_DISABLED,
             message: format!(
-                "{} does not sign Kubernetes CertificateSigningRequests (spec.kubernetesCSR: false)",
-                s.issuer_label(&key)
+                "{label} does not sign Kubernetes CertificateSigningRequests (spec.kubernetesCSR: false)"
             ),
         };
         return ctx.conclude(&api, &name, &uid, change).await;
+    }
+    if !entry.checked() || !entry.health().usable() {
+        let health = entry.health();
+        let why = format!(
+            "{label} is not Ready ({}: {}); the CertificateSigningRequest waits for it",
+            health.reason, health.message
+        );
+        ctx.tell(&cached, &uid, ("IssuerNotReady", true), why);
+        return Ok(Action::requeue(wait));
     }
     ctx.attempt(&api, &name, &uid, key, entry).await
 }
 
 impl Ctx {
+    /// Reads or changes what is remembered of the CSR `uid`.
+    fn remember<T>(&self, uid: &str, f: impl FnOnce(&mut Remembered) -> T) -> T {
+        f(lock(&self.remembered).entry(uid.to_string()).or_default())
+    }
+
+    /// Emits an Event for the CSR, once per reason in a row.
+    fn tell(&self, csr: &CachedCsr, uid: &str, event: (&'static str, bool), note: String) {
+        let new = self.remember(uid, |r| r.told.replace(event.0) != Some(event.0));
+        if !new {
+            return;
+        }
+        if event.1 {
+            warn!(csr = %csr.name_any(), reason = event.0, message = %note, "CertificateSigningRequest");
+        } else {
+            info!(csr = %csr.name_any(), reason = event.0, message = %note, "CertificateSigningRequest");
+        }
+        self.s.events.emit(Transition {
+            regarding: ObjectReference {
+                api_version: Some("certificates.k8s.io/v1".to_string()),
+                kind: Some("CertificateSigningRequest".to_string()),
+                name: csr.metadata.name.clone(),
+                uid: csr.metadata.uid.clone(),
+                ..Default::default()
+            },
+            reason: event.0,
+            note,
+            warning: event.1,
+        });
+    }
+
     /// Signs, polls or recovers one CSR through the issuer's protection, then writes the
     /// outcome.
     async fn attempt(
@@ -158,14 +256,6 @@ impl Ctx {
         let Some(backend) = entry.backend.clone() else {
             return Ok(Action::requeue(ISSUER_WAIT));
         };
-        let admitted = tokio::select! {
-            admitted = entry.protection.admit() => admitted,
-            _ = s.stopping.cancelled() => return Ok(Action::await_change()),
-        };
-        let permit = match admitted {
-            Ok(permit) => permit,
-            Err(deferred) => return Ok(Action::requeue(deferred.retry_after)),
-        };
         let mut full = match api.get_opt(name).await {
             Ok(Some(full)) => full,
             Ok(None) => return Ok(Action::await_change()),
@@ -174,33 +264,43 @@ impl Ctx {
         if full.metadata.uid.as_deref() != Some(uid) || plan::finished_full(&full) {
             return Ok(Action::await_change());
         }
-        // A namespaced issuer signs only for requesters who may use it.
-        if !issuer.cluster && !self.may_use(&full, &issuer).await? {
-            let change = Change::Fail {
-                reason: plan::REASON_NOT_PERMITTED,
-                message: format!(
-                    "{:?} may not use {}: grant it the verb \"reference\" on \"signers\" in \
-                     API group {:?}, name {:?}, in namespace {:?}",
-                    full.spec.username.as_deref().unwrap_or_default(),
-                    label,
-                    s.group,
-                    issuer.name,
-                    issuer.namespace
-                ),
-            };
-            return self.conclude(api, name, uid, change).await;
+        // A namespaced issuer signs only for requesters who may use it: asked before
+        // anything of the issuer is spent on the request.
+        if !issuer.cluster && !self.remember(uid, |r| r.permitted) {
+            if !self.may_use(&full, &issuer).await? {
+                let change = Change::Fail {
+                    reason: plan::REASON_NOT_PERMITTED,
+                    message: format!(
+                        "{:?} may not use {}: grant it the verb \"reference\" on \"signers\" \
+                         in API group {:?}, name {:?}, in namespace {:?}",
+                        full.spec.username.as_deref().unwrap_or_default(),
+                        label,
+                        s.group,
+                        issuer.name,
+                        issuer.namespace
+                    ),
+                };
+                return self.conclude(api, name, uid, change).await;
+            }
+            self.remember(uid, |r| r.permitted = true);
         }
+        let attempts = self.remember(uid, |r| r.attempts);
+        let poll_interval = s.poll_interval(&entry);
+        let planned = |attempt| plan_of(attempt, attempts + 1, s.config.retry, poll_interval);
         let request = match plan::sign_request(&full) {
             Ok(request) => request,
             Err(why) => {
-                let plan = plan_of(
-                    Attempt::Invalid(why),
-                    1,
-                    s.config.retry,
-                    s.poll_interval(&entry),
-                );
+                let plan = planned(Attempt::Invalid(why));
                 return self.write(api, name, uid, Some(full), plan, false).await;
             }
+        };
+        let admitted = tokio::select! {
+            admitted = entry.protection.admit() => admitted,
+            _ = s.stopping.cancelled() => return Ok(Action::await_change()),
+        };
+        let permit = match admitted {
+            Ok(permit) => permit,
+            Err(deferred) => return Ok(Action::requeue(deferred.retry_after)),
         };
         if s.stopping.is_cancelled() {
             return Ok(Action::await_change());
@@ -218,7 +318,7 @@ impl Ctx {
         let (operation, result) = match step {
             Step::Answered { operation, result } => (operation, result),
             Step::Concluded(attempt) => {
-                let plan = plan_of(attempt, 1, s.config.retry, s.poll_interval(&entry));
+                let plan = planned(attempt);
                 return self.write(api, name, uid, Some(full), plan, false).await;
             }
             Step::Stopped => return Ok(Action::await_change()),
@@ -244,13 +344,7 @@ impl Ctx {
             .backend_call(&label, RESOURCE_CSR, backend.kind(), operation, outcome);
         let clears = submission::clears_record(operation, &result, false);
         let result = result.map_err(|e| entry.tellable(e));
-        let plan = plan_of(
-            Attempt::Answered(result),
-            1,
-            s.config.retry,
-            s.poll_interval(&entry),
-        )
-        .with_requested_duration(request.duration);
+        let plan = planned(Attempt::Answered(result)).with_requested_duration(request.duration);
         permit.record(plan.breaker);
         let plan = if plan.issuer_fault.is_some() {
             s.confirm_issuer_fault(&label, &entry, &backend, plan).await
@@ -340,8 +434,8 @@ impl Ctx {
 
     /// Writes a plan onto the CSR: the pending id and the record of the submission
     /// first (on the object the call was made for), then the status (retrying
-    /// conflicts without signing again); then the event and the metrics. A PKI answer
-    /// that cannot be written is kept for the next look.
+    /// conflicts without signing again); then the event, the metrics, and when to look
+    /// again. A PKI answer that cannot be written is kept for the next look.
     async fn write(
         &self,
         api: &Api<CertificateSigningRequest>,
@@ -352,13 +446,16 @@ impl Ctx {
         clear_submitted: bool,
     ) -> Result<Action, Error> {
         let s = &self.s;
+        let keep = |plan: Plan| {
+            self.remember(uid, |r| r.unwritten = Some((plan, clear_submitted)));
+        };
         let mut full = match full {
             Some(full) => full,
             None => match api.get_opt(name).await {
                 Ok(Some(full)) => full,
                 Ok(None) => return Ok(Action::await_change()),
                 Err(e) => {
-                    lock(&self.unwritten).insert(uid.to_string(), plan);
+                    keep(plan);
                     return Err(Error::kube("reading a CertificateSigningRequest", e));
                 }
             },
@@ -366,7 +463,7 @@ impl Ctx {
         if full.metadata.uid.as_deref() != Some(uid) {
             return Ok(Action::await_change());
         }
-        let change = plan::change_of(&plan);
+        let mut change = plan::change_of(&plan);
         // 1. The pending id, and the record of a submission the CA keeps nothing of.
         if let Some(patch) =
             submission::annotations_patch(&full, plan.pending_id.as_ref(), clear_submitted)
@@ -377,7 +474,7 @@ impl Ctx {
             {
                 Ok(updated) => full = updated,
                 Err(e) => {
-                    lock(&self.unwritten).insert(uid.to_string(), plan);
+                    keep(plan);
                     return Err(Error::kube(
                         "persisting the CA's pending id on a CertificateSigningRequest",
                         e,
@@ -389,8 +486,9 @@ impl Ctx {
         if let Change::Issue(_) | Change::Fail { .. } = change {
             let mut conflicts = 0;
             loop {
-                if plan::finished_full(&full) && !matches!(change, Change::Fail { .. }) {
-                    // Denied or failed meanwhile: nothing more to write.
+                if plan::settled(&full) {
+                    // A certificate, a failure or a denial came meanwhile: it stands.
+                    lock(&self.remembered).remove(uid);
                     return Ok(Action::await_change());
                 }
                 let updated = plan::with_change(full.clone(), &change, jiff::Timestamp::now());
@@ -406,13 +504,35 @@ impl Ctx {
                             Ok(Some(f)) if f.metadata.uid.as_deref() == Some(uid) => f,
                             Ok(_) => return Ok(Action::await_change()),
                             Err(e) => {
-                                lock(&self.unwritten).insert(uid.to_string(), plan);
+                                keep(plan);
                                 return Err(Error::kube("reading a CertificateSigningRequest", e));
                             }
                         };
                     }
+                    // The API server refuses what the CA issued (its own parser is
+                    // stricter): say so on the CSR rather than retry for ever.
+                    Err(kube::Error::Api(status))
+                        if status.code == 422 && matches!(change, Change::Issue(_)) =>
+                    {
+                        change = Change::Fail {
+                            reason: plan::REASON_CERTIFICATE_REFUSED,
+                            message: format!(
+                                "the CA issued a certificate the API server refuses to store: {}",
+                                status.message
+                            ),
+                        };
+                    }
                     Err(e) => {
-                        lock(&self.unwritten).insert(uid.to_string(), plan);
+                        if api_code(&e) == Some(403) {
+                            let why = format!(
+                                "the controller may not write this CSR's status: grant it `update` \
+                                 on certificatesigningrequests/status and `sign` on the signer \
+                                 {:?} (certificates.k8s.io signers); {e}",
+                                full.spec.signer_name
+                            );
+                            self.tell_full(&full, uid, ("StatusWriteForbidden", true), why);
+                        }
+                        keep(plan);
                         return Err(Error::kube(
                             "writing a CertificateSigningRequest's status",
                             e,
@@ -421,53 +541,64 @@ impl Ctx {
                 }
             }
         }
-        // 3. Metrics and an event per transition.
+        // 3. Metrics, an event per transition, and when to look again.
         let label = plan_label(&full, &self.signers, s);
+        let (reason, message) = match &change {
+            Change::Fail { reason, message } => (*reason, message.clone()),
+            _ => (plan.event.0, plan.status.message.clone()),
+        };
         match &change {
             Change::Issue(_) => s.metrics.request_finished(&label, RESOURCE_CSR, "issued"),
             Change::Fail { .. } => s.metrics.request_finished(&label, RESOURCE_CSR, "failed"),
             Change::Wait(_) => {}
         }
-        let first_time =
-            lock(&self.told).insert(uid.to_string(), plan.event.0) != Some(plan.event.0);
-        if first_time {
-            s.events.emit(Transition {
-                regarding: reference(&full),
-                reason: plan.event.0,
-                note: plan.status.message.clone(),
-                warning: plan.event.1,
-            });
-            if plan.event.1 {
-                warn!(csr = %name, reason = plan.event.0, message = %plan.status.message, "CertificateSigningRequest updated");
-            } else {
-                info!(csr = %name, reason = plan.event.0, message = %plan.status.message, "CertificateSigningRequest updated");
-            }
-        }
+        let warning = plan.event.1 || matches!(change, Change::Fail { .. });
+        self.tell_full(&full, uid, (reason, warning), message);
         Ok(match change {
-            Change::Wait(delay) => Action::requeue(delay.max(Duration::from_millis(10))),
+            Change::Wait(delay) => {
+                let delay = delay.max(Duration::from_millis(10));
+                self.remember(uid, |r| {
+                    r.attempts = match plan.breaker {
+                        CallOutcome::Success => 0,
+                        _ if plan.counts_as_attempt() => r.attempts.saturating_add(1),
+                        _ => r.attempts,
+                    };
+                    r.not_before = Instant::now().checked_add(delay);
+                });
+                Action::requeue(delay)
+            }
             _ => {
-                lock(&self.told).remove(uid);
+                lock(&self.remembered).remove(uid);
                 Action::await_change()
             }
         })
     }
-}
 
-/// The metrics label of the CSR's issuer.
-fn plan_label(full: &CertificateSigningRequest, signers: &Signers, s: &Shared) -> String {
-    match signers.issuer(&full.spec.signer_name) {
-        Some(Ok(key)) => s.issuer_label(&key),
-        _ => full.spec.signer_name.clone(),
+    /// [`Ctx::tell`] for a full object.
+    fn tell_full(
+        &self,
+        full: &CertificateSigningRequest,
+        uid: &str,
+        event: (&'static str, bool),
+        note: String,
+    ) {
+        let cached = CachedCsr {
+            metadata: kube::core::ObjectMeta {
+                name: full.metadata.name.clone(),
+                uid: full.metadata.uid.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        self.tell(&cached, uid, event, note);
     }
 }
 
-fn reference(full: &CertificateSigningRequest) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("certificates.k8s.io/v1".to_string()),
-        kind: Some("CertificateSigningRequest".to_string()),
-        name: full.metadata.name.clone(),
-        uid: full.metadata.uid.clone(),
-        resource_version: full.metadata.resource_version.clone(),
-        ..Default::default()
+/// The metrics label of the CSR's issuer; a malformed signer name (anyone's text) is
+/// not a label.
+fn plan_label(full: &CertificateSigningRequest, signers: &Signers, s: &Shared) -> String {
+    match signers.issuer(&full.spec.signer_name) {
+        Some(Ok(key)) => s.issuer_label(&key),
+        _ => "invalid".to_string(),
     }
 }

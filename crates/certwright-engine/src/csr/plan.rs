@@ -22,10 +22,13 @@ use crate::issuers::IssuerKey;
 pub(crate) const MIN_EXPIRATION: Duration = Duration::from_secs(600);
 
 /// A CertificateSigningRequest as the loop watches it: neither the CSR nor the issued
-/// certificate is kept (they are skipped while decoding), only what deciding needs.
+/// certificate is kept (they are skipped while decoding), and of the metadata only the
+/// name, uid and resourceVersion (annotations such as `kubectl apply`'s copy of the
+/// whole object, labels and managed fields are dropped while decoding).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct CachedCsr {
-    /// Metadata.
+    /// Name, uid, resourceVersion.
+    #[serde(deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
     /// The parts of the spec decisions need.
     #[serde(default)]
@@ -64,6 +67,27 @@ pub struct CachedCsrCondition {
     /// "True", "False", "Unknown".
     #[serde(default)]
     pub status: String,
+}
+
+fn slim_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    /// What is read of the metadata; everything else is skipped while decoding.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Slim {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        uid: Option<String>,
+        #[serde(default)]
+        resource_version: Option<String>,
+    }
+    let slim = Slim::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: slim.name,
+        uid: slim.uid,
+        resource_version: slim.resource_version,
+        ..Default::default()
+    })
 }
 
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -203,6 +227,22 @@ pub(crate) fn finished(csr: &CachedCsr) -> bool {
     csr.status.issued || csr.holds("Failed") || csr.holds("Denied")
 }
 
+/// Whether a full object already has its outcome: a certificate, a failure or a
+/// denial, which nothing written later may contradict.
+pub(crate) fn settled(csr: &CertificateSigningRequest) -> bool {
+    let status = csr.status.as_ref();
+    let holds = |type_: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+    };
+    status
+        .and_then(|s| s.certificate.as_ref())
+        .is_some_and(|c| !c.0.is_empty())
+        || holds("Failed")
+        || holds("Denied")
+}
+
 /// The same test on a full object read before signing.
 pub(crate) fn finished_full(csr: &CertificateSigningRequest) -> bool {
     let status = csr.status.as_ref();
@@ -310,6 +350,8 @@ pub(crate) fn with_change(
 pub(crate) const REASON_BAD_SIGNER: &str = "SignerNameInvalid";
 /// A `Failed` reason: the issuer opted out of Kubernetes CSRs.
 pub(crate) const REASON_SIGNER_DISABLED: &str = "SignerDisabled";
+/// A `Failed` reason: the API server refused to store the certificate the CA issued.
+pub(crate) const REASON_CERTIFICATE_REFUSED: &str = "CertificateRefused";
 /// A `Failed` reason: the requester may not use the namespaced issuer.
 pub(crate) const REASON_NOT_PERMITTED: &str = "RequesterNotPermitted";
 
@@ -416,7 +458,10 @@ mod tests {
     #[test]
     fn the_cache_keeps_no_csr_and_no_certificate() {
         let json = serde_json::json!({
-            "metadata": {"name": "c", "uid": "u"},
+            "metadata": {"name": "c", "uid": "u", "resourceVersion": "7",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                "labels": {"a": "b"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
             "spec": {"signerName": "a/b", "request": "QUFBQQ==", "usages": ["server auth"]},
             "status": {"certificate": "QUFBQQ==", "conditions": [
                 {"type": "Approved", "status": "True", "reason": "KubectlApprove", "message": "long"}
@@ -425,6 +470,9 @@ mod tests {
         let csr: CachedCsr = serde_json::from_value(json).unwrap();
         assert!(csr.status.issued);
         assert_eq!(csr.spec.signer_name, "a/b");
+        assert_eq!(csr.metadata.resource_version.as_deref(), Some("7"));
+        assert!(csr.metadata.annotations.is_none());
+        assert!(csr.metadata.labels.is_none() && csr.metadata.managed_fields.is_none());
         assert!(csr.holds("Approved"));
         let none: CachedCsr =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "c"}})).unwrap();

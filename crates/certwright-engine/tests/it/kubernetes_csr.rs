@@ -364,3 +364,74 @@ async fn the_loop_can_be_turned_off() {
     decide(&env, "node-1", "Approved").await;
     assert!(untouched(&env, "node-1").await);
 }
+
+/// The reasons of the Events regarding `name`.
+async fn event_reasons(env: &Env, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), "default");
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_waits_for_a_missing_issuer_saying_so_once_and_is_signed_when_it_comes() {
+    let env = Env::start().await;
+    create(&env, "early", &format!("{CLUSTER_SIGNER}late"), |_| {}).await;
+    decide(&env, "early", "Approved").await;
+    crate::support::eventually_async("the IssuerNotFound event", || async {
+        event_reasons(&env, "early")
+            .await
+            .contains(&"IssuerNotFound".to_string())
+    })
+    .await;
+    env.ca_secret(CLUSTER_NS, "late-ca").await;
+    env.cluster_issuer("late", ca_spec("late-ca")).await;
+    wait_certificate(&env, "early").await;
+    let reasons = event_reasons(&env, "early").await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "IssuerNotFound").count(),
+        1,
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pki_is_retried_with_backoff_and_the_csr_signed_once_it_answers() {
+    use certwright_testkit::apiserver::Method;
+    let sim = RestSimulator::start().await.unwrap();
+    let env = Env::start().await;
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    sim.set_behaviour(Behaviour::Fail500);
+    create(&env, "flaky", &format!("{CLUSTER_SIGNER}corp"), |_| {}).await;
+    decide(&env, "flaky", "Approved").await;
+    crate::support::eventually("a failed call", || sim.sign_submissions() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Backoff (50 ms up to 400 ms here) and the breaker pace the calls, and the loop's
+    // own writes do not bring the next call forward.
+    let calls = sim.sign_submissions();
+    assert!(calls <= 10, "{calls} calls in 1.5 s");
+    let patches = env
+        .server
+        .count(Method::PATCH, "certificatesigningrequests/flaky");
+    assert!(
+        patches as u64 <= 2 * calls + 2,
+        "{patches} patches for {calls} calls"
+    );
+    assert!(untouched(&env, "flaky").await);
+    sim.set_behaviour(Behaviour::Issue);
+    wait_certificate(&env, "flaky").await;
+    let reasons = event_reasons(&env, "flaky").await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "Retrying").count(),
+        1,
+        "{reasons:?}"
+    );
+}
