@@ -2,6 +2,9 @@
 //! against the testkit API server process and a local CA (ECDSA P-256), measured from
 //! outside. Writes docs/benchmarks.md with the machine, the command and every figure
 //! next to its target.
+//!
+//! One file because it is one run: each step feeds the report the next one extends,
+//! and the helpers (creating, approving and timing requests) serve every step.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -243,20 +243,18 @@ pub(crate) fn settled(csr: &CertificateSigningRequest) -> bool {
         || holds("Denied")
 }
 
-/// The same test on a full object read before signing.
+/// Whether a full object read before signing needs nothing: settled, or no longer
+/// approved.
 pub(crate) fn finished_full(csr: &CertificateSigningRequest) -> bool {
-    let status = csr.status.as_ref();
-    let holds = |type_: &str| {
-        status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
-    };
-    status
-        .and_then(|s| s.certificate.as_ref())
-        .is_some_and(|c| !c.0.is_empty())
-        || holds("Failed")
-        || holds("Denied")
-        || !holds("Approved")
+    let approved = csr
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Approved" && c.status == "True")
+        });
+    settled(csr) || !approved
 }
 
 /// What the backend is asked for a CSR, or why it cannot be signed.

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, issued_chain, namespaced_ref};
-use certwright_api::{Base64Bytes, IssuerSpec, PENDING_ID_ANNOTATION, RestBackend};
+use crate::support::{
+    CLUSTER_NS, Env, ca_spec, cluster_ref, issued_chain, namespaced_ref, rest_spec,
+};
+use certwright_api::{Base64Bytes, PENDING_ID_ANNOTATION};
 use certwright_testkit::apiserver::Method;
 use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
 
@@ -16,18 +18,6 @@ fn ready_condition(cr: &certwright_api::CertificateRequest) -> certwright_api::C
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .cloned()
         .expect("a Ready condition")
-}
-
-fn rest_spec(sim: &RestSimulator) -> IssuerSpec {
-    IssuerSpec {
-        rest: Some(RestBackend {
-            url: sim.url(),
-            ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
-            timeout: Some("2s".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use certwright_api::{Base64Bytes, IssuerSpec, REQUEST_IS_CA_ANNOTATION, RestBackend};
+use certwright_api::REQUEST_IS_CA_ANNOTATION;
 use certwright_testkit::apiserver::AccessRule;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
 use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
@@ -15,7 +15,7 @@ use k8s_openapi::api::certificates::v1::{
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
-use crate::support::{CLUSTER_NS, Env, ca_spec};
+use crate::support::{CLUSTER_NS, Env, ca_spec, rest_spec};
 
 const CLUSTER_SIGNER: &str = "internalclusterissuers.pki.certwright.io/";
 const NAMESPACED_SIGNER: &str = "internalissuers.pki.certwright.io/";
@@ -126,18 +126,6 @@ async fn untouched(env: &Env, name: &str) -> bool {
             .unwrap_or_default()
             .iter()
             .all(|c| c.type_ != "Failed")
-}
-
-fn rest_spec(sim: &RestSimulator) -> IssuerSpec {
-    IssuerSpec {
-        rest: Some(RestBackend {
-            url: sim.url(),
-            ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
-            timeout: Some("2s".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

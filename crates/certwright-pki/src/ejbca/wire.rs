@@ -328,28 +328,30 @@ pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {
 /// A date in a certificate search criterion: `YYYY-MM-DDTHH:MM:SSZ`, the only form
 /// EJBCA's search validation accepts.
 pub(super) fn format_search_date(unix_seconds: u64) -> String {
+    let (date, time) = date_and_time(unix_seconds);
+    format!("{date}T{time}Z")
+}
+
+/// `YYYY-MM-DD` and `HH:MM:SS` of a Unix time, in UTC.
+fn date_and_time(unix_seconds: u64) -> (String, String) {
     let days = (unix_seconds / 86_400) as i64;
     let second_of_day = unix_seconds % 86_400;
     let (year, month, day) = civil_date(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        (second_of_day % 3600) / 60,
-        second_of_day % 60
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!(
+            "{:02}:{:02}:{:02}",
+            second_of_day / 3600,
+            (second_of_day % 3600) / 60,
+            second_of_day % 60
+        ),
     )
 }
 
 /// `end_time` for EJBCA: `YYYY-MM-DD HH:MM:SS+00:00`, the ISO 8601 form EJBCA parses.
 pub(super) fn format_end_time(unix_seconds: u64) -> String {
-    let days = (unix_seconds / 86_400) as i64;
-    let second_of_day = unix_seconds % 86_400;
-    let (year, month, day) = civil_date(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}+00:00",
-        second_of_day / 3600,
-        (second_of_day % 3600) / 60,
-        second_of_day % 60
-    )
+    let (date, time) = date_and_time(unix_seconds);
+    format!("{date} {time}+00:00")
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01.

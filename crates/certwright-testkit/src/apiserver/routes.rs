@@ -5,6 +5,9 @@
 //! (CEL rules in the store, then validating webhooks) and their warnings become
 //! `Warning` headers; every answer is counted. With the fault endpoint on, `/testkit/`
 //! goes to [`super::admin`] first.
+//!
+//! One file because it is the one dispatch from a URL to the store: paths, query
+//! parameters, views, and the answers upstream gives for each.
 
 use std::sync::Arc;
 use std::time::Duration;

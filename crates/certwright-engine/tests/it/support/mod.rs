@@ -497,6 +497,19 @@ pub fn namespaced_ref(name: &str) -> IssuerRef {
     }
 }
 
+/// An issuer spec in front of the REST simulator, trusting its TLS certificate.
+pub fn rest_spec(sim: &certwright_testkit::rest_sim::RestSimulator) -> IssuerSpec {
+    IssuerSpec {
+        rest: Some(certwright_api::RestBackend {
+            url: sim.url(),
+            ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
+            timeout: Some("2s".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn ca_spec(secret: &str) -> IssuerSpec {
     IssuerSpec {
         ca: Some(certwright_api::CaBackend {
