@@ -9,7 +9,6 @@
 //! the lock, then stored by [`Store::commit_prepared`] unless the object changed
 //! meanwhile. Other writes are worked out and stored in one step.
 //!
-//!
 //! One file because every write goes through the same lock, preconditions and watch
 //! history; about a third of it is its unit tests.
 
