@@ -844,6 +844,7 @@ impl Shared {
             backend.as_ref(),
             &request,
             &self.stopping,
+            attempts,
             "cert-manager retries with a new CertificateRequest.",
         )
         .await;

@@ -56,15 +56,21 @@ pub(crate) fn submitted_at<K: Resource>(obj: &K) -> Option<SystemTime> {
     Some(SystemTime::from(at))
 }
 
+/// Failed attempts after which a recorded submission whose fate the CA will not tell
+/// (its search keeps failing) is given up, as one that cannot be asked.
+pub(crate) const MAX_RECOVERY_ATTEMPTS: u32 = 10;
+
 /// Polls, recovers or submits `request` for the object `full`, which is updated when the
-/// submission is recorded on it. `next` says what the operator does when a recorded
-/// submission cannot be recovered (create a new request).
+/// submission is recorded on it. `attempts` counts the request's failed attempts so
+/// far; `next` says what the operator does when a recorded submission cannot be
+/// recovered (create a new request).
 pub(crate) async fn perform<K>(
     api: &Api<K>,
     full: &mut K,
     backend: &dyn Backend,
     request: &SignRequest,
     stopping: &CancellationToken,
+    attempts: u32,
     next: &str,
 ) -> Step
 where
@@ -89,16 +95,20 @@ where
                 return Step::Concluded(Attempt::Recovering(retry_after));
             }
             Ok(_) => {
-                let at = jiff::Timestamp::try_from(at)
-                    .map(|t| format!(" at {t}"))
-                    .unwrap_or_default();
-                return Step::Concluded(Attempt::Unrecoverable(format!(
-                    "A submission of this request may have reached the CA{at} (annotation \
-                     {SUBMITTED_ANNOTATION}) and its answer never arrived; the {} backend \
-                     cannot ask the CA what became of it, so the request is not submitted \
-                     again. Look for a certificate for it on the CA (revoke it if unwanted); \
-                     {next}",
-                    backend.kind()
+                return Step::Concluded(Attempt::Unrecoverable(unrecoverable(
+                    at,
+                    &format!(
+                        "the {} backend cannot ask the CA what became of it",
+                        backend.kind()
+                    ),
+                    next,
+                )));
+            }
+            Err(e) if attempts >= MAX_RECOVERY_ATTEMPTS => {
+                return Step::Concluded(Attempt::Unrecoverable(unrecoverable(
+                    at,
+                    &format!("asking the CA what became of it failed {attempts} times ({e})"),
+                    next,
                 )));
             }
             Err(e) => {
@@ -121,6 +131,19 @@ where
         operation: "sign",
         result: backend.sign(request).await,
     }
+}
+
+/// Why a recorded submission is given up, and what the operator should do.
+fn unrecoverable(at: SystemTime, why: &str, next: &str) -> String {
+    let at = jiff::Timestamp::try_from(at)
+        .map(|t| format!(" at {t}"))
+        .unwrap_or_default();
+    format!(
+        "A submission of this request may have reached the CA{at} (annotation \
+         {SUBMITTED_ANNOTATION}) and its answer never arrived; {why}, so the request is not \
+         submitted again. Look for a certificate for it on the CA (revoke it if unwanted); \
+         {next}"
+    )
 }
 
 /// Records on the object, before the request leaves, that a submission is under way,

@@ -312,6 +312,7 @@ impl Ctx {
             backend.as_ref(),
             &request,
             &s.stopping,
+            attempts,
             "create a new CertificateSigningRequest.",
         )
         .await;

@@ -151,3 +151,33 @@ async fn a_rest_ca_answers_a_recorded_submission_again_from_its_idempotency_key(
     assert_eq!(sim.sign_submissions(), 2);
     assert_eq!(sim.certificates_issued(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_submission_the_ca_will_not_tell_about_is_given_up_after_a_while() {
+    let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
+        .await
+        .unwrap();
+    let env = Env::start().await;
+    env.ejbca_cluster_issuer("corp-ejbca", &sim, CERTIFICATE_PROFILE, "2s")
+        .await;
+    // EJBCA fails every call from now on; a request found with a record of a
+    // submission cannot be looked up.
+    sim.set_behaviour(Behaviour::Fail500);
+    env.request_with("apps", "web", cluster_ref("corp-ejbca"), |cr| {
+        cr.metadata.annotations = Some(
+            [(
+                SUBMITTED_ANNOTATION.to_string(),
+                jiff::Timestamp::now().to_string(),
+            )]
+            .into(),
+        );
+    })
+    .await;
+    env.approve("apps", "web").await;
+    let cr = env.wait_ready_reason("apps", "web", "Failed").await;
+    let message = format!("{:?}", cr.status);
+    assert!(message.contains("failed 10 times"), "{message}");
+    // Never enrolled: only searched.
+    assert_eq!(sim.enrollments(), 0);
+    assert!(sim.searches() >= 10);
+}
