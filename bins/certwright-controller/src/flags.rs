@@ -26,8 +26,9 @@ pub(crate) struct Flags {
     #[arg(long, env = "POD_NAMESPACE", default_value = "cert-manager")]
     pub(crate) cluster_resource_namespace: String,
 
-    /// Elect a leader through a Lease so that only one replica signs.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Elect a leader through a Lease so that only one replica signs (`--leader-elect`
+    /// alone means true, as kubebuilder controllers read it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub(crate) leader_elect: bool,
 
     /// Namespace of the leader election Lease; the cluster resource namespace by default.
@@ -131,6 +132,10 @@ mod tests {
     fn defaults_follow_controller_runtime() {
         let flags = Flags::try_parse_from(["certwright-controller"]).unwrap();
         assert!(flags.leader_elect);
+        let bare = Flags::try_parse_from(["certwright-controller", "--leader-elect"]).unwrap();
+        assert!(bare.leader_elect);
+        let off = Flags::try_parse_from(["certwright-controller", "--leader-elect=false"]).unwrap();
+        assert!(!off.leader_elect);
         assert_eq!(flags.metrics_bind_address.port(), 9402);
         assert_eq!(flags.health_probe_bind_address.port(), 8081);
         assert_eq!(flags.issuer_health_check_interval.as_secs(), 300);

@@ -356,10 +356,14 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
-/// Default in-flight calls per issuer.
+/// Default in-flight calls per issuer in front of a remote PKI.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 4;
-/// Default sustained calls per second per issuer.
+/// Default sustained calls per second per issuer in front of a remote PKI.
 pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 2.0;
+/// Default in-flight signings of a `ca` issuer: it signs in process, bounded by CPU.
+pub const LOCAL_CA_MAX_CONCURRENT_REQUESTS: u32 = 32;
+/// Default signings per second of a `ca` issuer: no PKI to protect, so no real limit.
+pub const LOCAL_CA_REQUESTS_PER_SECOND: f64 = 1000.0;
 /// Default certificate lifetime (90 days), as cert-manager's.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(2160 * 3600);
 
@@ -412,16 +416,23 @@ impl IssuerSpec {
         names
     }
 
-    /// `maxConcurrentRequests`, or its default.
+    /// `maxConcurrentRequests`, or its default for the backend.
     pub fn max_concurrent_requests(&self) -> u32 {
         self.max_concurrent_requests
-            .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS)
+            .unwrap_or(if self.ca.is_some() {
+                LOCAL_CA_MAX_CONCURRENT_REQUESTS
+            } else {
+                DEFAULT_MAX_CONCURRENT_REQUESTS
+            })
     }
 
-    /// `requestsPerSecond`, or its default.
+    /// `requestsPerSecond`, or its default for the backend.
     pub fn requests_per_second(&self) -> f64 {
-        self.requests_per_second
-            .unwrap_or(DEFAULT_REQUESTS_PER_SECOND)
+        self.requests_per_second.unwrap_or(if self.ca.is_some() {
+            LOCAL_CA_REQUESTS_PER_SECOND
+        } else {
+            DEFAULT_REQUESTS_PER_SECOND
+        })
     }
 
     /// `defaultDuration` parsed, or 90 days when unset.

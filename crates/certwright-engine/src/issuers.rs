@@ -177,12 +177,18 @@ pub(crate) fn protection_config(
     spec: &IssuerSpec,
     config: &crate::EngineConfig,
 ) -> ProtectionConfig {
-    let rps = spec
-        .requests_per_second
-        .unwrap_or(config.default_requests_per_second);
-    let max_concurrent = spec
-        .max_concurrent_requests
-        .unwrap_or(config.default_max_concurrent_requests);
+    // A local CA signs in process: nothing remote to protect, so its defaults are the
+    // spec's own (high); a remote PKI gets the engine's conservative ones.
+    let (rps, max_concurrent) = if spec.ca.is_some() {
+        (spec.requests_per_second(), spec.max_concurrent_requests())
+    } else {
+        (
+            spec.requests_per_second
+                .unwrap_or(config.default_requests_per_second),
+            spec.max_concurrent_requests
+                .unwrap_or(config.default_max_concurrent_requests),
+        )
+    };
     ProtectionConfig {
         failure_threshold: config.breaker_failure_threshold,
         open_for: config.breaker_open_for,
@@ -282,6 +288,39 @@ mod tests {
             namespace: None,
         };
         assert_eq!(build_health(&missing).reason, REASON_SECRET_NOT_FOUND);
+    }
+
+    #[test]
+    fn a_local_ca_is_not_throttled_like_a_remote_pki() {
+        let config = crate::EngineConfig::default();
+        let local = IssuerSpec {
+            ca: Some(certwright_api::CaBackend {
+                secret_name: "ca".into(),
+            }),
+            ..Default::default()
+        };
+        let p = protection_config(&local, &config);
+        assert_eq!(
+            p.requests_per_second,
+            certwright_api::issuer::LOCAL_CA_REQUESTS_PER_SECOND
+        );
+        assert_eq!(
+            p.max_concurrent,
+            certwright_api::issuer::LOCAL_CA_MAX_CONCURRENT_REQUESTS
+        );
+        let remote = IssuerSpec {
+            rest: Some(Default::default()),
+            ..Default::default()
+        };
+        let p = protection_config(&remote, &config);
+        assert_eq!(p.requests_per_second, config.default_requests_per_second);
+        assert_eq!(p.max_concurrent, config.default_max_concurrent_requests);
+        // A spec's own value wins either way.
+        let tuned = IssuerSpec {
+            requests_per_second: Some(5.0),
+            ..local
+        };
+        assert_eq!(protection_config(&tuned, &config).requests_per_second, 5.0);
     }
 
     #[test]
