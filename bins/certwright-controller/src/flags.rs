@@ -75,6 +75,12 @@ pub(crate) struct Flags {
     #[arg(long, default_value_t = 16)]
     pub(crate) max_concurrent_reconciles: usize,
 
+    /// How long a CertificateRequest may keep failing for retryable reasons (the PKI
+    /// down, throttling) before it fails, so that cert-manager's own backoff takes over
+    /// (Go duration; 0: retry for as long as it exists).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub(crate) max_retry_duration: std::time::Duration,
+
     /// How often each issuer's PKI is health-checked (Go duration).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub(crate) issuer_health_check_interval: std::time::Duration,
@@ -139,6 +145,7 @@ mod tests {
         assert_eq!(flags.metrics_bind_address.port(), 9402);
         assert_eq!(flags.health_probe_bind_address.port(), 8081);
         assert_eq!(flags.issuer_health_check_interval.as_secs(), 300);
+        assert_eq!(flags.max_retry_duration.as_secs(), 3600);
         assert_eq!(flags.log_format, LogFormat::Json);
     }
 

@@ -218,6 +218,8 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
         redact_tenant_errors: true,
         kubernetes_csr: flags.kubernetes_csr,
+        max_retry_duration: (!flags.max_retry_duration.is_zero())
+            .then_some(flags.max_retry_duration),
         ..EngineConfig::default()
     };
     let shutdown = shutdown_on_signal();

@@ -8,6 +8,9 @@ use certwright_pki::egress::EgressPolicy;
 
 use crate::decide::Backoff;
 
+/// The default of [`EngineConfig::max_retry_duration`].
+pub const DEFAULT_MAX_RETRY_DURATION: Duration = Duration::from_secs(3600);
+
 /// Engine configuration.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -53,6 +56,10 @@ pub struct EngineConfig {
     /// Sign Kubernetes CertificateSigningRequests whose signerName names an issuer of
     /// the engine's kinds (`<plural>.<group>/<name>`, `<plural>.<group>/<namespace>.<name>`).
     pub kubernetes_csr: bool,
+    /// How long a CertificateRequest may keep failing for retryable reasons (counted
+    /// from its creation) before it fails, so that cert-manager's backoff takes over.
+    /// `None`: retried for as long as it exists.
+    pub max_retry_duration: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +82,7 @@ impl Default for EngineConfig {
             egress_exempt_cluster_issuers: false,
             redact_tenant_errors: false,
             kubernetes_csr: true,
+            max_retry_duration: Some(DEFAULT_MAX_RETRY_DURATION),
         }
     }
 }

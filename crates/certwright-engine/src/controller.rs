@@ -766,7 +766,9 @@ impl Shared {
         let Some(backend) = entry.backend.clone() else {
             return;
         };
-        let attempts = lock(&self.requests).get(key).map_or(0, |e| e.attempts);
+        let (attempts, entry_created) = lock(&self.requests).get(key).map_or((0, None), |e| {
+            (e.attempts, e.cached.metadata.creation_timestamp.clone())
+        });
         let poll_interval = self.poll_interval(&entry);
         // Protection first: a deferred request costs no API call unless its status
         // changes.
@@ -782,6 +784,11 @@ impl Shared {
                     attempts + 1,
                     self.config.retry,
                     poll_interval,
+                )
+                .with_retry_deadline(
+                    created_at(&entry_created),
+                    jiff::Timestamp::now(),
+                    self.config.max_retry_duration,
                 );
                 if self.already_written(key, &plan) {
                     if let Requeue::After(delay) = plan.requeue {
@@ -883,7 +890,12 @@ impl Shared {
             self.config.retry,
             poll_interval,
         )
-        .with_requested_duration(request.duration);
+        .with_requested_duration(request.duration)
+        .with_retry_deadline(
+            created_at(&entry_created),
+            jiff::Timestamp::now(),
+            self.config.max_retry_duration,
+        );
         permit.record(plan.breaker);
         let plan = if plan.issuer_fault.is_some() {
             self.confirm_issuer_fault(label, &entry, &backend, plan)
@@ -1662,4 +1674,12 @@ fn object_reference(full: &CertificateRequest) -> ObjectReference {
         resource_version: full.metadata.resource_version.clone(),
         ..Default::default()
     }
+}
+
+/// When a request was created, for its retry deadline; now when unknown (never
+/// giving up early).
+fn created_at(
+    created: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> jiff::Timestamp {
+    created.as_ref().map_or_else(jiff::Timestamp::now, |t| t.0)
 }

@@ -219,6 +219,43 @@ impl Backoff {
 }
 
 impl Plan {
+    /// A retry past the request's deadline gives up: a request that has kept failing for
+    /// retryable reasons (the PKI down, throttling, unreadable answers) for `max` since
+    /// `since` fails with a `failureTime`, so that cert-manager's own backoff and alerts
+    /// take over. A request the CA holds for approval, one whose answer was lost (its
+    /// fate is being asked), and one waiting for its issuer are not retries and wait on.
+    #[must_use]
+    pub fn with_retry_deadline(
+        self,
+        since: jiff::Timestamp,
+        now: jiff::Timestamp,
+        max: Option<Duration>,
+    ) -> Plan {
+        let Some(max) = max else { return self };
+        let retrying = matches!(
+            self.metric_outcome,
+            "transient" | "rate_limited" | "invalid_response" | "deferred"
+        );
+        let elapsed = now.as_second().saturating_sub(since.as_second());
+        let limit = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+        if !retrying || self.requeue == Requeue::Never || elapsed < limit {
+            return self;
+        }
+        let message = format!(
+            "Gave up after retrying for {} (the maximum retry duration): {}",
+            format_duration(max),
+            self.status.message
+        );
+        Plan {
+            pending_id: None,
+            status: StatusChange::failed(message, false),
+            event: ("RetriesExhausted", true),
+            issuer_fault: None,
+            requeue: Requeue::Never,
+            ..self
+        }
+    }
+
     /// Whether this plan counts as a failed attempt for backoff (deferrals and
     /// waiting for the issuer do not).
     pub fn counts_as_attempt(&self) -> bool {
@@ -878,5 +915,68 @@ mod tests {
         assert!(unknown.status.failed && !unknown.status.invalid_request);
         assert_eq!(unknown.requeue, Requeue::Never);
         assert_eq!(unknown.event, ("SubmissionUnknown", true));
+    }
+
+    #[test]
+    fn retries_past_the_deadline_fail_but_ca_approval_and_lost_answers_wait() {
+        let at = |secs| jiff::Timestamp::from_second(secs).unwrap();
+        let hour = Some(Duration::from_secs(3600));
+        let transient = || {
+            plan(
+                Attempt::Answered(Err(PkiError::transient("down", std::io::Error::other("x")))),
+                3,
+                Backoff::default(),
+                Duration::from_secs(60),
+            )
+        };
+        let early = transient().with_retry_deadline(at(0), at(3599), hour);
+        assert_eq!(early.status.reason, "Pending");
+        let late = transient().with_retry_deadline(at(0), at(3600), hour);
+        assert_eq!(late.status.reason, "Failed");
+        assert!(late.status.failed);
+        assert_eq!(late.requeue, Requeue::Never);
+        assert_eq!(late.event, ("RetriesExhausted", true));
+        assert!(
+            late.status.message.contains("1h"),
+            "{}",
+            late.status.message
+        );
+        assert!(late.status.message.contains("down"));
+        assert_eq!(
+            transient()
+                .with_retry_deadline(at(0), at(99_999), None)
+                .status
+                .reason,
+            "Pending"
+        );
+        let held = plan(
+            Attempt::Answered(Ok(Outcome::Pending(PendingRequest {
+                id: "7".into(),
+                retry_after: Duration::from_secs(60),
+            }))),
+            1,
+            Backoff::default(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            held.with_retry_deadline(at(0), at(99_999), hour)
+                .status
+                .reason,
+            "Pending"
+        );
+        let lost = plan(
+            Attempt::Answered(Err(PkiError::AnswerLost {
+                message: "reset".into(),
+            })),
+            1,
+            Backoff::default(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            lost.with_retry_deadline(at(0), at(99_999), hour)
+                .status
+                .reason,
+            "Pending"
+        );
     }
 }

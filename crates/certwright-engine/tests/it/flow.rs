@@ -644,3 +644,32 @@ async fn one_requests_refused_template_does_not_take_a_shared_issuer_offline() {
     env.approve("team-b", "web").await;
     env.wait_ready_reason("team-b", "web", "Issued").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_keeps_failing_gives_up_after_the_maximum_retry_duration() {
+    let sim = RestSimulator::start().await.unwrap();
+    let mut env = Env::new().await;
+    env.start_engine(certwright_engine::EngineConfig {
+        max_retry_duration: Some(Duration::from_secs(2)),
+        ..crate::support::fast_config()
+    });
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    env.wait_cluster_issuer("corp", "Verified").await;
+    sim.set_behaviour(Behaviour::Fail500);
+    env.request("apps", "web", cluster_ref("corp")).await;
+    env.approve("apps", "web").await;
+    // Pending while it retries, then Failed with a failure time: cert-manager's backoff
+    // takes over.
+    env.wait_ready_reason("apps", "web", "Pending").await;
+    let failed = env.wait_ready_reason("apps", "web", "Failed").await;
+    let ready = ready_condition(&failed);
+    assert!(
+        ready.message.contains("Gave up after retrying for 2s"),
+        "{}",
+        ready.message
+    );
+    assert!(failed.status.unwrap().failure_time.is_some());
+    let calls = sim.sign_submissions();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.sign_submissions(), calls, "no call after giving up");
+}
