@@ -219,11 +219,13 @@ impl Backoff {
 }
 
 impl Plan {
-    /// A retry past the request's deadline gives up: a request that has kept failing for
-    /// retryable reasons (the PKI down, throttling, unreadable answers) for `max` since
-    /// `since` fails with a `failureTime`, so that cert-manager's own backoff and alerts
-    /// take over. A request the CA holds for approval, one whose answer was lost (its
-    /// fate is being asked), and one waiting for its issuer are not retries and wait on.
+    /// A retry past the request's deadline gives up: a request whose call to the PKI
+    /// still fails for a retryable reason (the PKI down, its own rate limit, unreadable
+    /// answers) `max` after `since` fails with a `failureTime`, so that cert-manager's own
+    /// backoff and alerts take over. A request the CA holds for approval, one whose
+    /// answer was lost (its fate is being asked), one waiting for its issuer, and one
+    /// the issuer's own protection holds back (a backlog under `requestsPerSecond`, an
+    /// open breaker) are not failing calls and wait on.
     #[must_use]
     pub fn with_retry_deadline(
         self,
@@ -234,7 +236,7 @@ impl Plan {
         let Some(max) = max else { return self };
         let retrying = matches!(
             self.metric_outcome,
-            "transient" | "rate_limited" | "invalid_response" | "deferred"
+            "transient" | "rate_limited" | "invalid_response"
         );
         let elapsed = now.as_second().saturating_sub(since.as_second());
         let limit = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
