@@ -3,7 +3,7 @@
 //! of it (or fails the request) before submitting again, also after a crash.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use certwright_api::{Base64Bytes, IssuerSpec, PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION};
+use certwright_api::{PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION};
 use certwright_testkit::adcs_sim::AdcsSimulator;
 use certwright_testkit::ejbca_sim::{Behaviour, CERTIFICATE_PROFILE, EjbcaSimulator};
 use kube::ResourceExt;
@@ -12,14 +12,21 @@ use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
 
 use crate::support::{EJBCA_CLIENT_ID as CLIENT_ID, EJBCA_CLIENT_SECRET as CLIENT_SECRET};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ejbca_enrollment_whose_answer_is_lost_is_found_not_enrolled_again() {
+/// An engine, and an EJBCA simulator behind the cluster issuer `corp-ejbca` whose calls
+/// time out after `timeout`.
+async fn ejbca_env(timeout: &str) -> (EjbcaSimulator, Env) {
     let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
         .await
         .unwrap();
     let env = Env::start().await;
-    env.ejbca_cluster_issuer("corp-ejbca", &sim, CERTIFICATE_PROFILE, "2s")
+    env.ejbca_cluster_issuer("corp-ejbca", &sim, CERTIFICATE_PROFILE, timeout)
         .await;
+    (sim, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejbca_enrollment_whose_answer_is_lost_is_found_not_enrolled_again() {
+    let (sim, env) = ejbca_env("2s").await;
     // EJBCA signs, and its answer is lost on the way back.
     sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
     env.request("apps", "web", cluster_ref("corp-ejbca")).await;
@@ -36,12 +43,7 @@ async fn an_ejbca_enrollment_whose_answer_is_lost_is_found_not_enrolled_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_mid_enrollment_finds_the_certificate_after_restart() {
-    let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
-        .await
-        .unwrap();
-    let mut env = Env::start().await;
-    env.ejbca_cluster_issuer("corp-ejbca", &sim, CERTIFICATE_PROFILE, "60s")
-        .await;
+    let (sim, mut env) = ejbca_env("60s").await;
     sim.set_behaviour(Behaviour::LoseAnswerToEnrollment);
     env.request("apps", "web", cluster_ref("corp-ejbca")).await;
     env.approve("apps", "web").await;
@@ -120,19 +122,8 @@ async fn a_rest_ca_answers_a_recorded_submission_again_from_its_idempotency_key(
     use certwright_testkit::rest_sim::RestSimulator;
     let sim = RestSimulator::start().await.unwrap();
     let mut env = Env::start().await;
-    env.cluster_issuer(
-        "corp-rest",
-        IssuerSpec {
-            rest: Some(certwright_api::RestBackend {
-                url: sim.url(),
-                ca_bundle: Some(Base64Bytes::from(sim.tls_ca_pem())),
-                timeout: Some("2s".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
+    env.cluster_issuer("corp-rest", crate::support::rest_spec(&sim))
+        .await;
     env.wait_cluster_issuer("corp-rest", "Verified").await;
     // The CA signs, and the controller cannot write the result before it is killed.
     env.server
@@ -154,12 +145,7 @@ async fn a_rest_ca_answers_a_recorded_submission_again_from_its_idempotency_key(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_submission_the_ca_will_not_tell_about_is_given_up_after_a_while() {
-    let sim = EjbcaSimulator::start_oauth(CLIENT_ID, CLIENT_SECRET)
-        .await
-        .unwrap();
-    let env = Env::start().await;
-    env.ejbca_cluster_issuer("corp-ejbca", &sim, CERTIFICATE_PROFILE, "2s")
-        .await;
+    let (sim, env) = ejbca_env("2s").await;
     // EJBCA fails every call from now on; a request found with a record of a
     // submission cannot be looked up.
     sim.set_behaviour(Behaviour::Fail500);
