@@ -4,7 +4,8 @@
 //! HTTP layer asks [`review`] which Secrets matter, fetches them, then calls
 //! [`IssuerReview::decide`] with a [`SecretLookup`].
 //!
-//! Over half of this file is its unit tests, kept beside the decision they pin down.
+//! One file because it is one decision, admit or deny, with its unit tests beside it
+//! (over half of the file).
 
 use std::collections::{BTreeSet, HashMap};
 

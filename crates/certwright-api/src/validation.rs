@@ -2,7 +2,8 @@
 //! a user would edit, in the shape of Kubernetes' `field.Error` so that the webhook can
 //! return them as they are. Nothing here performs I/O.
 //!
-//! Over a third of this file is its unit tests, beside the rules they pin down.
+//! One file because it is one set of rules, read as one list, with its unit tests
+//! beside them (over a third of the file).
 
 use std::time::Duration;
 

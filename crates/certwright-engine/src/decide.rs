@@ -3,7 +3,8 @@
 //! write, the annotation to persist first, the event, and when to look again. Time comes
 //! in as an argument, so every row of the flow is testable without I/O or sleeping.
 //!
-//! A third of this file is its unit tests, one per row of the flow, kept beside it.
+//! One file because it is one decision table, `decide` then `plan`, with one unit test
+//! per row beside it (a third of the file).
 
 use std::time::Duration;
 

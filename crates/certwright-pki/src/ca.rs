@@ -7,8 +7,8 @@
 //! come from the [`SignRequest`]. Other extensions the CSR requests are never copied. The
 //! TBSCertificate is DER-encoded in this module and signed with `ring`.
 //!
-//! Over half of this file is its unit tests (every usage, key type and chain rule),
-//! beside the certificate encoding they pin down.
+//! One file because it is one backend: the certificate encoding and the unit tests
+//! (every usage, key type and chain rule; over half of the file) that pin it down.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -6,8 +6,8 @@
 //! come back as [`Error`] kinds; [`status_error`] classifies non-2xx answers the same way
 //! for every adapter, and [`excerpt`] makes a body safe to quote in a message.
 //!
-//! A third of this file is its unit tests; it is the one HTTPS client every network
-//! adapter shares, with its error classification.
+//! One file because it is the one HTTPS client every network adapter shares, with its
+//! error classification and unit tests (a third of the file).
 
 use std::error::Error as StdError;
 use std::fmt;

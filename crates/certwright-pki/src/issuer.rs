@@ -5,7 +5,8 @@
 //! build backends the same way. Secrets come in as plain maps; how they are fetched
 //! (API server, files) is the caller's business.
 //!
-//! Over two fifths of this file is its unit tests, one per backend and auth method.
+//! One file because it is the one mapping from an issuer spec and its Secrets to a
+//! backend, with a unit test per backend and auth method (over two fifths of the file).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! (SPNEGO, both with channel binding for Extended Protection), HTTP Basic or a TLS client
 //! certificate, each call on its own keep-alive connection.
 //!
-//! One file for the backend's calls and the one mapping of certsrv's pages to outcomes
+//! One file because it holds the backend's calls and the one mapping of certsrv's pages to outcomes
 //! (`page_outcome`), which the submission, the first fetch and every poll share;
 //! connections and authentication, pages, PKCS#7 and Kerberos are submodules.
 

@@ -8,8 +8,9 @@
 //! client authenticates with a TLS client certificate, an OAuth2 bearer token from client
 //! credentials, or both.
 //!
-//! A quarter of this file is its unit tests; wire formats, OAuth2 and sealing are
-//! submodules.
+//! One file because it is the backend's calls in order (enroll, finalize, search,
+//! status) with their unit tests (a quarter of the file); wire formats, OAuth2 and
+//! sealing are submodules.
 
 mod oauth;
 mod sealed;

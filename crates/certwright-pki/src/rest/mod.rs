@@ -5,7 +5,8 @@
 //! onto an [`Outcome`] or an [`Error`] kind, and checks that the issued certificate carries
 //! the CSR's public key.
 //!
-//! Over a third of this file is its unit tests; the cfssl flavour is a submodule.
+//! One file because it is one backend speaking one contract, with its unit tests (over
+//! a third of the file); the cfssl flavour is a submodule.
 
 mod cfssl;
 
