@@ -869,20 +869,14 @@ impl Shared {
             }
         };
         let clears = submission::clears_record(operation, &result, false);
-        let outcome = match &result {
-            Ok(Outcome::Issued(_)) => "success",
-            Ok(_) => "pending",
-            Err(e) => e.metric_label(),
-        };
-        self.metrics.observe_signing(
+        self.count_call(
             label,
             RESOURCE_REQUEST,
-            outcome,
-            started.elapsed().as_secs_f64(),
+            backend.kind(),
+            operation,
+            &result,
+            started,
         );
-        self.metrics
-            .backend_call(label, RESOURCE_REQUEST, backend.kind(), operation, outcome);
-        debug!(operation, outcome, "PKI answered");
         let result = result.map_err(|e| entry.tellable(e));
         let plan = plan(
             Attempt::Answered(result),
@@ -1094,6 +1088,28 @@ impl Shared {
                 self.schedule(key, &pending.uid, delay);
             }
         }
+    }
+
+    /// Counts one sign, poll or recover call in the metrics, by its outcome.
+    pub(crate) fn count_call(
+        &self,
+        label: &str,
+        resource: &str,
+        backend: &str,
+        operation: &str,
+        result: &Result<Outcome, certwright_pki::Error>,
+        started: std::time::Instant,
+    ) {
+        let outcome = match result {
+            Ok(Outcome::Issued(_)) => "success",
+            Ok(_) => "pending",
+            Err(e) => e.metric_label(),
+        };
+        self.metrics
+            .observe_signing(label, resource, outcome, started.elapsed().as_secs_f64());
+        self.metrics
+            .backend_call(label, resource, backend, operation, outcome);
+        debug!(operation, outcome, "PKI answered");
     }
 
     /// The backend's health check within `timeout`, counted in the metrics.

@@ -21,7 +21,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certwright_pki::Outcome;
 use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -330,19 +329,14 @@ impl Ctx {
                 ));
             }
         };
-        let outcome = match &result {
-            Ok(Outcome::Issued(_)) => "success",
-            Ok(_) => "pending",
-            Err(e) => e.metric_label(),
-        };
-        s.metrics.observe_signing(
+        s.count_call(
             &label,
             RESOURCE_CSR,
-            outcome,
-            started.elapsed().as_secs_f64(),
+            backend.kind(),
+            operation,
+            &result,
+            started,
         );
-        s.metrics
-            .backend_call(&label, RESOURCE_CSR, backend.kind(), operation, outcome);
         let clears = submission::clears_record(operation, &result, false);
         let result = result.map_err(|e| entry.tellable(e));
         let plan = planned(Attempt::Answered(result)).with_requested_duration(request.duration);
