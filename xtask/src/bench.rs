@@ -618,20 +618,20 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
     let signs = metric_sum(
         &after,
         "certwright_backend_calls_total",
-        &["operation=\"sign\"", "InternalClusterIssuer/bench"],
+        &["operation=\"sign\"", "issuer_name=\"bench\""],
     ) - metric_sum(
         &before,
         "certwright_backend_calls_total",
-        &["operation=\"sign\"", "InternalClusterIssuer/bench"],
+        &["operation=\"sign\"", "issuer_name=\"bench\""],
     );
     let conflicts = metric_sum(
         &after,
         "certwright_certificate_requests_total",
-        &["result=\"issued\"", "InternalClusterIssuer/bench"],
+        &["result=\"issued\"", "issuer_name=\"bench\""],
     ) - metric_sum(
         &before,
         "certwright_certificate_requests_total",
-        &["result=\"issued\"", "InternalClusterIssuer/bench"],
+        &["result=\"issued\"", "issuer_name=\"bench\""],
     );
     let per_issued = signs / conflicts.max(1.0);
     rows.push((
@@ -687,8 +687,7 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
     let outage_start = Instant::now();
     approve_all(&requests, &batch).await?;
     // The calls that detect the outage, until the breaker opens.
-    let breaker_open =
-        r#"certwright_circuit_breaker_state{issuer="InternalClusterIssuer/outage"} 2"#;
+    let breaker_open = r#"certwright_circuit_breaker_state{issuer_name="outage",issuer_kind="InternalClusterIssuer",issuer_group="pki.certwright.io",namespace=""} 2"#;
     let mut opened_after = None;
     while outage_start.elapsed() < Duration::from_secs(options.outage_seconds) {
         if cluster::http_get(metrics_port, "/metrics")?.contains(breaker_open) {

@@ -125,8 +125,8 @@ pub(crate) fn start_apiserver_with(
     args.extend(extra.iter().map(|s| s.to_string()));
     for crd in [
         root.join("crates/certwright-testkit/fixtures/cert-manager-crds.yaml"),
-        root.join("helm/certwright/crds/internalissuers.pki.certwright.io.yaml"),
-        root.join("helm/certwright/crds/internalclusterissuers.pki.certwright.io.yaml"),
+        root.join("deploy/crds/internalissuers.pki.certwright.io.yaml"),
+        root.join("deploy/crds/internalclusterissuers.pki.certwright.io.yaml"),
     ] {
         args.push("--crd".into());
         args.push(crd.display().to_string());

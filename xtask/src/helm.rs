@@ -168,7 +168,7 @@ impl Chart {
             }
             if balanced && is_manifest(&t.path) {
                 for doc in skeleton_docs(t, actions, &mut out) {
-                    check_security(t, &doc, &mut out);
+                    check_security(t, &doc, values.as_ref(), &mut out);
                     check_rbac(t, &doc, &mut out);
                 }
             }
@@ -981,13 +981,37 @@ fn at<'a>(value: Option<&'a Value>, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(value?, |v, key| v.get(key))
 }
 
-/// Pod and container hardening in every Deployment.
-fn check_security(src: &Source, doc: &Doc, out: &mut Vec<Finding>) {
+/// The values map a template renders with `toYaml .Values.<path>` in place of a
+/// skeleton's empty key: the chart's defaults, which the hardening checks then read.
+fn rendered_from_values<'a>(
+    src: &Source,
+    values: Option<&'a Value>,
+    key: &str,
+) -> Option<&'a Value> {
+    let marker = format!(".{key} }}}}");
+    let line = src
+        .text
+        .lines()
+        .find(|l| l.contains("{{- with .Values.") && l.trim_end().ends_with(&marker))?;
+    let path = line
+        .split("{{- with .Values.")
+        .nth(1)?
+        .trim_end()
+        .strip_suffix(" }}")?;
+    let path: Vec<String> = path.split('.').map(str::to_string).collect();
+    lookup(values?, &path)
+}
+
+/// Pod and container hardening in every Deployment; a security context taken from
+/// values is checked as its default in values.yaml.
+fn check_security(src: &Source, doc: &Doc, values: Option<&Value>, out: &mut Vec<Finding>) {
     if doc.kind() != "Deployment" {
         return;
     }
     let pod = at(Some(&doc.value), &["spec", "template", "spec"]);
-    let pod_sc = at(pod, &["securityContext"]);
+    let pod_sc = at(pod, &["securityContext"])
+        .filter(|v| !v.is_null())
+        .or_else(|| rendered_from_values(src, values, "securityContext"));
     let containers: Vec<&Value> = ["containers", "initContainers"]
         .iter()
         .filter_map(|k| at(pod, &[*k]).and_then(Value::as_sequence))
@@ -1000,7 +1024,9 @@ fn check_security(src: &Source, doc: &Doc, out: &mut Vec<Finding>) {
         let name = at(Some(c), &["name"])
             .and_then(Value::as_str)
             .unwrap_or("?");
-        let sc = at(Some(c), &["securityContext"]);
+        let sc = at(Some(c), &["securityContext"])
+            .filter(|v| !v.is_null())
+            .or_else(|| rendered_from_values(src, values, "containerSecurityContext"));
         let either = |path: &[&str]| at(sc, path).or_else(|| at(pod_sc, path));
         let mut require = |ok: bool, what: &str| {
             if !ok {

@@ -95,6 +95,12 @@ pub(crate) struct Flags {
     #[arg(long, value_delimiter = ',')]
     pub(crate) egress_deny: Vec<String>,
 
+    /// Namespaces whose Secrets the controller may read and watch, comma-separated or
+    /// repeated (the chart's `secretAccess`, with Roles in each); every namespace when
+    /// unset. Issuers whose Secrets lie elsewhere are not Ready (`SecretOutOfScope`).
+    #[arg(long = "secret-namespace", value_delimiter = ',')]
+    pub(crate) secret_namespaces: Vec<String>,
+
     /// Sign Kubernetes CertificateSigningRequests whose signerName names a certwright
     /// issuer (`internalclusterissuers.pki.certwright.io/<name>`,
     /// `internalissuers.pki.certwright.io/<namespace>.<name>`); needs the RBAC the chart

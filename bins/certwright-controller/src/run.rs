@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use certwright_engine::leader::{LeaderElector, LeaseConfig};
 use certwright_engine::metrics::Metrics;
-use certwright_engine::{CertwrightIssuers, Engine, EngineConfig};
+use certwright_engine::{CertwrightIssuers, Engine, EngineConfig, SecretAccess};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
@@ -218,6 +218,7 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
         redact_tenant_errors: true,
         kubernetes_csr: flags.kubernetes_csr,
+        secret_access: SecretAccess::only(flags.secret_namespaces.iter().cloned()),
         max_retry_duration: (!flags.max_retry_duration.is_zero())
             .then_some(flags.max_retry_duration),
         ..EngineConfig::default()
@@ -231,7 +232,7 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         cluster_resource_namespace = %flags.cluster_resource_namespace,
         "certwright-controller starting"
     );
-    let engine = Engine::<CertwrightIssuers>::new(client.clone(), config, metrics);
+    let engine = Engine::<CertwrightIssuers>::new(client.clone(), config, metrics.clone());
     if flags.leader_elect {
         let namespace = flags
             .leader_election_namespace
@@ -244,11 +245,19 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
             ..LeaseConfig::new(namespace, flags.leader_election_id.clone(), identity)
         };
         let elector = LeaderElector::new(client, lease);
-        elector
-            .run(shutdown, move |leading| engine.run(leading))
-            .await
-            .context("leader election")?;
+        metrics.set_leader(false);
+        let leader = metrics.clone();
+        let result = elector
+            .run(shutdown, move |leading| {
+                leader.set_leader(true);
+                engine.run(leading)
+            })
+            .await;
+        metrics.set_leader(false);
+        result.context("leader election")?;
     } else {
+        // Without election this replica is the one that reconciles.
+        metrics.set_leader(true);
         engine.run(shutdown).await.context("engine")?;
     }
     info!("certwright-controller stopped");

@@ -123,7 +123,7 @@ async fn api_server() -> (ApiServer, tempfile::NamedTempFile) {
         "internalclusterissuers.pki.certwright.io.yaml",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../helm/certwright/crds")
+            .join("../../deploy/crds")
             .join(file);
         server
             .register_crds_yaml(&std::fs::read_to_string(path).unwrap())
@@ -249,7 +249,7 @@ async fn the_controller_issues_serves_metrics_and_stops_gracefully() {
 
     // The status write lands before the controller counts the result: a scrape may
     // come between the two.
-    let issued = r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",resource="CertificateRequest",result="issued"} 5"#;
+    let issued = r#"certwright_certificate_requests_total{issuer_name="dev",issuer_kind="InternalClusterIssuer",issuer_group="pki.certwright.io",namespace="",resource="CertificateRequest",result="issued"} 5"#;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let body = loop {
         let (code, body) = Controller::get(controller.metrics, "/metrics")

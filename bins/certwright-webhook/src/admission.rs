@@ -36,6 +36,8 @@ pub(crate) struct Settings {
     pub(crate) egress: Option<certwright_pki::egress::EgressPolicy>,
     /// Cluster issuers may name any host.
     pub(crate) egress_exempt_cluster_issuers: bool,
+    /// The namespaces whose Secrets certwright may read; every namespace when `None`.
+    pub(crate) secret_namespaces: Option<BTreeSet<String>>,
 }
 
 /// What is known about one Secret. Only key names, never values.
@@ -244,10 +246,35 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
     }
     // A name that is not a valid Secret name was reported above; looking it up would
     // only add noise.
-    let requirements = secret_requirements(&spec)
+    let mut requirements: Vec<SecretRequirement> = secret_requirements(&spec)
         .into_iter()
         .filter(|r| check_dns1123_subdomain(&r.secret).is_ok())
         .collect();
+    // Secrets the controller may not read would leave the issuer not Ready for good;
+    // they are not looked up either (the webhook's own access is as narrow).
+    if let Some(allowed) = &settings.secret_namespaces
+        && !requirements.is_empty()
+        && !allowed.contains(&namespace)
+    {
+        problems.push(Problem {
+            field: if kind == KIND_CLUSTER_ISSUER {
+                "spec".to_string()
+            } else {
+                "metadata.namespace".to_string()
+            },
+            reason: "FieldValueForbidden",
+            message: format!(
+                "Forbidden: certwright may read Secrets only in namespace(s) {} (the chart's \
+                 secretAccess), and this {kind}'s Secrets would be in {namespace:?}",
+                allowed
+                    .iter()
+                    .map(|ns| format!("{ns:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+        requirements.clear();
+    }
     Review::Issuer(Box::new(IssuerReview {
         response: allowed,
         kind,
@@ -499,6 +526,7 @@ mod tests {
             cluster_resource_namespace: CLUSTER_NS.to_string(),
             egress: Some(certwright_pki::egress::EgressPolicy::new()),
             egress_exempt_cluster_issuers: false,
+            secret_namespaces: None,
         }
     }
 
@@ -609,6 +637,55 @@ mod tests {
         assert!(response.allowed, "{}", message(&response));
         assert_eq!(response.uid, "req-1");
         assert_eq!(response.warnings, None);
+    }
+
+    #[test]
+    fn an_issuer_whose_secrets_certwright_may_not_read_is_denied() {
+        let scoped = Settings {
+            secret_namespaces: Some(BTreeSet::from([
+                CLUSTER_NS.to_string(),
+                "team-a".to_string(),
+            ])),
+            ..settings()
+        };
+        let store = secrets(&[
+            ("team-a", "dev-ca", &["tls.crt", "tls.key"]),
+            ("team-b", "dev-ca", &["tls.crt", "tls.key"]),
+            (CLUSTER_NS, "dev-ca", &["tls.crt", "tls.key"]),
+        ]);
+        let inside = admit(
+            &create(KIND_ISSUER, Some("team-a"), ca_spec()),
+            &scoped,
+            &store,
+        );
+        assert!(inside.allowed, "{}", message(&inside));
+        let cluster = admit(
+            &create(KIND_CLUSTER_ISSUER, None, ca_spec()),
+            &scoped,
+            &store,
+        );
+        assert!(cluster.allowed, "{}", message(&cluster));
+
+        let outside = admit(
+            &create(KIND_ISSUER, Some("team-b"), ca_spec()),
+            &scoped,
+            &store,
+        );
+        assert!(!outside.allowed);
+        assert_eq!(
+            message(&outside),
+            "metadata.namespace: Forbidden: certwright may read Secrets only in namespace(s) \
+             \"cert-manager\", \"team-a\" (the chart's secretAccess), and this InternalIssuer's \
+             Secrets would be in \"team-b\""
+        );
+        // An issuer that needs no Secret may live anywhere.
+        let no_secrets = json!({"rest": {"url": "https://pki.corp.example/api/v1"}});
+        let open = admit(
+            &create(KIND_ISSUER, Some("team-b"), no_secrets),
+            &scoped,
+            &store,
+        );
+        assert!(open.allowed, "{}", message(&open));
     }
 
     #[test]

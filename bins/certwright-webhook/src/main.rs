@@ -69,6 +69,12 @@ struct Flags {
     #[arg(long, value_delimiter = ',')]
     egress_deny: Vec<String>,
 
+    /// Namespaces whose Secrets certwright may read (the controller's
+    /// --secret-namespace); every namespace when unset. An issuer whose Secrets lie
+    /// elsewhere is denied.
+    #[arg(long = "secret-namespace", value_delimiter = ',')]
+    secret_namespaces: Vec<String>,
+
     /// InternalClusterIssuers may name any host (the controller's
     /// --egress-exempt-cluster-issuers).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -143,6 +149,14 @@ fn main() -> ExitCode {
         cluster_resource_namespace: flags.cluster_resource_namespace,
         egress,
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
+        secret_namespaces: {
+            let set: std::collections::BTreeSet<String> = flags
+                .secret_namespaces
+                .into_iter()
+                .filter(|ns| !ns.is_empty())
+                .collect();
+            (!set.is_empty()).then_some(set)
+        },
     };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

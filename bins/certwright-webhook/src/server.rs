@@ -134,6 +134,7 @@ pub(crate) struct Config {
     pub(crate) cluster_resource_namespace: String,
     pub(crate) egress: certwright_pki::egress::EgressPolicy,
     pub(crate) egress_exempt_cluster_issuers: bool,
+    pub(crate) secret_namespaces: Option<std::collections::BTreeSet<String>>,
 }
 
 /// What the handlers share.
@@ -165,6 +166,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             cluster_resource_namespace: config.cluster_resource_namespace.clone(),
             egress: Some(config.egress.clone()),
             egress_exempt_cluster_issuers: config.egress_exempt_cluster_issuers,
+            secret_namespaces: config.secret_namespaces.clone(),
         },
     });
 

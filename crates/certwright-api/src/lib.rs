@@ -49,6 +49,11 @@ pub const PENDING_ID_ANNOTATION: &str = "pki.certwright.io/pending-id";
 /// controller asks the CA what became of it before it submits again, or fails the
 /// request when the CA cannot be asked.
 pub const SUBMITTED_ANNOTATION: &str = "pki.certwright.io/submitted-at";
+/// Annotation recording, with [`SUBMITTED_ANNOTATION`], the idempotency key the
+/// submission was sent under (the request's uid at the time): a submission sent again
+/// after a restore, when the request has a new uid, goes under the same key, so a CA
+/// that deduplicates by it signs once.
+pub const SUBMISSION_KEY_ANNOTATION: &str = "pki.certwright.io/submission-key";
 /// The `signerName` a Kubernetes CertificateSigningRequest uses to ask an
 /// InternalClusterIssuer (`cluster`) or an InternalIssuer in `namespace` to sign:
 /// `internalclusterissuers.pki.certwright.io/<name>` or

@@ -1,6 +1,7 @@
 //! How the engine is tuned. Every field has a default that suits a production cluster;
 //! the controller binary maps its flags onto these.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ pub struct EngineConfig {
     /// Sign Kubernetes CertificateSigningRequests whose signerName names an issuer of
     /// the engine's kinds (`<plural>.<group>/<name>`, `<plural>.<group>/<namespace>.<name>`).
     pub kubernetes_csr: bool,
+    /// Where the engine may read issuers' Secrets: everywhere, or only in some
+    /// namespaces (the controller's RBAC then grants no more). An issuer whose Secrets
+    /// lie outside is not Ready, with reason `SecretOutOfScope`.
+    pub secret_access: SecretAccess,
     /// How long a CertificateRequest may keep failing for retryable reasons (counted
     /// from its creation) before it fails, so that cert-manager's backoff takes over.
     /// `None`: retried for as long as it exists.
@@ -83,6 +88,86 @@ impl Default for EngineConfig {
             redact_tenant_errors: false,
             kubernetes_csr: true,
             max_retry_duration: Some(DEFAULT_MAX_RETRY_DURATION),
+            secret_access: SecretAccess::All,
         }
+    }
+}
+
+/// The namespaces whose Secrets the engine may read and watch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SecretAccess {
+    /// Every namespace (a ClusterRole): the watch is cluster-wide.
+    #[default]
+    All,
+    /// Only these (Roles in each): one watch per namespace.
+    Namespaces(BTreeSet<String>),
+}
+
+impl SecretAccess {
+    /// Access to `namespaces` only; an empty list means every namespace.
+    pub fn only<I, S>(namespaces: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let set: BTreeSet<String> = namespaces
+            .into_iter()
+            .map(Into::into)
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        if set.is_empty() {
+            SecretAccess::All
+        } else {
+            SecretAccess::Namespaces(set)
+        }
+    }
+
+    /// Whether Secrets in `namespace` may be read.
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            SecretAccess::All => true,
+            SecretAccess::Namespaces(set) => set.contains(namespace),
+        }
+    }
+
+    /// Why Secrets in `namespace` may not be read, for an issuer's Ready message;
+    /// `None` when they may.
+    pub fn refusal(&self, namespace: &str) -> Option<String> {
+        match self {
+            SecretAccess::Namespaces(set) if !set.contains(namespace) => Some(format!(
+                "the controller may read Secrets only in namespace(s) {} (the chart's \
+                 secretAccess, --secret-namespace), not in {namespace:?} where this issuer's \
+                 Secrets are",
+                set.iter()
+                    .map(|ns| format!("{ns:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_list_means_every_namespace() {
+        assert_eq!(SecretAccess::only(Vec::<String>::new()), SecretAccess::All);
+        assert_eq!(SecretAccess::only([""]), SecretAccess::All);
+        assert!(SecretAccess::All.allows("anything"));
+        assert_eq!(SecretAccess::All.refusal("anything"), None);
+    }
+
+    #[test]
+    fn a_list_allows_its_namespaces_and_says_why_not_the_others() {
+        let access = SecretAccess::only(["cert-manager", "payments"]);
+        assert!(access.allows("payments"));
+        assert!(!access.allows("shop"));
+        assert_eq!(access.refusal("payments"), None);
+        let why = access.refusal("shop").unwrap_or_default();
+        assert!(why.contains(r#""cert-manager", "payments""#), "{why}");
+        assert!(why.contains(r#"not in "shop""#), "{why}");
     }
 }

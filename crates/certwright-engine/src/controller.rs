@@ -43,10 +43,13 @@ use crate::error::{Error, api_code};
 use crate::events::{EventSink, Transition};
 use crate::issuers::{
     Fingerprint, Health, IssuerEntry, IssuerKey, NamespacedSecrets, REASON_CIRCUIT_OPEN,
-    REASON_UNREACHABLE, REASON_VERIFIED, Snapshot, build_health, check_health, protection_config,
+    REASON_SECRET_OUT_OF_SCOPE, REASON_UNREACHABLE, REASON_VERIFIED, Snapshot, build_health,
+    check_health, protection_config,
 };
 use crate::kinds::{IssuerKinds, IssuerResource};
-use crate::metrics::{Metrics, RESOURCE_ISSUER, RESOURCE_REQUEST};
+use crate::metrics::{
+    Call, IssuerLabels, Metrics, QUEUE_ISSUERS, QUEUE_REQUESTS, RESOURCE_ISSUER, RESOURCE_REQUEST,
+};
 use crate::protection::{BreakerState, CallOutcome, Protection};
 use crate::submission::{self, Step};
 use crate::workqueue::WorkQueue;
@@ -192,7 +195,7 @@ impl<K: IssuerKinds> Engine<K> {
             cluster_resource: kube::core::ApiResource::erase::<K::Cluster>(&()),
             client,
             config,
-            metrics,
+            metrics: metrics.clone(),
             events,
             snapshots: Mutex::default(),
             issuers: Mutex::default(),
@@ -200,8 +203,8 @@ impl<K: IssuerKinds> Engine<K> {
             secret_index: Mutex::default(),
             requests: Mutex::default(),
             unwritten: Mutex::default(),
-            request_queue: WorkQueue::new(),
-            issuer_queue: WorkQueue::new(),
+            request_queue: WorkQueue::with_metrics(metrics.queue(QUEUE_REQUESTS)),
+            issuer_queue: WorkQueue::with_metrics(metrics.queue(QUEUE_ISSUERS)),
             checks: Checks::new(),
             issuer_watchers_synced: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
@@ -425,10 +428,22 @@ async fn watch_issuers<R: IssuerResource>(
 
 async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
     // Metadata only: Secret data is read with a GET when a backend is built, never cached.
-    let api: Api<PartialObjectMeta<Secret>> = Api::all(s.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    // With access to some namespaces only, one watch per namespace: a cluster-wide watch
+    // would be Forbidden.
+    let watch = |api: Api<PartialObjectMeta<Secret>>| {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed()
+    };
+    let mut stream = match &s.config.secret_access {
+        crate::SecretAccess::All => watch(Api::all(s.client.clone())),
+        crate::SecretAccess::Namespaces(namespaces) => futures::stream::select_all(
+            namespaces
+                .iter()
+                .map(|namespace| watch(Api::namespaced(s.client.clone(), namespace))),
+        )
+        .boxed(),
+    };
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -503,18 +518,18 @@ async fn watch_requests(s: Arc<Shared>, stop: CancellationToken) {
 
 async fn report_pending(s: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
-    let mut reported: HashSet<String> = HashSet::new();
+    let mut reported: HashSet<IssuerLabels> = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut counts: HashMap<String, i64> = HashMap::new();
+        let mut counts: HashMap<IssuerLabels, i64> = HashMap::new();
         s.metrics
             .set_cached_requests(i64::try_from(lock(&s.requests).len()).unwrap_or(i64::MAX));
         for entry in lock(&s.requests).values() {
             if let Some(key) = s.issuer_key_for(&entry.cached) {
-                *counts.entry(s.issuer_label(&key)).or_default() += 1;
+                *counts.entry(s.issuer_metric(&key)).or_default() += 1;
             }
         }
         for label in reported.drain().collect::<Vec<_>>() {
@@ -549,6 +564,15 @@ impl Shared {
             })
         } else {
             None
+        }
+    }
+
+    /// The labels that name the issuer in the metrics.
+    pub(crate) fn issuer_metric(&self, key: &IssuerKey) -> IssuerLabels {
+        if key.cluster {
+            IssuerLabels::new(&self.cluster_kind, self.group, "", &key.name)
+        } else {
+            IssuerLabels::new(&self.namespaced_kind, self.group, &key.namespace, &key.name)
         }
     }
 
@@ -734,7 +758,7 @@ impl Shared {
                 Decision::WaitForIssuer { message } => crate::decide::plan_waiting(message),
                 Decision::Sign | Decision::Poll { .. } => {
                     if let (Some(entry), Some(issuer_key)) = (entry, issuer_key) {
-                        self.attempt(key, &uid, entry, issuer_key, &label).await;
+                        self.attempt(key, &uid, entry, issuer_key).await;
                     }
                     return;
                 }
@@ -761,7 +785,6 @@ impl Shared {
         uid: &str,
         entry: Arc<IssuerEntry>,
         issuer: IssuerKey,
-        label: &str,
     ) {
         let Some(backend) = entry.backend.clone() else {
             return;
@@ -779,6 +802,8 @@ impl Shared {
         let permit = match admitted {
             Ok(permit) => permit,
             Err(deferred) => {
+                self.metrics
+                    .request_deferred(&self.issuer_metric(&issuer), deferred.reason.metric_label());
                 let plan = plan(
                     Attempt::Deferred(deferred),
                     attempts + 1,
@@ -870,7 +895,7 @@ impl Shared {
         };
         let clears = submission::clears_record(operation, &result, false);
         self.count_call(
-            label,
+            &issuer,
             RESOURCE_REQUEST,
             backend.kind(),
             operation,
@@ -892,7 +917,7 @@ impl Shared {
         );
         permit.record(plan.breaker);
         let plan = if plan.issuer_fault.is_some() {
-            self.confirm_issuer_fault(label, &entry, &backend, plan)
+            self.confirm_issuer_fault(&issuer, &entry, &backend, plan)
                 .await
         } else {
             plan
@@ -918,9 +943,9 @@ impl Shared {
     /// Keeps the issuer's condition in step with its breaker: CircuitOpen while it is
     /// open, Verified again once a call succeeds.
     async fn reflect_breaker(&self, issuer: &IssuerKey, entry: &IssuerEntry, outcome: CallOutcome) {
-        let label = self.issuer_label(issuer);
         let state = entry.protection.breaker();
-        self.metrics.set_breaker_state(&label, state.metric_value());
+        self.metrics
+            .set_breaker_state(&self.issuer_metric(issuer), state.metric_value());
         let current = entry.health();
         let next = match (state, outcome) {
             (BreakerState::Open { .. }, _) => circuit_open(),
@@ -1002,8 +1027,11 @@ impl Shared {
         let label = pending
             .issuer
             .as_ref()
-            .map(|k| self.issuer_label(k))
-            .unwrap_or_default();
+            .map(|k| self.issuer_metric(k))
+            .unwrap_or_else(|| IssuerLabels {
+                issuer_group: self.group.to_owned(),
+                ..IssuerLabels::default()
+            });
         // 3. Metrics for finished requests.
         if plan.requeue == Requeue::Never {
             let result = match plan.status.reason {
@@ -1093,7 +1121,7 @@ impl Shared {
     /// Counts one sign, poll or recover call in the metrics, by its outcome.
     pub(crate) fn count_call(
         &self,
-        label: &str,
+        issuer: &IssuerKey,
         resource: &str,
         backend: &str,
         operation: &str,
@@ -1105,33 +1133,39 @@ impl Shared {
             Ok(_) => "pending",
             Err(e) => e.metric_label(),
         };
+        let call = Call {
+            issuer: &self.issuer_metric(issuer),
+            backend,
+            resource,
+            operation,
+            outcome,
+        };
         self.metrics
-            .observe_signing(label, resource, outcome, started.elapsed().as_secs_f64());
-        self.metrics
-            .backend_call(label, resource, backend, operation, outcome);
+            .backend_call(&call, Some(started.elapsed().as_secs_f64()));
         debug!(operation, outcome, "PKI answered");
     }
 
     /// The backend's health check within `timeout`, counted in the metrics.
     async fn health_check(
         &self,
-        label: &str,
+        issuer: &IssuerKey,
         backend: &Arc<dyn certwright_pki::Backend>,
         timeout: Duration,
     ) -> Result<Result<certwright_pki::Health, certwright_pki::Error>, tokio::time::error::Elapsed>
     {
         let result = tokio::time::timeout(timeout, backend.check()).await;
-        self.metrics.backend_call(
-            label,
-            RESOURCE_ISSUER,
-            backend.kind(),
-            "check",
-            match &result {
+        let call = Call {
+            issuer: &self.issuer_metric(issuer),
+            backend: backend.kind(),
+            resource: RESOURCE_ISSUER,
+            operation: "check",
+            outcome: match &result {
                 Ok(Ok(_)) => "success",
                 Ok(Err(e)) => e.metric_label(),
                 Err(_) => "transient",
             },
-        );
+        };
+        self.metrics.backend_call(&call, None);
         result
     }
 
@@ -1141,14 +1175,14 @@ impl Shared {
     /// (its template override, a profile refused for it), which fails alone.
     pub(crate) async fn confirm_issuer_fault(
         &self,
-        label: &str,
+        issuer: &IssuerKey,
         entry: &IssuerEntry,
         backend: &Arc<dyn certwright_pki::Backend>,
         plan: Plan,
     ) -> Plan {
-        match self.health_check(label, backend, CHECK_TIMEOUT).await {
+        match self.health_check(issuer, backend, CHECK_TIMEOUT).await {
             Ok(Ok(_)) => {
-                info!(issuer = %label, "the issuer's health check passed: the refusal was this request's");
+                info!(issuer = %self.issuer_label(issuer), "the issuer's health check passed: the refusal was this request's");
                 plan.request_scoped()
             }
             Ok(Err(e)) if e.is_issuer_fault() => {
@@ -1252,7 +1286,7 @@ impl Shared {
         let Some(snapshot) = snapshot else {
             if lock(&self.issuers).remove(key).is_some() {
                 info!(issuer = %label, "issuer deleted");
-                self.metrics.forget_issuer(&label);
+                self.metrics.forget_issuer(&self.issuer_metric(key));
             }
             lock(&self.last_checked).remove(key);
             self.checks.forget(key);
@@ -1268,9 +1302,14 @@ impl Shared {
         // Validate before reading: no Secret is read for a spec that is invalid, so a
         // name that is not a DNS-1123 name never reaches a request path.
         let invalid = certwright_api::validate_issuer_spec(&snapshot.spec).err();
-        let secret_names: &[String] = match invalid {
-            Some(_) => &[],
-            None => &snapshot.secret_names,
+        // Secrets outside the namespaces the controller may read are not asked for: the
+        // answer would be Forbidden, and the issuer says why it cannot work instead.
+        let out_of_scope = (invalid.is_none() && !snapshot.secret_names.is_empty())
+            .then(|| self.config.secret_access.refusal(&namespace))
+            .flatten();
+        let secret_names: &[String] = match (&invalid, &out_of_scope) {
+            (None, None) => &snapshot.secret_names,
+            _ => &[],
         };
         self.index_secrets(key, Some((&namespace, secret_names)));
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
@@ -1318,13 +1357,20 @@ impl Shared {
                     self.config.egress.clone()
                 };
                 let redact = self.config.redact_tenant_errors && !exempt;
-                let built = match invalid {
-                    Some(errors) => Err(certwright_pki::issuer::BuildError::InvalidSpec(errors)),
-                    None => (snapshot.build)(&NamespacedSecrets {
+                let built = match (invalid, out_of_scope) {
+                    (Some(errors), _) => Err(build_health(
+                        &certwright_pki::issuer::BuildError::InvalidSpec(errors),
+                    )),
+                    (None, Some(message)) => Err(Health {
+                        reason: REASON_SECRET_OUT_OF_SCOPE,
+                        message,
+                    }),
+                    (None, None) => (snapshot.build)(&NamespacedSecrets {
                         namespace: namespace.clone(),
                         data,
                         egress,
-                    }),
+                    })
+                    .map_err(|e| build_health(&e)),
                 };
                 let (backend, health) = match built {
                     Ok(backend) => (
@@ -1334,7 +1380,7 @@ impl Shared {
                             message: String::new(),
                         },
                     ),
-                    Err(e) => (None, build_health(&e)),
+                    Err(health) => (None, health),
                 };
                 // A rebuild for a rotated Secret keeps the breaker's memory of the PKI.
                 let protection = match previous {
@@ -1410,10 +1456,20 @@ impl Shared {
         if health.reason != REASON_VERIFIED || fresh {
             info!(issuer = %label, reason = health.reason, message = %health.message, "issuer checked");
         }
+        let metric = self.issuer_metric(key);
         self.metrics
-            .set_issuer_ready(&label, health.ready() == ConditionStatus::True);
+            .set_issuer_ready(&metric, health.ready() == ConditionStatus::True);
         self.metrics
-            .set_breaker_state(&label, entry.protection.breaker().metric_value());
+            .set_breaker_state(&metric, entry.protection.breaker().metric_value());
+        self.metrics.set_ca_expiry(
+            &metric,
+            entry
+                .backend
+                .as_ref()
+                .and_then(|b| b.ca_expiry())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_secs()).ok()),
+        );
         self.write_issuer_status(key, &entry).await;
         // Requests for this issuer go at once when its build has its first verdict, which
         // includes its first check after it appeared (requests that saw it missing, or
@@ -1443,10 +1499,9 @@ impl Shared {
         let (s, key, entry) = (self.clone(), key.clone(), entry.clone());
         let timeout = self.checks.timeout(&key);
         tokio::spawn(async move {
-            let label = s.issuer_label(&key);
             let check = async {
                 let _permits = s.checks.permits(&key).await;
-                s.health_check(&label, &backend, timeout).await
+                s.health_check(&key, &backend, timeout).await
             };
             // A backend that panics must not leave the issuer without a verdict.
             let check = AssertUnwindSafe(check).catch_unwind();

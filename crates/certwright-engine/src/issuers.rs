@@ -87,6 +87,9 @@ pub const REASON_VERIFIED: &str = "Verified";
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// Ready reason: a referenced Secret or one of its keys is missing.
 pub const REASON_SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// Ready reason: the issuer's Secrets are in a namespace the controller may not read
+/// ([`EngineConfig::secret_access`](crate::EngineConfig::secret_access)).
+pub const REASON_SECRET_OUT_OF_SCOPE: &str = "SecretOutOfScope";
 /// Ready reason: the PKI refused the credentials.
 pub const REASON_UNAUTHORIZED: &str = "Unauthorized";
 /// Ready reason: the PKI could not be reached or answered garbage.

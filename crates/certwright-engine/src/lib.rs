@@ -34,7 +34,7 @@ pub mod protection;
 mod submission;
 pub mod workqueue;
 
-pub use config::{DEFAULT_MAX_RETRY_DURATION, EngineConfig};
+pub use config::{DEFAULT_MAX_RETRY_DURATION, EngineConfig, SecretAccess};
 pub use controller::Engine;
 pub use error::Error;
 pub use kinds::{CertwrightIssuers, IssuerKinds, IssuerResource};

@@ -1,14 +1,22 @@
-//! certwright's Prometheus metrics, prefixed `certwright_`, kept in their own registry
-//! that the binary serves on `:9402/metrics`. The engine records through [`Metrics`];
-//! issuer labels read `InternalClusterIssuer/<name>` or `InternalIssuer/<ns>/<name>`.
+//! certwright's Prometheus metrics, kept in their own registry that the binary serves on
+//! `:9402/metrics`. The engine records through [`Metrics`].
+//!
+//! Everything certwright measures is prefixed `certwright_`; issuers are named by the
+//! labels cert-manager's own metrics use (`issuer_name`, `issuer_kind`, `issuer_group`,
+//! and `namespace`, the issuer's, empty for a cluster-scoped issuer), so the two join in
+//! PromQL. The registry also carries the standard `process_*` metrics of the process
+//! (Linux only), which Prometheus' conventions leave unprefixed. docs/engine.md,
+//! "Metrics", lists every family.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -19,6 +27,13 @@ pub const RESOURCE_CSR: &str = "CertificateSigningRequest";
 /// The `resource` label of an issuer's own health check.
 pub const RESOURCE_ISSUER: &str = "Issuer";
 
+/// The `queue` label of the CertificateRequest work queue.
+pub const QUEUE_REQUESTS: &str = "certificaterequests";
+/// The `queue` label of the issuer work queue.
+pub const QUEUE_ISSUERS: &str = "issuers";
+/// The `queue` label of the Kubernetes CSR loop.
+pub const QUEUE_CSRS: &str = "certificatesigningrequests";
+
 /// Bucket bounds of `certwright_signing_duration_seconds`: 5ms to 60s.
 const SIGNING_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -27,33 +42,76 @@ const SIGNING_BUCKETS: [f64; 13] = [
 const APPROVAL_TO_READY_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Bucket bounds of the work-queue histograms: 100µs to 5 minutes (a request scheduled
+/// for a later poll is not counted while it waits for its time, only once it is due).
+const QUEUE_BUCKETS: [f64; 14] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IssuerLabels {
-    issuer: String,
+/// The labels that name an issuer in every per-issuer metric, as cert-manager's
+/// metrics name it.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    /// The issuer's name.
+    pub issuer_name: String,
+    /// Its kind, e.g. `InternalIssuer`.
+    pub issuer_kind: String,
+    /// Its API group, e.g. `pki.certwright.io`.
+    pub issuer_group: String,
+    /// Its namespace; empty for a cluster-scoped issuer.
+    pub namespace: String,
+}
+
+impl IssuerLabels {
+    /// The labels of the issuer `kind` in `group` named `name` in `namespace` (empty for
+    /// a cluster-scoped kind).
+    pub fn new(kind: &str, group: &str, namespace: &str, name: &str) -> Self {
+        IssuerLabels {
+            issuer_name: name.to_owned(),
+            issuer_kind: kind.to_owned(),
+            issuer_group: group.to_owned(),
+            namespace: namespace.to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SigningLabels {
-    issuer: String,
+    #[prometheus(flatten)]
+    issuer: IssuerLabels,
+    backend: String,
     resource: String,
     outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendCallLabels {
-    issuer: String,
-    resource: String,
+    #[prometheus(flatten)]
+    issuer: IssuerLabels,
     backend: String,
+    resource: String,
     operation: String,
     outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    issuer: String,
+    #[prometheus(flatten)]
+    issuer: IssuerLabels,
     resource: String,
     result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeferredLabels {
+    #[prometheus(flatten)]
+    issuer: IssuerLabels,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
 }
 
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
@@ -64,6 +122,10 @@ fn signing_histogram() -> Histogram {
 
 fn approval_to_ready_histogram() -> Histogram {
     Histogram::new(APPROVAL_TO_READY_BUCKETS)
+}
+
+fn queue_histogram() -> Histogram {
+    Histogram::new(QUEUE_BUCKETS)
 }
 
 /// certwright's metrics and the registry that holds them. Cloning gives another handle
@@ -78,11 +140,19 @@ struct Inner {
     signing_duration: HistogramFamily<SigningLabels>,
     backend_calls: Family<BackendCallLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
+    deferred: Family<DeferredLabels, Counter>,
     pending: Family<IssuerLabels, Gauge>,
     issuer_ready: Family<IssuerLabels, Gauge>,
     breaker_state: Family<IssuerLabels, Gauge>,
+    ca_expiry: Family<IssuerLabels, Gauge>,
     approval_to_ready: HistogramFamily<IssuerLabels>,
     cached_requests: Gauge,
+    leader: Gauge,
+    queue_depth: Family<QueueLabels, Gauge>,
+    queue_adds: Family<QueueLabels, Counter>,
+    queue_retries: Family<QueueLabels, Counter>,
+    queue_latency: HistogramFamily<QueueLabels>,
+    work_duration: HistogramFamily<QueueLabels>,
 }
 
 impl fmt::Debug for Metrics {
@@ -97,82 +167,177 @@ impl Default for Metrics {
     }
 }
 
-fn issuer_labels(issuer: &str) -> IssuerLabels {
-    IssuerLabels {
-        issuer: issuer.to_owned(),
+/// The metrics of one work queue, labelled with its name. Cloning gives another handle
+/// to the same series.
+#[derive(Clone, Debug)]
+pub struct QueueMetrics {
+    /// `certwright_workqueue_depth`: keys due and waiting for a worker.
+    pub(crate) depth: Gauge,
+    /// `certwright_workqueue_adds_total`: keys made due.
+    pub(crate) adds: Counter,
+    /// `certwright_workqueue_retries_total`: keys scheduled for a later attempt.
+    pub(crate) retries: Counter,
+    /// `certwright_workqueue_queue_duration_seconds`: from due to handed to a worker.
+    pub(crate) latency: Histogram,
+    /// `certwright_workqueue_work_duration_seconds`: one reconcile.
+    pub(crate) work: Histogram,
+}
+
+impl QueueMetrics {
+    /// Series that no registry exports, for a queue nobody measures.
+    pub(crate) fn detached() -> Self {
+        QueueMetrics {
+            depth: Gauge::default(),
+            adds: Counter::default(),
+            retries: Counter::default(),
+            latency: queue_histogram(),
+            work: queue_histogram(),
+        }
+    }
+
+    /// Records one reconcile that took `took`.
+    pub(crate) fn observe_work(&self, took: Duration) {
+        self.work.observe(took.as_secs_f64());
+    }
+
+    /// Counts one key scheduled for a later attempt.
+    pub(crate) fn retried(&self) {
+        self.retries.inc();
     }
 }
 
 impl Metrics {
-    /// Every certwright metric, registered in a new registry.
+    /// Every certwright metric, registered in a new registry, with the process
+    /// metrics beside them.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("certwright");
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector));
+        let sub = registry.sub_registry_with_prefix("certwright");
         let signing_duration: HistogramFamily<SigningLabels> =
             Family::new_with_constructor(signing_histogram);
         let backend_calls = Family::<BackendCallLabels, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
+        let deferred = Family::<DeferredLabels, Counter>::default();
         let pending = Family::<IssuerLabels, Gauge>::default();
         let issuer_ready = Family::<IssuerLabels, Gauge>::default();
         let breaker_state = Family::<IssuerLabels, Gauge>::default();
+        let ca_expiry = Family::<IssuerLabels, Gauge>::default();
         let approval_to_ready: HistogramFamily<IssuerLabels> =
             Family::new_with_constructor(approval_to_ready_histogram);
+        let cached_requests = Gauge::default();
+        let leader = Gauge::default();
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        let queue_adds = Family::<QueueLabels, Counter>::default();
+        let queue_retries = Family::<QueueLabels, Counter>::default();
+        let queue_latency: HistogramFamily<QueueLabels> =
+            Family::new_with_constructor(queue_histogram);
+        let work_duration: HistogramFamily<QueueLabels> =
+            Family::new_with_constructor(queue_histogram);
 
-        registry.register_with_unit(
+        sub.register_with_unit(
             "signing_duration",
-            "Latency of backend sign and poll calls, by issuer and outcome",
+            "Latency of PKI sign, poll and recover calls, by issuer, backend type and outcome",
             Unit::Seconds,
             signing_duration.clone(),
         );
-        registry.register(
+        sub.register(
             "backend_calls",
-            "Calls to PKI backends, by issuer, backend, operation (sign, poll, check) and outcome",
+            "Calls to PKIs, by issuer, backend type, operation (sign, poll, recover, check) and outcome",
             backend_calls.clone(),
         );
-        registry.register(
+        sub.register(
             "certificate_requests",
-            "CertificateRequests that reached a final state, by issuer and result (issued, failed, denied)",
+            "Requests that reached a final state, by issuer, resource and result (issued, failed, denied)",
             requests.clone(),
         );
-        registry.register(
+        sub.register(
+            "deferred_requests",
+            "Requests held back to protect a PKI, by issuer and reason (circuit_open, probe_in_flight, rate_limited)",
+            deferred.clone(),
+        );
+        sub.register(
             "pending_requests",
-            "Approved CertificateRequests waiting for their certificate, by issuer",
+            "Approved requests waiting for their certificate, by issuer",
             pending.clone(),
         );
-        registry.register(
+        sub.register(
             "issuer_ready",
             "Whether the issuer's Ready condition is True (1) or not (0)",
             issuer_ready.clone(),
         );
-        registry.register(
+        sub.register(
             "circuit_breaker_state",
             "State of the issuer's circuit breaker: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
-        registry.register_with_unit(
+        sub.register(
+            "issuer_ca_expiry_timestamp_seconds",
+            "When the certificate of the CA the issuer signs with expires, as a Unix timestamp, for backends that know it",
+            ca_expiry.clone(),
+        );
+        sub.register_with_unit(
             "approval_to_ready",
             "Time from a CertificateRequest's approval to its Ready condition being written",
             Unit::Seconds,
             approval_to_ready.clone(),
         );
-
-        let cached_requests = Gauge::default();
-        registry.register(
+        sub.register(
             "cached_requests",
             "CertificateRequests the engine holds in memory (approved or denied, not yet final)",
             cached_requests.clone(),
         );
+        sub.register(
+            "leader_is_leader",
+            "Whether this replica holds the leader-election lease and reconciles (1) or waits (0)",
+            leader.clone(),
+        );
+        sub.register(
+            "workqueue_depth",
+            "Keys due and waiting for a worker, by queue",
+            queue_depth.clone(),
+        );
+        sub.register(
+            "workqueue_adds",
+            "Keys made due, by queue",
+            queue_adds.clone(),
+        );
+        sub.register(
+            "workqueue_retries",
+            "Keys scheduled for a later attempt (a retry, a poll, a recheck), by queue",
+            queue_retries.clone(),
+        );
+        sub.register_with_unit(
+            "workqueue_queue_duration",
+            "Time a due key waited for a worker, by queue",
+            Unit::Seconds,
+            queue_latency.clone(),
+        );
+        sub.register_with_unit(
+            "workqueue_work_duration",
+            "Time one reconcile took, by queue",
+            Unit::Seconds,
+            work_duration.clone(),
+        );
 
         Metrics {
             inner: Arc::new(Inner {
-                cached_requests,
                 registry,
                 signing_duration,
                 backend_calls,
                 requests,
+                deferred,
                 pending,
                 issuer_ready,
                 breaker_state,
+                ca_expiry,
                 approval_to_ready,
+                cached_requests,
+                leader,
+                queue_depth,
+                queue_adds,
+                queue_retries,
+                queue_latency,
+                work_duration,
             }),
         }
     }
@@ -189,56 +354,75 @@ impl Metrics {
         Ok(text)
     }
 
-    /// Records the latency of one backend sign or poll call in
-    /// `certwright_signing_duration_seconds{issuer,resource,outcome}`; `resource` is
-    /// [`RESOURCE_REQUEST`] or [`RESOURCE_CSR`].
-    pub fn observe_signing(&self, issuer: &str, resource: &str, outcome: &str, seconds: f64) {
-        self.inner
-            .signing_duration
-            .get_or_create(&SigningLabels {
-                issuer: issuer.to_owned(),
-                resource: resource.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .observe(seconds);
+    /// The series of the work queue named `queue`.
+    pub fn queue(&self, queue: &str) -> QueueMetrics {
+        let labels = QueueLabels {
+            queue: queue.to_owned(),
+        };
+        QueueMetrics {
+            depth: self.inner.queue_depth.get_or_create(&labels).clone(),
+            adds: self.inner.queue_adds.get_or_create(&labels).clone(),
+            retries: self.inner.queue_retries.get_or_create(&labels).clone(),
+            latency: self.inner.queue_latency.get_or_create(&labels).clone(),
+            work: self.inner.work_duration.get_or_create(&labels).clone(),
+        }
     }
 
-    /// Counts one backend call in
-    /// `certwright_backend_calls_total{issuer,resource,backend,operation,outcome}`;
+    /// Records one PKI call: its latency in
+    /// `certwright_signing_duration_seconds{issuer…,backend,resource,outcome}` (sign,
+    /// poll and recover calls) and its count in
+    /// `certwright_backend_calls_total{issuer…,backend,resource,operation,outcome}`.
     /// `resource` is [`RESOURCE_REQUEST`], [`RESOURCE_CSR`] or [`RESOURCE_ISSUER`] (health
-    /// checks); `operation` is
-    /// `sign`, `poll` or `check`, `outcome` is `success`, `pending` or the error's metric
+    /// checks, whose latency is not a signing latency); `operation` is `sign`, `poll`,
+    /// `recover` or `check`; `outcome` is `success`, `pending` or the error's metric
     /// label.
-    pub fn backend_call(
-        &self,
-        issuer: &str,
-        resource: &str,
-        backend: &str,
-        operation: &str,
-        outcome: &str,
-    ) {
+    pub fn backend_call(&self, call: &Call<'_>, seconds: Option<f64>) {
+        let issuer = call.issuer.clone();
+        if let Some(seconds) = seconds {
+            self.inner
+                .signing_duration
+                .get_or_create(&SigningLabels {
+                    issuer: issuer.clone(),
+                    backend: call.backend.to_owned(),
+                    resource: call.resource.to_owned(),
+                    outcome: call.outcome.to_owned(),
+                })
+                .observe(seconds);
+        }
         self.inner
             .backend_calls
             .get_or_create(&BackendCallLabels {
-                issuer: issuer.to_owned(),
-                resource: resource.to_owned(),
-                backend: backend.to_owned(),
-                operation: operation.to_owned(),
-                outcome: outcome.to_owned(),
+                issuer,
+                backend: call.backend.to_owned(),
+                resource: call.resource.to_owned(),
+                operation: call.operation.to_owned(),
+                outcome: call.outcome.to_owned(),
             })
             .inc();
     }
 
     /// Counts one CertificateRequest or Kubernetes CSR that reached a final state in
-    /// `certwright_certificate_requests_total{issuer,resource,result}`; `result` is
+    /// `certwright_certificate_requests_total{issuer…,resource,result}`; `result` is
     /// `issued`, `failed` or `denied`.
-    pub fn request_finished(&self, issuer: &str, resource: &str, result: &str) {
+    pub fn request_finished(&self, issuer: &IssuerLabels, resource: &str, result: &str) {
         self.inner
             .requests
             .get_or_create(&RequestLabels {
-                issuer: issuer.to_owned(),
+                issuer: issuer.clone(),
                 resource: resource.to_owned(),
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one request held back by the issuer's protection in
+    /// `certwright_deferred_requests_total{issuer…,reason}`.
+    pub fn request_deferred(&self, issuer: &IssuerLabels, reason: &str) {
+        self.inner
+            .deferred
+            .get_or_create(&DeferredLabels {
+                issuer: issuer.clone(),
+                reason: reason.to_owned(),
             })
             .inc();
     }
@@ -248,48 +432,202 @@ impl Metrics {
         self.inner.cached_requests.set(count);
     }
 
-    /// Sets `certwright_pending_requests{issuer}`.
-    pub fn set_pending(&self, issuer: &str, count: i64) {
-        self.inner
-            .pending
-            .get_or_create(&issuer_labels(issuer))
-            .set(count);
+    /// Sets `certwright_leader_is_leader` to 1 or 0.
+    pub fn set_leader(&self, leading: bool) {
+        self.inner.leader.set(i64::from(leading));
     }
 
-    /// Sets `certwright_issuer_ready{issuer}` to 1 or 0.
-    pub fn set_issuer_ready(&self, issuer: &str, ready: bool) {
+    /// Sets `certwright_pending_requests{issuer…}`.
+    pub fn set_pending(&self, issuer: &IssuerLabels, count: i64) {
+        self.inner.pending.get_or_create(issuer).set(count);
+    }
+
+    /// Sets `certwright_issuer_ready{issuer…}` to 1 or 0.
+    pub fn set_issuer_ready(&self, issuer: &IssuerLabels, ready: bool) {
         self.inner
             .issuer_ready
-            .get_or_create(&issuer_labels(issuer))
+            .get_or_create(issuer)
             .set(i64::from(ready));
     }
 
-    /// Sets `certwright_circuit_breaker_state{issuer}`: 0 closed, 1 half-open, 2 open
+    /// Sets `certwright_circuit_breaker_state{issuer…}`: 0 closed, 1 half-open, 2 open
     /// (see [`BreakerState::metric_value`](crate::protection::BreakerState::metric_value)).
-    pub fn set_breaker_state(&self, issuer: &str, state: i64) {
-        self.inner
-            .breaker_state
-            .get_or_create(&issuer_labels(issuer))
-            .set(state);
+    pub fn set_breaker_state(&self, issuer: &IssuerLabels, state: i64) {
+        self.inner.breaker_state.get_or_create(issuer).set(state);
     }
 
-    /// Records in `certwright_approval_to_ready_seconds{issuer}` the time from the
+    /// Sets `certwright_issuer_ca_expiry_timestamp_seconds{issuer…}`, or drops the
+    /// series when the backend does not know when its CA expires.
+    pub fn set_ca_expiry(&self, issuer: &IssuerLabels, not_after: Option<i64>) {
+        match not_after {
+            Some(at) => {
+                self.inner.ca_expiry.get_or_create(issuer).set(at);
+            }
+            None => {
+                self.inner.ca_expiry.remove(issuer);
+            }
+        }
+    }
+
+    /// Records in `certwright_approval_to_ready_seconds{issuer…}` the time from the
     /// Approved condition's `lastTransitionTime` to the Ready condition being written.
-    pub fn observe_approval_to_ready(&self, issuer: &str, seconds: f64) {
+    pub fn observe_approval_to_ready(&self, issuer: &IssuerLabels, seconds: f64) {
         self.inner
             .approval_to_ready
-            .get_or_create(&issuer_labels(issuer))
+            .get_or_create(issuer)
             .observe(seconds);
     }
 
-    /// Drops the issuer's gauge series (pending requests, ready, breaker state) once the
-    /// issuer is deleted. Counters and histograms are kept: they are few per issuer and
-    /// dropping them would hide increases from a scrape that missed the last ones.
-    pub fn forget_issuer(&self, issuer: &str) {
-        let labels = issuer_labels(issuer);
-        self.inner.pending.remove(&labels);
-        self.inner.issuer_ready.remove(&labels);
-        self.inner.breaker_state.remove(&labels);
+    /// Drops the issuer's gauge series (pending requests, ready, breaker state, CA
+    /// expiry) once the issuer is deleted. Counters and histograms are kept: they are
+    /// few per issuer and dropping them would hide increases from a scrape that missed
+    /// the last ones.
+    pub fn forget_issuer(&self, issuer: &IssuerLabels) {
+        self.inner.pending.remove(issuer);
+        self.inner.issuer_ready.remove(issuer);
+        self.inner.breaker_state.remove(issuer);
+        self.inner.ca_expiry.remove(issuer);
+    }
+}
+
+/// One PKI call, as [`Metrics::backend_call`] counts it.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The issuer whose backend was called.
+    pub issuer: &'a IssuerLabels,
+    /// The backend type ([`Backend::kind`](certwright_pki::Backend::kind)).
+    pub backend: &'a str,
+    /// What the call was for: [`RESOURCE_REQUEST`], [`RESOURCE_CSR`], [`RESOURCE_ISSUER`].
+    pub resource: &'a str,
+    /// `sign`, `poll`, `recover` or `check`.
+    pub operation: &'a str,
+    /// `success`, `pending` or an error's metric label.
+    pub outcome: &'a str,
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let Some(process) = process::read() else {
+            return Ok(());
+        };
+        let counter = |encoder: &mut DescriptorEncoder<'_>, name, help, unit, value: f64| {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+        };
+        counter(
+            &mut encoder,
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            process.cpu_seconds,
+        )?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                process.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                process.virtual_bytes,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                process.start_time_seconds,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                process.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                process.max_fds,
+            ),
+            ("process_threads", "Number of OS threads", process.threads),
+        ];
+        for (name, help, value) in gauges {
+            let Some(value) = value else { continue };
+            let metric = ConstGauge::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reading the process' own numbers from procfs.
+mod process {
+    /// What `/proc/self` says of the process; `None` where it says nothing.
+    #[derive(Debug, Default, PartialEq)]
+    pub(super) struct Process {
+        pub(super) cpu_seconds: f64,
+        pub(super) resident_bytes: Option<f64>,
+        pub(super) virtual_bytes: Option<f64>,
+        pub(super) start_time_seconds: Option<f64>,
+        pub(super) open_fds: Option<f64>,
+        pub(super) max_fds: Option<f64>,
+        pub(super) threads: Option<f64>,
+    }
+
+    /// Clock ticks per second of `/proc/<pid>/stat`: the kernel exports USER_HZ, fixed
+    /// at 100 on every architecture Linux runs containers on (Prometheus' Go client
+    /// assumes the same).
+    const USER_HZ: f64 = 100.0;
+
+    /// The process' numbers, or `None` off Linux (no `/proc/self/stat`).
+    pub(super) fn read() -> Option<Process> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let mut process = parse(&stat, &status, &boot, &limits)?;
+        process.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|dir| dir.count() as f64);
+        Some(process)
+    }
+
+    /// Parses `/proc/self/stat`, `/proc/self/status`, `/proc/stat` and
+    /// `/proc/self/limits` (proc(5)).
+    pub(super) fn parse(stat: &str, status: &str, boot: &str, limits: &str) -> Option<Process> {
+        // The command name in parentheses may hold spaces and parentheses: the fields
+        // start after the last `)`. Field 3 (state) is at index 0.
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let cpu_seconds = (field(14)? + field(15)?) / USER_HZ;
+        let kib = |key: &str| {
+            status.lines().find_map(|line| {
+                let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+                let value = rest.trim().strip_suffix("kB")?.trim();
+                value.parse::<f64>().ok().map(|v| v * 1024.0)
+            })
+        };
+        let boot_time = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok());
+        let max_fds = limits.lines().find_map(|line| {
+            let rest = line.strip_prefix("Max open files")?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        });
+        Some(Process {
+            cpu_seconds,
+            resident_bytes: kib("VmRSS"),
+            virtual_bytes: field(23),
+            start_time_seconds: boot_time.zip(field(22)).map(|(b, t)| b + t / USER_HZ),
+            open_fds: None,
+            max_fds,
+            threads: field(20),
+        })
     }
 }
 
@@ -299,14 +637,45 @@ mod tests {
 
     use super::*;
 
-    const CLUSTER: &str = "InternalClusterIssuer/corp-adcs";
-    const NAMESPACED: &str = "InternalIssuer/apps/corp";
+    fn cluster() -> IssuerLabels {
+        IssuerLabels::new(
+            "InternalClusterIssuer",
+            "pki.certwright.io",
+            "",
+            "corp-adcs",
+        )
+    }
 
+    fn namespaced() -> IssuerLabels {
+        IssuerLabels::new("InternalIssuer", "pki.certwright.io", "apps", "corp")
+    }
+
+    const CLUSTER: &str = r#"issuer_name="corp-adcs",issuer_kind="InternalClusterIssuer",issuer_group="pki.certwright.io",namespace="""#;
+    const NAMESPACED: &str = r#"issuer_name="corp",issuer_kind="InternalIssuer",issuer_group="pki.certwright.io",namespace="apps""#;
+
+    fn call<'a>(
+        issuer: &'a IssuerLabels,
+        backend: &'a str,
+        resource: &'a str,
+        operation: &'a str,
+        outcome: &'a str,
+    ) -> Call<'a> {
+        Call {
+            issuer,
+            backend,
+            resource,
+            operation,
+            outcome,
+        }
+    }
+
+    /// The certwright_* lines: the process metrics vary from run to run.
     fn lines(metrics: &Metrics) -> Vec<String> {
         metrics
             .encode()
             .unwrap()
             .lines()
+            .filter(|l| !l.contains("process_"))
             .map(str::to_owned)
             .collect()
     }
@@ -327,27 +696,36 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_only_the_cache_size() {
-        // Families without series are not encoded; the cache gauge always has one.
+    fn a_fresh_registry_shows_the_cache_size_and_leadership() {
+        // Families without series are not encoded; the plain gauges always have one.
         assert_eq!(
-            Metrics::new().encode().unwrap(),
+            lines(&Metrics::new()).join("\n"),
             "# HELP certwright_cached_requests CertificateRequests the engine holds in memory (approved or denied, not yet final).\n\
              # TYPE certwright_cached_requests gauge\n\
              certwright_cached_requests 0\n\
-             # EOF\n"
+             # HELP certwright_leader_is_leader Whether this replica holds the leader-election lease and reconciles (1) or waits (0).\n\
+             # TYPE certwright_leader_is_leader gauge\n\
+             certwright_leader_is_leader 0\n\
+             # EOF"
         );
     }
 
     #[test]
     fn families_have_prefixed_names_types_and_units() {
         let metrics = Metrics::new();
-        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "success", 1.0);
-        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "sign", "success");
-        metrics.request_finished(CLUSTER, RESOURCE_REQUEST, "issued");
-        metrics.set_pending(CLUSTER, 0);
-        metrics.set_issuer_ready(CLUSTER, true);
-        metrics.set_breaker_state(CLUSTER, 0);
-        metrics.observe_approval_to_ready(CLUSTER, 1.0);
+        let issuer = cluster();
+        metrics.backend_call(
+            &call(&issuer, "adcs", RESOURCE_REQUEST, "sign", "success"),
+            Some(1.0),
+        );
+        metrics.request_finished(&issuer, RESOURCE_REQUEST, "issued");
+        metrics.request_deferred(&issuer, "rate_limited");
+        metrics.set_pending(&issuer, 0);
+        metrics.set_issuer_ready(&issuer, true);
+        metrics.set_breaker_state(&issuer, 0);
+        metrics.set_ca_expiry(&issuer, Some(1_900_000_000));
+        metrics.observe_approval_to_ready(&issuer, 1.0);
+        let _ = metrics.queue(QUEUE_REQUESTS);
         let text = metrics.encode().unwrap();
         assert!(text.ends_with("# EOF\n"));
         for family in [
@@ -355,84 +733,148 @@ mod tests {
             "# UNIT certwright_signing_duration_seconds seconds",
             "# TYPE certwright_backend_calls counter",
             "# TYPE certwright_certificate_requests counter",
+            "# TYPE certwright_deferred_requests counter",
             "# TYPE certwright_pending_requests gauge",
             "# TYPE certwright_issuer_ready gauge",
             "# TYPE certwright_circuit_breaker_state gauge",
+            "# TYPE certwright_issuer_ca_expiry_timestamp_seconds gauge",
             "# TYPE certwright_approval_to_ready_seconds histogram",
             "# UNIT certwright_approval_to_ready_seconds seconds",
+            "# TYPE certwright_workqueue_depth gauge",
+            "# TYPE certwright_workqueue_adds counter",
+            "# TYPE certwright_workqueue_retries counter",
+            "# TYPE certwright_workqueue_queue_duration_seconds histogram",
+            "# TYPE certwright_workqueue_work_duration_seconds histogram",
         ] {
             assert!(text.contains(family), "missing {family:?} in:\n{text}");
         }
     }
 
     #[test]
-    fn counters_have_total_suffix_and_labels() {
+    fn issuers_carry_cert_managers_label_names() {
         let metrics = Metrics::new();
-        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "sign", "success");
-        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "sign", "success");
-        metrics.backend_call(CLUSTER, RESOURCE_REQUEST, "adcs", "poll", "pending");
-        metrics.backend_call(NAMESPACED, RESOURCE_ISSUER, "ca", "check", "transient");
-        metrics.request_finished(CLUSTER, RESOURCE_REQUEST, "issued");
-        metrics.request_finished(NAMESPACED, RESOURCE_REQUEST, "denied");
-        metrics.request_finished(NAMESPACED, RESOURCE_REQUEST, "denied");
+        metrics.set_issuer_ready(&namespaced(), true);
+        metrics.set_issuer_ready(&cluster(), false);
         let lines = lines(&metrics);
         assert_line(
             &lines,
-            r#"certwright_backend_calls_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",backend="adcs",operation="sign",outcome="success"} 2"#,
+            &format!("certwright_issuer_ready{{{NAMESPACED}}} 1"),
+        );
+        assert_line(&lines, &format!("certwright_issuer_ready{{{CLUSTER}}} 0"));
+    }
+
+    #[test]
+    fn counters_have_total_suffix_and_labels() {
+        let metrics = Metrics::new();
+        let (c, n) = (cluster(), namespaced());
+        metrics.backend_call(&call(&c, "adcs", RESOURCE_REQUEST, "sign", "success"), None);
+        metrics.backend_call(&call(&c, "adcs", RESOURCE_REQUEST, "sign", "success"), None);
+        metrics.backend_call(&call(&c, "adcs", RESOURCE_REQUEST, "poll", "pending"), None);
+        metrics.backend_call(&call(&n, "ca", RESOURCE_ISSUER, "check", "transient"), None);
+        metrics.request_finished(&c, RESOURCE_REQUEST, "issued");
+        metrics.request_finished(&n, RESOURCE_REQUEST, "denied");
+        metrics.request_finished(&n, RESOURCE_REQUEST, "denied");
+        metrics.request_deferred(&n, "circuit_open");
+        let lines = lines(&metrics);
+        assert_line(
+            &lines,
+            &format!(
+                r#"certwright_backend_calls_total{{{CLUSTER},backend="adcs",resource="CertificateRequest",operation="sign",outcome="success"}} 2"#
+            ),
         );
         assert_line(
             &lines,
-            r#"certwright_backend_calls_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",backend="adcs",operation="poll",outcome="pending"} 1"#,
+            &format!(
+                r#"certwright_backend_calls_total{{{CLUSTER},backend="adcs",resource="CertificateRequest",operation="poll",outcome="pending"}} 1"#
+            ),
         );
         assert_line(
             &lines,
-            r#"certwright_backend_calls_total{issuer="InternalIssuer/apps/corp",resource="Issuer",backend="ca",operation="check",outcome="transient"} 1"#,
+            &format!(
+                r#"certwright_backend_calls_total{{{NAMESPACED},backend="ca",resource="Issuer",operation="check",outcome="transient"}} 1"#
+            ),
         );
         assert_line(
             &lines,
-            r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",result="issued"} 1"#,
+            &format!(
+                r#"certwright_certificate_requests_total{{{CLUSTER},resource="CertificateRequest",result="issued"}} 1"#
+            ),
         );
         assert_line(
             &lines,
-            r#"certwright_certificate_requests_total{issuer="InternalIssuer/apps/corp",resource="CertificateRequest",result="denied"} 2"#,
+            &format!(
+                r#"certwright_certificate_requests_total{{{NAMESPACED},resource="CertificateRequest",result="denied"}} 2"#
+            ),
+        );
+        assert_line(
+            &lines,
+            &format!(
+                r#"certwright_deferred_requests_total{{{NAMESPACED},reason="circuit_open"}} 1"#
+            ),
+        );
+    }
+
+    #[test]
+    fn a_health_check_is_counted_but_not_timed_as_signing() {
+        let metrics = Metrics::new();
+        let n = namespaced();
+        metrics.backend_call(&call(&n, "ca", RESOURCE_ISSUER, "check", "success"), None);
+        assert!(
+            !metrics
+                .encode()
+                .unwrap()
+                .contains("certwright_signing_duration_seconds_count")
         );
     }
 
     #[test]
     fn gauges_report_last_value() {
         let metrics = Metrics::new();
-        metrics.set_pending(CLUSTER, 7);
-        metrics.set_pending(CLUSTER, 3);
-        metrics.set_issuer_ready(CLUSTER, true);
-        metrics.set_issuer_ready(NAMESPACED, false);
-        metrics.set_breaker_state(CLUSTER, 2);
+        let (c, n) = (cluster(), namespaced());
+        metrics.set_pending(&c, 7);
+        metrics.set_pending(&c, 3);
+        metrics.set_breaker_state(&c, 2);
+        metrics.set_ca_expiry(&n, Some(1_900_000_000));
+        metrics.set_leader(true);
         let lines = lines(&metrics);
         assert_line(
             &lines,
-            r#"certwright_pending_requests{issuer="InternalClusterIssuer/corp-adcs"} 3"#,
+            &format!("certwright_pending_requests{{{CLUSTER}}} 3"),
         );
         assert_line(
             &lines,
-            r#"certwright_issuer_ready{issuer="InternalClusterIssuer/corp-adcs"} 1"#,
+            &format!("certwright_circuit_breaker_state{{{CLUSTER}}} 2"),
         );
         assert_line(
             &lines,
-            r#"certwright_issuer_ready{issuer="InternalIssuer/apps/corp"} 0"#,
+            &format!("certwright_issuer_ca_expiry_timestamp_seconds{{{NAMESPACED}}} 1900000000"),
         );
-        assert_line(
-            &lines,
-            r#"certwright_circuit_breaker_state{issuer="InternalClusterIssuer/corp-adcs"} 2"#,
+        assert_line(&lines, "certwright_leader_is_leader 1");
+        metrics.set_ca_expiry(&n, None);
+        assert!(
+            !metrics
+                .encode()
+                .unwrap()
+                .contains("certwright_issuer_ca_expiry_timestamp_seconds{")
         );
     }
 
     #[test]
-    fn signing_histogram_buckets_from_5ms_to_60s() {
+    fn signing_histogram_buckets_from_5ms_to_60s_by_backend() {
         let metrics = Metrics::new();
-        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "success", 0.2);
-        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "success", 45.0);
-        metrics.observe_signing(CLUSTER, RESOURCE_REQUEST, "transient", 0.001);
+        let c = cluster();
+        let sign = |outcome, seconds| {
+            metrics.backend_call(
+                &call(&c, "adcs", RESOURCE_REQUEST, "sign", outcome),
+                Some(seconds),
+            );
+        };
+        sign("success", 0.2);
+        sign("success", 45.0);
+        sign("transient", 0.001);
         let lines = lines(&metrics);
-        let series = r#"issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",outcome="success""#;
+        let series =
+            format!(r#"{CLUSTER},backend="adcs",resource="CertificateRequest",outcome="success""#);
         assert_line(
             &lines,
             &format!("certwright_signing_duration_seconds_sum{{{series}}} 45.2"),
@@ -441,34 +883,30 @@ mod tests {
             &lines,
             &format!("certwright_signing_duration_seconds_count{{{series}}} 2"),
         );
+        for (le, count) in [
+            ("0.005", 0),
+            ("0.25", 1),
+            ("30.0", 1),
+            ("60.0", 2),
+            ("+Inf", 2),
+        ] {
+            assert_line(
+                &lines,
+                &format!(
+                    r#"certwright_signing_duration_seconds_bucket{{le="{le}",{series}}} {count}"#
+                ),
+            );
+        }
         assert_line(
             &lines,
-            &format!(r#"certwright_signing_duration_seconds_bucket{{le="0.005",{series}}} 0"#),
-        );
-        assert_line(
-            &lines,
-            &format!(r#"certwright_signing_duration_seconds_bucket{{le="0.25",{series}}} 1"#),
-        );
-        assert_line(
-            &lines,
-            &format!(r#"certwright_signing_duration_seconds_bucket{{le="30.0",{series}}} 1"#),
-        );
-        assert_line(
-            &lines,
-            &format!(r#"certwright_signing_duration_seconds_bucket{{le="60.0",{series}}} 2"#),
-        );
-        assert_line(
-            &lines,
-            &format!(r#"certwright_signing_duration_seconds_bucket{{le="+Inf",{series}}} 2"#),
-        );
-        assert_line(
-            &lines,
-            r#"certwright_signing_duration_seconds_bucket{le="0.005",issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",outcome="transient"} 1"#,
+            &format!(
+                r#"certwright_signing_duration_seconds_bucket{{le="0.005",{CLUSTER},backend="adcs",resource="CertificateRequest",outcome="transient"}} 1"#
+            ),
         );
         let buckets = lines
             .iter()
             .filter(|l| {
-                l.starts_with("certwright_signing_duration_seconds_bucket") && l.contains(series)
+                l.starts_with("certwright_signing_duration_seconds_bucket") && l.contains(&series)
             })
             .count();
         assert_eq!(buckets, SIGNING_BUCKETS.len() + 1);
@@ -477,10 +915,11 @@ mod tests {
     #[test]
     fn approval_to_ready_histogram_buckets_from_1ms_to_60s() {
         let metrics = Metrics::new();
-        metrics.observe_approval_to_ready(NAMESPACED, 0.0005);
-        metrics.observe_approval_to_ready(NAMESPACED, 2.0);
+        let n = namespaced();
+        metrics.observe_approval_to_ready(&n, 0.0005);
+        metrics.observe_approval_to_ready(&n, 2.0);
         let lines = lines(&metrics);
-        let series = r#"issuer="InternalIssuer/apps/corp""#;
+        let series = NAMESPACED;
         assert_line(
             &lines,
             &format!(r#"certwright_approval_to_ready_seconds_bucket{{le="0.001",{series}}} 1"#),
@@ -502,27 +941,98 @@ mod tests {
     #[test]
     fn forget_issuer_drops_its_gauges_only() {
         let metrics = Metrics::new();
-        for issuer in [CLUSTER, NAMESPACED] {
-            metrics.set_pending(issuer, 1);
-            metrics.set_issuer_ready(issuer, true);
-            metrics.set_breaker_state(issuer, 0);
+        for issuer in [cluster(), namespaced()] {
+            metrics.set_pending(&issuer, 1);
+            metrics.set_issuer_ready(&issuer, true);
+            metrics.set_breaker_state(&issuer, 0);
+            metrics.set_ca_expiry(&issuer, Some(1));
         }
-        metrics.request_finished(CLUSTER, RESOURCE_REQUEST, "issued");
-        metrics.forget_issuer(CLUSTER);
+        metrics.request_finished(&cluster(), RESOURCE_REQUEST, "issued");
+        metrics.forget_issuer(&cluster());
         let text = metrics.encode().unwrap();
         for gauge in [
             "certwright_pending_requests",
             "certwright_issuer_ready",
             "certwright_circuit_breaker_state",
+            "certwright_issuer_ca_expiry_timestamp_seconds",
         ] {
             assert!(
-                !text.contains(&format!(r#"{gauge}{{issuer="{CLUSTER}"}}"#)),
+                !text.contains(&format!("{gauge}{{{CLUSTER}}}")),
                 "{gauge} still reported for the forgotten issuer:\n{text}"
             );
-            assert!(text.contains(&format!(r#"{gauge}{{issuer="{NAMESPACED}"}}"#)));
+            assert!(text.contains(&format!("{gauge}{{{NAMESPACED}}}")));
         }
-        assert!(text.contains(
-            r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/corp-adcs",resource="CertificateRequest",result="issued"} 1"#
-        ));
+        assert!(text.contains(&format!(
+            r#"certwright_certificate_requests_total{{{CLUSTER},resource="CertificateRequest",result="issued"}} 1"#
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_work_queue_reports_depth_adds_retries_and_durations() {
+        let metrics = Metrics::new();
+        let queue = crate::workqueue::WorkQueue::with_metrics(metrics.queue(QUEUE_REQUESTS));
+        queue.add("a");
+        queue.add("b");
+        queue.add("a");
+        queue.add_after("c", Duration::from_secs(3600));
+        let lines_now = lines(&metrics);
+        let q = r#"queue="certificaterequests""#;
+        assert_line(&lines_now, &format!("certwright_workqueue_depth{{{q}}} 2"));
+        assert_line(
+            &lines_now,
+            &format!("certwright_workqueue_adds_total{{{q}}} 2"),
+        );
+        assert_line(
+            &lines_now,
+            &format!("certwright_workqueue_retries_total{{{q}}} 1"),
+        );
+        let key = queue.next().await.unwrap();
+        queue.done(&key);
+        let lines = lines(&metrics);
+        assert_line(&lines, &format!("certwright_workqueue_depth{{{q}}} 1"));
+        assert_line(
+            &lines,
+            &format!("certwright_workqueue_queue_duration_seconds_count{{{q}}} 1"),
+        );
+        assert_line(
+            &lines,
+            &format!("certwright_workqueue_work_duration_seconds_count{{{q}}} 1"),
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_come_from_procfs_unprefixed() {
+        let text = Metrics::new().encode().unwrap();
+        for family in [
+            "# TYPE process_cpu_seconds counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_start_time_seconds gauge",
+            "# TYPE process_open_fds gauge",
+        ] {
+            assert!(text.contains(family), "missing {family:?} in:\n{text}");
+        }
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap();
+        assert!(rss.parse::<f64>().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn procfs_parsing_takes_the_fields_after_the_command_name() {
+        // A command name with spaces and a parenthesis, as proc(5) allows.
+        let stat = "42 (tokio (rt) w) S 1 42 42 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 7 0 1000 123456789 2048 18446744073709551615";
+        let status = "Name:\tcertwright\nVmRSS:\t   2048 kB\nThreads:\t7\n";
+        let boot = "cpu  1 2 3\nbtime 1700000000\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1048576              1048576              files\n";
+        let p = process::parse(stat, status, boot, limits).unwrap();
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.resident_bytes, Some(2048.0 * 1024.0));
+        assert_eq!(p.virtual_bytes, Some(123_456_789.0));
+        assert_eq!(p.start_time_seconds, Some(1_700_000_010.0));
+        assert_eq!(p.threads, Some(7.0));
+        assert_eq!(p.max_fds, Some(1_048_576.0));
+        assert_eq!(process::parse("garbage", "", "", ""), None);
     }
 }

@@ -155,6 +155,17 @@ pub enum DeferReason {
     RateLimited,
 }
 
+impl DeferReason {
+    /// A stable label for metrics: `circuit_open`, `probe_in_flight` or `rate_limited`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            DeferReason::CircuitOpen { .. } => "circuit_open",
+            DeferReason::ProbeInFlight => "probe_in_flight",
+            DeferReason::RateLimited => "rate_limited",
+        }
+    }
+}
+
 impl fmt::Display for DeferReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -3,13 +3,16 @@
 //! object without its answer, ask the backend what became of it; or record the
 //! submission on the object (its resourceVersion a precondition) and submit.
 //!
-//! The record is the annotation [`SUBMITTED_ANNOTATION`]. [`clears_record`] says when an
+//! The record is the annotation [`SUBMITTED_ANNOTATION`], with the idempotency key the
+//! submission went under in [`SUBMISSION_KEY_ANNOTATION`]: a request restored from a
+//! backup has a new uid, and its submission goes again under the recorded key.
+//! [`clears_record`] says when an
 //! answer lets it go: only when the CA certainly keeps nothing of the submission, or
 //! holds it under the pending id written in the same patch.
 
 use std::time::SystemTime;
 
-use certwright_api::{PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION};
+use certwright_api::{PENDING_ID_ANNOTATION, SUBMISSION_KEY_ANNOTATION, SUBMITTED_ANNOTATION};
 use certwright_pki::{Backend, Error as PkiError, Outcome, Recovery, SignRequest};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -76,6 +79,18 @@ pub(crate) async fn perform<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    // A recorded submission is recovered, and sent again, under the key it went under.
+    let rekeyed;
+    let request = match annotation(full, SUBMISSION_KEY_ANNOTATION) {
+        Some(key) if submitted_at(full).is_some() && key != request.idempotency_key => {
+            rekeyed = SignRequest {
+                idempotency_key: key,
+                ..request.clone()
+            };
+            &rekeyed
+        }
+        _ => request,
+    };
     if let Some(id) = annotation(full, PENDING_ID_ANNOTATION) {
         return Step::Answered {
             operation: "poll",
@@ -123,7 +138,7 @@ where
             return Step::Stopped;
         }
     }
-    match record(api, full).await {
+    match record(api, full, &request.idempotency_key).await {
         Ok(recorded) => *full = recorded,
         Err(e) => return Step::NotRecorded(e),
     }
@@ -149,7 +164,7 @@ fn unrecoverable(at: SystemTime, why: &str, next: &str) -> String {
 /// Records on the object, before the request leaves, that a submission is under way,
 /// with its resourceVersion as a precondition: of two controllers that read the same
 /// version (a lost lease), only one submits.
-async fn record<K>(api: &Api<K>, full: &K) -> Result<K, kube::Error>
+async fn record<K>(api: &Api<K>, full: &K, key: &str) -> Result<K, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -157,7 +172,10 @@ where
     let patch = json!({
         "metadata": {
             "resourceVersion": full.resource_version(),
-            "annotations": {SUBMITTED_ANNOTATION: now.to_string()}
+            "annotations": {
+                SUBMITTED_ANNOTATION: now.to_string(),
+                SUBMISSION_KEY_ANNOTATION: key,
+            }
         }
     });
     api.patch(
@@ -206,8 +224,12 @@ pub(crate) fn annotations_patch<K: Resource>(
     {
         annotations.insert(PENDING_ID_ANNOTATION.into(), json!(id));
     }
-    if clear && full.annotations().contains_key(SUBMITTED_ANNOTATION) {
-        annotations.insert(SUBMITTED_ANNOTATION.into(), serde_json::Value::Null);
+    if clear {
+        for key in [SUBMITTED_ANNOTATION, SUBMISSION_KEY_ANNOTATION] {
+            if full.annotations().contains_key(key) {
+                annotations.insert(key.into(), serde_json::Value::Null);
+            }
+        }
     }
     (!annotations.is_empty()).then(|| {
         json!({
@@ -291,10 +313,13 @@ mod tests {
         let mut obj = ConfigMap::default();
         obj.metadata.resource_version = Some("5".into());
         obj.metadata.annotations = Some(
-            [(
-                SUBMITTED_ANNOTATION.to_string(),
-                "2026-01-02T03:04:05Z".to_string(),
-            )]
+            [
+                (
+                    SUBMITTED_ANNOTATION.to_string(),
+                    "2026-01-02T03:04:05Z".to_string(),
+                ),
+                (SUBMISSION_KEY_ANNOTATION.to_string(), "uid-0".to_string()),
+            ]
             .into(),
         );
         let patch = annotations_patch(&obj, Some(&"42".to_string()), true).unwrap();
@@ -304,6 +329,7 @@ mod tests {
             "42"
         );
         assert!(patch["metadata"]["annotations"][SUBMITTED_ANNOTATION].is_null());
+        assert!(patch["metadata"]["annotations"][SUBMISSION_KEY_ANNOTATION].is_null());
         assert!(annotations_patch(&obj, None, false).is_none());
     }
 }

@@ -1,6 +1,9 @@
 //! A keyed work queue with client-go semantics: keys are deduplicated, handed out in FIFO
 //! order, never to two workers at once, and may be scheduled for later. Workers loop on
 //! [`WorkQueue::next`] and call [`WorkQueue::done`] when they have finished with a key.
+//! A queue made [`WorkQueue::with_metrics`] reports its depth, adds, retries, the time a
+//! due key waits for a worker and the time a worker holds it, as client-go's
+//! `workqueue_*` metrics do.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -10,6 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::metrics::QueueMetrics;
 
 /// A queue of keys to process. Cloning it gives another handle to the same queue.
 pub struct WorkQueue<K> {
@@ -23,12 +28,13 @@ struct Shared<K> {
 }
 
 struct State<K> {
-    /// Keys waiting to be handed out, oldest first; never contains a processing key.
-    ready: VecDeque<K>,
+    /// Keys waiting to be handed out, oldest first, with when each became due; never
+    /// contains a processing key.
+    ready: VecDeque<(K, Instant)>,
     /// Keys that need processing: those in `ready`, and processing keys added again.
     dirty: HashSet<K>,
-    /// Keys handed to a worker and not yet `done`.
-    processing: HashSet<K>,
+    /// Keys handed to a worker and not yet `done`, with when each was handed out.
+    processing: HashMap<K, Instant>,
     /// Scheduled keys and their deadline; disjoint from `dirty`.
     scheduled: HashMap<K, Deadline>,
     /// The same schedule ordered by deadline.
@@ -36,6 +42,7 @@ struct State<K> {
     /// Makes deadlines unique so that equal instants keep their insertion order.
     next_seq: u64,
     shut_down: bool,
+    metrics: QueueMetrics,
 }
 
 /// A point in time plus a sequence number, unique within one queue.
@@ -90,11 +97,19 @@ where
             return false;
         }
         self.dirty.insert(key.clone());
-        if self.processing.contains(&key) {
+        if self.processing.contains_key(&key) {
             return false;
         }
-        self.ready.push_back(key);
+        self.ready.push_back((key, Instant::now()));
+        self.metrics.adds.inc();
+        self.set_depth();
         true
+    }
+
+    fn set_depth(&self) {
+        self.metrics
+            .depth
+            .set(i64::try_from(self.ready.len()).unwrap_or(i64::MAX));
     }
 
     /// Moves every key whose deadline has come to `ready`.
@@ -114,18 +129,24 @@ impl<K> WorkQueue<K>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
-    /// An empty queue.
+    /// An empty queue whose metrics no registry exports.
     pub fn new() -> Self {
+        Self::with_metrics(QueueMetrics::detached())
+    }
+
+    /// An empty queue that reports to `metrics` ([`Metrics::queue`](crate::metrics::Metrics::queue)).
+    pub fn with_metrics(metrics: QueueMetrics) -> Self {
         WorkQueue {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     ready: VecDeque::new(),
                     dirty: HashSet::new(),
-                    processing: HashSet::new(),
+                    processing: HashMap::new(),
                     scheduled: HashMap::new(),
                     deadlines: BTreeMap::new(),
                     next_seq: 0,
                     shut_down: false,
+                    metrics,
                 }),
                 notify: Notify::new(),
             }),
@@ -177,6 +198,7 @@ where
             state.deadlines.remove(&previous);
         }
         state.deadlines.insert(deadline, key);
+        state.metrics.retries.inc();
         drop(state);
         // A waiter may be sleeping until a later deadline: let one re-arm its timer.
         self.shared.notify.notify_one();
@@ -195,9 +217,15 @@ where
                     return None;
                 }
                 state.promote_due(Instant::now());
-                if let Some(key) = state.ready.pop_front() {
+                if let Some((key, due)) = state.ready.pop_front() {
+                    let now = Instant::now();
                     state.dirty.remove(&key);
-                    state.processing.insert(key.clone());
+                    state.processing.insert(key.clone(), now);
+                    state
+                        .metrics
+                        .latency
+                        .observe(now.saturating_duration_since(due).as_secs_f64());
+                    state.set_depth();
                     let more = !state.ready.is_empty();
                     drop(state);
                     if more {
@@ -227,11 +255,13 @@ where
     pub fn done(&self, key: &K) {
         let requeued = {
             let mut state = self.shared.lock();
-            if !state.processing.remove(key) {
+            let Some(started) = state.processing.remove(key) else {
                 return;
-            }
+            };
+            state.metrics.observe_work(started.elapsed());
             if state.dirty.contains(key) && !state.shut_down {
-                state.ready.push_back(key.clone());
+                state.ready.push_back((key.clone(), Instant::now()));
+                state.set_depth();
                 true
             } else {
                 false

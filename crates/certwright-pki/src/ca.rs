@@ -351,6 +351,11 @@ impl Backend for LocalCa {
         "ca"
     }
 
+    fn ca_expiry(&self) -> Option<std::time::SystemTime> {
+        let seconds = u64::try_from(self.valid_until()).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+    }
+
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {
         self.sign_at(request, unix_now()?)
     }

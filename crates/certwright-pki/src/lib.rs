@@ -158,6 +158,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Checks that the CA is reachable and accepts these credentials, without signing.
     async fn check(&self) -> Result<Health, Error>;
 
+    /// When the CA certificate this backend signs with (or the first of its chain)
+    /// expires, for backends that hold it: the engine exports it as
+    /// `certwright_issuer_ca_expiry_timestamp_seconds`. The default, `None`, is right
+    /// for a remote CA whose certificate the backend does not see.
+    fn ca_expiry(&self) -> Option<std::time::SystemTime> {
+        None
+    }
+
     /// Finds out what the CA did with a submission of `request` that may have reached
     /// it at `submitted` and whose answer never arrived (the caller stopped mid-call).
     /// The caller asks this before it submits the same request again, and submits only

@@ -17,6 +17,7 @@ pub mod ejbca_sim;
 pub mod fixtures;
 pub mod kdc_sim;
 pub mod rest_sim;
+pub mod schema;
 pub mod tls;
 
 pub use fixtures::{

@@ -108,13 +108,37 @@ signs it. cert-manager's cainjector copies that CA into the ValidatingWebhookCon
 
 {{/*
 An image reference. Argument: (dict "image" .Values.controller.image "ctx" $).
+`image.repository`, when set, is the whole repository; otherwise it is
+`<imageRegistry>/<imageNamespace>/<image.name>` (as cert-manager's chart composes it).
 The digest wins over the tag; the tag defaults to the chart's appVersion.
 */}}
 {{- define "certwright.image" -}}
+{{- $repository := .image.repository }}
+{{- if not $repository }}
+{{- $parts := list }}
+{{- with .ctx.Values.imageRegistry }}{{ $parts = append $parts (trimSuffix "/" .) }}{{ end }}
+{{- with .ctx.Values.imageNamespace }}{{ $parts = append $parts (trimSuffix "/" .) }}{{ end }}
+{{- $repository = join "/" (append $parts .image.name) }}
+{{- end }}
 {{- if .image.digest }}
-{{- printf "%s@%s" .image.repository .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- printf "%s:%s" $repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The namespaces whose Secrets certwright may read, comma-separated; empty when it may
+read every namespace (`secretAccess.scope: Cluster`). Other scopes always include the
+cluster resource namespace, where InternalClusterIssuers keep their Secrets.
+*/}}
+{{- define "certwright.secretNamespaces" -}}
+{{- if ne .Values.secretAccess.scope "Cluster" }}
+{{- $namespaces := list (include "certwright.clusterResourceNamespace" .) }}
+{{- if eq .Values.secretAccess.scope "Namespaces" }}
+{{- range .Values.secretAccess.namespaces }}{{ $namespaces = append $namespaces . }}{{ end }}
+{{- end }}
+{{- join "," (uniq $namespaces) }}
 {{- end }}
 {{- end }}
 

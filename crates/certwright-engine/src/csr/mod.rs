@@ -43,7 +43,7 @@ use crate::decide::{Attempt, Plan, Requeue, plan as plan_of};
 use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::issuers::{IssuerEntry, IssuerKey};
-use crate::metrics::RESOURCE_CSR;
+use crate::metrics::{IssuerLabels, QUEUE_CSRS, QueueMetrics, RESOURCE_CSR};
 use crate::protection::CallOutcome;
 use crate::submission::{self, Step};
 
@@ -79,6 +79,9 @@ struct Ctx {
     s: Arc<Shared>,
     signers: Signers,
     remembered: Mutex<HashMap<String, Remembered>>,
+    /// kube-runtime's scheduler does not tell its depth: the loop reports how long each
+    /// look took and how many asked to be looked at again.
+    queue: QueueMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,9 +93,10 @@ pub(crate) async fn run(s: Arc<Shared>, signers: Signers, stop: CancellationToke
     let api: Api<CachedCsr> = Api::all(s.client.clone());
     let concurrency = u16::try_from(s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
     let ctx = Arc::new(Ctx {
-        s,
         signers,
         remembered: Mutex::default(),
+        queue: s.metrics.queue(QUEUE_CSRS),
+        s,
     });
     info!("Kubernetes CSR loop started");
     let controller = Controller::new(api, watcher::Config::default())
@@ -137,7 +141,9 @@ fn error_policy(_csr: Arc<CachedCsr>, error: &Error, ctx: Arc<Ctx>) -> Action {
 
 /// One look at a CSR; a panic in it (a backend's) fails this look only.
 async fn reconcile(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    match AssertUnwindSafe(look(cached, ctx)).catch_unwind().await {
+    let started = std::time::Instant::now();
+    let queue = ctx.queue.clone();
+    let result = match AssertUnwindSafe(look(cached, ctx)).catch_unwind().await {
         Ok(result) => result,
         Err(_) => {
             error!("a look at a Kubernetes CSR panicked; retrying later");
@@ -145,7 +151,12 @@ async fn reconcile(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Erro
                 message: "a look at a CertificateSigningRequest panicked".to_string(),
             })
         }
+    };
+    queue.observe_work(started.elapsed());
+    if !matches!(&result, Ok(action) if *action == Action::await_change()) {
+        queue.retried();
     }
+    result
 }
 
 async fn look(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -299,7 +310,11 @@ impl Ctx {
         };
         let permit = match admitted {
             Ok(permit) => permit,
-            Err(deferred) => return Ok(Action::requeue(deferred.retry_after)),
+            Err(deferred) => {
+                s.metrics
+                    .request_deferred(&s.issuer_metric(&issuer), deferred.reason.metric_label());
+                return Ok(Action::requeue(deferred.retry_after));
+            }
         };
         if s.stopping.is_cancelled() {
             return Ok(Action::await_change());
@@ -330,7 +345,7 @@ impl Ctx {
             }
         };
         s.count_call(
-            &label,
+            &issuer,
             RESOURCE_CSR,
             backend.kind(),
             operation,
@@ -342,7 +357,8 @@ impl Ctx {
         let plan = planned(Attempt::Answered(result)).with_requested_duration(request.duration);
         permit.record(plan.breaker);
         let plan = if plan.issuer_fault.is_some() {
-            s.confirm_issuer_fault(&label, &entry, &backend, plan).await
+            s.confirm_issuer_fault(&issuer, &entry, &backend, plan)
+                .await
         } else {
             plan
         };
@@ -589,11 +605,14 @@ impl Ctx {
     }
 }
 
-/// The metrics label of the CSR's issuer; a malformed signer name (anyone's text) is
-/// not a label.
-fn plan_label(full: &CertificateSigningRequest, signers: &Signers, s: &Shared) -> String {
+/// The metrics labels of the CSR's issuer; a malformed signer name (anyone's text) is
+/// not a label: such a CSR is counted under the group alone.
+fn plan_label(full: &CertificateSigningRequest, signers: &Signers, s: &Shared) -> IssuerLabels {
     match signers.issuer(&full.spec.signer_name) {
-        Some(Ok(key)) => s.issuer_label(&key),
-        _ => "invalid".to_string(),
+        Some(Ok(key)) => s.issuer_metric(&key),
+        _ => IssuerLabels {
+            issuer_group: s.group.to_owned(),
+            ..IssuerLabels::default()
+        },
     }
 }

@@ -57,7 +57,7 @@ async fn an_approved_request_is_issued_with_its_chain_and_an_event() {
     assert!(found, "an Issued event is written");
     let metrics = env.metrics.encode().unwrap();
     assert!(
-        metrics.contains(r#"certwright_certificate_requests_total{issuer="InternalClusterIssuer/dev",resource="CertificateRequest",result="issued"} 1"#),
+        metrics.contains(r#"certwright_certificate_requests_total{issuer_name="dev",issuer_kind="InternalClusterIssuer",issuer_group="pki.certwright.io",namespace="",resource="CertificateRequest",result="issued"} 1"#),
         "{metrics}"
     );
 }
@@ -361,9 +361,9 @@ async fn an_outage_keeps_requests_pending_opens_the_breaker_and_bounds_the_calls
     let metrics = env.metrics.encode().unwrap();
     assert!(
         metrics
-            .contains(r#"certwright_circuit_breaker_state{issuer="InternalClusterIssuer/corp"} 2"#)
+            .contains(r#"certwright_circuit_breaker_state{issuer_name="corp",issuer_kind="InternalClusterIssuer",issuer_group="pki.certwright.io",namespace=""} 2"#)
             || metrics.contains(
-                r#"certwright_circuit_breaker_state{issuer="InternalClusterIssuer/corp"} 1"#
+                r#"certwright_circuit_breaker_state{issuer_name="corp",issuer_kind="InternalClusterIssuer",issuer_group="pki.certwright.io",namespace=""} 1"#
             ),
         "{metrics}"
     );

@@ -3,6 +3,7 @@
 //! One test binary per crate: every integration test links the whole dependency
 //! tree, so separate binaries cost a link and tens of megabytes each.
 
+mod backup;
 mod embedding;
 mod flow;
 mod kubernetes_csr;

@@ -160,3 +160,58 @@ async fn eventually_events(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_reads_and_watches_secrets_only_where_it_may() {
+    use certwright_engine::{EngineConfig, SecretAccess};
+    let mut env = Env::new().await;
+    env.ca_secret("team-a", "ca").await;
+    env.ca_secret("team-b", "ca").await;
+    env.server.clear_requests();
+    env.start_engine(EngineConfig {
+        secret_access: SecretAccess::only([crate::support::CLUSTER_NS, "team-a"]),
+        ..crate::support::fast_config()
+    });
+    env.namespaced_issuer("team-a", "own", ca_spec("ca")).await;
+    env.namespaced_issuer("team-b", "other", ca_spec("ca"))
+        .await;
+    env.wait_namespaced_issuer("team-a", "own", "Verified")
+        .await;
+    let other = env
+        .wait_namespaced_issuer("team-b", "other", "SecretOutOfScope")
+        .await;
+    let message = &other.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains(r#""cert-manager", "team-a""#) && message.contains(r#"not in "team-b""#),
+        "{message}"
+    );
+    // The watch in team-a works: a deleted Secret is seen at once.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), "team-a");
+    secrets
+        .delete("ca", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_namespaced_issuer("team-a", "own", "SecretNotFound")
+        .await;
+    // The engine read nothing of Secrets cluster-wide or in team-b (the test's own
+    // writes are the only other Secret calls).
+    let calls = env.server.requests();
+    let secret_calls: Vec<&str> = calls
+        .iter()
+        .filter(|r| r.method.as_str() == "GET")
+        .map(|r| r.path.as_str())
+        .filter(|p| p.ends_with("/secrets") || p.contains("/secrets/"))
+        .collect();
+    assert!(
+        secret_calls
+            .iter()
+            .all(|p| p.starts_with("/api/v1/namespaces/team-a/")
+                || p.starts_with("/api/v1/namespaces/cert-manager/")),
+        "{secret_calls:#?}"
+    );
+    assert!(
+        secret_calls.contains(&"/api/v1/namespaces/team-a/secrets"),
+        "no watch in team-a: {secret_calls:#?}"
+    );
+}

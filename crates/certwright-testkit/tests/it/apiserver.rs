@@ -1627,7 +1627,7 @@ async fn the_cel_rule_of_the_issuer_crds_rejects_two_backend_blocks() -> anyhow:
     // answers 422 Invalid, `<Kind>.<group> "<name>" is invalid: <field>: Invalid value:
     // "<type>": <message>`, each failure a FieldValueInvalid cause.
     let (server, client) = start().await?;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/certwright/crds");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
     let mut registered = 0;
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();

@@ -13,4 +13,5 @@ mod conformance_ejbca;
 mod conformance_rest;
 mod egress;
 mod ejbca;
+mod examples;
 mod rest_backend;
