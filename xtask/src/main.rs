@@ -86,6 +86,9 @@ fn crd_files() -> Result<Vec<(String, String)>> {
 /// The CRD as a chart template: rendered when `crds.enabled`, with the chart's labels,
 /// and kept on uninstall when `crds.keep` (as cert-manager's chart does).
 fn chart_template(name: &str, yaml: &str) -> Result<String> {
+    if yaml.contains("{{") {
+        bail!("the generated CRD {name} holds `{{{{`, which Helm would read as a template action");
+    }
     let metadata = format!("metadata:\n  name: {name}\n");
     if !yaml.contains(&metadata) {
         bail!("the generated CRD {name} does not start its metadata with its name");

@@ -96,8 +96,8 @@ pub(crate) struct Flags {
     pub(crate) egress_deny: Vec<String>,
 
     /// Namespaces whose Secrets the controller may read and watch, comma-separated or
-    /// repeated (the chart's `secretAccess`, with Roles in each); every namespace when
-    /// unset. Issuers whose Secrets lie elsewhere are not Ready (`SecretOutOfScope`).
+    /// repeated (the chart's `secretAccess`, with Roles in each), besides the cluster
+    /// resource namespace, which a list always includes; every namespace when unset. Issuers whose Secrets lie elsewhere are not Ready (`SecretOutOfScope`).
     #[arg(long = "secret-namespace", value_delimiter = ',')]
     pub(crate) secret_namespaces: Vec<String>,
 

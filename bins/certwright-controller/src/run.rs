@@ -218,7 +218,11 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
         redact_tenant_errors: true,
         kubernetes_csr: flags.kubernetes_csr,
-        secret_access: SecretAccess::only(flags.secret_namespaces.iter().cloned()),
+        // Cluster issuers read their Secrets in the cluster resource namespace: a list
+        // of namespaces always includes it.
+        secret_access: SecretAccess::only(flags.secret_namespaces.iter().cloned().chain(
+            (!flags.secret_namespaces.is_empty()).then(|| flags.cluster_resource_namespace.clone()),
+        )),
         max_retry_duration: (!flags.max_retry_duration.is_zero())
             .then_some(flags.max_retry_duration),
         ..EngineConfig::default()

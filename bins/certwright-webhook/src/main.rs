@@ -140,6 +140,18 @@ fn main() -> ExitCode {
             }
         }
     }
+    let secret_namespaces = {
+        let mut set: std::collections::BTreeSet<String> = flags
+            .secret_namespaces
+            .into_iter()
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        // Cluster issuers read their Secrets there: a list always includes it.
+        if !set.is_empty() {
+            set.insert(flags.cluster_resource_namespace.clone());
+        }
+        (!set.is_empty()).then_some(set)
+    };
     let config = server::Config {
         tls_cert_file: flags.tls_cert_file,
         tls_private_key_file: flags.tls_private_key_file,
@@ -149,14 +161,7 @@ fn main() -> ExitCode {
         cluster_resource_namespace: flags.cluster_resource_namespace,
         egress,
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
-        secret_namespaces: {
-            let set: std::collections::BTreeSet<String> = flags
-                .secret_namespaces
-                .into_iter()
-                .filter(|ns| !ns.is_empty())
-                .collect();
-            (!set.is_empty()).then_some(set)
-        },
+        secret_namespaces,
     };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -134,7 +134,7 @@ impl From<IssuerSpec> for InternalClusterIssuerSpec {
 #[serde(rename_all = "camelCase")]
 pub struct IssuerStatus {
     /// `Ready` says whether the issuer can sign. Reasons: Verified, InvalidSpec,
-    /// SecretNotFound, Unauthorized, Unreachable, CircuitOpen.
+    /// SecretNotFound, SecretOutOfScope, Unauthorized, Unreachable, CircuitOpen.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -368,6 +368,20 @@ impl Metrics {
         }
     }
 
+    /// The series of a loop whose scheduler does not tell its depth (kube-runtime's
+    /// `Controller`): work duration and retries only; depth, adds and wait are not
+    /// exported for it rather than exported as a false zero.
+    pub fn loop_without_depth(&self, queue: &str) -> QueueMetrics {
+        let labels = QueueLabels {
+            queue: queue.to_owned(),
+        };
+        QueueMetrics {
+            retries: self.inner.queue_retries.get_or_create(&labels).clone(),
+            work: self.inner.work_duration.get_or_create(&labels).clone(),
+            ..QueueMetrics::detached()
+        }
+    }
+
     /// Records one PKI call: its latency in
     /// `certwright_signing_duration_seconds{issuer…,backend,resource,outcome}` (sign,
     /// poll and recover calls) and its count in
@@ -997,6 +1011,59 @@ mod tests {
         assert_line(
             &lines,
             &format!("certwright_workqueue_work_duration_seconds_count{{{q}}} 1"),
+        );
+    }
+
+    #[test]
+    fn a_loop_without_a_visible_scheduler_exports_no_depth() {
+        let metrics = Metrics::new();
+        let csr = metrics.loop_without_depth(QUEUE_CSRS);
+        csr.observe_work(Duration::from_millis(3));
+        csr.retried();
+        let text = lines(&metrics).join("\n");
+        let q = r#"queue="certificatesigningrequests""#;
+        assert!(text.contains(&format!("certwright_workqueue_retries_total{{{q}}} 1")));
+        assert!(text.contains(&format!(
+            "certwright_workqueue_work_duration_seconds_count{{{q}}} 1"
+        )));
+        for absent in [
+            "workqueue_depth",
+            "workqueue_adds_total",
+            "workqueue_queue_duration",
+        ] {
+            assert!(
+                !text.contains(&format!("certwright_{absent}{{{q}}}")),
+                "{absent}:\n{text}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_came_due_while_workers_were_busy_waited_since_its_time() {
+        let metrics = Metrics::new();
+        let queue = crate::workqueue::WorkQueue::with_metrics(metrics.queue(QUEUE_ISSUERS));
+        queue.add("busy");
+        let busy = queue.next().await.unwrap();
+        queue.add_after("late", Duration::from_secs(1));
+        // The only worker holds "busy" for 5 s; "late" was due after 1 s.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        queue.done(&busy);
+        let q = r#"queue="issuers""#;
+        assert!(lines(&metrics).contains(&format!("certwright_workqueue_depth{{{q}}} 1")));
+        assert_eq!(queue.next().await, Some("late"));
+        // Waited 4 s in the queue: counted in the 5 s bucket, not the 100 µs one.
+        let text = lines(&metrics).join("\n");
+        assert!(
+            text.contains(&format!(
+                r#"certwright_workqueue_queue_duration_seconds_bucket{{le="1.0",{q}}} 1"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"certwright_workqueue_queue_duration_seconds_bucket{{le="5.0",{q}}} 2"#
+            )),
+            "{text}"
         );
     }
 

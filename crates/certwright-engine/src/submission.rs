@@ -3,10 +3,12 @@
 //! object without its answer, ask the backend what became of it; or record the
 //! submission on the object (its resourceVersion a precondition) and submit.
 //!
-//! The record is the annotation [`SUBMITTED_ANNOTATION`], with the idempotency key the
-//! submission went under in [`SUBMISSION_KEY_ANNOTATION`]: a request restored from a
-//! backup has a new uid, and its submission goes again under the recorded key.
-//! [`clears_record`] says when an
+//! The record is the annotation [`SUBMITTED_ANNOTATION`]. The idempotency key a
+//! submission goes under ([`submission_key`]) names the object (`<namespace>/<name>/<uid>`)
+//! and is kept in [`SUBMISSION_KEY_ANNOTATION`]: a request restored from a backup has a
+//! new uid, and is recovered, polled and sent again under the recorded key
+//! ([`recorded_key`]), which is honoured only when it names this object, so that nobody
+//! can claim another object's key by writing the annotation. [`clears_record`] says when an
 //! answer lets it go: only when the CA certainly keeps nothing of the submission, or
 //! holds it under the pending id written in the same patch.
 
@@ -79,17 +81,27 @@ pub(crate) async fn perform<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    // A recorded submission is recovered, and sent again, under the key it went under.
-    let rekeyed;
-    let request = match annotation(full, SUBMISSION_KEY_ANNOTATION) {
-        Some(key) if submitted_at(full).is_some() && key != request.idempotency_key => {
-            rekeyed = SignRequest {
-                idempotency_key: key,
-                ..request.clone()
-            };
-            &rekeyed
+    // What this object was submitted under is what it is polled, recovered and sent
+    // again under; a first submission goes under a key naming the object.
+    let key = recorded_key(full).unwrap_or_else(|| {
+        let earlier =
+            annotation(full, PENDING_ID_ANNOTATION).is_some() || submitted_at(full).is_some();
+        if earlier {
+            // Submitted before keys named the object: under its uid.
+            request.idempotency_key.clone()
+        } else {
+            submission_key(full)
         }
-        _ => request,
+    });
+    let rekeyed;
+    let request = if key == request.idempotency_key {
+        request
+    } else {
+        rekeyed = SignRequest {
+            idempotency_key: key,
+            ..request.clone()
+        };
+        &rekeyed
     };
     if let Some(id) = annotation(full, PENDING_ID_ANNOTATION) {
         return Step::Answered {
@@ -161,6 +173,33 @@ fn unrecoverable(at: SystemTime, why: &str, next: &str) -> String {
     )
 }
 
+/// The idempotency key of a first submission of `obj`: `<namespace>/<name>/<uid>`
+/// (namespace empty for a cluster-scoped object). Two objects never share it, and it
+/// survives nothing but the object itself: recorded in [`SUBMISSION_KEY_ANNOTATION`].
+pub(crate) fn submission_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+        obj.uid().unwrap_or_default()
+    )
+}
+
+/// The key recorded on `obj` ([`SUBMISSION_KEY_ANNOTATION`]), when it names this object
+/// (its namespace and name; the uid may be an earlier one, before a restore). A key
+/// naming another object is ignored: it was written by hand, to claim another
+/// request's answers.
+pub(crate) fn recorded_key<K: Resource>(obj: &K) -> Option<String> {
+    let key = annotation(obj, SUBMISSION_KEY_ANNOTATION)?;
+    let prefix = format!(
+        "{}/{}/",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
+    let uid = key.strip_prefix(&prefix)?;
+    (!uid.is_empty() && !uid.contains('/')).then_some(key)
+}
+
 /// Records on the object, before the request leaves, that a submission is under way,
 /// with its resourceVersion as a precondition: of two controllers that read the same
 /// version (a lost lease), only one submits.
@@ -224,12 +263,9 @@ pub(crate) fn annotations_patch<K: Resource>(
     {
         annotations.insert(PENDING_ID_ANNOTATION.into(), json!(id));
     }
-    if clear {
-        for key in [SUBMITTED_ANNOTATION, SUBMISSION_KEY_ANNOTATION] {
-            if full.annotations().contains_key(key) {
-                annotations.insert(key.into(), serde_json::Value::Null);
-            }
-        }
+    // The key stays: a pending id is polled under it, after a restore too.
+    if clear && full.annotations().contains_key(SUBMITTED_ANNOTATION) {
+        annotations.insert(SUBMITTED_ANNOTATION.into(), serde_json::Value::Null);
     }
     (!annotations.is_empty()).then(|| {
         json!({
@@ -329,7 +365,40 @@ mod tests {
             "42"
         );
         assert!(patch["metadata"]["annotations"][SUBMITTED_ANNOTATION].is_null());
-        assert!(patch["metadata"]["annotations"][SUBMISSION_KEY_ANNOTATION].is_null());
+        // The key stays beside the pending id, which is polled under it.
+        assert!(
+            patch["metadata"]["annotations"]
+                .get(SUBMISSION_KEY_ANNOTATION)
+                .is_none()
+        );
         assert!(annotations_patch(&obj, None, false).is_none());
+    }
+
+    #[test]
+    fn a_recorded_key_counts_only_when_it_names_the_object() {
+        let mut obj = ConfigMap::default();
+        obj.metadata.namespace = Some("apps".into());
+        obj.metadata.name = Some("web".into());
+        obj.metadata.uid = Some("uid-2".into());
+        assert_eq!(submission_key(&obj), "apps/web/uid-2");
+        assert_eq!(recorded_key(&obj), None);
+        let with = |key: &str| {
+            let mut obj = obj.clone();
+            obj.metadata.annotations =
+                Some([(SUBMISSION_KEY_ANNOTATION.to_string(), key.to_string())].into());
+            recorded_key(&obj)
+        };
+        // Its own, from before a restore (another uid): honoured.
+        assert_eq!(with("apps/web/uid-1").as_deref(), Some("apps/web/uid-1"));
+        // Another object's, or a bare uid: ignored.
+        for foreign in [
+            "other/web/uid-1",
+            "apps/api/uid-1",
+            "uid-1",
+            "apps/web/",
+            "apps/web/a/b",
+        ] {
+            assert_eq!(with(foreign), None, "{foreign}");
+        }
     }
 }

@@ -88,8 +88,9 @@ impl<K> State<K>
 where
     K: Clone + Eq + Hash,
 {
-    /// Marks the key as needing processing now; returns whether it joined `ready`.
-    fn make_ready(&mut self, key: K) -> bool {
+    /// Marks the key as needing processing, due since `due`; returns whether it joined
+    /// `ready`.
+    fn make_ready(&mut self, key: K, due: Instant) -> bool {
         if let Some(deadline) = self.scheduled.remove(&key) {
             self.deadlines.remove(&deadline);
         }
@@ -100,7 +101,7 @@ where
         if self.processing.contains_key(&key) {
             return false;
         }
-        self.ready.push_back((key, Instant::now()));
+        self.ready.push_back((key, due));
         self.metrics.adds.inc();
         self.set_depth();
         true
@@ -118,9 +119,11 @@ where
             if entry.key().0 > now {
                 break;
             }
+            let (due, _) = *entry.key();
             let key = entry.remove();
             self.scheduled.remove(&key);
-            self.make_ready(key);
+            // Waiting since its time came, not since a worker noticed.
+            self.make_ready(key, due);
         }
     }
 }
@@ -162,7 +165,7 @@ where
             if state.shut_down {
                 return;
             }
-            state.make_ready(key)
+            state.make_ready(key, Instant::now())
         };
         if joined {
             self.shared.notify.notify_one();
@@ -258,6 +261,8 @@ where
             let Some(started) = state.processing.remove(key) else {
                 return;
             };
+            // Keys whose time came while every worker was busy count as waiting now.
+            state.promote_due(Instant::now());
             state.metrics.observe_work(started.elapsed());
             if state.dirty.contains(key) && !state.shut_down {
                 state.ready.push_back((key.clone(), Instant::now()));

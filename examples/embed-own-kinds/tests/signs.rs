@@ -135,13 +135,15 @@ async fn the_team_controller_signs_for_its_own_kinds_only() {
         kind: "TeamClusterIssuer".into(),
         group: embed_own_kinds::GROUP.into(),
     };
-    approved_request(&client, "apps", "ours", team_ref).await;
+    // certwright's request first: the watch delivers it before the team's, so by the
+    // time the team's is issued the controller has seen it.
     let certwright_ref = IssuerRef {
         name: "team".into(),
         kind: "InternalClusterIssuer".into(),
         group: "pki.certwright.io".into(),
     };
     approved_request(&client, "apps", "certwrights", certwright_ref).await;
+    approved_request(&client, "apps", "ours", team_ref).await;
 
     let requests: Api<CertificateRequest> = Api::namespaced(client.clone(), "apps");
     let issued = wait("the request to be issued", async || {

@@ -95,7 +95,7 @@ pub(crate) async fn run(s: Arc<Shared>, signers: Signers, stop: CancellationToke
     let ctx = Arc::new(Ctx {
         signers,
         remembered: Mutex::default(),
-        queue: s.metrics.queue(QUEUE_CSRS),
+        queue: s.metrics.loop_without_depth(QUEUE_CSRS),
         s,
     });
     info!("Kubernetes CSR loop started");

@@ -13,8 +13,12 @@ use kube::{Api, Client, Resource};
 use serde_json::Value;
 
 use certwright_testkit::apiserver::Method;
+use certwright_testkit::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
 
-use crate::support::{Env, ca_spec, cluster_ref, eventually, namespaced_ref, rest_spec};
+use crate::support::{
+    CLUSTER_NS, EJBCA_CLIENT_ID, EJBCA_CLIENT_SECRET, Env, ca_spec, cluster_ref, eventually,
+    namespaced_ref, rest_spec,
+};
 
 /// What a backup tool keeps of an object: everything but the server-assigned fields.
 fn exported(mut object: Value) -> Value {
@@ -104,6 +108,26 @@ async fn a_restored_cluster_signs_nothing_twice_and_resumes_the_pending_request(
         })
         .await;
     let pending_id = waiting.metadata.annotations.unwrap()[PENDING_ID_ANNOTATION].clone();
+    // EJBCA holds one for its officers too: its pending id is sealed to the key the
+    // enrollment went under.
+    let ejbca = EjbcaSimulator::start_oauth(EJBCA_CLIENT_ID, EJBCA_CLIENT_SECRET)
+        .await
+        .unwrap();
+    before
+        .ejbca_cluster_issuer("corp-ejbca", &ejbca, APPROVAL_PROFILE, "5s")
+        .await;
+    before
+        .request("apps", "held", cluster_ref("corp-ejbca"))
+        .await;
+    before.approve("apps", "held").await;
+    before
+        .wait_request("apps", "held", "EJBCA's pending id", |cr| {
+            cr.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(PENDING_ID_ANNOTATION))
+        })
+        .await;
     // And one whose answer never made it into the cluster before the backup: the CA
     // signed, the status write failed, the controller died.
     sim.set_behaviour(Behaviour::Issue);
@@ -126,7 +150,8 @@ async fn a_restored_cluster_signs_nothing_twice_and_resumes_the_pending_request(
     before.server.faults().clear();
 
     // The backup, status included.
-    let secrets = before.server.list_json("secrets", "apps");
+    let mut secrets = before.server.list_json("secrets", "apps");
+    secrets.extend(before.server.list_json("secrets", CLUSTER_NS));
     let cluster_issuers = before
         .server
         .list_json("internalclusterissuers.pki.certwright.io", "");
@@ -136,7 +161,8 @@ async fn a_restored_cluster_signs_nothing_twice_and_resumes_the_pending_request(
     let requests = before
         .server
         .list_json("certificaterequests.cert-manager.io", "");
-    assert_eq!(requests.len(), 6);
+    assert_eq!(requests.len(), 7);
+    let enrollments = ejbca.enrollments();
     let submitted = sim.sign_submissions();
     let issued_before = sim.certificates_issued();
 
@@ -158,11 +184,19 @@ async fn a_restored_cluster_signs_nothing_twice_and_resumes_the_pending_request(
         }
         all
     };
-    // Meanwhile the CA's officer approved the pending request.
+    // Meanwhile the CAs' officers approved the held requests.
     assert!(sim.approve(&pending_id));
+    let held = ejbca.waiting_ids();
+    assert_eq!(held.len(), 1);
+    assert!(ejbca.approve(held[0]));
     after.server.clear_requests();
     after.start_engine(crate::support::fast_config());
 
+    // The EJBCA one is finalized under the key it was sealed to, though the restored
+    // request has a new uid.
+    after.wait_ready_reason("apps", "held", "Issued").await;
+    assert_eq!(ejbca.enrollments(), enrollments, "not enrolled again");
+    assert_eq!(ejbca.certificates_issued(), 1);
     let done = after.wait_ready_reason("apps", "waiting", "Issued").await;
     assert!(done.status.unwrap().certificate.is_some());
     // The in-flight one is sent again under the key it first went under (its uid
@@ -187,7 +221,7 @@ async fn a_restored_cluster_signs_nothing_twice_and_resumes_the_pending_request(
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let api = after.requests("apps");
-    let resumed = |name: Option<&str>| matches!(name, Some("waiting" | "inflight"));
+    let resumed = |name: Option<&str>| matches!(name, Some("waiting" | "inflight" | "held"));
     for old in restored
         .iter()
         .filter(|r| !resumed(r.metadata.name.as_deref()))
@@ -207,9 +241,9 @@ async fn a_restored_cluster_signs_nothing_twice_and_resumes_the_pending_request(
         .map(|r| r.path.clone())
         .collect();
     assert!(
-        writes
+        writes.iter().all(|p| ["/waiting", "/inflight", "/held"]
             .iter()
-            .all(|p| p.contains("/waiting") || p.contains("/inflight")),
+            .any(|r| p.contains(r))),
         "writes to requests other than the resumed ones: {writes:#?}"
     );
     after.stop_engine().await;

@@ -215,3 +215,64 @@ async fn the_controller_reads_and_watches_secrets_only_where_it_may() {
         "no watch in team-a: {secret_calls:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_requests_pending_id_and_key_written_on_a_tenants_request_open_nothing() {
+    use certwright_api::{PENDING_ID_ANNOTATION, SUBMISSION_KEY_ANNOTATION, SUBMITTED_ANNOTATION};
+    use certwright_testkit::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
+    use kube::ResourceExt;
+
+    use crate::support::{EJBCA_CLIENT_ID, EJBCA_CLIENT_SECRET, cluster_ref};
+
+    let ejbca = EjbcaSimulator::start_oauth(EJBCA_CLIENT_ID, EJBCA_CLIENT_SECRET)
+        .await
+        .unwrap();
+    let env = Env::start().await;
+    env.ejbca_cluster_issuer("corp-ejbca", &ejbca, APPROVAL_PROFILE, "5s")
+        .await;
+    env.request("payments", "victim", cluster_ref("corp-ejbca"))
+        .await;
+    env.approve("payments", "victim").await;
+    let victim = env
+        .wait_request("payments", "victim", "a pending id", |cr| {
+            cr.annotations().contains_key(PENDING_ID_ANNOTATION)
+        })
+        .await;
+    let pending_id = victim.annotations()[PENDING_ID_ANNOTATION].clone();
+    let victim_key = victim.annotations()[SUBMISSION_KEY_ANNOTATION].clone();
+    let victim_uid = victim.uid().unwrap();
+    assert_eq!(victim_key, format!("payments/victim/{victim_uid}"));
+
+    // Another tenant, who learnt the victim's pending id and uid, writes them on its own
+    // requests: as the victim's key, and as a key naming its own request.
+    for (name, key) in [
+        ("thief", victim_key.clone()),
+        ("thief-2", format!("evil/thief-2/{victim_uid}")),
+    ] {
+        env.request_with("evil", name, cluster_ref("corp-ejbca"), |cr| {
+            cr.metadata.annotations = Some(
+                [
+                    (PENDING_ID_ANNOTATION.to_string(), pending_id.clone()),
+                    (SUBMISSION_KEY_ANNOTATION.to_string(), key),
+                    (
+                        SUBMITTED_ANNOTATION.to_string(),
+                        jiff::Timestamp::now().to_string(),
+                    ),
+                ]
+                .into(),
+            );
+        })
+        .await;
+        env.approve("evil", name).await;
+        // Still held on EJBCA: a poll that opened the seal would leave it Pending. It
+        // fails at once, the id unusable on this request.
+        env.wait_ready_reason("evil", name, "Failed").await;
+    }
+    // The victim's enrollment is still the victim's, and is finalized for it.
+    let held = ejbca.waiting_ids();
+    assert_eq!(held.len(), 1);
+    assert!(ejbca.approve(held[0]));
+    let issued = env.wait_ready_reason("payments", "victim", "Issued").await;
+    assert!(issued.status.unwrap().certificate.is_some());
+    assert_eq!(ejbca.certificates_issued(), 1);
+}
