@@ -18,7 +18,35 @@ use tokio_util::sync::CancellationToken;
 
 const NAMESPACE: &str = "cert-manager";
 
-async fn start() -> (ApiServer, Client) {
+/// The team's controller, running.
+struct Controller {
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<Result<(), certwright_engine::Error>>,
+}
+
+impl Controller {
+    /// Stops it as SIGTERM does, and waits for it.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.await.unwrap().unwrap();
+    }
+}
+
+/// The test API server with cert-manager's and the team's CRDs, a client, and the
+/// team's controller running on it.
+async fn start() -> (ApiServer, Client, Controller) {
+    let (server, client) = api_server().await;
+    let shutdown = CancellationToken::new();
+    let engine = embed_own_kinds::engine(
+        client.clone(),
+        embed_own_kinds::config(NAMESPACE),
+        Metrics::new(),
+    );
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+    (server, client, Controller { shutdown, running })
+}
+
+async fn api_server() -> (ApiServer, Client) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = ApiServer::start().await.unwrap();
     server
@@ -107,14 +135,7 @@ async fn wait<T>(what: &str, mut look: impl AsyncFnMut() -> Option<T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_team_controller_signs_for_its_own_kinds_only() {
-    let (_server, client) = start().await;
-    let shutdown = CancellationToken::new();
-    let engine = embed_own_kinds::engine(
-        client.clone(),
-        embed_own_kinds::config(NAMESPACE),
-        Metrics::new(),
-    );
-    let running = tokio::spawn(engine.run(shutdown.clone()));
+    let (_server, client, controller) = start().await;
 
     ca_secret(&client, NAMESPACE, "team-ca").await;
     let issuers: Api<TeamClusterIssuer> = Api::all(client.clone());
@@ -162,20 +183,12 @@ async fn the_team_controller_signs_for_its_own_kinds_only() {
         "certwright's group is left alone"
     );
 
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    controller.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_without_an_owner_is_not_ready_and_says_why() {
-    let (_server, client) = start().await;
-    let shutdown = CancellationToken::new();
-    let engine = embed_own_kinds::engine(
-        client.clone(),
-        embed_own_kinds::config(NAMESPACE),
-        Metrics::new(),
-    );
-    let running = tokio::spawn(engine.run(shutdown.clone()));
+    let (_server, client, controller) = start().await;
     ca_secret(&client, "shop", "shop-ca").await;
     let issuers: Api<TeamIssuer> = Api::namespaced(client.clone(), "shop");
     let spec = TeamIssuerSpec {
@@ -197,8 +210,7 @@ async fn an_issuer_without_an_owner_is_not_ready_and_says_why() {
         "{}",
         condition.message
     );
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    controller.stop().await;
 }
 
 #[test]
