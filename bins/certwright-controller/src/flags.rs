@@ -81,6 +81,11 @@ pub(crate) struct Flags {
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub(crate) max_retry_duration: std::time::Duration,
 
+    /// An issuer whose CA certificate expires within this window stays Ready with reason
+    /// CAExpiringSoon and a warning Event (Go duration; 0: never).
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub(crate) ca_expiry_warning: std::time::Duration,
+
     /// How often each issuer's PKI is health-checked (Go duration).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub(crate) issuer_health_check_interval: std::time::Duration,

@@ -223,6 +223,7 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         secret_access: SecretAccess::only(flags.secret_namespaces.iter().cloned().chain(
             (!flags.secret_namespaces.is_empty()).then(|| flags.cluster_resource_namespace.clone()),
         )),
+        ca_expiry_warning: flags.ca_expiry_warning,
         max_retry_duration: (!flags.max_retry_duration.is_zero())
             .then_some(flags.max_retry_duration),
         ..EngineConfig::default()

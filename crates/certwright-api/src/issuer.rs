@@ -133,8 +133,9 @@ impl From<IssuerSpec> for InternalClusterIssuerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuerStatus {
-    /// `Ready` says whether the issuer can sign. Reasons: Verified, InvalidSpec,
-    /// SecretNotFound, SecretOutOfScope, Unauthorized, Unreachable, CircuitOpen.
+    /// `Ready` says whether the issuer can sign. Reasons: Verified, CAExpiringSoon (still
+    /// Ready), InvalidSpec, SecretNotFound, SecretOutOfScope, CAExpired, CANotYetValid,
+    /// CANotACA, CAKeyMismatch, CAKeyUnreadable, Unauthorized, Unreachable, CircuitOpen.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -9,6 +9,9 @@ use certwright_pki::egress::EgressPolicy;
 
 use crate::decide::Backoff;
 
+/// The default of [`EngineConfig::ca_expiry_warning`]: 30 days.
+pub const DEFAULT_CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The default of [`EngineConfig::max_retry_duration`].
 pub const DEFAULT_MAX_RETRY_DURATION: Duration = Duration::from_secs(3600);
 
@@ -57,6 +60,10 @@ pub struct EngineConfig {
     /// Sign Kubernetes CertificateSigningRequests whose signerName names an issuer of
     /// the engine's kinds (`<plural>.<group>/<name>`, `<plural>.<group>/<namespace>.<name>`).
     pub kubernetes_csr: bool,
+    /// An issuer whose CA certificate (as its backend reports it,
+    /// [`certwright_pki::Backend::ca_expiry`]) expires within this window stays Ready
+    /// with reason `CAExpiringSoon` and a warning Event. Zero: never.
+    pub ca_expiry_warning: Duration,
     /// Where the engine may read issuers' Secrets: everywhere, or only in some
     /// namespaces (the controller's RBAC then grants no more). An issuer whose Secrets
     /// lie outside is not Ready, with reason `SecretOutOfScope`.
@@ -89,6 +96,7 @@ impl Default for EngineConfig {
             kubernetes_csr: true,
             max_retry_duration: Some(DEFAULT_MAX_RETRY_DURATION),
             secret_access: SecretAccess::All,
+            ca_expiry_warning: DEFAULT_CA_EXPIRY_WARNING,
         }
     }
 }

@@ -42,9 +42,9 @@ use crate::decide::{Attempt, Decision, IssuerState, Plan, Requeue, StatusChange,
 use crate::error::{Error, api_code};
 use crate::events::{EventSink, Transition};
 use crate::issuers::{
-    Fingerprint, Health, IssuerEntry, IssuerKey, NamespacedSecrets, REASON_CIRCUIT_OPEN,
-    REASON_SECRET_OUT_OF_SCOPE, REASON_UNREACHABLE, REASON_VERIFIED, Snapshot, build_health,
-    check_health, protection_config,
+    Fingerprint, Health, IssuerEntry, IssuerKey, NamespacedSecrets, REASON_CA_EXPIRING_SOON,
+    REASON_CIRCUIT_OPEN, REASON_SECRET_OUT_OF_SCOPE, REASON_UNREACHABLE, REASON_VERIFIED, Snapshot,
+    build_health, check_health, expiring_soon, protection_config,
 };
 use crate::kinds::{IssuerKinds, IssuerResource};
 use crate::metrics::{
@@ -53,6 +53,7 @@ use crate::metrics::{
 use crate::protection::{BreakerState, CallOutcome, Protection};
 use crate::submission::{self, Step};
 use crate::workqueue::WorkQueue;
+use certwright_pki::ca::CaFault;
 
 /// How often the pending and cached gauges are computed.
 const REPORT_INTERVAL: Duration = Duration::from_secs(2);
@@ -1186,7 +1187,8 @@ impl Shared {
                 plan.request_scoped()
             }
             Ok(Err(e)) if e.is_issuer_fault() => {
-                let health = check_health(&entry.tellable(e));
+                let fault = CaFault::of(&e);
+                let health = check_health(&entry.tellable(e), fault);
                 plan.issuer_confirmed(health.reason, health.message)
             }
             _ => plan.issuer_unconfirmed(self.config.retry.max),
@@ -1457,8 +1459,11 @@ impl Shared {
             info!(issuer = %label, reason = health.reason, message = %health.message, "issuer checked");
         }
         let metric = self.issuer_metric(key);
-        self.metrics
-            .set_issuer_ready(&metric, health.ready() == ConditionStatus::True);
+        self.metrics.set_issuer_ready(
+            &metric,
+            health.ready() == ConditionStatus::True,
+            health.reason,
+        );
         self.metrics
             .set_breaker_state(&metric, entry.protection.breaker().metric_value());
         self.metrics.set_ca_expiry(
@@ -1521,19 +1526,33 @@ impl Shared {
                     },
                     false,
                 ),
-                Ok(Ok(Ok(h))) => (
-                    Health {
-                        reason: REASON_VERIFIED,
-                        // What a tenant's PKI says of itself is its own words.
-                        message: if entry.redact {
-                            "the PKI answered the health check".to_string()
-                        } else {
-                            h.message
+                Ok(Ok(Ok(h))) => {
+                    let expiring = expiring_soon(
+                        backend.ca_expiry(),
+                        std::time::SystemTime::now(),
+                        s.config.ca_expiry_warning,
+                    );
+                    let health = match expiring {
+                        Some(message) => Health {
+                            reason: REASON_CA_EXPIRING_SOON,
+                            message,
                         },
-                    },
-                    false,
-                ),
-                Ok(Ok(Err(e))) => (check_health(&entry.tellable(e)), false),
+                        None => Health {
+                            reason: REASON_VERIFIED,
+                            // What a tenant's PKI says of itself is its own words.
+                            message: if entry.redact {
+                                "the PKI answered the health check".to_string()
+                            } else {
+                                h.message
+                            },
+                        },
+                    };
+                    (health, false)
+                }
+                Ok(Ok(Err(e))) => {
+                    let fault = CaFault::of(&e);
+                    (check_health(&entry.tellable(e), fault), false)
+                }
                 Ok(Err(_)) => (
                     Health {
                         reason: REASON_UNREACHABLE,
@@ -1630,7 +1649,7 @@ impl Shared {
                     regarding: reference,
                     reason: health.reason,
                     note: health.message.clone(),
-                    warning: health.ready() != ConditionStatus::True,
+                    warning: health.warns(),
                 });
                 debug!(issuer = %label, reason = health.reason, "issuer status written");
             }

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use certwright_api::{Condition, ConditionStatus, Conditions, IssuerSpec};
+use certwright_pki::ca::CaFault;
 use certwright_pki::issuer::{BuildError, SecretData, SecretSource};
 use certwright_pki::{Backend, Error as PkiError};
 
@@ -67,22 +69,31 @@ impl Health {
     pub fn usable(&self) -> bool {
         matches!(
             self.reason,
-            REASON_VERIFIED | REASON_UNREACHABLE | REASON_CIRCUIT_OPEN
+            REASON_VERIFIED | REASON_CA_EXPIRING_SOON | REASON_UNREACHABLE | REASON_CIRCUIT_OPEN
         )
     }
 
     /// The Ready condition's status.
     pub fn ready(&self) -> ConditionStatus {
-        if self.reason == REASON_VERIFIED {
+        if matches!(self.reason, REASON_VERIFIED | REASON_CA_EXPIRING_SOON) {
             ConditionStatus::True
         } else {
             ConditionStatus::False
         }
     }
+
+    /// Whether the Event of this state is a warning: not Ready, or Ready with a CA about
+    /// to expire.
+    pub fn warns(&self) -> bool {
+        self.ready() != ConditionStatus::True || self.reason == REASON_CA_EXPIRING_SOON
+    }
 }
 
 /// Ready reason: the PKI answered a health check with these credentials.
 pub const REASON_VERIFIED: &str = "Verified";
+/// Ready reason (Ready stays True): the CA certificate the issuer signs with expires
+/// within [`EngineConfig::ca_expiry_warning`](crate::EngineConfig::ca_expiry_warning).
+pub const REASON_CA_EXPIRING_SOON: &str = "CAExpiringSoon";
 /// Ready reason: the spec (or what the backend made of it) cannot work.
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// Ready reason: a referenced Secret or one of its keys is missing.
@@ -97,8 +108,37 @@ pub const REASON_UNREACHABLE: &str = "Unreachable";
 /// Ready reason: the circuit breaker paused calls to a failing PKI.
 pub const REASON_CIRCUIT_OPEN: &str = "CircuitOpen";
 
-/// The Ready health a failed build means.
+/// When a CA that expires at `expiry` is within `window` of it at `now`: the Ready
+/// message that says so (the issuer stays Ready, with reason CAExpiringSoon). `None`
+/// when the backend does not know its CA's expiry, or it is further off; a CA already
+/// expired is the backend's own refusal (CAExpired), not this.
+pub(crate) fn expiring_soon(
+    expiry: Option<std::time::SystemTime>,
+    now: std::time::SystemTime,
+    window: Duration,
+) -> Option<String> {
+    let left = expiry?.duration_since(now).ok()?;
+    if window.is_zero() || left > window {
+        return None;
+    }
+    let at = jiff::Timestamp::try_from(expiry?).ok()?;
+    Some(format!(
+        "the CA certificate this issuer signs with expires at {at}, in {}: renew it (its \
+         certificates are cut short to its expiry, and none can be issued after it)",
+        certwright_api::format_duration(Duration::from_secs(left.as_secs()))
+    ))
+}
+
+/// The Ready health a failed build means. A local CA that refuses its own certificate
+/// or key names the fault ([`CaFault`]): CAExpired, CANotYetValid, CANotACA,
+/// CAKeyMismatch, CAKeyUnreadable.
 pub(crate) fn build_health(e: &BuildError) -> Health {
+    if let Some(fault) = CaFault::of(e) {
+        return Health {
+            reason: fault.reason(),
+            message: e.to_string(),
+        };
+    }
     Health {
         reason: match e {
             BuildError::SecretNotFound { .. } | BuildError::SecretKeyMissing { .. } => {
@@ -110,8 +150,15 @@ pub(crate) fn build_health(e: &BuildError) -> Health {
     }
 }
 
-/// The Ready health a failed health check means.
-pub(crate) fn check_health(e: &PkiError) -> Health {
+/// The Ready health a failed health check means; `fault` is what a local CA named of
+/// itself, read before the error was redacted.
+pub(crate) fn check_health(e: &PkiError, fault: Option<CaFault>) -> Health {
+    if let Some(fault) = fault {
+        return Health {
+            reason: fault.reason(),
+            message: e.to_string(),
+        };
+    }
     Health {
         reason: match e {
             PkiError::Unauthorized { .. } => REASON_UNAUTHORIZED,
@@ -257,6 +304,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_ca_within_the_window_is_expiring_soon_and_stays_ready() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        let window = 30 * day;
+        let message = expiring_soon(Some(now + 10 * day), now, window).unwrap();
+        assert!(message.contains("expires at 2027-01-"), "{message}");
+        assert!(message.contains("in 240h"), "{message}");
+        for (expiry, window) in [
+            (Some(now + 31 * day), window),
+            (Some(now - day), window),
+            (None, window),
+            (Some(now + day), Duration::ZERO),
+        ] {
+            assert_eq!(expiring_soon(expiry, now, window), None);
+        }
+        let health = Health {
+            reason: REASON_CA_EXPIRING_SOON,
+            message,
+        };
+        assert_eq!(health.ready(), ConditionStatus::True);
+        assert!(health.usable() && health.warns());
+    }
+
+    #[test]
+    fn a_local_cas_own_faults_name_the_reason() {
+        let e = BuildError::Backend(PkiError::Misconfigured {
+            message: "tls.key is encrypted".into(),
+            source: Some(Box::new(CaFault::KeyUnreadable)),
+        });
+        let health = build_health(&e);
+        assert_eq!(health.reason, "CAKeyUnreadable");
+        assert_eq!(health.ready(), ConditionStatus::False);
+        assert!(!health.usable() && health.warns());
+        let expired = PkiError::misconfigured("redacted words");
+        assert_eq!(
+            check_health(&expired, Some(CaFault::Expired)).reason,
+            "CAExpired"
+        );
+    }
+
+    #[test]
     fn only_configuration_faults_stop_requests() {
         let h = |reason| Health {
             reason,
@@ -277,13 +365,13 @@ mod tests {
         let e = PkiError::Unauthorized {
             message: "401".into(),
         };
-        assert_eq!(check_health(&e).reason, REASON_UNAUTHORIZED);
+        assert_eq!(check_health(&e, None).reason, REASON_UNAUTHORIZED);
         assert_eq!(
-            check_health(&PkiError::misconfigured("tls")).reason,
+            check_health(&PkiError::misconfigured("tls"), None).reason,
             REASON_INVALID_SPEC
         );
         assert_eq!(
-            check_health(&PkiError::transient("x", std::io::Error::other("y"))).reason,
+            check_health(&PkiError::transient("x", std::io::Error::other("y")), None).reason,
             REASON_UNREACHABLE
         );
         let missing = BuildError::SecretNotFound {

@@ -34,7 +34,9 @@ pub mod protection;
 mod submission;
 pub mod workqueue;
 
-pub use config::{DEFAULT_MAX_RETRY_DURATION, EngineConfig, SecretAccess};
+pub use config::{
+    DEFAULT_CA_EXPIRY_WARNING, DEFAULT_MAX_RETRY_DURATION, EngineConfig, SecretAccess,
+};
 pub use controller::Engine;
 pub use error::Error;
 pub use kinds::{CertwrightIssuers, IssuerKinds, IssuerResource};

@@ -397,6 +397,74 @@ fn unix_now() -> Result<i64, Error> {
         .ok_or_else(|| Error::misconfigured("the system clock is set before 1970"))
 }
 
+/// What is wrong with a local CA's certificate or key. It is the source of the
+/// [`Error::Misconfigured`] the CA is refused with, so that a caller names the failure
+/// ([`CaFault::of`]) where an operator looks, an issuer's Ready reason, rather than in
+/// words only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CaFault {
+    /// The CA certificate, or a certificate of its chain, has expired.
+    Expired,
+    /// The CA certificate, or a certificate of its chain, is not valid yet.
+    NotYetValid,
+    /// The first certificate of tls.crt is not a CA (no basicConstraints cA: true, or a
+    /// keyUsage without keyCertSign).
+    NotACa,
+    /// tls.key is not the key of the CA certificate.
+    KeyMismatch,
+    /// tls.key (or the certificate's key type) cannot be used: not PEM, encrypted, an
+    /// unsupported algorithm or format.
+    KeyUnreadable,
+}
+
+impl CaFault {
+    /// The issuer Ready reason that names this fault.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CaFault::Expired => "CAExpired",
+            CaFault::NotYetValid => "CANotYetValid",
+            CaFault::NotACa => "CANotACA",
+            CaFault::KeyMismatch => "CAKeyMismatch",
+            CaFault::KeyUnreadable => "CAKeyUnreadable",
+        }
+    }
+
+    /// The fault among `error`'s causes, if a local CA refused itself with one.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<CaFault> {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(fault) = e.downcast_ref::<CaFault>() {
+                return Some(*fault);
+            }
+            cause = e.source();
+        }
+        None
+    }
+}
+
+impl fmt::Display for CaFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CaFault::Expired => "the CA certificate has expired",
+            CaFault::NotYetValid => "the CA certificate is not valid yet",
+            CaFault::NotACa => "the certificate is not a CA",
+            CaFault::KeyMismatch => "the key does not match the CA certificate",
+            CaFault::KeyUnreadable => "the CA key cannot be used",
+        })
+    }
+}
+
+impl std::error::Error for CaFault {}
+
+/// A refusal of the CA's own certificate or key, naming its fault.
+fn fault(kind: CaFault, message: impl Into<String>) -> Error {
+    Error::Misconfigured {
+        message: message.into(),
+        source: Some(Box::new(kind)),
+    }
+}
+
 fn rejected(reason: impl Into<String>) -> Error {
     Error::Rejected {
         reason: reason.into(),
@@ -404,9 +472,10 @@ fn rejected(reason: impl Into<String>) -> Error {
 }
 
 fn key_mismatch(detail: impl fmt::Display) -> Error {
-    Error::misconfigured(format!(
-        "tls.key does not match the certificate in tls.crt: {detail}"
-    ))
+    fault(
+        CaFault::KeyMismatch,
+        format!("tls.key does not match the certificate in tls.crt: {detail}"),
+    )
 }
 
 /// A certificate named for a message: its quoted subject.
@@ -416,22 +485,28 @@ fn describe(cert: &Certificate) -> String {
 
 fn check_is_ca(ca: &Certificate) -> Result<(), Error> {
     if !ca.is_ca() {
-        return Err(Error::misconfigured(format!(
-            "the first certificate in tls.crt, {}, is not a CA certificate (its \
+        return Err(fault(
+            CaFault::NotACa,
+            format!(
+                "the first certificate in tls.crt, {}, is not a CA certificate (its \
              basicConstraints do not say cA: true); tls.crt must start with the CA \
              certificate that tls.key belongs to",
-            describe(ca)
-        )));
+                describe(ca)
+            ),
+        ));
     }
     if ca
         .key_usage()
         .is_some_and(|usages| !usages.contains(KeyUsage::KeyCertSign))
     {
-        return Err(Error::misconfigured(format!(
-            "the CA certificate {} in tls.crt may not sign certificates (its keyUsage \
+        return Err(fault(
+            CaFault::NotACa,
+            format!(
+                "the CA certificate {} in tls.crt may not sign certificates (its keyUsage \
              lacks keyCertSign)",
-            describe(ca)
-        )));
+                describe(ca)
+            ),
+        ));
     }
     Ok(())
 }
@@ -446,16 +521,16 @@ fn check_validity(certs: &[Certificate], now: i64) -> Result<(), Error> {
             format!("the chain certificate {} in tls.crt", describe(cert))
         };
         if now < cert.not_before().as_second() {
-            return Err(Error::misconfigured(format!(
-                "{what} is not valid before {}",
-                cert.not_before()
-            )));
+            return Err(fault(
+                CaFault::NotYetValid,
+                format!("{what} is not valid before {}", cert.not_before()),
+            ));
         }
         if now >= cert.not_after().as_second() {
-            return Err(Error::misconfigured(format!(
-                "{what} expired at {} (its notAfter)",
-                cert.not_after()
-            )));
+            return Err(fault(
+                CaFault::Expired,
+                format!("{what} expired at {} (its notAfter)", cert.not_after()),
+            ));
         }
     }
     Ok(())
@@ -651,11 +726,14 @@ impl KeyKind {
             KeyAlgorithm::EcdsaP256 => Ok(KeyKind::EcdsaP256),
             KeyAlgorithm::EcdsaP384 => Ok(KeyKind::EcdsaP384),
             KeyAlgorithm::Ed25519 => Ok(KeyKind::Ed25519),
-            other => Err(Error::misconfigured(format!(
-                "the CA certificate {} has an unsupported key ({other}); the local CA \
+            other => Err(fault(
+                CaFault::KeyUnreadable,
+                format!(
+                    "the CA certificate {} has an unsupported key ({other}); the local CA \
                  signs with RSA 2048–4096, ECDSA P-256 or P-384, or Ed25519 keys",
-                describe(ca)
-            ))),
+                    describe(ca)
+                ),
+            )),
         }
     }
 
@@ -699,16 +777,20 @@ impl SigningKey {
         rng: &SystemRandom,
     ) -> Result<SigningKey, Error> {
         if contains(pem, b"ENCRYPTED PRIVATE KEY") || contains(pem, b"Proc-Type: 4,ENCRYPTED") {
-            return Err(Error::misconfigured(format!(
-                "tls.key is encrypted; store the CA key as {KEY_FORMATS}"
-            )));
+            return Err(fault(
+                CaFault::KeyUnreadable,
+                format!("tls.key is encrypted; store the CA key as {KEY_FORMATS}"),
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
             let problem = match e {
                 rustls_pki_types::pem::Error::NoItemsFound => "holds no private key PEM block",
                 _ => "is not valid PEM",
             };
-            Error::misconfigured(format!("tls.key {problem}; expected {KEY_FORMATS}"))
+            fault(
+                CaFault::KeyUnreadable,
+                format!("tls.key {problem}; expected {KEY_FORMATS}"),
+            )
         })?;
         match key {
             PrivateKeyDer::Pkcs8(key) => Self::from_pkcs8(key.secret_pkcs8_der(), kind, rng),
@@ -726,9 +808,12 @@ impl SigningKey {
             PrivateKeyDer::Sec1(key) => {
                 Self::from_sec1(key.secret_sec1_der(), kind, ca_public_key, rng)
             }
-            _ => Err(Error::misconfigured(format!(
-                "tls.key holds a private key format the local CA cannot read; use {KEY_FORMATS}"
-            ))),
+            _ => Err(fault(
+                CaFault::KeyUnreadable,
+                format!(
+                    "tls.key holds a private key format the local CA cannot read; use {KEY_FORMATS}"
+                ),
+            )),
         }
     }
 
@@ -763,9 +848,12 @@ impl SigningKey {
         rng: &SystemRandom,
     ) -> Result<SigningKey, Error> {
         let unreadable = || {
-            Error::misconfigured(format!(
-                "tls.key: the EC PRIVATE KEY block is not a SEC1 ECPrivateKey; use {KEY_FORMATS}"
-            ))
+            fault(
+                CaFault::KeyUnreadable,
+                format!(
+                    "tls.key: the EC PRIVATE KEY block is not a SEC1 ECPrivateKey; use {KEY_FORMATS}"
+                ),
+            )
         };
         let key = EcPrivateKey::from_der(der).map_err(|_| unreadable())?;
         if key.version != 1 {
@@ -776,9 +864,12 @@ impl SigningKey {
             Some(curve) if curve == SECP256R1 => KeyKind::EcdsaP256,
             Some(curve) if curve == SECP384R1 => KeyKind::EcdsaP384,
             Some(curve) => {
-                return Err(Error::misconfigured(format!(
-                    "tls.key is an EC key on curve {curve}; the local CA supports P-256 and P-384"
-                )));
+                return Err(fault(
+                    CaFault::KeyUnreadable,
+                    format!(
+                        "tls.key is an EC key on curve {curve}; the local CA supports P-256 and P-384"
+                    ),
+                ));
             }
             None => match private.len() {
                 32 => KeyKind::EcdsaP256,
@@ -866,9 +957,10 @@ fn unusable_key(format: &str, kind: KeyKind, rejected: ring::error::KeyRejected)
         KeyKind::Rsa => "; RSA keys must have 2048 to 4096 bits",
         _ => "",
     };
-    Error::misconfigured(format!(
-        "tls.key: the {format} block is not a usable {kind} key (ring: {rejected}){hint}"
-    ))
+    fault(
+        CaFault::KeyUnreadable,
+        format!("tls.key: the {format} block is not a usable {kind} key (ring: {rejected}){hint}"),
+    )
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -965,7 +1057,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use certwright_testkit::rcgen::{self, DnType};
-    use certwright_testkit::{CsrBuilder, KeyKind as TestKey, TestCa, VALID_UNTIL_UNIX};
+    use certwright_testkit::{
+        CsrBuilder, KeyKind as TestKey, TestCa, VALID_FROM_UNIX, VALID_UNTIL_UNIX,
+    };
     use certwright_x509::{Csr, ExtendedKeyUsage, KeyUsages as X509KeyUsages};
     use x509_cert::spki::AlgorithmIdentifierOwned;
 
@@ -1492,6 +1586,49 @@ mod tests {
                 other => panic!("expected Misconfigured, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn each_refusal_of_the_ca_itself_names_its_fault() {
+        let fault_of = |chain: &str, key: &str| match LocalCa::from_pem(
+            chain.as_bytes(),
+            key.as_bytes(),
+            LocalCaConfig::default(),
+        ) {
+            Err(e) => CaFault::of(&e),
+            Ok(ca) => panic!("expected a refusal, got {ca:?}"),
+        };
+        let root = TestCa::root(TestKey::EcdsaP256, "Corp Root CA");
+        let other = TestCa::root(TestKey::EcdsaP256, "Other CA");
+        let leaf = root.issue_leaf(TestKey::EcdsaP256, "app.example.com");
+        assert_eq!(
+            fault_of(root.cert_pem(), other.key_pem()),
+            Some(CaFault::KeyMismatch)
+        );
+        assert_eq!(
+            fault_of(&leaf.cert_pem, &leaf.key_pem),
+            Some(CaFault::NotACa)
+        );
+        for key in [
+            "not a key",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        ] {
+            assert_eq!(
+                fault_of(root.cert_pem(), key),
+                Some(CaFault::KeyUnreadable),
+                "{key}"
+            );
+        }
+        let ca = local_ca(&root);
+        for (at, expected) in [
+            (VALID_UNTIL_UNIX + 1, CaFault::Expired),
+            (VALID_FROM_UNIX - 1, CaFault::NotYetValid),
+        ] {
+            let e = ca.check_at(at).unwrap_err();
+            assert_eq!(CaFault::of(&e), Some(expected), "{e}");
+        }
+        // Other errors name no fault.
+        assert_eq!(CaFault::of(&Error::misconfigured("x")), None);
     }
 
     #[test]

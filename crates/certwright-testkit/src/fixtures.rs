@@ -296,6 +296,31 @@ impl TestCa {
         }
     }
 
+    /// A self-signed root CA valid only from `not_before` to `not_after` (Unix seconds):
+    /// an expired CA, one not valid yet, one about to expire.
+    ///
+    /// # Panics
+    /// If rcgen fails to sign, or a time is out of range.
+    pub fn root_valid(kind: KeyKind, common_name: &str, not_before: i64, not_after: i64) -> TestCa {
+        let key = kind.key_pair();
+        let (mut params, serial_hex) = ca_params(common_name, None);
+        params.not_before =
+            OffsetDateTime::from_unix_timestamp(not_before).expect("not_before is a valid time");
+        params.not_after =
+            OffsetDateTime::from_unix_timestamp(not_after).expect("not_after is a valid time");
+        let cert = params.self_signed(&key).expect("rcgen self-signs the root");
+        TestCa {
+            cert: GeneratedCert {
+                cert_pem: cert.pem(),
+                cert_der: cert.der().to_vec(),
+                key_pem: key.serialize_pem(),
+                serial_hex,
+            },
+            params,
+            key,
+        }
+    }
+
     /// An intermediate CA with subject `CN=<common_name>`, issued by this CA, with a path
     /// length constraint of 0.
     ///

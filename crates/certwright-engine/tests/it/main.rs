@@ -4,6 +4,7 @@
 //! tree, so separate binaries cost a link and tens of megabytes each.
 
 mod backup;
+mod ca_faults;
 mod embedding;
 mod flow;
 mod kubernetes_csr;

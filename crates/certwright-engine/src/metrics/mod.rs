@@ -5,18 +5,25 @@
 //! labels cert-manager's own metrics use (`issuer_name`, `issuer_kind`, `issuer_group`,
 //! and `namespace`, the issuer's, empty for a cluster-scoped issuer), so the two join in
 //! PromQL. The registry also carries the standard `process_*` metrics of the process
-//! (Linux only), which Prometheus' conventions leave unprefixed. docs/engine.md,
-//! "Metrics", lists every family.
+//! (Linux only, [`process`]), which Prometheus' conventions leave unprefixed.
+//! docs/engine.md, "Metrics", lists every family.
+//!
+//! One file for the families and their recording methods, and the tests beside them
+//! that pin each family's exposition (names, labels, buckets), which dashboards and
+//! alerts depend on: over 800 lines, most of them those tests.
+
+mod process;
+
+use process::ProcessCollector;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -110,6 +117,13 @@ struct DeferredLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    #[prometheus(flatten)]
+    issuer: IssuerLabels,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     queue: String,
 }
@@ -143,6 +157,9 @@ struct Inner {
     deferred: Family<DeferredLabels, Counter>,
     pending: Family<IssuerLabels, Gauge>,
     issuer_ready: Family<IssuerLabels, Gauge>,
+    issuer_reason: Family<ReasonLabels, Gauge>,
+    /// The reason each issuer's `certwright_issuer_ready_reason` series carries now.
+    reasons: std::sync::Mutex<std::collections::HashMap<IssuerLabels, String>>,
     breaker_state: Family<IssuerLabels, Gauge>,
     ca_expiry: Family<IssuerLabels, Gauge>,
     approval_to_ready: HistogramFamily<IssuerLabels>,
@@ -220,6 +237,7 @@ impl Metrics {
         let deferred = Family::<DeferredLabels, Counter>::default();
         let pending = Family::<IssuerLabels, Gauge>::default();
         let issuer_ready = Family::<IssuerLabels, Gauge>::default();
+        let issuer_reason = Family::<ReasonLabels, Gauge>::default();
         let breaker_state = Family::<IssuerLabels, Gauge>::default();
         let ca_expiry = Family::<IssuerLabels, Gauge>::default();
         let approval_to_ready: HistogramFamily<IssuerLabels> =
@@ -264,6 +282,11 @@ impl Metrics {
             "issuer_ready",
             "Whether the issuer's Ready condition is True (1) or not (0)",
             issuer_ready.clone(),
+        );
+        sub.register(
+            "issuer_ready_reason",
+            "The reason of the issuer's Ready condition (Verified, CAExpiringSoon, CAExpired, SecretNotFound, ...): 1 on the current one",
+            issuer_reason.clone(),
         );
         sub.register(
             "circuit_breaker_state",
@@ -328,6 +351,8 @@ impl Metrics {
                 deferred,
                 pending,
                 issuer_ready,
+                issuer_reason,
+                reasons: std::sync::Mutex::default(),
                 breaker_state,
                 ca_expiry,
                 approval_to_ready,
@@ -456,12 +481,32 @@ impl Metrics {
         self.inner.pending.get_or_create(issuer).set(count);
     }
 
-    /// Sets `certwright_issuer_ready{issuer…}` to 1 or 0.
-    pub fn set_issuer_ready(&self, issuer: &IssuerLabels, ready: bool) {
+    /// Sets `certwright_issuer_ready{issuer…}` to 1 or 0, and
+    /// `certwright_issuer_ready_reason{issuer…,reason}` to 1 for `reason` alone.
+    pub fn set_issuer_ready(&self, issuer: &IssuerLabels, ready: bool, reason: &str) {
         self.inner
             .issuer_ready
             .get_or_create(issuer)
             .set(i64::from(ready));
+        let previous = self
+            .inner
+            .reasons
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(issuer.clone(), reason.to_owned());
+        if let Some(previous) = previous.filter(|p| p != reason) {
+            self.inner.issuer_reason.remove(&ReasonLabels {
+                issuer: issuer.clone(),
+                reason: previous,
+            });
+        }
+        self.inner
+            .issuer_reason
+            .get_or_create(&ReasonLabels {
+                issuer: issuer.clone(),
+                reason: reason.to_owned(),
+            })
+            .set(1);
     }
 
     /// Sets `certwright_circuit_breaker_state{issuer…}`: 0 closed, 1 half-open, 2 open
@@ -499,6 +544,18 @@ impl Metrics {
     pub fn forget_issuer(&self, issuer: &IssuerLabels) {
         self.inner.pending.remove(issuer);
         self.inner.issuer_ready.remove(issuer);
+        let reason = self
+            .inner
+            .reasons
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(issuer);
+        if let Some(reason) = reason {
+            self.inner.issuer_reason.remove(&ReasonLabels {
+                issuer: issuer.clone(),
+                reason,
+            });
+        }
         self.inner.breaker_state.remove(issuer);
         self.inner.ca_expiry.remove(issuer);
     }
@@ -517,132 +574,6 @@ pub struct Call<'a> {
     pub operation: &'a str,
     /// `success`, `pending` or an error's metric label.
     pub outcome: &'a str,
-}
-
-/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
-#[derive(Debug)]
-struct ProcessCollector;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let Some(process) = process::read() else {
-            return Ok(());
-        };
-        let counter = |encoder: &mut DescriptorEncoder<'_>, name, help, unit, value: f64| {
-            let metric = ConstCounter::new(value);
-            metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
-        };
-        counter(
-            &mut encoder,
-            "process_cpu_seconds",
-            "Total user and system CPU time spent in seconds",
-            None,
-            process.cpu_seconds,
-        )?;
-        let gauges = [
-            (
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                process.resident_bytes,
-            ),
-            (
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes",
-                process.virtual_bytes,
-            ),
-            (
-                "process_start_time_seconds",
-                "Start time of the process since the Unix epoch in seconds",
-                process.start_time_seconds,
-            ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors",
-                process.open_fds,
-            ),
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors",
-                process.max_fds,
-            ),
-            ("process_threads", "Number of OS threads", process.threads),
-        ];
-        for (name, help, value) in gauges {
-            let Some(value) = value else { continue };
-            let metric = ConstGauge::new(value);
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
-        }
-        Ok(())
-    }
-}
-
-/// Reading the process' own numbers from procfs.
-mod process {
-    /// What `/proc/self` says of the process; `None` where it says nothing.
-    #[derive(Debug, Default, PartialEq)]
-    pub(super) struct Process {
-        pub(super) cpu_seconds: f64,
-        pub(super) resident_bytes: Option<f64>,
-        pub(super) virtual_bytes: Option<f64>,
-        pub(super) start_time_seconds: Option<f64>,
-        pub(super) open_fds: Option<f64>,
-        pub(super) max_fds: Option<f64>,
-        pub(super) threads: Option<f64>,
-    }
-
-    /// Clock ticks per second of `/proc/<pid>/stat`: the kernel exports USER_HZ, fixed
-    /// at 100 on every architecture Linux runs containers on (Prometheus' Go client
-    /// assumes the same).
-    const USER_HZ: f64 = 100.0;
-
-    /// The process' numbers, or `None` off Linux (no `/proc/self/stat`).
-    pub(super) fn read() -> Option<Process> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-        let mut process = parse(&stat, &status, &boot, &limits)?;
-        process.open_fds = std::fs::read_dir("/proc/self/fd")
-            .ok()
-            .map(|dir| dir.count() as f64);
-        Some(process)
-    }
-
-    /// Parses `/proc/self/stat`, `/proc/self/status`, `/proc/stat` and
-    /// `/proc/self/limits` (proc(5)).
-    pub(super) fn parse(stat: &str, status: &str, boot: &str, limits: &str) -> Option<Process> {
-        // The command name in parentheses may hold spaces and parentheses: the fields
-        // start after the last `)`. Field 3 (state) is at index 0.
-        let fields: Vec<&str> = stat
-            .get(stat.rfind(')')? + 1..)?
-            .split_whitespace()
-            .collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
-        let cpu_seconds = (field(14)? + field(15)?) / USER_HZ;
-        let kib = |key: &str| {
-            status.lines().find_map(|line| {
-                let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-                let value = rest.trim().strip_suffix("kB")?.trim();
-                value.parse::<f64>().ok().map(|v| v * 1024.0)
-            })
-        };
-        let boot_time = boot
-            .lines()
-            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok());
-        let max_fds = limits.lines().find_map(|line| {
-            let rest = line.strip_prefix("Max open files")?;
-            rest.split_whitespace().next()?.parse::<f64>().ok()
-        });
-        Some(Process {
-            cpu_seconds,
-            resident_bytes: kib("VmRSS"),
-            virtual_bytes: field(23),
-            start_time_seconds: boot_time.zip(field(22)).map(|(b, t)| b + t / USER_HZ),
-            open_fds: None,
-            max_fds,
-            threads: field(20),
-        })
-    }
 }
 
 #[cfg(test)]
@@ -735,7 +666,7 @@ mod tests {
         metrics.request_finished(&issuer, RESOURCE_REQUEST, "issued");
         metrics.request_deferred(&issuer, "rate_limited");
         metrics.set_pending(&issuer, 0);
-        metrics.set_issuer_ready(&issuer, true);
+        metrics.set_issuer_ready(&issuer, true, "Verified");
         metrics.set_breaker_state(&issuer, 0);
         metrics.set_ca_expiry(&issuer, Some(1_900_000_000));
         metrics.observe_approval_to_ready(&issuer, 1.0);
@@ -767,14 +698,25 @@ mod tests {
     #[test]
     fn issuers_carry_cert_managers_label_names() {
         let metrics = Metrics::new();
-        metrics.set_issuer_ready(&namespaced(), true);
-        metrics.set_issuer_ready(&cluster(), false);
+        metrics.set_issuer_ready(&namespaced(), true, "Verified");
+        metrics.set_issuer_ready(&cluster(), false, "CAExpired");
         let lines = lines(&metrics);
         assert_line(
             &lines,
             &format!("certwright_issuer_ready{{{NAMESPACED}}} 1"),
         );
         assert_line(&lines, &format!("certwright_issuer_ready{{{CLUSTER}}} 0"));
+        assert_line(
+            &lines,
+            &format!(r#"certwright_issuer_ready_reason{{{CLUSTER},reason="CAExpired"}} 1"#),
+        );
+        // A new reason replaces the old one's series.
+        metrics.set_issuer_ready(&cluster(), true, "Verified");
+        let text = metrics.encode().unwrap();
+        assert!(text.contains(&format!(
+            r#"certwright_issuer_ready_reason{{{CLUSTER},reason="Verified"}} 1"#
+        )));
+        assert!(!text.contains(r#"reason="CAExpired""#), "{text}");
     }
 
     #[test]
@@ -957,7 +899,7 @@ mod tests {
         let metrics = Metrics::new();
         for issuer in [cluster(), namespaced()] {
             metrics.set_pending(&issuer, 1);
-            metrics.set_issuer_ready(&issuer, true);
+            metrics.set_issuer_ready(&issuer, true, "Verified");
             metrics.set_breaker_state(&issuer, 0);
             metrics.set_ca_expiry(&issuer, Some(1));
         }
@@ -1065,41 +1007,5 @@ mod tests {
             )),
             "{text}"
         );
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn process_metrics_come_from_procfs_unprefixed() {
-        let text = Metrics::new().encode().unwrap();
-        for family in [
-            "# TYPE process_cpu_seconds counter",
-            "# TYPE process_resident_memory_bytes gauge",
-            "# TYPE process_start_time_seconds gauge",
-            "# TYPE process_open_fds gauge",
-        ] {
-            assert!(text.contains(family), "missing {family:?} in:\n{text}");
-        }
-        let rss = text
-            .lines()
-            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
-            .unwrap();
-        assert!(rss.parse::<f64>().unwrap() > 0.0);
-    }
-
-    #[test]
-    fn procfs_parsing_takes_the_fields_after_the_command_name() {
-        // A command name with spaces and a parenthesis, as proc(5) allows.
-        let stat = "42 (tokio (rt) w) S 1 42 42 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 7 0 1000 123456789 2048 18446744073709551615";
-        let status = "Name:\tcertwright\nVmRSS:\t   2048 kB\nThreads:\t7\n";
-        let boot = "cpu  1 2 3\nbtime 1700000000\n";
-        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1048576              1048576              files\n";
-        let p = process::parse(stat, status, boot, limits).unwrap();
-        assert_eq!(p.cpu_seconds, 3.0);
-        assert_eq!(p.resident_bytes, Some(2048.0 * 1024.0));
-        assert_eq!(p.virtual_bytes, Some(123_456_789.0));
-        assert_eq!(p.start_time_seconds, Some(1_700_000_010.0));
-        assert_eq!(p.threads, Some(7.0));
-        assert_eq!(p.max_fds, Some(1_048_576.0));
-        assert_eq!(process::parse("garbage", "", "", ""), None);
     }
 }

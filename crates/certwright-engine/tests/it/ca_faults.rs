@@ -1,0 +1,114 @@
+//! A local CA that cannot sign says why in its issuer's Ready reason, an Event and a
+//! metric label, one reason per fault; a CA about to expire keeps signing, with a
+//! warning.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use certwright_api::ConditionStatus;
+use certwright_testkit::fixtures::{KeyKind, TestCa};
+
+use crate::support::{Env, ca_spec, eventually, namespaced_ref};
+
+const DAY: i64 = 86_400;
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fault_of_a_ca_has_its_own_reason_event_and_metric_label() {
+    let env = Env::start().await;
+    let ns = "apps";
+    let good = TestCa::root(KeyKind::EcdsaP256, "good");
+    let other = TestCa::root(KeyKind::EcdsaP256, "other");
+    let leaf = good.issue_leaf(KeyKind::EcdsaP256, "not-a-ca.example");
+    // (issuer, tls.crt, tls.key, expected reason)
+    let expired = TestCa::root_valid(KeyKind::EcdsaP256, "expired", now() - 2 * DAY, now() - DAY);
+    let future = TestCa::root_valid(KeyKind::EcdsaP256, "future", now() + DAY, now() + 2 * DAY);
+    let cases: Vec<(&str, String, String, &str)> =
+        vec![
+        ("expired", expired.cert_pem().into(), expired.key_pem().into(), "CAExpired"),
+        ("future", future.cert_pem().into(), future.key_pem().into(), "CANotYetValid"),
+        ("leaf", leaf.cert_pem.clone(), leaf.key_pem.clone(), "CANotACA"),
+        ("mismatch", good.cert_pem().into(), other.key_pem().into(), "CAKeyMismatch"),
+        ("garbage", good.cert_pem().into(), "not a key".into(), "CAKeyUnreadable"),
+        (
+            "encrypted",
+            good.cert_pem().into(),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"
+                .into(),
+            "CAKeyUnreadable",
+        ),
+    ];
+    for (name, cert, key, _) in &cases {
+        env.put_secret(ns, name, &[("tls.crt", cert), ("tls.key", key)])
+            .await;
+        env.namespaced_issuer(ns, name, ca_spec(name)).await;
+    }
+    for (name, _, _, reason) in &cases {
+        let issuer = env.wait_namespaced_issuer(ns, name, reason).await;
+        let ready = &issuer.status.unwrap().conditions[0];
+        assert_eq!(ready.status, ConditionStatus::False, "{name}");
+        eventually(&format!("a {reason} warning Event for {name}"), || {
+            env.server
+                .list_json("events.events.k8s.io", ns)
+                .iter()
+                .any(|e| {
+                    e["reason"] == *reason
+                        && e["regarding"]["name"] == *name
+                        && e["type"] == "Warning"
+                })
+        })
+        .await;
+        let series = format!(
+            r#"certwright_issuer_ready_reason{{issuer_name="{name}",issuer_kind="InternalIssuer",issuer_group="pki.certwright.io",namespace="{ns}",reason="{reason}"}} 1"#
+        );
+        assert!(env.metrics.encode().unwrap().contains(&series), "{series}");
+    }
+    // Requests to such an issuer wait, and are signed once the Secret is fixed.
+    env.request(ns, "waits", namespaced_ref("mismatch")).await;
+    env.approve(ns, "waits").await;
+    env.wait_request(ns, "waits", "waiting for its issuer", |cr| {
+        cr.ready_reason() == Some("Pending")
+            && cr.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.message
+                        .starts_with("Waiting for InternalIssuer apps/mismatch to be Ready")
+                })
+            })
+    })
+    .await;
+    env.put_ca_secret(ns, "mismatch", &good).await;
+    env.wait_namespaced_issuer(ns, "mismatch", "Verified").await;
+    env.wait_ready_reason(ns, "waits", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_about_to_expire_keeps_signing_with_a_warning() {
+    let env = Env::start().await;
+    let ns = "apps";
+    let expires = now() + 10 * DAY;
+    let soon = TestCa::root_valid(KeyKind::EcdsaP256, "soon", now() - DAY, expires);
+    env.put_ca_secret(ns, "soon", &soon).await;
+    env.namespaced_issuer(ns, "soon", ca_spec("soon")).await;
+    let issuer = env
+        .wait_namespaced_issuer(ns, "soon", "CAExpiringSoon")
+        .await;
+    let ready = &issuer.status.unwrap().conditions[0];
+    assert_eq!(ready.status, ConditionStatus::True);
+    assert!(ready.message.contains("renew it"), "{}", ready.message);
+    eventually("a CAExpiringSoon warning Event", || {
+        env.server
+            .list_json("events.events.k8s.io", ns)
+            .iter()
+            .any(|e| e["reason"] == "CAExpiringSoon" && e["type"] == "Warning")
+    })
+    .await;
+    let gauge = format!(
+        r#"certwright_issuer_ca_expiry_timestamp_seconds{{issuer_name="soon",issuer_kind="InternalIssuer",issuer_group="pki.certwright.io",namespace="{ns}"}} {expires}"#
+    );
+    assert!(env.metrics.encode().unwrap().contains(&gauge), "{gauge}");
+    // It still signs, cut short to its own expiry.
+    env.request(ns, "web", namespaced_ref("soon")).await;
+    env.approve(ns, "web").await;
+    env.wait_ready_reason(ns, "web", "Issued").await;
+}
