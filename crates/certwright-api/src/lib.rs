@@ -49,10 +49,11 @@ pub const PENDING_ID_ANNOTATION: &str = "pki.certwright.io/pending-id";
 /// controller asks the CA what became of it before it submits again, or fails the
 /// request when the CA cannot be asked.
 pub const SUBMITTED_ANNOTATION: &str = "pki.certwright.io/submitted-at";
-/// Annotation recording, with [`SUBMITTED_ANNOTATION`], the idempotency key the
-/// submission was sent under (the request's uid at the time): a submission sent again
-/// after a restore, when the request has a new uid, goes under the same key, so a CA
-/// that deduplicates by it signs once.
+/// Annotation recording the idempotency key a request was submitted under,
+/// `<namespace>/<name>/<uid>` (the uid at the time), kept beside its pending id: after a
+/// restore, when the request has a new uid, it is polled, recovered and sent again
+/// under the same key, so a CA that deduplicates by it signs once. A key naming another
+/// object is ignored.
 pub const SUBMISSION_KEY_ANNOTATION: &str = "pki.certwright.io/submission-key";
 /// The `signerName` a Kubernetes CertificateSigningRequest uses to ask an
 /// InternalClusterIssuer (`cluster`) or an InternalIssuer in `namespace` to sign:

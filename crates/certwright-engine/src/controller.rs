@@ -427,6 +427,21 @@ async fn watch_issuers<R: IssuerResource>(
     }
 }
 
+/// The error as a tenant's status may tell it: a local CA's refusal of its own
+/// certificate or key is certwright's words about the tenant's own Secret, told whole;
+/// anything else is redacted as [`IssuerEntry::tellable`] decides.
+fn tell_unless_own(
+    entry: &IssuerEntry,
+    e: certwright_pki::Error,
+    fault: Option<CaFault>,
+) -> certwright_pki::Error {
+    if fault.is_some() {
+        e
+    } else {
+        entry.tellable(e)
+    }
+}
+
 async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
     // Metadata only: Secret data is read with a GET when a backend is built, never cached.
     // With access to some namespaces only, one watch per namespace: a cluster-wide watch
@@ -1188,7 +1203,7 @@ impl Shared {
             }
             Ok(Err(e)) if e.is_issuer_fault() => {
                 let fault = CaFault::of(&e);
-                let health = check_health(&entry.tellable(e), fault);
+                let health = check_health(&tell_unless_own(entry, e, fault), fault);
                 plan.issuer_confirmed(health.reason, health.message)
             }
             _ => plan.issuer_unconfirmed(self.config.retry.max),
@@ -1551,7 +1566,10 @@ impl Shared {
                 }
                 Ok(Ok(Err(e))) => {
                     let fault = CaFault::of(&e);
-                    (check_health(&entry.tellable(e), fault), false)
+                    (
+                        check_health(&tell_unless_own(&entry, e, fault), fault),
+                        false,
+                    )
                 }
                 Ok(Err(_)) => (
                     Health {

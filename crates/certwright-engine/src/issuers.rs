@@ -56,7 +56,9 @@ pub(crate) struct Fingerprint {
 /// An issuer's Ready condition as the engine last determined it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Health {
-    /// Verified, InvalidSpec, SecretNotFound, Unauthorized, Unreachable, CircuitOpen.
+    /// Verified, CAExpiringSoon, InvalidSpec, SecretNotFound, SecretOutOfScope, a local
+    /// CA's own fault (CAExpired, CANotYetValid, CANotACA, CACertificateInvalid,
+    /// CAKeyMismatch, CAKeyUnreadable), Unauthorized, Unreachable, CircuitOpen.
     pub reason: &'static str,
     /// A sentence a person can act on.
     pub message: String,
@@ -122,10 +124,13 @@ pub(crate) fn expiring_soon(
         return None;
     }
     let at = jiff::Timestamp::try_from(expiry?).ok()?;
+    // The time left is not in the message: the status (and its Event) would change at
+    // every check.
     Some(format!(
-        "the CA certificate this issuer signs with expires at {at}, in {}: renew it (its \
-         certificates are cut short to its expiry, and none can be issued after it)",
-        certwright_api::format_duration(Duration::from_secs(left.as_secs()))
+        "the CA certificate this issuer signs with (or one of its chain) expires at {at}, \
+         within the {} warning window: renew it (its certificates are cut short to its \
+         expiry, and none can be issued after it)",
+        certwright_api::format_duration(window)
     ))
 }
 
@@ -310,7 +315,15 @@ mod tests {
         let window = 30 * day;
         let message = expiring_soon(Some(now + 10 * day), now, window).unwrap();
         assert!(message.contains("expires at 2027-01-"), "{message}");
-        assert!(message.contains("in 240h"), "{message}");
+        assert!(
+            message.contains("within the 720h0m0s warning window"),
+            "{message}"
+        );
+        // The same at the next check: no new status, no new Event.
+        assert_eq!(
+            expiring_soon(Some(now + 10 * day), now + Duration::from_secs(300), window),
+            Some(message.clone())
+        );
         for (expiry, window) in [
             (Some(now + 31 * day), window),
             (Some(now - day), window),

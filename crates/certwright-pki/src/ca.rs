@@ -135,13 +135,17 @@ impl LocalCa {
                 "the default duration of the local CA must be at least one second",
             ));
         }
-        let certs =
-            certwright_x509::parse_pem_bundle(chain_pem).map_err(|e| Error::Misconfigured {
-                message: "tls.crt does not hold a readable PEM certificate bundle".to_owned(),
-                source: Some(Box::new(e)),
-            })?;
+        let certs = certwright_x509::parse_pem_bundle(chain_pem).map_err(|e| {
+            fault(
+                CaFault::CertificateInvalid,
+                format!("tls.crt does not hold a readable PEM certificate bundle ({e})"),
+            )
+        })?;
         let Some(ca) = certs.first() else {
-            return Err(Error::misconfigured("tls.crt holds no certificate"));
+            return Err(fault(
+                CaFault::CertificateInvalid,
+                "tls.crt holds no certificate",
+            ));
         };
         check_is_ca(ca)?;
         check_validity(&certs, now)?;
@@ -149,10 +153,13 @@ impl LocalCa {
 
         let kind = KeyKind::of_certificate(ca)?;
         let ca_public_key = subject_public_key(&ca.public_key().spki_der).ok_or_else(|| {
-            Error::misconfigured(format!(
-                "tls.crt: the public key of the CA certificate {} cannot be read",
-                describe(ca)
-            ))
+            fault(
+                CaFault::CertificateInvalid,
+                format!(
+                    "tls.crt: the public key of the CA certificate {} cannot be read",
+                    describe(ca)
+                ),
+            )
         })?;
         let rng = SystemRandom::new();
         let key = SigningKey::from_pem(key_pem, kind, &ca_public_key, &rng)?;
@@ -411,6 +418,9 @@ pub enum CaFault {
     /// The first certificate of tls.crt is not a CA (no basicConstraints cA: true, or a
     /// keyUsage without keyCertSign).
     NotACa,
+    /// tls.crt cannot be used: not PEM certificates, empty, a public key that cannot be
+    /// read, or certificates after the first that do not form its chain.
+    CertificateInvalid,
     /// tls.key is not the key of the CA certificate.
     KeyMismatch,
     /// tls.key (or the certificate's key type) cannot be used: not PEM, encrypted, an
@@ -425,6 +435,7 @@ impl CaFault {
             CaFault::Expired => "CAExpired",
             CaFault::NotYetValid => "CANotYetValid",
             CaFault::NotACa => "CANotACA",
+            CaFault::CertificateInvalid => "CACertificateInvalid",
             CaFault::KeyMismatch => "CAKeyMismatch",
             CaFault::KeyUnreadable => "CAKeyUnreadable",
         }
@@ -449,6 +460,7 @@ impl fmt::Display for CaFault {
             CaFault::Expired => "the CA certificate has expired",
             CaFault::NotYetValid => "the CA certificate is not valid yet",
             CaFault::NotACa => "the certificate is not a CA",
+            CaFault::CertificateInvalid => "the CA certificate or its chain cannot be used",
             CaFault::KeyMismatch => "the key does not match the CA certificate",
             CaFault::KeyUnreadable => "the CA key cannot be used",
         })
@@ -538,19 +550,24 @@ fn check_validity(certs: &[Certificate], now: i64) -> Result<(), Error> {
 
 /// The chain in tls.crt must link up from the CA certificate, which comes first.
 fn check_chain(certs: &[Certificate]) -> Result<(), Error> {
-    let chain = Chain::order(certs.to_vec()).map_err(|e| Error::Misconfigured {
-        message: "tls.crt: the CA certificate and the certificates after it do not form one chain"
-            .to_owned(),
-        source: Some(Box::new(e)),
+    let chain = Chain::order(certs.to_vec()).map_err(|e| {
+        tracing::debug!(error = %e, "tls.crt does not form one chain");
+        fault(
+            CaFault::CertificateInvalid,
+            "tls.crt: the CA certificate and the certificates after it do not form one chain",
+        )
     })?;
     let first = &certs[0];
     if chain.leaf() != first {
-        return Err(Error::misconfigured(format!(
-            "tls.crt must start with the CA certificate and continue towards the root, but \
+        return Err(fault(
+            CaFault::CertificateInvalid,
+            format!(
+                "tls.crt must start with the CA certificate and continue towards the root, but \
              {} comes first and {} is the lowest certificate of the chain",
-            describe(first),
-            describe(chain.leaf())
-        )));
+                describe(first),
+                describe(chain.leaf())
+            ),
+        ));
     }
     Ok(())
 }
@@ -1710,8 +1727,12 @@ mod tests {
         ) {
             Err(e @ Error::Misconfigured { .. }) => {
                 assert!(e.to_string().contains("tls.crt "), "{e}");
-                let cause = std::error::Error::source(&e).map(ToString::to_string);
-                assert_eq!(cause.as_deref(), Some("PEM bundle contains no certificate"));
+                assert!(
+                    e.to_string()
+                        .contains("(PEM bundle contains no certificate)"),
+                    "{e}"
+                );
+                assert_eq!(CaFault::of(&e), Some(CaFault::CertificateInvalid));
             }
             other => panic!("expected Misconfigured, got {other:?}"),
         }

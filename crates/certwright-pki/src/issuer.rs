@@ -61,9 +61,14 @@ fn namespace_hint(namespace: &Option<String>) -> String {
 }
 
 impl BuildError {
-    /// The issuer's Ready reason for this error: `InvalidSpec`, `SecretNotFound` or
-    /// `Unauthorized`... as documented on the issuer status.
+    /// The issuer's Ready reason for this error: `InvalidSpec`, `SecretNotFound`, or a
+    /// local CA's own fault (`CAExpired`, `CAKeyMismatch`... [`CaFault::reason`](crate::ca::CaFault::reason)),
+    /// as documented on the issuer status.
     pub fn reason(&self) -> &'static str {
+        #[cfg(feature = "ca")]
+        if let Some(fault) = crate::ca::CaFault::of(self) {
+            return fault.reason();
+        }
         match self {
             BuildError::InvalidSpec(_) | BuildError::Unavailable(_) => "InvalidSpec",
             BuildError::SecretNotFound { .. } | BuildError::SecretKeyMissing { .. } => {

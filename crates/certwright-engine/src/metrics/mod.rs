@@ -488,12 +488,13 @@ impl Metrics {
             .issuer_ready
             .get_or_create(issuer)
             .set(i64::from(ready));
-        let previous = self
+        // Held while the series change, so that two writers leave one reason at 1.
+        let mut reasons = self
             .inner
             .reasons
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(issuer.clone(), reason.to_owned());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = reasons.insert(issuer.clone(), reason.to_owned());
         if let Some(previous) = previous.filter(|p| p != reason) {
             self.inner.issuer_reason.remove(&ReasonLabels {
                 issuer: issuer.clone(),

@@ -83,8 +83,34 @@ async fn each_fault_of_a_ca_has_its_own_reason_event_and_metric_label() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_expires_while_running_says_so_whole_on_a_tenants_issuer() {
+    // Checked every 300 ms, with tenants' errors redacted as the controller does: the
+    // CA's own fault is still told in full.
+    let mut env = Env::new().await;
+    env.start_engine(certwright_engine::EngineConfig {
+        issuer_health_check_interval: std::time::Duration::from_millis(300),
+        redact_tenant_errors: true,
+        ..crate::support::fast_config()
+    });
+    let ns = "apps";
+    let brief = TestCa::root_valid(KeyKind::EcdsaP256, "brief", now() - DAY, now() + 3);
+    env.put_ca_secret(ns, "brief", &brief).await;
+    env.namespaced_issuer(ns, "brief", ca_spec("brief")).await;
+    env.wait_namespaced_issuer(ns, "brief", "CAExpiringSoon")
+        .await;
+    let issuer = env.wait_namespaced_issuer(ns, "brief", "CAExpired").await;
+    let message = &issuer.status.unwrap().conditions[0].message;
+    assert!(message.contains("expired at"), "{message}");
+    assert!(message.contains("\"CN=brief\""), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_about_to_expire_keeps_signing_with_a_warning() {
-    let env = Env::start().await;
+    let mut env = Env::new().await;
+    env.start_engine(certwright_engine::EngineConfig {
+        issuer_health_check_interval: std::time::Duration::from_millis(200),
+        ..crate::support::fast_config()
+    });
     let ns = "apps";
     let expires = now() + 10 * DAY;
     let soon = TestCa::root_valid(KeyKind::EcdsaP256, "soon", now() - DAY, expires);
@@ -106,7 +132,20 @@ async fn a_ca_about_to_expire_keeps_signing_with_a_warning() {
     let gauge = format!(
         r#"certwright_issuer_ca_expiry_timestamp_seconds{{issuer_name="soon",issuer_kind="InternalIssuer",issuer_group="pki.certwright.io",namespace="{ns}"}} {expires}"#
     );
-    assert!(env.metrics.encode().unwrap().contains(&gauge), "{gauge}");
+    let metrics = env.metrics.encode().unwrap();
+    assert!(metrics.contains(&gauge), "{gauge}");
+    assert!(metrics.contains(&format!(
+        r#"certwright_issuer_ready_reason{{issuer_name="soon",issuer_kind="InternalIssuer",issuer_group="pki.certwright.io",namespace="{ns}",reason="CAExpiringSoon"}} 1"#
+    )));
+    // Checks every 200 ms say the same: one Event, not one per check.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let warnings = env
+        .server
+        .list_json("events.events.k8s.io", ns)
+        .iter()
+        .filter(|e| e["reason"] == "CAExpiringSoon")
+        .count();
+    assert_eq!(warnings, 1);
     // It still signs, cut short to its own expiry.
     env.request(ns, "web", namespaced_ref("soon")).await;
     env.approve(ns, "web").await;
