@@ -151,3 +151,57 @@ async fn a_ca_about_to_expire_keeps_signing_with_a_warning() {
     env.approve(ns, "web").await;
     env.wait_ready_reason(ns, "web", "Issued").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_its_parent_revoked_is_not_ready_and_its_requests_wait() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start().await;
+    let ns = "apps";
+    let root = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
+    // The parent's CRL, served over plain HTTP as CAs publish it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/root.crl", listener.local_addr().unwrap());
+    let issuing = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing", &url);
+    let crl = root.crl(&[&issuing.cert().serial_hex]);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let crl = crl.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    crl.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&crl).await;
+            });
+        }
+    });
+    let chain = format!("{}{}", issuing.cert_pem(), root.cert_pem());
+    env.put_secret(
+        ns,
+        "issuing",
+        &[("tls.crt", &chain), ("tls.key", issuing.key_pem())],
+    )
+    .await;
+    env.namespaced_issuer(ns, "issuing", ca_spec("issuing"))
+        .await;
+    let issuer = env.wait_namespaced_issuer(ns, "issuing", "CARevoked").await;
+    let message = &issuer.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("was revoked at") && message.contains(&url),
+        "{message}"
+    );
+    env.request(ns, "web", namespaced_ref("issuing")).await;
+    env.approve(ns, "web").await;
+    env.wait_request(ns, "web", "waiting for its revoked issuer", |cr| {
+        cr.ready_reason() == Some("Pending")
+            && cr.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.message.contains("was revoked at"))
+            })
+    })
+    .await;
+}
