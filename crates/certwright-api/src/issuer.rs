@@ -135,8 +135,8 @@ impl From<IssuerSpec> for InternalClusterIssuerSpec {
 pub struct IssuerStatus {
     /// `Ready` says whether the issuer can sign. Reasons: Verified, CAExpiringSoon (still
     /// Ready), InvalidSpec, SecretNotFound, SecretOutOfScope, CAExpired, CANotYetValid,
-    /// CANotACA, CACertificateInvalid, CARevoked, CAKeyMismatch, CAKeyUnreadable,
-    /// Unauthorized, Unreachable, CircuitOpen.
+    /// CANotACA, CACertificateInvalid, CAKeyMismatch, CAKeyUnreadable, Unauthorized,
+    /// Unreachable, CircuitOpen.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

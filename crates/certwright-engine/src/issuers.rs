@@ -58,7 +58,7 @@ pub(crate) struct Fingerprint {
 pub struct Health {
     /// Verified, CAExpiringSoon, InvalidSpec, SecretNotFound, SecretOutOfScope, a local
     /// CA's own fault (CAExpired, CANotYetValid, CANotACA, CACertificateInvalid,
-    /// CARevoked, CAKeyMismatch, CAKeyUnreadable), Unauthorized, Unreachable, CircuitOpen.
+    /// CAKeyMismatch, CAKeyUnreadable), Unauthorized, Unreachable, CircuitOpen.
     pub reason: &'static str,
     /// A sentence a person can act on.
     pub message: String,

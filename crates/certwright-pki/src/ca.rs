@@ -91,23 +91,7 @@ pub struct LocalCa {
     authority_key_id: Vec<u8>,
     config: LocalCaConfig,
     rng: SystemRandom,
-    /// Where to read the CRL the CA certificate names, when it names one and its parent
-    /// is in tls.crt to check the CRL's signature.
-    revocation: Option<Revocation>,
 }
-
-/// The CRL check of a CA certificate: its CRL's URLs, the parent that signs the CRL,
-/// and the bounded client that fetches it.
-struct Revocation {
-    urls: Vec<String>,
-    parent: Certificate,
-    /// The client, or why none could be built (no trust roots for an https CRL URL on
-    /// this host): then revocation is reported as not checked, and the CA still signs.
-    http: Result<crate::http::HttpClient, String>,
-}
-
-/// How long a CRL download may take, and how big it may be.
-const CRL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -194,97 +178,7 @@ impl LocalCa {
             authority_key_id,
             config,
             rng,
-            revocation: None,
         })
-    }
-
-    /// Checks at every health check whether the CA certificate has been revoked: when it
-    /// names an `http`/`https` CRL distribution point and tls.crt holds its parent (the
-    /// CRL's signer), the CRL is fetched (within 10 s and 8 MiB, keeping to `egress`),
-    /// its signature verified with the parent's key, and a listing of the CA makes the
-    /// check fail with [`CaFault::Revoked`]. A CRL that cannot be fetched or verified
-    /// does not fail the check (the health message says revocation was not checked): a
-    /// CRL server's outage must not stop a CA that nobody revoked.
-    ///
-    /// Infallible in effect: a client that cannot be built is reported at each check.
-    ///
-    /// # Errors
-    /// None today; the `Result` leaves room for a configuration that can be refused.
-    pub fn with_revocation_check(
-        mut self,
-        egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
-    ) -> Result<LocalCa, Error> {
-        let urls = self.ca().crl_urls();
-        let parent = self.certs.get(1).cloned();
-        if let (false, Some(parent)) = (urls.is_empty(), parent) {
-            let http = crate::http::HttpClient::new(crate::http::HttpConfig {
-                timeout: CRL_TIMEOUT,
-                connect_timeout: CRL_TIMEOUT.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
-                max_response_bytes: certwright_x509::MAX_CRL_BYTES,
-                egress,
-                allow_http: true,
-                ..crate::http::HttpConfig::default()
-            })
-            .map_err(|e| e.to_string());
-            self.revocation = Some(Revocation { urls, parent, http });
-        }
-        Ok(self)
-    }
-
-    /// Fetches the CRL and says whether it revokes the CA: `Err` with
-    /// [`CaFault::Revoked`] when it does, `Ok(None)` when it does not, `Ok(Some(why))`
-    /// when revocation could not be checked.
-    async fn revocation_status(&self, revocation: &Revocation) -> Result<Option<String>, Error> {
-        let http = match &revocation.http {
-            Ok(http) => http,
-            Err(why) => return Ok(Some(format!("revocation not checked: {why}"))),
-        };
-        let mut problems = Vec::new();
-        for url in &revocation.urls {
-            let parsed = match reqwest::Url::parse(url) {
-                Ok(u) => u,
-                Err(e) => {
-                    problems.push(format!("{url}: {e}"));
-                    continue;
-                }
-            };
-            let request = http.request(reqwest::Method::GET, parsed);
-            let answer = match http.send(request).await {
-                Ok(a) if a.is_success() => a,
-                Ok(a) => {
-                    problems.push(format!("{url} answered HTTP {}", a.status.as_u16()));
-                    continue;
-                }
-                Err(e) => {
-                    problems.push(format!("{url}: {e}"));
-                    continue;
-                }
-            };
-            let crl = match certwright_x509::Crl::parse(&answer.body)
-                .and_then(|crl| crl.verify_signed_by(&revocation.parent).map(|()| crl))
-            {
-                Ok(crl) => crl,
-                Err(e) => {
-                    problems.push(format!("{url}: {e}"));
-                    continue;
-                }
-            };
-            return match crl.revocation_of(self.ca()) {
-                Some(at) => Err(fault(
-                    CaFault::Revoked,
-                    format!(
-                        "the CA certificate {} was revoked at {at} by {}, as the CRL at {url} says",
-                        describe(self.ca()),
-                        describe(&revocation.parent)
-                    ),
-                )),
-                None => Ok(None),
-            };
-        }
-        Ok(Some(format!(
-            "revocation not checked: {}",
-            problems.join("; ")
-        )))
     }
 
     /// The CA certificate that signs.
@@ -488,18 +382,7 @@ impl Backend for LocalCa {
     }
 
     async fn check(&self) -> Result<Health, Error> {
-        let mut health = self.check_at(unix_now()?)?;
-        if let Some(revocation) = &self.revocation {
-            match self.revocation_status(revocation).await? {
-                None => health.message.push_str("; not revoked (CRL checked)"),
-                Some(why) => {
-                    tracing::warn!(ca = %self.ca().subject(), %why, "the CA's revocation was not checked");
-                    health.message.push_str("; ");
-                    health.message.push_str(&why);
-                }
-            }
-        }
-        Ok(health)
+        self.check_at(unix_now()?)
     }
 
     /// Nothing is kept outside this process: signing again makes a certificate no CA
@@ -538,8 +421,6 @@ pub enum CaFault {
     /// tls.crt cannot be used: not PEM certificates, empty, a public key that cannot be
     /// read, or certificates after the first that do not form its chain.
     CertificateInvalid,
-    /// The CA certificate is listed as revoked in the CRL it names, signed by its parent.
-    Revoked,
     /// tls.key is not the key of the CA certificate.
     KeyMismatch,
     /// tls.key (or the certificate's key type) cannot be used: not PEM, encrypted, an
@@ -555,7 +436,6 @@ impl CaFault {
             CaFault::NotYetValid => "CANotYetValid",
             CaFault::NotACa => "CANotACA",
             CaFault::CertificateInvalid => "CACertificateInvalid",
-            CaFault::Revoked => "CARevoked",
             CaFault::KeyMismatch => "CAKeyMismatch",
             CaFault::KeyUnreadable => "CAKeyUnreadable",
         }
@@ -581,7 +461,6 @@ impl fmt::Display for CaFault {
             CaFault::NotYetValid => "the CA certificate is not valid yet",
             CaFault::NotACa => "the certificate is not a CA",
             CaFault::CertificateInvalid => "the CA certificate or its chain cannot be used",
-            CaFault::Revoked => "the CA certificate has been revoked",
             CaFault::KeyMismatch => "the key does not match the CA certificate",
             CaFault::KeyUnreadable => "the CA key cannot be used",
         })
@@ -1724,110 +1603,6 @@ mod tests {
                 other => panic!("expected Misconfigured, got {other:?}"),
             }
         }
-    }
-
-    /// What a test CRL server answers: a body (200), or 404 when `None`.
-    type Served = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
-
-    /// A plain HTTP server answering every request with what `Served` holds at the time;
-    /// its URL. (A CRL names its issuing CA's serial, and the issuing CA names the CRL's
-    /// URL: the body is set once both exist.)
-    async fn crl_server() -> (String, Served) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/issuing.crl", listener.local_addr().unwrap());
-        let served: Served = Served::default();
-        let answer = served.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let body = answer.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = conn.read(&mut buf).await;
-                    let (status, body) = match body {
-                        Some(b) => ("200 OK", b),
-                        None => ("404 Not Found", Vec::new()),
-                    };
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/pkix-crl\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = conn.write_all(head.as_bytes()).await;
-                    let _ = conn.write_all(&body).await;
-                });
-            }
-        });
-        (url, served)
-    }
-
-    /// A local CA for `issuing`, an intermediate of `root`, with its chain.
-    fn intermediate_ca(root: &TestCa, issuing: &TestCa) -> LocalCa {
-        let chain = format!("{}{}", issuing.cert_pem(), root.cert_pem());
-        LocalCa::from_pem(
-            chain.as_bytes(),
-            issuing.key_pem().as_bytes(),
-            LocalCaConfig::default(),
-        )
-        .unwrap()
-        .with_revocation_check(None)
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_ca_its_parent_revoked_fails_its_check_naming_the_fault() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let root = TestCa::root(TestKey::EcdsaP256, "Corp Root CA");
-        let (url, served) = crl_server().await;
-        let issuing = root.intermediate_with_crl(TestKey::EcdsaP256, "Issuing CA", &url);
-        let ca = intermediate_ca(&root, &issuing);
-
-        // Not listed: the check passes and says the CRL was read.
-        *served.lock().unwrap() = Some(root.crl(&[]));
-        let health = ca.check().await.unwrap();
-        assert!(
-            health.message.ends_with("; not revoked (CRL checked)"),
-            "{}",
-            health.message
-        );
-
-        // Listed by its parent: the check fails with the fault.
-        *served.lock().unwrap() = Some(root.crl(&[&issuing.cert().serial_hex]));
-        let err = ca.check().await.unwrap_err();
-        assert_eq!(CaFault::of(&err), Some(CaFault::Revoked), "{err}");
-        assert!(err.to_string().contains("was revoked at"), "{err}");
-        assert!(err.to_string().contains(&url), "{err}");
-
-        // A CRL signed by someone else, a missing CRL, garbage: not checked, not failed.
-        let impostor = TestCa::root(TestKey::EcdsaP256, "Corp Root CA");
-        for body in [
-            Some(impostor.crl(&[&issuing.cert().serial_hex])),
-            None,
-            Some(b"<html>maintenance</html>".to_vec()),
-        ] {
-            *served.lock().unwrap() = body;
-            let health = ca.check().await.unwrap();
-            assert!(
-                health.message.contains("revocation not checked"),
-                "{}",
-                health.message
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn a_root_or_a_ca_naming_no_crl_is_not_checked_for_revocation() {
-        let root = TestCa::root(TestKey::EcdsaP256, "Corp Root CA");
-        let health = local_ca(&root)
-            .with_revocation_check(None)
-            .unwrap()
-            .check()
-            .await
-            .unwrap();
-        assert!(!health.message.contains("revocation"), "{}", health.message);
-        assert!(!health.message.contains("CRL"), "{}", health.message);
-        let issuing = root.intermediate(TestKey::EcdsaP256, "Issuing CA");
-        let health = intermediate_ca(&root, &issuing).check().await.unwrap();
-        assert!(!health.message.contains("CRL"), "{}", health.message);
     }
 
     #[test]

@@ -181,8 +181,7 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                 chain,
                 key,
                 crate::ca::LocalCaConfig { default_duration },
-            )?
-            .with_revocation_check(lookup.source.egress())?;
+            )?;
             Ok(Arc::new(backend))
         }
         #[cfg(feature = "rest")]
