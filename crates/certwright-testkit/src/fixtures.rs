@@ -276,14 +276,13 @@ impl std::fmt::Debug for TestCa {
 }
 
 impl TestCa {
-    /// A self-signed root CA with subject `CN=<common_name>`.
-    ///
-    /// # Panics
-    /// If rcgen fails to sign (a broken test environment).
-    pub fn root(kind: KeyKind, common_name: &str) -> TestCa {
-        let key = kind.key_pair();
-        let (params, serial_hex) = ca_params(common_name, None);
-        let cert = params.self_signed(&key).expect("rcgen self-signs the root");
+    /// The CA rcgen just made from `params` and `key`.
+    fn made(
+        cert: rcgen::Certificate,
+        params: CertificateParams,
+        key: KeyPair,
+        serial_hex: String,
+    ) -> TestCa {
         TestCa {
             cert: GeneratedCert {
                 cert_pem: cert.pem(),
@@ -294,6 +293,17 @@ impl TestCa {
             params,
             key,
         }
+    }
+
+    /// A self-signed root CA with subject `CN=<common_name>`.
+    ///
+    /// # Panics
+    /// If rcgen fails to sign (a broken test environment).
+    pub fn root(kind: KeyKind, common_name: &str) -> TestCa {
+        let key = kind.key_pair();
+        let (params, serial_hex) = ca_params(common_name, None);
+        let cert = params.self_signed(&key).expect("rcgen self-signs the root");
+        TestCa::made(cert, params, key, serial_hex)
     }
 
     /// A self-signed root CA valid only from `not_before` to `not_after` (Unix seconds):
@@ -309,16 +319,7 @@ impl TestCa {
         params.not_after =
             OffsetDateTime::from_unix_timestamp(not_after).expect("not_after is a valid time");
         let cert = params.self_signed(&key).expect("rcgen self-signs the root");
-        TestCa {
-            cert: GeneratedCert {
-                cert_pem: cert.pem(),
-                cert_der: cert.der().to_vec(),
-                key_pem: key.serialize_pem(),
-                serial_hex,
-            },
-            params,
-            key,
-        }
+        TestCa::made(cert, params, key, serial_hex)
     }
 
     /// An intermediate CA with subject `CN=<common_name>`, issued by this CA, with a path
@@ -347,16 +348,7 @@ impl TestCa {
         let cert = params
             .signed_by(&key, &self.issuer())
             .expect("rcgen signs the intermediate");
-        TestCa {
-            cert: GeneratedCert {
-                cert_pem: cert.pem(),
-                cert_der: cert.der().to_vec(),
-                key_pem: key.serialize_pem(),
-                serial_hex,
-            },
-            params,
-            key,
-        }
+        TestCa::made(cert, params, key, serial_hex)
     }
 
     /// A leaf (end-entity) certificate for `dns_name`: subject `CN=<dns_name>`, that name
