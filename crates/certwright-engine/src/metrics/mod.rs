@@ -8,9 +8,9 @@
 //! (Linux only, [`process`]), which Prometheus' conventions leave unprefixed.
 //! docs/engine.md, "Metrics", lists every family.
 //!
-//! One file for the families and their recording methods, and the tests beside them
-//! that pin each family's exposition (names, labels, buckets), which dashboards and
-//! alerts depend on: over 800 lines, most of them those tests.
+//! One file because the families, their recording methods and the tests that pin each
+//! family's exposition (names, labels, buckets), which the chart's dashboard and alerts
+//! depend on, are read together: over 800 lines, most of them those tests.
 
 mod process;
 

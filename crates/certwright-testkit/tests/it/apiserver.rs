@@ -1,5 +1,9 @@
 //! The testkit API server against an unmodified `kube::Client` and kube-runtime: each
 //! test names the upstream behaviour it checks.
+//!
+//! One file because it is one list of upstream behaviours checked through one client
+//! set-up, read top to bottom against the API server's documentation; splitting it by
+//! verb would scatter the watch and resourceVersion cases that depend on each other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
