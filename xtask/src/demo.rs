@@ -122,6 +122,7 @@ async fn demo(root: &Path) -> Result<()> {
     let spec = IssuerSpec {
         ca: Some(CaBackend {
             secret_name: "demo-ca".into(),
+            pkcs11: None,
         }),
         default_duration: Some("720h".into()),
         ..Default::default()

@@ -246,8 +246,10 @@ fn df_free_mib(output: &str) -> Option<u64> {
 
 fn test() -> Result<()> {
     report_free_disk();
-    // The REST adapter is tested against a real CA server.
+    // The REST adapter is tested against a real CA server, the local CA's PKCS#11 keys
+    // against a real token.
     ensure_debian_package("cfssl", "golang-cfssl")?;
+    ensure_debian_package("softhsm2-util", "softhsm2")?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",

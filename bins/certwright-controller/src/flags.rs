@@ -119,6 +119,17 @@ pub(crate) struct Flags {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub(crate) egress_exempt_cluster_issuers: bool,
 
+    /// A PKCS#11 module (shared library path in this container) issuers may name for a
+    /// CA key in a token (`spec.ca.pkcs11.module`), comma-separated or repeated. None by
+    /// default: no module is loaded unless listed here.
+    #[arg(long = "pkcs11-module", value_delimiter = ',')]
+    pub(crate) pkcs11_modules: Vec<std::path::PathBuf>,
+
+    /// Let namespaced InternalIssuers use the `--pkcs11-module`s too; by default only
+    /// InternalClusterIssuers may (a token's PIN locks after a few wrong tries).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) pkcs11_namespaced_issuers: bool,
+
     /// This pod's addresses (every family), refused to issuers; set from the downward
     /// API's `status.podIPs`.
     #[arg(long, env = "POD_IPS", value_delimiter = ',')]

@@ -224,6 +224,8 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
             (!flags.secret_namespaces.is_empty()).then(|| flags.cluster_resource_namespace.clone()),
         )),
         ca_expiry_warning: flags.ca_expiry_warning,
+        pkcs11_modules: flags.pkcs11_modules.clone(),
+        pkcs11_namespaced_issuers: flags.pkcs11_namespaced_issuers,
         max_retry_duration: (!flags.max_retry_duration.is_zero())
             .then_some(flags.max_retry_duration),
         ..EngineConfig::default()

@@ -38,6 +38,10 @@ pub(crate) struct Settings {
     pub(crate) egress_exempt_cluster_issuers: bool,
     /// The namespaces whose Secrets certwright may read; every namespace when `None`.
     pub(crate) secret_namespaces: Option<BTreeSet<String>>,
+    /// The PKCS#11 modules issuers may name (the controller's `--pkcs11-module`).
+    pub(crate) pkcs11_modules: BTreeSet<String>,
+    /// Namespaced issuers may name them too.
+    pub(crate) pkcs11_namespaced_issuers: bool,
 }
 
 /// What is known about one Secret. Only key names, never values.
@@ -242,6 +246,45 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
                     message: format!("Forbidden: {refused}"),
                 });
             }
+        }
+    }
+    // A PKCS#11 module is code the controller would run: only the listed ones, and only
+    // for cluster issuers unless namespaced ones are allowed too.
+    if let Some(module) = spec
+        .ca
+        .as_ref()
+        .and_then(|ca| ca.pkcs11.as_ref())
+        .map(|key| key.module.as_str())
+    {
+        let refusal = if kind != KIND_CLUSTER_ISSUER && !settings.pkcs11_namespaced_issuers {
+            Some(format!(
+                "Forbidden: only InternalClusterIssuers may use a PKCS#11 key here (the \
+                 controller's --pkcs11-namespaced-issuers is off), not this {kind}"
+            ))
+        } else if !settings.pkcs11_modules.contains(module) {
+            Some(if settings.pkcs11_modules.is_empty() {
+                "Forbidden: the controller loads no PKCS#11 module (--pkcs11-module)".to_string()
+            } else {
+                format!(
+                    "Forbidden: {module:?} is not a module the controller may load; it may \
+                     load: {}",
+                    settings
+                        .pkcs11_modules
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            problems.push(Problem {
+                field: "spec.ca.pkcs11.module".to_string(),
+                reason: "FieldValueForbidden",
+                message,
+            });
         }
     }
     // A name that is not a valid Secret name was reported above; looking it up would
@@ -527,6 +570,8 @@ mod tests {
             egress: Some(certwright_pki::egress::EgressPolicy::new()),
             egress_exempt_cluster_issuers: false,
             secret_namespaces: None,
+            pkcs11_modules: BTreeSet::from(["/usr/lib/softhsm/libsofthsm2.so".to_string()]),
+            pkcs11_namespaced_issuers: false,
         }
     }
 
@@ -686,6 +731,66 @@ mod tests {
             &store,
         );
         assert!(open.allowed, "{}", message(&open));
+    }
+
+    #[test]
+    fn a_pkcs11_key_is_allowed_only_from_listed_modules_and_cluster_issuers() {
+        let spec = |module: &str| {
+            json!({"ca": {"secretName": "hsm-ca", "pkcs11": {
+                "module": module, "tokenLabel": "ca", "keyLabel": "root"}}})
+        };
+        let store = secrets(&[
+            (CLUSTER_NS, "hsm-ca", &["tls.crt", "pin"]),
+            ("team-a", "hsm-ca", &["tls.crt", "pin"]),
+        ]);
+        let listed = "/usr/lib/softhsm/libsofthsm2.so";
+        let cluster = admit(
+            &create(KIND_CLUSTER_ISSUER, None, spec(listed)),
+            &settings(),
+            &store,
+        );
+        assert!(cluster.allowed, "{}", message(&cluster));
+        let other = admit(
+            &create(KIND_CLUSTER_ISSUER, None, spec("/tmp/evil.so")),
+            &settings(),
+            &store,
+        );
+        assert_eq!(
+            message(&other),
+            "spec.ca.pkcs11.module: Forbidden: \"/tmp/evil.so\" is not a module the controller \
+             may load; it may load: /usr/lib/softhsm/libsofthsm2.so"
+        );
+        let tenant = admit(
+            &create(KIND_ISSUER, Some("team-a"), spec(listed)),
+            &settings(),
+            &store,
+        );
+        assert!(
+            message(&tenant).starts_with(
+                "spec.ca.pkcs11.module: Forbidden: only InternalClusterIssuers may use a PKCS#11 key"
+            ),
+            "{}",
+            message(&tenant)
+        );
+        let trusting = Settings {
+            pkcs11_namespaced_issuers: true,
+            ..settings()
+        };
+        let tenant = admit(
+            &create(KIND_ISSUER, Some("team-a"), spec(listed)),
+            &trusting,
+            &store,
+        );
+        assert!(tenant.allowed, "{}", message(&tenant));
+        // The PIN's Secret must hold `pin`.
+        let store = secrets(&[(CLUSTER_NS, "hsm-ca", &["tls.crt"])]);
+        let no_pin = admit(
+            &create(KIND_CLUSTER_ISSUER, None, spec(listed)),
+            &settings(),
+            &store,
+        );
+        let warnings = no_pin.warnings.unwrap_or_default().join("\n");
+        assert!(warnings.contains("has no pin"), "{warnings}");
     }
 
     #[test]

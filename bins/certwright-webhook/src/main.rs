@@ -75,6 +75,16 @@ struct Flags {
     #[arg(long = "secret-namespace", value_delimiter = ',')]
     secret_namespaces: Vec<String>,
 
+    /// PKCS#11 modules issuers may name (the controller's --pkcs11-module); an issuer
+    /// naming another is denied.
+    #[arg(long = "pkcs11-module", value_delimiter = ',')]
+    pkcs11_modules: Vec<String>,
+
+    /// Namespaced InternalIssuers may use the PKCS#11 modules too (the controller's
+    /// --pkcs11-namespaced-issuers).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pkcs11_namespaced_issuers: bool,
+
     /// InternalClusterIssuers may name any host (the controller's
     /// --egress-exempt-cluster-issuers).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -162,6 +172,12 @@ fn main() -> ExitCode {
         egress,
         egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
         secret_namespaces,
+        pkcs11_modules: flags
+            .pkcs11_modules
+            .into_iter()
+            .filter(|m| !m.is_empty())
+            .collect(),
+        pkcs11_namespaced_issuers: flags.pkcs11_namespaced_issuers,
     };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,6 +135,8 @@ pub(crate) struct Config {
     pub(crate) egress: certwright_pki::egress::EgressPolicy,
     pub(crate) egress_exempt_cluster_issuers: bool,
     pub(crate) secret_namespaces: Option<std::collections::BTreeSet<String>>,
+    pub(crate) pkcs11_modules: std::collections::BTreeSet<String>,
+    pub(crate) pkcs11_namespaced_issuers: bool,
 }
 
 /// What the handlers share.
@@ -167,6 +169,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             egress: Some(config.egress.clone()),
             egress_exempt_cluster_issuers: config.egress_exempt_cluster_issuers,
             secret_namespaces: config.secret_namespaces.clone(),
+            pkcs11_modules: config.pkcs11_modules.clone(),
+            pkcs11_namespaced_issuers: config.pkcs11_namespaced_issuers,
         },
     });
 

@@ -135,8 +135,8 @@ impl From<IssuerSpec> for InternalClusterIssuerSpec {
 pub struct IssuerStatus {
     /// `Ready` says whether the issuer can sign. Reasons: Verified, CAExpiringSoon (still
     /// Ready), InvalidSpec, SecretNotFound, SecretOutOfScope, CAExpired, CANotYetValid,
-    /// CANotACA, CACertificateInvalid, CAKeyMismatch, CAKeyUnreadable, Unauthorized,
-    /// Unreachable, CircuitOpen.
+    /// CANotACA, CACertificateInvalid, CAKeyMismatch, CAKeyUnreadable, HSMUnavailable,
+    /// HSMPinRejected, HSMKeyNotFound, Unauthorized, Unreachable, CircuitOpen.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -145,14 +145,100 @@ pub struct IssuerStatus {
     pub backend: Option<String>,
 }
 
-/// The local CA backend: certwright holds the CA key itself.
+/// The local CA backend: certwright signs with the CA key itself, held in a Secret or
+/// in a PKCS#11 token.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CaBackend {
-    /// A `kubernetes.io/tls` Secret: `tls.crt` is the CA certificate (a chain up to the
-    /// root is allowed), `tls.key` its private key.
+    /// A Secret whose `tls.crt` is the CA certificate (a chain up to the root is allowed)
+    /// and, unless `pkcs11` is set, whose `tls.key` is its private key (a
+    /// `kubernetes.io/tls` Secret).
     #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
     pub secret_name: String,
+    /// The CA's private key in a PKCS#11 token (an HSM, a cloud KMS's PKCS#11 library,
+    /// SoftHSM2) instead of `tls.key`: signing goes through the token and the key never
+    /// leaves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Key>,
+}
+
+/// Longest PKCS#11 module path accepted.
+pub const PKCS11_MODULE_MAX: usize = 4096;
+/// Longest token label: `CK_TOKEN_INFO.label` is 32 bytes.
+pub const PKCS11_TOKEN_LABEL_MAX: usize = 32;
+/// Longest key label (`CKA_LABEL`) accepted.
+pub const PKCS11_KEY_LABEL_MAX: usize = 255;
+/// Longest key id (`CKA_ID`) accepted, in bytes (twice as many hex digits).
+pub const PKCS11_KEY_ID_MAX: usize = 64;
+
+/// A private key in a PKCS#11 token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pkcs11Key {
+    /// Absolute path of the PKCS#11 module (shared library) in the controller's
+    /// container. It must be one the controller was started to allow
+    /// (`--pkcs11-module`); no other file is ever loaded.
+    #[schemars(length(min = 1, max = 4096))]
+    pub module: String,
+    /// The label of the token holding the key. Exactly one of `tokenLabel` and `slot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub token_label: Option<String>,
+    /// The slot id of the token holding the key. Exactly one of `tokenLabel` and `slot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    /// The private key's label (`CKA_LABEL`). At least one of `keyLabel` and `keyId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub key_label: Option<String>,
+    /// The private key's id (`CKA_ID`) in hex, as `pkcs11-tool --id` takes it. At least
+    /// one of `keyLabel` and `keyId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 128), regex(pattern = r"^([0-9a-fA-F]{2})+$"))]
+    pub key_id: Option<String>,
+    /// The Secret whose `pin` key holds the token's user PIN. Default: `secretName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
+    pub pin_secret_name: Option<String>,
+    /// How an RSA key signs: `PKCS1v15` (default; sha256WithRSAEncryption) or `PSS`
+    /// (RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt). Ignored for ECDSA keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rsa_signature_scheme: Option<RsaSignatureScheme>,
+}
+
+impl Pkcs11Key {
+    /// The Secret holding the PIN: `pinSecretName`, or the CA's own Secret.
+    pub fn pin_secret<'a>(&'a self, ca: &'a CaBackend) -> &'a str {
+        self.pin_secret_name.as_deref().unwrap_or(&ca.secret_name)
+    }
+}
+
+/// The bytes of a `keyId` written in hex, or `None` when it is not 1 to
+/// [`PKCS11_KEY_ID_MAX`] bytes of hex digit pairs.
+pub fn parse_key_id(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty()
+        || !hex.len().is_multiple_of(2)
+        || hex.len() > 2 * PKCS11_KEY_ID_MAX
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// How an RSA CA key in a token signs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RsaSignatureScheme {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[default]
+    #[serde(rename = "PKCS1v15")]
+    Pkcs1v15,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256, salt of 32 bytes.
+    #[serde(rename = "PSS")]
+    Pss,
 }
 
 /// Which REST protocol a `rest` backend speaks.
@@ -401,6 +487,14 @@ impl IssuerSpec {
         let mut names = Vec::new();
         if let Some(ca) = &self.ca {
             names.push(ca.secret_name.as_str());
+            if let Some(pin) = ca
+                .pkcs11
+                .as_ref()
+                .and_then(|p| p.pin_secret_name.as_deref())
+                && pin != ca.secret_name
+            {
+                names.push(pin);
+            }
         }
         if let Some(name) = self
             .rest
@@ -501,6 +595,7 @@ mod tests {
         let spec = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
+                pkcs11: None,
             }),
             ..Default::default()
         };

@@ -25,7 +25,7 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use issuer::{
     AdcsAuthMethod, AdcsBackend, BackendKind, CaBackend, EjbcaBackend, EndEntityName,
     InternalClusterIssuer, InternalClusterIssuerSpec, InternalIssuer, IssuerSpec, IssuerStatus,
-    RestBackend, RestFlavor,
+    Pkcs11Key, RestBackend, RestFlavor, RsaSignatureScheme,
 };
 pub use validation::{
     FieldError, FieldErrorKind, KeyAlternative, SecretRequirement, secret_requirements,

@@ -121,6 +121,83 @@ pub fn validate_issuer_spec(spec: &IssuerSpec) -> Result<(), ValidationErrors> {
 
 fn validate_ca(v: &mut Validator, ca: &CaBackend) {
     v.secret_name("spec.ca.secretName", Some(&ca.secret_name), true);
+    if let Some(key) = &ca.pkcs11 {
+        validate_pkcs11(v, key);
+    }
+}
+
+fn validate_pkcs11(v: &mut Validator, key: &crate::issuer::Pkcs11Key) {
+    use crate::issuer::{
+        PKCS11_KEY_ID_MAX, PKCS11_KEY_LABEL_MAX, PKCS11_MODULE_MAX, PKCS11_TOKEN_LABEL_MAX,
+    };
+    const FIELD: &str = "spec.ca.pkcs11";
+    if key.module.trim().is_empty() {
+        v.push(
+            &format!("{FIELD}.module"),
+            FieldErrorKind::Required,
+            "the path of a PKCS#11 module is required",
+        );
+    } else if !key.module.starts_with('/') {
+        v.push(
+            &format!("{FIELD}.module"),
+            FieldErrorKind::Invalid,
+            format!("{:?} must be an absolute path", key.module),
+        );
+    } else if key.module.len() > PKCS11_MODULE_MAX || key.module.contains('\0') {
+        v.push(
+            &format!("{FIELD}.module"),
+            FieldErrorKind::Invalid,
+            format!("must be a path of at most {PKCS11_MODULE_MAX} bytes without NUL"),
+        );
+    }
+    match (&key.token_label, key.slot) {
+        (None, None) => v.push(
+            &format!("{FIELD}.tokenLabel"),
+            FieldErrorKind::Required,
+            "name the token by tokenLabel or slot",
+        ),
+        (Some(_), Some(_)) => v.push(
+            &format!("{FIELD}.slot"),
+            FieldErrorKind::Forbidden,
+            "set tokenLabel or slot, not both",
+        ),
+        (Some(label), None) if label.is_empty() || label.len() > PKCS11_TOKEN_LABEL_MAX => v.push(
+            &format!("{FIELD}.tokenLabel"),
+            FieldErrorKind::Invalid,
+            format!("must be 1 to {PKCS11_TOKEN_LABEL_MAX} bytes (a PKCS#11 token label)"),
+        ),
+        _ => {}
+    }
+    if key.key_label.is_none() && key.key_id.is_none() {
+        v.push(
+            &format!("{FIELD}.keyLabel"),
+            FieldErrorKind::Required,
+            "name the key by keyLabel, keyId or both",
+        );
+    }
+    if let Some(label) = &key.key_label
+        && (label.is_empty() || label.len() > PKCS11_KEY_LABEL_MAX)
+    {
+        v.push(
+            &format!("{FIELD}.keyLabel"),
+            FieldErrorKind::Invalid,
+            format!("must be 1 to {PKCS11_KEY_LABEL_MAX} bytes"),
+        );
+    }
+    if let Some(id) = &key.key_id
+        && crate::issuer::parse_key_id(id).is_none()
+    {
+        v.push(
+            &format!("{FIELD}.keyId"),
+            FieldErrorKind::Invalid,
+            format!("must be 1 to {PKCS11_KEY_ID_MAX} bytes written as pairs of hex digits"),
+        );
+    }
+    v.secret_name(
+        &format!("{FIELD}.pinSecretName"),
+        key.pin_secret_name.as_deref(),
+        false,
+    );
 }
 
 fn validate_rest(v: &mut Validator, rest: &RestBackend) {
@@ -477,7 +554,21 @@ pub fn secret_requirements(spec: &IssuerSpec) -> Vec<SecretRequirement> {
         }
     };
     if let Some(ca) = &spec.ca {
-        push("spec.ca.secretName", Some(&ca.secret_name), &[TLS_PAIR]);
+        match &ca.pkcs11 {
+            None => push("spec.ca.secretName", Some(&ca.secret_name), &[TLS_PAIR]),
+            Some(key) => {
+                push(
+                    "spec.ca.secretName",
+                    Some(&ca.secret_name),
+                    &[KeyAlternative::of(&["tls.crt"])],
+                );
+                push(
+                    "spec.ca.pkcs11.pinSecretName",
+                    Some(key.pin_secret(ca)),
+                    &[KeyAlternative::of(&["pin"])],
+                );
+            }
+        }
     }
     if let Some(rest) = &spec.rest {
         let keys: &[KeyAlternative] = match rest.flavor {
@@ -560,6 +651,7 @@ mod tests {
             IssuerSpec {
                 ca: Some(CaBackend {
                     secret_name: "dev-ca".into(),
+                    pkcs11: None,
                 }),
                 default_duration: Some("2160h".into()),
                 max_concurrent_requests: Some(4),
@@ -658,6 +750,7 @@ mod tests {
         let spec = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
+                pkcs11: None,
             }),
             adcs: Some(good_adcs()),
             ..Default::default()
@@ -786,6 +879,7 @@ mod tests {
         let ca = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
+                pkcs11: None,
             }),
             ..Default::default()
         };
@@ -873,6 +967,7 @@ mod tests {
         let spec = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
+                pkcs11: None,
             }),
             adcs: Some(good_adcs()),
             ejbca: Some(EjbcaBackend {
@@ -898,6 +993,7 @@ mod tests {
         let ca = &secret_requirements(&IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
+                pkcs11: None,
             }),
             ..Default::default()
         })[0];

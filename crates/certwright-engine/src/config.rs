@@ -72,6 +72,13 @@ pub struct EngineConfig {
     /// from its creation) before it fails, so that cert-manager's backoff takes over.
     /// `None`: retried for as long as it exists.
     pub max_retry_duration: Option<Duration>,
+    /// The PKCS#11 modules (shared libraries) an issuer may name for a CA key in a token
+    /// (`spec.ca.pkcs11.module`); no other file is ever loaded. Empty: none.
+    pub pkcs11_modules: Vec<std::path::PathBuf>,
+    /// Namespaced issuers may use [`EngineConfig::pkcs11_modules`] too. Off: only
+    /// cluster issuers, which the platform team writes, may (a token's PIN locks after a
+    /// few wrong tries, and a module is code run in the controller).
+    pub pkcs11_namespaced_issuers: bool,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +104,8 @@ impl Default for EngineConfig {
             max_retry_duration: Some(DEFAULT_MAX_RETRY_DURATION),
             secret_access: SecretAccess::All,
             ca_expiry_warning: DEFAULT_CA_EXPIRY_WARNING,
+            pkcs11_modules: Vec::new(),
+            pkcs11_namespaced_issuers: false,
         }
     }
 }

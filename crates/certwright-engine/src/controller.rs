@@ -1386,6 +1386,11 @@ impl Shared {
                         namespace: namespace.clone(),
                         data,
                         egress,
+                        pkcs11_modules: if key.cluster || self.config.pkcs11_namespaced_issuers {
+                            self.config.pkcs11_modules.clone()
+                        } else {
+                            Vec::new()
+                        },
                     })
                     .map_err(|e| build_health(&e)),
                 };

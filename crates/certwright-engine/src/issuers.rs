@@ -258,6 +258,8 @@ pub(crate) struct NamespacedSecrets {
     pub(crate) data: BTreeMap<String, SecretData>,
     /// The egress policy this issuer's backend keeps to.
     pub(crate) egress: Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>>,
+    /// The PKCS#11 modules this issuer may load.
+    pub(crate) pkcs11_modules: Vec<std::path::PathBuf>,
 }
 
 impl SecretSource for NamespacedSecrets {
@@ -271,6 +273,10 @@ impl SecretSource for NamespacedSecrets {
 
     fn egress(&self) -> Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>> {
         self.egress.clone()
+    }
+
+    fn pkcs11_modules(&self) -> &[std::path::PathBuf] {
+        &self.pkcs11_modules
     }
 }
 
@@ -400,6 +406,7 @@ mod tests {
         let local = IssuerSpec {
             ca: Some(certwright_api::CaBackend {
                 secret_name: "ca".into(),
+                pkcs11: None,
             }),
             ..Default::default()
         };

@@ -95,6 +95,15 @@ pub trait SecretSource {
     fn egress(&self) -> Option<Arc<crate::egress::EgressPolicy>> {
         None
     }
+
+    /// The PKCS#11 modules an issuer built from this source may load
+    /// (`spec.ca.pkcs11.module`): none unless the caller says. Loading a module runs its
+    /// code in this process, so it is never a path an issuer alone chooses: the engine
+    /// gives the controller's `--pkcs11-module` list, to cluster issuers only unless it
+    /// is told to trust namespaced ones.
+    fn pkcs11_modules(&self) -> &[std::path::PathBuf] {
+        &[]
+    }
 }
 
 impl SecretSource for BTreeMap<String, SecretData> {
@@ -133,6 +142,79 @@ impl<S: SecretSource + ?Sized> Lookup<'_, S> {
                 why: why.to_string(),
             })
     }
+}
+
+/// Where an issuer's CA key is in a PKCS#11 token, once its module is allowed, and
+/// the PIN read from its Secret.
+#[cfg(feature = "pkcs11")]
+fn token_key<S: SecretSource + ?Sized>(
+    lookup: &Lookup<'_, S>,
+    ca: &certwright_api::CaBackend,
+    key: &certwright_api::Pkcs11Key,
+    max_concurrent: u32,
+) -> Result<crate::ca::TokenKeyConfig, BuildError> {
+    use crate::ca::{RsaScheme, TokenKeyConfig, TokenRef};
+    use certwright_api::validation::{FieldError, FieldErrorKind};
+    let module = std::path::PathBuf::from(&key.module);
+    let allowed = lookup.source.pkcs11_modules();
+    if !allowed.contains(&module) {
+        let detail = if allowed.is_empty() {
+            "this controller loads no PKCS#11 module for this issuer (its operator allows \
+             modules with --pkcs11-module, for cluster issuers unless namespaced ones are \
+             allowed too)"
+                .to_string()
+        } else {
+            format!(
+                "{:?} is not a module this controller may load for this issuer; it may load: {}",
+                key.module,
+                allowed
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(BuildError::InvalidSpec(ValidationErrors(vec![
+            FieldError {
+                field: "spec.ca.pkcs11.module".to_string(),
+                kind: FieldErrorKind::Forbidden,
+                detail,
+            },
+        ])));
+    }
+    let pin_secret = key.pin_secret(ca);
+    let data = lookup.secret(pin_secret)?;
+    let pin = lookup.key(pin_secret, data, "pin", "the token's user PIN")?;
+    let pin = String::from_utf8(pin.to_vec())
+        .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+        .map_err(|_| BuildError::SecretKeyMissing {
+            secret: pin_secret.to_string(),
+            key: "pin".to_string(),
+            why: "it must be UTF-8 text".to_string(),
+        })?;
+    let token = match (&key.token_label, key.slot) {
+        (Some(label), _) => TokenRef::Label(label.clone()),
+        (None, Some(slot)) => TokenRef::Slot(slot),
+        // Validated: one of the two is set.
+        (None, None) => return Err(BuildError::InvalidSpec(ValidationErrors(Vec::new()))),
+    };
+    let mut config = TokenKeyConfig::new(module, token, pin)
+        .max_sessions(usize::try_from(max_concurrent).unwrap_or(1))
+        .rsa_scheme(match key.rsa_signature_scheme.unwrap_or_default() {
+            certwright_api::RsaSignatureScheme::Pss => RsaScheme::Pss,
+            _ => RsaScheme::Pkcs1v15,
+        });
+    if let Some(label) = &key.key_label {
+        config = config.key_label(label.clone());
+    }
+    if let Some(id) = key
+        .key_id
+        .as_deref()
+        .and_then(certwright_api::issuer::parse_key_id)
+    {
+        config = config.key_id(id);
+    }
+    Ok(config)
 }
 
 #[cfg(feature = "rest")]
@@ -176,12 +258,20 @@ pub fn build_backend<S: SecretSource + ?Sized>(
             let name = ca.secret_name.as_str();
             let data = lookup.secret(name)?;
             let chain = lookup.key(name, data, "tls.crt", "the CA certificate (PEM)")?;
-            let key = lookup.key(name, data, "tls.key", "the CA private key (PEM)")?;
-            let backend = crate::ca::LocalCa::from_pem(
-                chain,
-                key,
-                crate::ca::LocalCaConfig { default_duration },
-            )?;
+            let config = crate::ca::LocalCaConfig { default_duration };
+            let backend = match &ca.pkcs11 {
+                None => {
+                    let key = lookup.key(name, data, "tls.key", "the CA private key (PEM)")?;
+                    crate::ca::LocalCa::from_pem(chain, key, config)?
+                }
+                #[cfg(feature = "pkcs11")]
+                Some(token) => {
+                    let token = token_key(&lookup, ca, token, spec.max_concurrent_requests())?;
+                    crate::ca::LocalCa::with_token(chain, token, config)?
+                }
+                #[cfg(not(feature = "pkcs11"))]
+                Some(_) => return Err(BuildError::Unavailable(BackendKind::Ca)),
+            };
             Ok(Arc::new(backend))
         }
         #[cfg(feature = "rest")]
@@ -529,6 +619,7 @@ mod tests {
         IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
+                pkcs11: None,
             }),
             ..Default::default()
         }

@@ -1,7 +1,7 @@
 //! Test support for certwright, never published: CSR and CA fixtures built with rcgen
 //! ([`fixtures`]), an HTTPS test server ([`tls`]), PKI simulators ([`rest_sim`]), a
-//! launcher for a real `cfssl serve` ([`cfssl`]) and the backend conformance suite
-//! ([`conformance`]).
+//! launcher for a real `cfssl serve` ([`cfssl`]), SoftHSM2 tokens ([`softhsm`]) and the
+//! backend conformance suite ([`conformance`]).
 //!
 //! Fixtures return bytes and PEM strings rather than certwright types, so that crates
 //! below `certwright-pki` (such as `certwright-x509`) can use them in their own tests.
@@ -18,6 +18,7 @@ pub mod fixtures;
 pub mod kdc_sim;
 pub mod rest_sim;
 pub mod schema;
+pub mod softhsm;
 pub mod tls;
 
 pub use fixtures::{

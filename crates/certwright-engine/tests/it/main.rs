@@ -7,6 +7,7 @@ mod backup;
 mod ca_faults;
 mod embedding;
 mod flow;
+mod hsm;
 mod kubernetes_csr;
 mod leader;
 mod lost_answers;

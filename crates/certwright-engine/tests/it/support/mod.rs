@@ -146,7 +146,7 @@ impl Env {
         self.shutdown.cancel();
     }
 
-    /// Creates an Opaque Secret holding these string keys.
+    /// Creates an Opaque Secret holding these string keys, or replaces the one there.
     pub async fn put_secret(&self, ns: &str, name: &str, pairs: &[(&str, &str)]) {
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
@@ -154,16 +154,25 @@ impl Env {
                 namespace: Some(ns.into()),
                 ..Default::default()
             },
-            string_data: Some(
+            data: Some(
                 pairs
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
                     .collect(),
             ),
             ..Default::default()
         };
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        api.create(&PostParams::default(), &secret).await.unwrap();
+        match api.get_opt(name).await.unwrap() {
+            Some(_) => {
+                api.replace(name, &PostParams::default(), &secret)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                api.create(&PostParams::default(), &secret).await.unwrap();
+            }
+        }
     }
 
     /// An InternalClusterIssuer in front of the AD CS simulator, with NTLM credentials,
@@ -514,6 +523,7 @@ pub fn ca_spec(secret: &str) -> IssuerSpec {
     IssuerSpec {
         ca: Some(certwright_api::CaBackend {
             secret_name: secret.into(),
+            pkcs11: None,
         }),
         ..Default::default()
     }

@@ -1,5 +1,6 @@
 //! The local CA backend, certwright's embedded default: signs with a CA key and chain
-//! held in memory, as read from the `tls.crt` and `tls.key` of a kubernetes.io/tls Secret.
+//! held in memory, as read from the `tls.crt` and `tls.key` of a kubernetes.io/tls Secret,
+//! or with a key in a PKCS#11 token ([`pkcs11`](TokenKeyConfig), feature `pkcs11`).
 //!
 //! Each certificate is built here rather than copied from the CSR: the subject name and
 //! public key are taken byte for byte from the verified CSR, the SANs are re-encoded from
@@ -33,6 +34,11 @@ use x509_cert::spki::SubjectPublicKeyInfoRef;
 use crate::{
     Backend, DEFAULT_DURATION, Error, Health, IssuedBundle, Outcome, Recovery, SignRequest,
 };
+
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
+#[cfg(feature = "pkcs11")]
+pub use pkcs11::{RELOAD_INTERVAL, RsaScheme, TokenKeyConfig, TokenRef};
 
 /// How far notBefore is set back from the time of signing, so that a relying party whose
 /// clock is slightly behind accepts a fresh certificate. The requested lifetime is
@@ -130,6 +136,71 @@ impl LocalCa {
         config: LocalCaConfig,
         now: i64,
     ) -> Result<LocalCa, Error> {
+        let (certs, kind, ca_public_key) = Self::read_chain(chain_pem, &config, now)?;
+        let rng = SystemRandom::new();
+        let key = SigningKey::from_pem(key_pem, kind, &ca_public_key, &rng)?;
+        if key.public_key() != Some(ca_public_key.as_slice()) {
+            return Err(key_mismatch(format!(
+                "both hold {kind} keys, but different ones"
+            )));
+        }
+        Ok(Self::assemble(certs, key, &ca_public_key, config, rng))
+    }
+
+    /// Builds a local CA whose key is in a PKCS#11 token, from the PEM of its
+    /// certificate and chain (`tls.crt`).
+    ///
+    /// The token is not opened here: the first health check or signature opens it,
+    /// finds the key and proves it belongs to the certificate, so that an issuer whose
+    /// token is away at start reports `HSMUnavailable` and recovers when it is back.
+    ///
+    /// # Errors
+    /// [`Error::Misconfigured`] for the certificate, as [`LocalCa::from_pem`]; a key not
+    /// named by label or id; an Ed25519 certificate (tokens sign ECDSA and RSA).
+    #[cfg(feature = "pkcs11")]
+    pub fn with_token(
+        chain_pem: &[u8],
+        token: TokenKeyConfig,
+        config: LocalCaConfig,
+    ) -> Result<LocalCa, Error> {
+        let (certs, kind, ca_public_key) = Self::read_chain(chain_pem, &config, unix_now()?)?;
+        let key = pkcs11::TokenKey::new(token, kind, ca_public_key.clone())?;
+        Ok(Self::assemble(
+            certs,
+            SigningKey::Token(std::sync::Arc::new(key)),
+            &ca_public_key,
+            config,
+            SystemRandom::new(),
+        ))
+    }
+
+    fn assemble(
+        certs: Vec<Certificate>,
+        key: SigningKey,
+        ca_public_key: &[u8],
+        config: LocalCaConfig,
+        rng: SystemRandom,
+    ) -> LocalCa {
+        let authority_key_id = certs
+            .first()
+            .and_then(|ca| subject_key_identifier(ca.der()))
+            .unwrap_or_else(|| key_identifier(ca_public_key));
+        LocalCa {
+            certs,
+            key,
+            authority_key_id,
+            config,
+            rng,
+        }
+    }
+
+    /// Reads and checks `tls.crt`: the certificates, the CA's key type and its public
+    /// key.
+    fn read_chain(
+        chain_pem: &[u8],
+        config: &LocalCaConfig,
+        now: i64,
+    ) -> Result<(Vec<Certificate>, KeyKind, Vec<u8>), Error> {
         if config.default_duration.as_secs() == 0 {
             return Err(Error::misconfigured(
                 "the default duration of the local CA must be at least one second",
@@ -161,24 +232,7 @@ impl LocalCa {
                 ),
             )
         })?;
-        let rng = SystemRandom::new();
-        let key = SigningKey::from_pem(key_pem, kind, &ca_public_key, &rng)?;
-        if key.public_key() != ca_public_key.as_slice() {
-            return Err(key_mismatch(format!(
-                "both hold {kind} keys, but different ones"
-            )));
-        }
-        let authority_key_id = match subject_key_identifier(ca.der()) {
-            Some(id) => id,
-            None => key_identifier(&ca_public_key),
-        };
-        Ok(LocalCa {
-            certs,
-            key,
-            authority_key_id,
-            config,
-            rng,
-        })
+        Ok((certs, kind, ca_public_key))
     }
 
     /// The CA certificate that signs.
@@ -205,8 +259,12 @@ impl LocalCa {
             .unwrap_or(i64::MIN)
     }
 
-    fn check_at(&self, now: i64) -> Result<Health, Error> {
+    async fn check_at(&self, now: i64) -> Result<Health, Error> {
         check_validity(&self.certs, now)?;
+        #[cfg(feature = "pkcs11")]
+        if let SigningKey::Token(token) = &self.key {
+            token.probe().await?;
+        }
         let until = self
             .certs
             .iter()
@@ -222,7 +280,7 @@ impl LocalCa {
         })
     }
 
-    fn sign_at(&self, request: &SignRequest, now: i64) -> Result<Outcome, Error> {
+    async fn sign_at(&self, request: &SignRequest, now: i64) -> Result<Outcome, Error> {
         check_validity(&self.certs, now)?;
         let ca = self.ca();
         let csr = &request.csr;
@@ -303,7 +361,7 @@ impl LocalCa {
                 &sequence(&extensions.iter().map(Vec::as_slice).collect::<Vec<_>>()),
             ),
         ]);
-        let signature = self.key.sign(&tbs, &self.rng)?;
+        let signature = self.key.sign(&tbs, &self.rng).await?;
         let mut signature_bits = Vec::with_capacity(signature.len() + 1);
         signature_bits.push(0); // no unused bits
         signature_bits.extend_from_slice(&signature);
@@ -320,7 +378,8 @@ impl LocalCa {
         leaf.verify_signed_by(ca)
             .map_err(|e| Error::Misconfigured {
                 message: format!(
-                    "a certificate signed with tls.key does not verify against {}",
+                    "a certificate signed with {} does not verify against {}",
+                    self.key.describe(),
                     describe(ca)
                 ),
                 source: Some(Box::new(e)),
@@ -364,7 +423,7 @@ impl Backend for LocalCa {
     }
 
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {
-        self.sign_at(request, unix_now()?)
+        self.sign_at(request, unix_now()?).await
     }
 
     /// The local CA signs at once and never holds a request, so a pending id (say, a
@@ -382,7 +441,7 @@ impl Backend for LocalCa {
     }
 
     async fn check(&self) -> Result<Health, Error> {
-        self.check_at(unix_now()?)
+        self.check_at(unix_now()?).await
     }
 
     /// Nothing is kept outside this process: signing again makes a certificate no CA
@@ -424,8 +483,17 @@ pub enum CaFault {
     /// tls.key is not the key of the CA certificate.
     KeyMismatch,
     /// tls.key (or the certificate's key type) cannot be used: not PEM, encrypted, an
-    /// unsupported algorithm or format.
+    /// unsupported algorithm or format; or a token key cannot sign as the certificate
+    /// wants.
     KeyUnreadable,
+    /// The PKCS#11 module cannot be loaded, the token is not present, or the token or
+    /// its sessions fail. Transient: retried, and recovered from when the token is back.
+    HsmUnavailable,
+    /// The token refused the PIN (or it is locked). Not tried again until the PIN
+    /// Secret changes.
+    HsmPinRejected,
+    /// The token holds no private key with the configured label and id (or several).
+    HsmKeyNotFound,
 }
 
 impl CaFault {
@@ -438,6 +506,9 @@ impl CaFault {
             CaFault::CertificateInvalid => "CACertificateInvalid",
             CaFault::KeyMismatch => "CAKeyMismatch",
             CaFault::KeyUnreadable => "CAKeyUnreadable",
+            CaFault::HsmUnavailable => "HSMUnavailable",
+            CaFault::HsmPinRejected => "HSMPinRejected",
+            CaFault::HsmKeyNotFound => "HSMKeyNotFound",
         }
     }
 
@@ -463,6 +534,9 @@ impl fmt::Display for CaFault {
             CaFault::CertificateInvalid => "the CA certificate or its chain cannot be used",
             CaFault::KeyMismatch => "the key does not match the CA certificate",
             CaFault::KeyUnreadable => "the CA key cannot be used",
+            CaFault::HsmUnavailable => "the HSM holding the CA key is unavailable",
+            CaFault::HsmPinRejected => "the HSM refused the PIN",
+            CaFault::HsmKeyNotFound => "the HSM holds no such CA key",
         })
     }
 }
@@ -768,6 +842,9 @@ enum SigningKey {
     Rsa(RsaKeyPair),
     Ecdsa(EcdsaKeyPair, KeyKind),
     Ed25519(Ed25519KeyPair),
+    /// A key in a PKCS#11 token.
+    #[cfg(feature = "pkcs11")]
+    Token(std::sync::Arc<pkcs11::TokenKey>),
 }
 
 /// SEC1 `ECPrivateKey` (RFC 5915), the content of an `EC PRIVATE KEY` PEM block.
@@ -927,15 +1004,20 @@ impl SigningKey {
             SigningKey::Rsa(_) => KeyKind::Rsa,
             SigningKey::Ecdsa(_, kind) => *kind,
             SigningKey::Ed25519(_) => KeyKind::Ed25519,
+            #[cfg(feature = "pkcs11")]
+            SigningKey::Token(token) => token.kind(),
         }
     }
 
-    /// The public key as it appears in a SubjectPublicKeyInfo's BIT STRING.
-    fn public_key(&self) -> &[u8] {
+    /// The public key as it appears in a SubjectPublicKeyInfo's BIT STRING; `None` for a
+    /// token key, which proves itself by signing instead.
+    fn public_key(&self) -> Option<&[u8]> {
         match self {
-            SigningKey::Rsa(pair) => pair.public().as_ref(),
-            SigningKey::Ecdsa(pair, _) => pair.public_key().as_ref(),
-            SigningKey::Ed25519(pair) => pair.public_key().as_ref(),
+            SigningKey::Rsa(pair) => Some(pair.public().as_ref()),
+            SigningKey::Ecdsa(pair, _) => Some(pair.public_key().as_ref()),
+            SigningKey::Ed25519(pair) => Some(pair.public_key().as_ref()),
+            #[cfg(feature = "pkcs11")]
+            SigningKey::Token(_) => None,
         }
     }
 
@@ -945,10 +1027,21 @@ impl SigningKey {
             SigningKey::Ecdsa(_, KeyKind::EcdsaP384) => ECDSA_WITH_SHA384,
             SigningKey::Ecdsa(..) => ECDSA_WITH_SHA256,
             SigningKey::Ed25519(_) => ED25519,
+            #[cfg(feature = "pkcs11")]
+            SigningKey::Token(token) => token.algorithm_identifier(),
         }
     }
 
-    fn sign(&self, message: &[u8], rng: &SystemRandom) -> Result<Vec<u8>, Error> {
+    /// Where the key is, for messages.
+    fn describe(&self) -> String {
+        match self {
+            #[cfg(feature = "pkcs11")]
+            SigningKey::Token(token) => format!("the {}", token.describe()),
+            _ => "tls.key".to_owned(),
+        }
+    }
+
+    async fn sign(&self, message: &[u8], rng: &SystemRandom) -> Result<Vec<u8>, Error> {
         let failed = |_| Error::Transient {
             message: "signing with the CA key failed".to_owned(),
             source: None,
@@ -965,6 +1058,8 @@ impl SigningKey {
                 .map(|s| s.as_ref().to_vec())
                 .map_err(failed),
             SigningKey::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
+            #[cfg(feature = "pkcs11")]
+            SigningKey::Token(token) => token.sign(message).await,
         }
     }
 }
@@ -1590,8 +1685,8 @@ mod tests {
         let after_expiry = VALID_UNTIL_UNIX + 1;
         let request = SignRequest::new(full_csr(TestKey::EcdsaP256), "uid-1");
         for result in [
-            ca.sign_at(&request, after_expiry).map(|_| ()),
-            ca.check_at(after_expiry).map(|_| ()),
+            ca.sign_at(&request, after_expiry).await.map(|_| ()),
+            ca.check_at(after_expiry).await.map(|_| ()),
         ] {
             match result {
                 Err(Error::Misconfigured { message, .. }) => {
@@ -1605,8 +1700,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_refusal_of_the_ca_itself_names_its_fault() {
+    #[tokio::test]
+    async fn each_refusal_of_the_ca_itself_names_its_fault() {
         let fault_of = |chain: &str, key: &str| match LocalCa::from_pem(
             chain.as_bytes(),
             key.as_bytes(),
@@ -1641,7 +1736,7 @@ mod tests {
             (VALID_UNTIL_UNIX + 1, CaFault::Expired),
             (VALID_FROM_UNIX - 1, CaFault::NotYetValid),
         ] {
-            let e = ca.check_at(at).unwrap_err();
+            let e = ca.check_at(at).await.unwrap_err();
             assert_eq!(CaFault::of(&e), Some(expected), "{e}");
         }
         // Other errors name no fault.
