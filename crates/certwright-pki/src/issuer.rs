@@ -157,7 +157,8 @@ fn token_key<S: SecretSource + ?Sized>(
     use certwright_api::validation::{FieldError, FieldErrorKind};
     let module = std::path::PathBuf::from(&key.module);
     let allowed = lookup.source.pkcs11_modules();
-    if !allowed.contains(&module) {
+    // The path as written, compared as the webhook compares it: no normalization.
+    if !allowed.iter().any(|p| p.as_os_str() == key.module.as_str()) {
         let detail = if allowed.is_empty() {
             "this controller loads no PKCS#11 module for this issuer (its operator allows \
              modules with --pkcs11-module, for cluster issuers unless namespaced ones are \

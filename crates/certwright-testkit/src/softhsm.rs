@@ -28,11 +28,34 @@ const SO_PIN: &str = "certwright-so-pin";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Held while softhsm2-util writes the token directory: two `--init-token --free` at once
-/// pick the same free slot.
+/// pick the same free slot. Threads of this process wait on it; other test processes on
+/// the file lock beside the configuration.
 static WRITING: Mutex<()> = Mutex::new(());
 
-fn writing() -> std::sync::MutexGuard<'static, ()> {
-    WRITING.lock().unwrap_or_else(|p| p.into_inner())
+struct Writing {
+    _file: Option<std::fs::File>,
+    _thread: std::sync::MutexGuard<'static, ()>,
+}
+
+fn writing() -> Writing {
+    let thread = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    let file = std::env::var_os("SOFTHSM2_CONF")
+        .map(PathBuf::from)
+        .and_then(|conf| {
+            let dir = conf.parent()?.to_path_buf();
+            std::fs::create_dir_all(&dir).ok()?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("softhsm2.lock"))
+                .ok()
+        })
+        .filter(|file| file.lock().is_ok());
+    Writing {
+        _file: file,
+        _thread: thread,
+    }
 }
 
 /// One SoftHSM2 token and a module file of its own.
@@ -44,6 +67,7 @@ pub struct SoftHsm {
     dir: tempfile::TempDir,
     module: PathBuf,
     label: String,
+    slot: u64,
 }
 
 impl Default for SoftHsm {
@@ -75,7 +99,7 @@ impl SoftHsm {
         let module = dir.path().join("libsofthsm2.so");
         std::fs::copy(&system, &module).expect("copy the SoftHSM2 module");
         let _writing = writing();
-        util(&[
+        let out = util(&[
             "--init-token",
             "--free",
             "--label",
@@ -85,7 +109,18 @@ impl SoftHsm {
             "--pin",
             USER_PIN,
         ]);
-        SoftHsm { dir, module, label }
+        // "The token has been initialized and is reassigned to slot 1234"
+        let slot = out
+            .rsplit("slot ")
+            .next()
+            .and_then(|rest| rest.trim().trim_end_matches('.').parse().ok())
+            .unwrap_or_else(|| panic!("no slot in softhsm2-util's answer: {out}"));
+        SoftHsm {
+            dir,
+            module,
+            label,
+            slot,
+        }
     }
 
     /// The installed SoftHSM2 module, if any.
@@ -108,7 +143,7 @@ impl SoftHsm {
         std::fs::write(file.path(), key_pem).expect("write the key to import");
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let _writing = writing();
-        util(&[
+        let _ = util(&[
             "--import",
             file.path().to_str().expect("UTF-8 path"),
             "--token",
@@ -133,6 +168,11 @@ impl SoftHsm {
         &self.label
     }
 
+    /// The token's slot id.
+    pub fn slot(&self) -> u64 {
+        self.slot
+    }
+
     /// Removes the module file, as an HSM client library that is not installed.
     pub fn remove_module(&self) {
         std::fs::remove_file(&self.module).expect("remove the module copy");
@@ -154,7 +194,7 @@ impl SoftHsm {
     pub fn init_token(label: &str) {
         ensure_config();
         let _writing = writing();
-        util(&[
+        let _ = util(&[
             "--init-token",
             "--free",
             "--label",
@@ -229,7 +269,8 @@ fn sweep(conf: &Path) {
     }
 }
 
-fn util(args: &[&str]) {
+/// Runs softhsm2-util; its standard output.
+fn util(args: &[&str]) -> String {
     let out = Command::new("softhsm2-util")
         .args(args)
         .output()
@@ -241,4 +282,5 @@ fn util(args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

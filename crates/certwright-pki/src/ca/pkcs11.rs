@@ -12,10 +12,14 @@
 //!   logged-in sessions, bounded by the issuer's `maxConcurrentRequests`. Signing runs on
 //!   tokio's blocking pool: a network HSM may take milliseconds.
 //!
+//! Login is per token for the whole process, so the module also keeps the PINs: which
+//! one logged in (a key presenting another is refused, at most a few new ones an hour
+//! compared), and which ones the token refused (never presented again).
+//!
 //! Every failure is an [`Error`] whose [`CaFault`] names it: `HsmUnavailable` (module
 //! missing, token absent, session or device errors; transient, retried, and recovered
-//! from when the token comes back), `HsmPinRejected` (not tried again until the PIN
-//! changes: a token locks its PIN after a few wrong tries), `HsmKeyNotFound`, and
+//! from when the token comes back), `HsmPinRejected` (a refused PIN is not presented
+//! again: a token locks its PIN after a few wrong tries), `HsmKeyNotFound`, and
 //! `KeyMismatch` (the token's key does not sign for the certificate).
 //!
 //! One file because it is one adapter to one C interface: the module registry, the
@@ -44,7 +48,7 @@ use crate::Error;
 
 /// The least time between two reloads of one module, by default
 /// ([`TokenKeyConfig::reload_interval`]).
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What the key signs to show it belongs to the certificate.
 const PROBE: &[u8] = b"certwright: does this token key belong to the CA certificate?";
@@ -189,8 +193,10 @@ fn hex(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------
 // Modules
 
-/// The modules loaded in this process, by path. A module stays loaded once loaded:
-/// unloading a PKCS#11 library that other threads may still call into is not safe.
+/// The modules of this process, by canonical path (a library reached through a symlink
+/// is one module, not two: its initialization and logins are the library's, once per
+/// process). A module stays loaded once loaded: unloading a PKCS#11 library whose own
+/// threads may still run is not safe.
 static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Default::default);
 
 /// One PKCS#11 library, shared by every key that names its path.
@@ -209,7 +215,18 @@ struct Logins {
     /// The initialization these logins belong to.
     generation: u64,
     by_slot: HashMap<u64, [u8; 32]>,
+    /// PINs the token refused (`C_Login`), by slot: never tried again in this process,
+    /// whichever issuer presents them, so that rebuilding an issuer does not count
+    /// another wrong try towards the token's lockout. Kept across reloads.
+    refused: HashMap<u64, Vec<[u8; 32]>>,
+    /// PINs that did not match the one a token is logged in with, by slot, with when:
+    /// at most [`MISMATCHES_PER_HOUR`] new ones an hour are compared, so that the
+    /// comparison is no faster a way to guess a PIN than the token's own lockout.
+    mismatched: HashMap<u64, Vec<([u8; 32], Instant)>>,
 }
+
+/// New PINs per token and hour compared with the PIN it is logged in with.
+const MISMATCHES_PER_HOUR: usize = 5;
 
 #[derive(Default)]
 struct ModuleState {
@@ -218,20 +235,29 @@ struct ModuleState {
     /// Counts initializations: sessions and handles of an older one are gone.
     generation: u64,
     reloaded_at: Option<Instant>,
+    /// Every context ever made, kept so that the library is never unloaded.
+    kept: Vec<Pkcs11>,
 }
 
 impl Module {
-    fn get(path: &Path) -> Arc<Module> {
-        lock(&MODULES)
-            .entry(path.to_path_buf())
+    /// The module of the library at `path`, once the file is there.
+    fn get(path: &Path) -> Result<Arc<Module>, Error> {
+        let canonical = std::fs::canonicalize(path).map_err(|e| {
+            unavailable(format!(
+                "the PKCS#11 module {} cannot be loaded ({e})",
+                path.display()
+            ))
+        })?;
+        Ok(lock(&MODULES)
+            .entry(canonical.clone())
             .or_insert_with(|| {
                 Arc::new(Module {
-                    path: path.to_path_buf(),
+                    path: canonical,
                     state: RwLock::default(),
                     logins: Mutex::default(),
                 })
             })
-            .clone()
+            .clone())
     }
 
     fn read(&self) -> RwLockReadGuard<'_, ModuleState> {
@@ -261,6 +287,7 @@ impl Module {
             }
         }
         tracing::info!(module = %path, "PKCS#11 module loaded");
+        state.kept.push(context.clone());
         state.context = Some(context);
         state.generation += 1;
         Ok(())
@@ -290,7 +317,9 @@ impl Module {
 
 /// One issuer's CA key in a token.
 pub(crate) struct TokenKey {
-    module: Arc<Module>,
+    /// The module, once its file was found (a module not installed at build is looked
+    /// for again at each use).
+    module: Mutex<Option<Arc<Module>>>,
     config: TokenKeyConfig,
     pin: AuthPin,
     pin_digest: [u8; 32],
@@ -299,7 +328,7 @@ pub(crate) struct TokenKey {
     /// The certificate's public key (its SubjectPublicKeyInfo's BIT STRING), against
     /// which the probe signature is verified.
     public_key: Vec<u8>,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
     conn: Mutex<Conn>,
 }
 
@@ -312,8 +341,6 @@ struct Conn {
     /// Logged-in sessions not in use. They are opened without close-on-drop: after a
     /// reload their handles mean nothing, and closing one could close another's.
     idle: Vec<Session>,
-    /// The token refused the PIN: not tried again with this PIN.
-    pin_rejected: Option<String>,
 }
 
 /// A session lent out for one signature; the module cannot reload while it lives.
@@ -321,7 +348,8 @@ struct Lease<'a> {
     session: Session,
     key: ObjectHandle,
     generation: u64,
-    _module: RwLockReadGuard<'a, ModuleState>,
+    module: &'a Module,
+    _state: RwLockReadGuard<'a, ModuleState>,
 }
 
 impl TokenKey {
@@ -347,12 +375,12 @@ impl TokenKey {
         }
         let pin_digest = sha2::Sha256::digest(config.pin.as_bytes()).into();
         Ok(TokenKey {
-            module: Module::get(&config.module),
+            module: Mutex::new(Module::get(&config.module).ok()),
             pin: AuthPin::from(config.pin.clone()),
             pin_digest,
             kind,
             public_key,
-            permits: tokio::sync::Semaphore::new(config.max_sessions.max(1)),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.max_sessions.max(1))),
             conn: Mutex::default(),
             config,
         })
@@ -384,16 +412,33 @@ impl TokenKey {
 
     /// Signs `message` in the token, as the certificate's signature algorithm wants it.
     pub(crate) async fn sign(self: &Arc<Self>, message: &[u8]) -> Result<Vec<u8>, Error> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| unavailable("the token's session pool is closed"))?;
         let key = self.clone();
         let message = message.to_vec();
-        tokio::task::spawn_blocking(move || key.sign_blocking(&message))
-            .await
-            .map_err(|_| unavailable("signing in the token failed unexpectedly"))?
+        // The permit goes with the blocking task: a caller that gives up does not free
+        // its place while the token still signs.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            key.sign_blocking(&message)
+        })
+        .await
+        .map_err(|_| unavailable("signing in the token failed unexpectedly"))?
+    }
+
+    /// The module, looked for again while its file was missing.
+    fn module(&self) -> Result<Arc<Module>, Error> {
+        let mut module = lock(&self.module);
+        if let Some(module) = module.as_ref() {
+            return Ok(module.clone());
+        }
+        let found = Module::get(&self.config.module)?;
+        *module = Some(found.clone());
+        Ok(found)
     }
 
     /// Opens the token if needed and signs a probe: the health check.
@@ -405,25 +450,29 @@ impl TokenKey {
         let (mechanism, data) = self.mechanism(message);
         // A session that broke (the HSM restarted, the module was reloaded) is dropped
         // and the signature tried once more on a fresh one.
+        let module = self.module()?;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let lease = self.lease()?;
+            let lease = self.lease(&module)?;
             match lease.session.sign(&mechanism, lease.key, &data) {
                 Ok(raw) => {
                     self.give_back(lease);
                     return self.encode(raw);
                 }
-                Err(e) => {
-                    let broken = session_broken(&e);
+                Err(e) if session_broken(&e) => {
                     let generation = lease.generation;
-                    drop(lease);
-                    if broken {
-                        self.forget(generation, &e);
-                    }
-                    if !broken || attempts >= 2 {
+                    let _ = lease.session.close();
+                    drop(lease._state);
+                    self.forget(&module, generation, &e);
+                    if attempts >= 2 {
                         return Err(self.error(&e, "signing"));
                     }
+                }
+                Err(e) => {
+                    // A failed C_Sign ends the operation; the session stays usable.
+                    self.give_back(lease);
+                    return Err(self.error(&e, "signing"));
                 }
             }
         }
@@ -462,17 +511,17 @@ impl TokenKey {
 
     /// A logged-in session and the key handle, opening the token and finding the key
     /// first when this key has not yet (or not since the module's last initialization).
-    fn lease(&self) -> Result<Lease<'_>, Error> {
-        self.module.ensure_loaded()?;
-        let module = self.module.read();
-        let Some(context) = module.context.clone() else {
+    fn lease<'m>(&self, module: &'m Module) -> Result<Lease<'m>, Error> {
+        module.ensure_loaded()?;
+        let state = module.read();
+        let Some(context) = state.context.clone() else {
             // Reloaded between the two lines above: the next use loads it again.
             return Err(unavailable(format!(
                 "the PKCS#11 module {} is being reloaded",
                 self.config.module.display()
             )));
         };
-        let generation = module.generation;
+        let generation = state.generation;
         let mut conn = lock(&self.conn);
         if conn.generation != generation {
             // Sessions of an earlier initialization are gone with it.
@@ -480,15 +529,13 @@ impl TokenKey {
             conn.found = None;
             conn.generation = generation;
         }
-        if let Some(why) = &conn.pin_rejected {
-            return Err(pin_rejected(why.clone()));
-        }
         if let (Some(session), Some((_, key))) = (conn.idle.pop(), conn.found) {
             return Ok(Lease {
                 session,
                 key,
                 generation,
-                _module: module,
+                module,
+                _state: state,
             });
         }
         let slot = match conn.found {
@@ -497,9 +544,9 @@ impl TokenKey {
                 Ok(slot) => slot,
                 Err(e) => {
                     drop(conn);
-                    drop(module);
+                    drop(state);
                     // A token that is not there now may appear: look again, later.
-                    self.module.reload(generation, self.config.reload_interval);
+                    module.reload(generation, self.config.reload_interval);
                     return Err(e);
                 }
             },
@@ -507,12 +554,7 @@ impl TokenKey {
         let session = context
             .open_ro_session_no_drop(slot)
             .map_err(|e| self.error(&e, "opening a session"))?;
-        if let Err(e) = self.login(generation, &session, slot) {
-            if let Error::Misconfigured { message, .. } = &e
-                && CaFault::of(&e) == Some(CaFault::HsmPinRejected)
-            {
-                conn.pin_rejected = Some(message.clone());
-            }
+        if let Err(e) = self.login(module, generation, &context, &session, slot) {
             let _ = session.close();
             return Err(e);
         }
@@ -533,7 +575,8 @@ impl TokenKey {
             session,
             key,
             generation,
-            _module: module,
+            module,
+            _state: state,
         })
     }
 
@@ -544,24 +587,23 @@ impl TokenKey {
         } else {
             let _ = lease.session.close();
         }
+        let _ = lease.module;
     }
 
-    /// Forgets what this key knew of its token after a session broke, and the module's
-    /// login when the token says it is not logged in.
-    fn forget(&self, generation: u64, e: &CkError) {
+    /// Forgets what this key knew of its token after a session broke (closing its idle
+    /// sessions of this initialization), and reloads the module when the token is gone.
+    fn forget(&self, module: &Module, generation: u64, e: &CkError) {
         {
+            let _state = module.read();
             let mut conn = lock(&self.conn);
             if conn.generation == generation {
-                conn.idle.clear();
+                for session in conn.idle.drain(..) {
+                    let _ = session.close();
+                }
                 conn.found = None;
             }
         }
-        if matches!(e, CkError::Pkcs11(RvError::UserNotLoggedIn, _)) {
-            let mut logins = lock(&self.module.logins);
-            if logins.generation == generation {
-                logins.by_slot.clear();
-            }
-        } else if matches!(
+        if matches!(
             e,
             CkError::Pkcs11(
                 RvError::CryptokiNotInitialized
@@ -571,7 +613,7 @@ impl TokenKey {
                 _
             )
         ) {
-            self.module.reload(generation, self.config.reload_interval);
+            module.reload(generation, self.config.reload_interval);
         }
     }
 
@@ -579,45 +621,81 @@ impl TokenKey {
         let slots = context
             .get_slots_with_token()
             .map_err(|e| self.error(&e, "listing the slots"))?;
-        let found = match &self.config.token {
-            TokenRef::Slot(id) => slots.into_iter().find(|s| s.id() == *id),
-            TokenRef::Label(label) => slots.into_iter().find(|slot| {
-                context
-                    .get_token_info(*slot)
-                    .is_ok_and(|info| info.label().trim_end() == label.trim_end())
-            }),
+        let found: Vec<Slot> = match &self.config.token {
+            TokenRef::Slot(id) => slots.into_iter().filter(|s| s.id() == *id).collect(),
+            TokenRef::Label(label) => slots
+                .into_iter()
+                .filter(|slot| {
+                    context
+                        .get_token_info(*slot)
+                        .is_ok_and(|info| info.label().trim_end() == label.trim_end())
+                })
+                .collect(),
         };
-        found.ok_or_else(|| {
-            unavailable(format!(
+        match found.as_slice() {
+            [slot] => Ok(*slot),
+            [] => Err(unavailable(format!(
                 "{} is not present in PKCS#11 module {}",
                 self.config.token,
                 self.config.module.display()
-            ))
-        })
+            ))),
+            more => Err(fault(
+                CaFault::HsmKeyNotFound,
+                format!(
+                    "{} tokens of PKCS#11 module {} are labelled alike: name the token by \
+                     slot",
+                    more.len(),
+                    self.config.module.display()
+                ),
+            )),
+        }
     }
 
     /// Logs in to the token unless this process is, with this PIN. Login is per token
     /// for the whole process (and ends with its last session), so the module records
     /// the digest of the PIN that logged in: a key that names the token with another PIN
-    /// is refused rather than let in by the other's login.
-    fn login(&self, generation: u64, session: &Session, slot: Slot) -> Result<(), Error> {
+    /// is refused rather than let in by the other's login, and at most
+    /// [`MISMATCHES_PER_HOUR`] such PINs an hour are even compared. A PIN the token
+    /// refused is never presented again by this process.
+    fn login(
+        &self,
+        module: &Module,
+        generation: u64,
+        context: &Pkcs11,
+        session: &Session,
+        slot: Slot,
+    ) -> Result<(), Error> {
+        let info = context
+            .get_token_info(slot)
+            .map_err(|e| self.error(&e, "reading the token's flags"))?;
+        if !info.login_required() {
+            return Ok(());
+        }
         // Held across C_Login: of two keys logging in at once, the second sees the first.
-        let mut logins = lock(&self.module.logins);
+        let mut logins = lock(&module.logins);
         if logins.generation != generation {
             logins.by_slot.clear();
             logins.generation = generation;
+        }
+        if logins
+            .refused
+            .get(&slot.id())
+            .is_some_and(|refused| refused.contains(&self.pin_digest))
+        {
+            return Err(pin_rejected(format!(
+                "{} refused this PIN before; it is not tried again (a token locks its PIN \
+                 after a few wrong tries): write the right PIN to the Secret",
+                self.config.token
+            )));
         }
         let state = session
             .get_session_info()
             .map_err(|e| self.error(&e, "reading the session's state"))?
             .session_state();
         if matches!(state, SessionState::RoUser | SessionState::RwUser) {
-            return match logins.by_slot.get(&slot.id()) {
-                Some(digest) if *digest == self.pin_digest => Ok(()),
-                Some(_) => Err(pin_rejected(format!(
-                    "{} is open in this process with another PIN: this PIN is not the token's",
-                    self.config.token
-                ))),
+            return match logins.by_slot.get(&slot.id()).copied() {
+                Some(digest) if digest == self.pin_digest => Ok(()),
+                Some(_) => Err(self.mismatch(&mut logins, slot)),
                 None => Err(pin_rejected(format!(
                     "{} is logged in outside certwright, so the PIN cannot be checked",
                     self.config.token
@@ -632,10 +710,41 @@ impl TokenKey {
                     self.config.token
                 )));
             }
-            Err(e) => return Err(self.error(&e, "logging in")),
+            Err(e) => {
+                let error = self.error(&e, "logging in");
+                if CaFault::of(&error) == Some(CaFault::HsmPinRejected) {
+                    logins
+                        .refused
+                        .entry(slot.id())
+                        .or_default()
+                        .push(self.pin_digest);
+                }
+                return Err(error);
+            }
         }
         logins.by_slot.insert(slot.id(), self.pin_digest);
         Ok(())
+    }
+
+    /// The refusal of a PIN that is not the one the token is logged in with.
+    fn mismatch(&self, logins: &mut Logins, slot: Slot) -> Error {
+        let tried = logins.mismatched.entry(slot.id()).or_default();
+        tried.retain(|(_, at)| at.elapsed() < Duration::from_secs(3600));
+        if !tried.iter().any(|(digest, _)| *digest == self.pin_digest) {
+            if tried.len() >= MISMATCHES_PER_HOUR {
+                return pin_rejected(format!(
+                    "{} is open in this process with another PIN, and {MISMATCHES_PER_HOUR} \
+                     other PINs were presented for it within the hour: this one is not \
+                     compared until that is over",
+                    self.config.token
+                ));
+            }
+            tried.push((self.pin_digest, Instant::now()));
+        }
+        pin_rejected(format!(
+            "{} is open in this process with another PIN: this PIN is not the token's",
+            self.config.token
+        ))
     }
 
     fn find_key(&self, session: &Session) -> Result<ObjectHandle, Error> {
@@ -753,9 +862,12 @@ impl TokenKey {
                 "{} refused the PIN ({detail}); fix the PIN Secret",
                 self.config.token
             )),
+            CkError::Pkcs11(RvError::UserPinNotInitialized, _) => pin_rejected(format!(
+                "{} has no user PIN set ({detail}); initialize it with the token's SO tools",
+                self.config.token
+            )),
             CkError::Pkcs11(
-                RvError::KeyHandleInvalid
-                | RvError::KeyTypeInconsistent
+                RvError::KeyTypeInconsistent
                 | RvError::KeyFunctionNotPermitted
                 | RvError::KeySizeRange
                 | RvError::MechanismInvalid
@@ -773,10 +885,16 @@ impl TokenKey {
 impl Drop for TokenKey {
     fn drop(&mut self) {
         // Close this key's idle sessions, unless the module was reloaded since (their
-        // handles are gone, and may be another's now).
-        let module = self.module.read();
+        // handles are gone, and may be another's now). Runs on an async worker: when a
+        // reload holds the module, the sessions are left to it rather than waited for.
+        let Some(module) = lock(&self.module).clone() else {
+            return;
+        };
+        let Ok(state) = module.state.try_read() else {
+            return;
+        };
         let mut conn = lock(&self.conn);
-        let current = conn.generation == module.generation;
+        let current = conn.generation == state.generation;
         for session in conn.idle.drain(..) {
             if current {
                 let _ = session.close();
@@ -811,6 +929,8 @@ fn session_broken(e: &CkError) -> bool {
         CkError::Pkcs11(
             RvError::SessionHandleInvalid
                 | RvError::SessionClosed
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid
                 | RvError::UserNotLoggedIn
                 | RvError::CryptokiNotInitialized
                 | RvError::DeviceRemoved

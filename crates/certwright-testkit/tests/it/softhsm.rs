@@ -160,10 +160,17 @@ async fn a_wrong_pin_is_named_and_not_tried_again() {
     assert_eq!(kind, CaFault::HsmPinRejected, "{e}");
     assert!(matches!(e, Error::Misconfigured { .. }), "{e:?}");
     assert!(!e.to_string().contains("not-the-pin"), "{e}");
-    // Sticky: the token is not asked again (it would count another wrong try).
+    // Not presented again (it would count another wrong try), by this issuer or by a
+    // rebuilt one with the same PIN.
     let (kind, again) = fault(ca.check().await);
     assert_eq!(kind, CaFault::HsmPinRejected);
-    assert_eq!(again.to_string(), e.to_string());
+    assert!(again.to_string().contains("not tried again"), "{again}");
+    let mut wrong = config(&hsm, "root");
+    wrong.pin = "not-the-pin".to_string();
+    let rebuilt =
+        LocalCa::with_token(root.cert_pem().as_bytes(), wrong, LocalCaConfig::default()).unwrap();
+    let (_, again) = fault(rebuilt.check().await);
+    assert!(again.to_string().contains("not tried again"), "{again}");
 
     // A right PIN (the rebuilt issuer) works; and then a second key on the same token,
     // opened with another PIN, is refused rather than let in by the first one's login.
@@ -184,6 +191,71 @@ async fn a_wrong_pin_is_named_and_not_tried_again() {
     .unwrap();
     let (kind, e) = fault(issue(&intruder, "www.example.test").await);
     assert_eq!(kind, CaFault::HsmPinRejected, "{e}");
+    assert!(e.to_string().contains("another PIN"), "{e}");
+    // Guessing by changing the PIN is no faster than the token's lockout: after five
+    // other PINs within the hour, a new one is not even compared.
+    for guess in 0..6 {
+        let mut other_pin = config(&hsm, "root");
+        other_pin.pin = format!("guess-{guess}");
+        let intruder = LocalCa::with_token(
+            root.cert_pem().as_bytes(),
+            other_pin,
+            LocalCaConfig::default(),
+        )
+        .unwrap();
+        let (_, e) = fault(intruder.check().await);
+        assert_eq!(
+            e.to_string().contains("not compared"),
+            guess >= 4,
+            "guess {guess}: {e}"
+        );
+    }
+    good.check().await.expect("the right PIN still signs");
+}
+
+#[tokio::test]
+async fn a_module_reached_through_a_symlink_is_the_same_library() {
+    // Two paths to one library must not make two contexts of it: the second would find
+    // the token logged in by the first, and a reload through one would break the other.
+    let hsm = SoftHsm::new();
+    let root = TestCa::root(KeyKind::EcdsaP256, "Token Root");
+    hsm.import(root.key_pem(), "root", &[1]);
+    let links = tempfile::tempdir().unwrap();
+    let link = links.path().join("libpkcs11.so");
+    std::os::unix::fs::symlink(hsm.module(), &link).unwrap();
+    let direct = LocalCa::with_token(
+        root.cert_pem().as_bytes(),
+        config(&hsm, "root"),
+        LocalCaConfig::default(),
+    )
+    .unwrap();
+    let mut through_link = config(&hsm, "root");
+    through_link.module = link;
+    let linked = LocalCa::with_token(
+        root.cert_pem().as_bytes(),
+        through_link,
+        LocalCaConfig::default(),
+    )
+    .unwrap();
+    direct.check().await.unwrap();
+    linked
+        .check()
+        .await
+        .expect("the same library, already logged in with this PIN");
+    issue(&linked, "www.example.test").await.unwrap();
+    issue(&direct, "www.example.test").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_token_may_be_named_by_its_slot() {
+    let hsm = SoftHsm::new();
+    let root = TestCa::root(KeyKind::EcdsaP384, "Token Root");
+    hsm.import(root.key_pem(), "root", &[1]);
+    let config =
+        TokenKeyConfig::new(hsm.module(), TokenRef::Slot(hsm.slot()), USER_PIN).key_label("root");
+    let ca =
+        LocalCa::with_token(root.cert_pem().as_bytes(), config, LocalCaConfig::default()).unwrap();
+    issue(&ca, "www.example.test").await.unwrap();
 }
 
 #[tokio::test]
