@@ -21,6 +21,17 @@ use crate::cluster::{self, Process};
 const NS: &str = "cert-manager";
 
 pub(crate) fn run(root: &Path) -> Result<()> {
+    build()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(demo(root))
+}
+
+/// Builds the controller, the webhook and the test API server (debug).
+pub(crate) fn build() -> Result<()> {
     println!("==> building the controller, the webhook and the test API server");
     crate::cargo(&[
         "build",
@@ -37,64 +48,61 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         "certwright-webhook",
         "--bin",
         "certwright-apiserver",
-    ])?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(demo(root))
+    ])
 }
 
-async fn demo(root: &Path) -> Result<()> {
-    let started = Instant::now();
-    let bin = root.join("target/debug");
-    // Logs and files stay in target/demo for a look afterwards.
-    let dir = root.join("target/demo");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let d = dir.as_path();
+/// The test API server, the webhook (registered with it) and the controller, running
+/// as processes from `target/debug`, with their logs in `dir`.
+pub(crate) struct Stack {
+    pub(crate) api: cluster::ApiServerProcess,
+    pub(crate) client: kube::Client,
+    pub(crate) webhook: Process,
+    pub(crate) controller: Process,
+    pub(crate) metrics_port: u16,
+}
 
-    let api = cluster::start_apiserver(&bin.join("certwright-apiserver"), root, d)?;
-    println!(
-        "==> test API server at {} (CRDs: CertificateRequest, InternalIssuer, InternalClusterIssuer)",
-        api.url
-    );
-    let client = cluster::client(&api.url)?;
+impl Stack {
+    /// Starts the three, the controller with `controller_args` added.
+    pub(crate) async fn start(root: &Path, dir: &Path, controller_args: &[&str]) -> Result<Stack> {
+        let bin = root.join("target/debug");
+        let d = dir;
+        let api = cluster::start_apiserver(&bin.join("certwright-apiserver"), root, d)?;
+        println!(
+            "==> test API server at {} (CRDs: CertificateRequest, InternalIssuer, InternalClusterIssuer)",
+            api.url
+        );
+        let client = cluster::client(&api.url)?;
 
-    // The webhook's serving certificate, as cert-manager would issue it in a cluster.
-    let webhook_ca = TestCa::root(KeyKind::EcdsaP256, "certwright demo webhook CA");
-    let serving = webhook_ca.issue_leaf(KeyKind::EcdsaP256, "localhost");
-    std::fs::write(d.join("tls.crt"), &serving.cert_pem)?;
-    std::fs::write(d.join("tls.key"), &serving.key_pem)?;
-    let (webhook_port, webhook_health) = (cluster::free_port(), cluster::free_port());
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let mut webhook = Process::spawn(
-        "certwright-webhook",
-        &bin.join("certwright-webhook"),
-        &[
-            "--tls-cert-file".into(),
-            d.join("tls.crt").display().to_string(),
-            "--tls-private-key-file".into(),
-            d.join("tls.key").display().to_string(),
-            "--bind-address".into(),
-            format!("127.0.0.1:{webhook_port}"),
-            "--health-probe-bind-address".into(),
-            format!("127.0.0.1:{webhook_health}"),
-            "--kubeconfig".into(),
-            kubeconfig.clone(),
-            "--cluster-resource-namespace".into(),
-            NS.into(),
-            "--log-format".into(),
-            "text".into(),
-        ],
-        d.join("webhook.log"),
-    )?;
-    let (metrics_port, health_port) = (cluster::free_port(), cluster::free_port());
-    let mut controller = Process::spawn(
-        "certwright-controller",
-        &bin.join("certwright-controller"),
-        &[
+        // The webhook's serving certificate, as cert-manager would issue it in a cluster.
+        let webhook_ca = TestCa::root(KeyKind::EcdsaP256, "certwright demo webhook CA");
+        let serving = webhook_ca.issue_leaf(KeyKind::EcdsaP256, "localhost");
+        std::fs::write(d.join("tls.crt"), &serving.cert_pem)?;
+        std::fs::write(d.join("tls.key"), &serving.key_pem)?;
+        let (webhook_port, webhook_health) = (cluster::free_port(), cluster::free_port());
+        let kubeconfig = api.kubeconfig.display().to_string();
+        let mut webhook = Process::spawn(
+            "certwright-webhook",
+            &bin.join("certwright-webhook"),
+            &[
+                "--tls-cert-file".into(),
+                d.join("tls.crt").display().to_string(),
+                "--tls-private-key-file".into(),
+                d.join("tls.key").display().to_string(),
+                "--bind-address".into(),
+                format!("127.0.0.1:{webhook_port}"),
+                "--health-probe-bind-address".into(),
+                format!("127.0.0.1:{webhook_health}"),
+                "--kubeconfig".into(),
+                kubeconfig.clone(),
+                "--cluster-resource-namespace".into(),
+                NS.into(),
+                "--log-format".into(),
+                "text".into(),
+            ],
+            d.join("webhook.log"),
+        )?;
+        let (metrics_port, health_port) = (cluster::free_port(), cluster::free_port());
+        let mut args: Vec<String> = vec![
             "--kubeconfig".into(),
             kubeconfig,
             "--cluster-resource-namespace".into(),
@@ -107,14 +115,65 @@ async fn demo(root: &Path) -> Result<()> {
             "500ms".into(),
             "--log-format".into(),
             "text".into(),
-        ],
-        d.join("controller.log"),
-    )?;
-    cluster::wait_port(webhook_port, &mut webhook, Duration::from_secs(20))?;
-    cluster::wait_port(metrics_port, &mut controller, Duration::from_secs(20))?;
-    println!(
-        "==> controller (leader election on, metrics :{metrics_port}) and webhook (:{webhook_port}) running"
-    );
+        ];
+        args.extend(controller_args.iter().map(|a| a.to_string()));
+        let mut controller = Process::spawn(
+            "certwright-controller",
+            &bin.join("certwright-controller"),
+            &args,
+            d.join("controller.log"),
+        )?;
+        cluster::wait_port(webhook_port, &mut webhook, Duration::from_secs(20))?;
+        cluster::wait_port(metrics_port, &mut controller, Duration::from_secs(20))?;
+        println!(
+            "==> controller (leader election on, metrics :{metrics_port}) and webhook (:{webhook_port}) running"
+        );
+        // The API server calls the webhook for issuer creates and updates, as a cluster
+        // does through the chart's ValidatingWebhookConfiguration.
+        register_webhook(&client, webhook_port, webhook_ca.cert_pem()).await?;
+        Ok(Stack {
+            api,
+            client,
+            webhook,
+            controller,
+            metrics_port,
+        })
+    }
+
+    /// Stops the controller (as SIGTERM does) and the rest; fails when the controller
+    /// did not stop cleanly.
+    pub(crate) fn stop(mut self) -> Result<()> {
+        println!("==> shutting down");
+        let clean = self.controller.terminate(Duration::from_secs(10))?;
+        self.webhook.terminate(Duration::from_secs(10))?;
+        drop(self.api);
+        if !clean {
+            bail!(
+                "the controller did not stop cleanly; see {}",
+                self.controller.log.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Makes `target/<name>` afresh, for a demo's logs and files.
+pub(crate) fn demo_dir(root: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let dir = root.join("target").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn demo(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    // Logs and files stay in target/demo for a look afterwards.
+    let dir = demo_dir(root, "demo")?;
+    let d = dir.as_path();
+    let mut stack = Stack::start(root, d, &[]).await?;
+    let client = stack.client.clone();
+    let metrics_port = stack.metrics_port;
+    let controller = &mut stack.controller;
 
     // The embedded default: a CA generated here, held in a kubernetes.io/tls Secret.
     let ca = TestCa::root(KeyKind::EcdsaP256, "certwright demo CA");
@@ -122,14 +181,11 @@ async fn demo(root: &Path) -> Result<()> {
     let spec = IssuerSpec {
         ca: Some(CaBackend {
             secret_name: "demo-ca".into(),
-            pkcs11: None,
+            ..Default::default()
         }),
         default_duration: Some("720h".into()),
         ..Default::default()
     };
-    // The API server calls the webhook for issuer creates and updates, as a cluster
-    // does through the chart's ValidatingWebhookConfiguration.
-    register_webhook(&client, webhook_port, webhook_ca.cert_pem()).await?;
     let issuer = InternalClusterIssuer::new("demo", spec.clone().into());
     let issuers: Api<InternalClusterIssuer> = Api::all(client.clone());
     issuers
@@ -137,7 +193,7 @@ async fn demo(root: &Path) -> Result<()> {
         .await
         .context("creating the issuer")?;
     println!("==> InternalClusterIssuer demo created (the webhook allowed it)");
-    let ready = wait_issuer(&issuers, "demo", &mut controller).await?;
+    let ready = wait_issuer(&issuers, "demo", controller).await?;
     println!("==> InternalClusterIssuer demo: {ready}");
 
     // An issuer the webhook refuses: plain http and a template name that would inject
@@ -215,7 +271,7 @@ async fn demo(root: &Path) -> Result<()> {
     }
     println!("==> 3 CertificateRequests created and approved; issued chains:");
     for (name, _, _) in &wanted {
-        let cr = wait_request(&requests, name, &mut controller).await?;
+        let cr = wait_request(&requests, name, controller).await?;
         let status = cr.status.unwrap_or_default();
         let chain =
             certwright_x509::parse_pem_bundle(status.certificate.unwrap_or_default().as_bytes())?;
@@ -243,7 +299,7 @@ async fn demo(root: &Path) -> Result<()> {
 
     // A Kubernetes CertificateSigningRequest naming the same issuer's signer, approved
     // as `kubectl certificate approve` does.
-    sign_kubernetes_csr(&client, &mut controller).await?;
+    sign_kubernetes_csr(&client, controller).await?;
 
     let metrics = cluster::http_get(metrics_port, "/metrics")?;
     println!("==> metrics excerpt (http://127.0.0.1:{metrics_port}/metrics):");
@@ -256,16 +312,7 @@ async fn demo(root: &Path) -> Result<()> {
         println!("    {line}");
     }
 
-    println!("==> shutting down");
-    let clean = controller.terminate(Duration::from_secs(10))?;
-    webhook.terminate(Duration::from_secs(10))?;
-    drop(api);
-    if !clean {
-        bail!(
-            "the controller did not stop cleanly; see {}",
-            controller.log.display()
-        );
-    }
+    stack.stop()?;
     println!(
         "==> done in {:.1}s; logs in {}",
         started.elapsed().as_secs_f64(),
@@ -345,14 +392,14 @@ async fn sign_kubernetes_csr(client: &kube::Client, controller: &mut Process) ->
 }
 
 /// The API server's message for a refused write.
-fn refusal(e: &kube::Error) -> String {
+pub(crate) fn refusal(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) => status.message.clone(),
         other => other.to_string(),
     }
 }
 
-async fn register_webhook(client: &kube::Client, port: u16, ca_pem: &str) -> Result<()> {
+pub(crate) async fn register_webhook(client: &kube::Client, port: u16, ca_pem: &str) -> Result<()> {
     use k8s_openapi::api::admissionregistration::v1::{
         RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
     };
@@ -392,7 +439,7 @@ async fn register_webhook(client: &kube::Client, port: u16, ca_pem: &str) -> Res
     Ok(())
 }
 
-async fn wait_issuer(
+pub(crate) async fn wait_issuer(
     api: &Api<InternalClusterIssuer>,
     name: &str,
     controller: &mut Process,
@@ -421,7 +468,7 @@ async fn wait_issuer(
     }
 }
 
-async fn wait_request(
+pub(crate) async fn wait_request(
     api: &Api<CertificateRequest>,
     name: &str,
     controller: &mut Process,

@@ -5,6 +5,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod helm;
+mod rotate_demo;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -21,6 +22,7 @@ tasks:
   helm-lint          static checks of helm/certwright (no helm needed; see docs/helm.md)
   test               fmt check, clippy, crdgen check, every test
   demo               the real controller and webhook against the test API server
+  rotate-demo        one complete CA rotation (Distribute, Switch, Retire) on short lifetimes
   bench [--outage-seconds N] [--total N]
                      measure the controller; writes docs/benchmarks.md";
 
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("helm-lint") => helm::lint(&root()),
         Some("demo") => demo::run(&root()),
+        Some("rotate-demo") => rotate_demo::run(&root()),
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
@@ -272,6 +275,8 @@ fn test() -> Result<()> {
     // The README's first command must keep working.
     println!("==> demo");
     demo::run(&root())?;
+    println!("==> rotate-demo");
+    rotate_demo::run(&root())?;
     Ok(())
 }
 

@@ -190,8 +190,14 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
             .old_object
             .as_ref()
             .and_then(|o| parse(kind, o).ok());
-        if old.is_some_and(|old| old.spec == parsed.spec) || parsed.deleting {
+        if old.as_ref().is_some_and(|old| old.spec == parsed.spec) || parsed.deleting {
             return Review::Done(Box::new(allowed));
+        }
+        if let Some(problem) = old
+            .as_ref()
+            .and_then(|old| retire_refusal(old, &parsed.spec, jiff::Timestamp::now()))
+        {
+            return Review::Done(Box::new(deny(allowed, vec![problem])));
         }
     }
 
@@ -437,10 +443,15 @@ struct Parsed {
     spec: IssuerSpec,
     namespace: Option<String>,
     deleting: bool,
+    /// `status.rotation`, as the controller wrote it.
+    rotation: Option<certwright_api::RotationStatus>,
 }
 
 fn parse(kind: &str, object: &DynamicObject) -> Result<Parsed, String> {
     let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    let rotation = value
+        .pointer("/status/rotation")
+        .and_then(|r| serde_json::from_value(r.clone()).ok());
     let (metadata, spec) = if kind == KIND_CLUSTER_ISSUER {
         let issuer: InternalClusterIssuer =
             serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -453,6 +464,44 @@ fn parse(kind: &str, object: &DynamicObject) -> Result<Parsed, String> {
         spec,
         namespace: metadata.namespace,
         deleting: metadata.deletion_timestamp.is_some(),
+        rotation,
+    })
+}
+
+/// Why an update may not take a CA rotation to `Retire`: only from `Switch` (the next
+/// CA signs, both roots published), and only once the certificates the current CA
+/// signed have expired, as the controller recorded (`status.rotation.retireAfter`).
+fn retire_refusal(old: &Parsed, new: &IssuerSpec, now: jiff::Timestamp) -> Option<Problem> {
+    use certwright_api::RotationPhase;
+    let phase = |spec: &IssuerSpec| {
+        spec.ca
+            .as_ref()
+            .and_then(|ca| ca.rotation.as_ref())
+            .map(|r| r.phase)
+    };
+    if phase(new) != Some(RotationPhase::Retire) || phase(&old.spec) == Some(RotationPhase::Retire)
+    {
+        return None;
+    }
+    let message = if phase(&old.spec) != Some(RotationPhase::Switch) {
+        "Forbidden: a CA rotation enters Retire from Switch, once the next CA signs \
+         (Distribute, then Switch, then Retire)"
+            .to_string()
+    } else {
+        let until = old.rotation.as_ref().and_then(|r| r.retire_after)?;
+        if until <= now {
+            return None;
+        }
+        format!(
+            "Forbidden: certificates signed by the current CA are valid until {until}; Retire \
+             would drop its root from the trust bundle while they are in use. Stay in Switch \
+             until then"
+        )
+    };
+    Some(Problem {
+        field: "spec.ca.rotation.phase".to_string(),
+        reason: "FieldValueForbidden",
+        message,
     })
 }
 
@@ -791,6 +840,61 @@ mod tests {
         );
         let warnings = no_pin.warnings.unwrap_or_default().join("\n");
         assert!(warnings.contains("has no pin"), "{warnings}");
+    }
+
+    #[test]
+    fn a_rotation_retires_the_old_ca_only_from_switch_and_once_its_certificates_expired() {
+        let spec = |phase: &str| {
+            json!({"ca": {"secretName": "ca-2025", "rotation": {
+                "nextSecretName": "ca-2026", "phase": phase}}})
+        };
+        let store = secrets(&[
+            (CLUSTER_NS, "ca-2025", &["tls.crt", "tls.key"]),
+            (CLUSTER_NS, "ca-2026", &["tls.crt", "tls.key"]),
+        ]);
+        let update = |from: &str, to: &str, retire_after: Option<jiff::Timestamp>| {
+            let mut req = request(
+                "UPDATE",
+                KIND_CLUSTER_ISSUER,
+                None,
+                spec(to),
+                Some(spec(from)),
+            );
+            if let Some(until) = retire_after {
+                req.old_object.as_mut().unwrap().data["status"] =
+                    json!({"rotation": {"phase": from, "retireAfter": until}});
+            }
+            admit(&req, &settings(), &store)
+        };
+        let hour = jiff::SignedDuration::from_hours(1);
+        let later = jiff::Timestamp::now().checked_add(hour).unwrap();
+        let earlier = jiff::Timestamp::now().checked_sub(hour).unwrap();
+
+        let refused = update("Switch", "Retire", Some(later));
+        assert!(!refused.allowed);
+        assert!(
+            message(&refused).starts_with(&format!(
+                "spec.ca.rotation.phase: Forbidden: certificates signed by the current CA are \
+                 valid until {later}"
+            )),
+            "{}",
+            message(&refused)
+        );
+        let skipped = update("Distribute", "Retire", None);
+        assert!(
+            message(&skipped).contains("enters Retire from Switch"),
+            "{}",
+            message(&skipped)
+        );
+        for (from, to, until) in [
+            ("Switch", "Retire", Some(earlier)),
+            ("Switch", "Retire", None),
+            ("Distribute", "Switch", Some(later)),
+            ("Retire", "Retire", Some(later)),
+        ] {
+            let response = update(from, to, until);
+            assert!(response.allowed, "{from} -> {to}: {}", message(&response));
+        }
     }
 
     #[test]

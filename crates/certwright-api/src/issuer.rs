@@ -143,6 +143,48 @@ pub struct IssuerStatus {
     /// The configured backend (`ca`, `rest`, `adcs`, `ejbca`), for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// A local CA's trust bundle (PEM): the root (or top certificate of `tls.crt`) of the
+    /// CA that signs, and during a rotation's `Distribute` and `Switch` phases that of the
+    /// other CA too. What relying parties should trust; also in `spec.ca.bundleConfigMap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<String>,
+    /// The latest `notAfter` of the certificates a local CA issuer signed, per CA
+    /// certificate: recorded before each signature (rounded up), so that a CA is not
+    /// retired while certificates it issued are still valid. Records whose certificates
+    /// have all expired are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub issued: Vec<IssuedRecord>,
+    /// The CA rotation under way, as the controller carries it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+}
+
+/// Until when the certificates one CA signed for an issuer are valid.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedRecord {
+    /// SHA-256 fingerprint of the CA certificate, lowercase hex.
+    #[schemars(length(max = 64))]
+    pub ca: String,
+    /// The CA certificate's subject, for people.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub subject: String,
+    /// No certificate this CA signed for the issuer is valid after this time.
+    pub not_after: jiff::Timestamp,
+}
+
+/// A CA rotation as the controller carries it out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// The phase in effect (the spec's, or `Switch` while `Retire` is refused).
+    pub phase: RotationPhase,
+    /// Until when certificates signed by the current CA (`spec.ca.secretName`) are
+    /// valid: `Retire` is refused before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<jiff::Timestamp>,
 }
 
 /// The local CA backend: certwright signs with the CA key itself, held in a Secret or
@@ -160,6 +202,61 @@ pub struct CaBackend {
     /// leaves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Key>,
+    /// A ConfigMap, in the namespace the issuer reads its Secrets from, that certwright
+    /// keeps with the trust bundle under `ca.crt` (as `status.trustBundle`), for
+    /// trust-manager or a volume mount. certwright creates it, and never writes one it
+    /// did not create for this issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
+    pub bundle_config_map: Option<String>,
+    /// A rotation to a next CA, in three phases (docs/backends/ca.md, "Rotating the CA").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<CaRotation>,
+}
+
+/// A rotation from the CA of `secretName` (the current CA) to a next one.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotation {
+    /// The Secret of the next CA: `tls.crt` and, unless `nextPkcs11` is set, `tls.key`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
+    pub next_secret_name: String,
+    /// The next CA's key in a PKCS#11 token, as `pkcs11` for the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_pkcs11: Option<Pkcs11Key>,
+    /// `Distribute`: the current CA signs, both roots are published. `Switch`: the next
+    /// CA signs, both are published. `Retire`: the next CA signs and only its root is
+    /// published; refused while certificates the current CA signed are still valid.
+    pub phase: RotationPhase,
+}
+
+/// The phase of a CA rotation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RotationPhase {
+    /// Sign with the current CA; publish both roots.
+    #[default]
+    Distribute,
+    /// Sign with the next CA; publish both roots.
+    Switch,
+    /// Sign with the next CA; publish its root only.
+    Retire,
+}
+
+impl RotationPhase {
+    /// The phase as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationPhase::Distribute => "Distribute",
+            RotationPhase::Switch => "Switch",
+            RotationPhase::Retire => "Retire",
+        }
+    }
+}
+
+impl std::fmt::Display for RotationPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Longest PKCS#11 module path accepted.
@@ -207,9 +304,10 @@ pub struct Pkcs11Key {
 }
 
 impl Pkcs11Key {
-    /// The Secret holding the PIN: `pinSecretName`, or the CA's own Secret.
-    pub fn pin_secret<'a>(&'a self, ca: &'a CaBackend) -> &'a str {
-        self.pin_secret_name.as_deref().unwrap_or(&ca.secret_name)
+    /// The Secret holding the PIN: `pinSecretName`, or `key_secret`, the Secret of the
+    /// CA's certificate.
+    pub fn pin_secret<'a>(&'a self, key_secret: &'a str) -> &'a str {
+        self.pin_secret_name.as_deref().unwrap_or(key_secret)
     }
 }
 
@@ -491,10 +589,21 @@ impl IssuerSpec {
                 .pkcs11
                 .as_ref()
                 .and_then(|p| p.pin_secret_name.as_deref())
-                && pin != ca.secret_name
             {
                 names.push(pin);
             }
+            if let Some(rotation) = &ca.rotation {
+                names.push(rotation.next_secret_name.as_str());
+                if let Some(pin) = rotation
+                    .next_pkcs11
+                    .as_ref()
+                    .and_then(|p| p.pin_secret_name.as_deref())
+                {
+                    names.push(pin);
+                }
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            names.retain(|name| seen.insert(*name));
         }
         if let Some(name) = self
             .rest
@@ -595,7 +704,7 @@ mod tests {
         let spec = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
-                pkcs11: None,
+                ..Default::default()
             }),
             ..Default::default()
         };

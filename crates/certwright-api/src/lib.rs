@@ -23,9 +23,10 @@ pub use certificate_request::{
 pub use condition::{Condition, ConditionStatus, Conditions};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use issuer::{
-    AdcsAuthMethod, AdcsBackend, BackendKind, CaBackend, EjbcaBackend, EndEntityName,
-    InternalClusterIssuer, InternalClusterIssuerSpec, InternalIssuer, IssuerSpec, IssuerStatus,
-    Pkcs11Key, RestBackend, RestFlavor, RsaSignatureScheme,
+    AdcsAuthMethod, AdcsBackend, BackendKind, CaBackend, CaRotation, EjbcaBackend, EndEntityName,
+    InternalClusterIssuer, InternalClusterIssuerSpec, InternalIssuer, IssuedRecord, IssuerSpec,
+    IssuerStatus, Pkcs11Key, RestBackend, RestFlavor, RotationPhase, RotationStatus,
+    RsaSignatureScheme,
 };
 pub use validation::{
     FieldError, FieldErrorKind, KeyAlternative, SecretRequirement, secret_requirements,

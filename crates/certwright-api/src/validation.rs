@@ -122,47 +122,68 @@ pub fn validate_issuer_spec(spec: &IssuerSpec) -> Result<(), ValidationErrors> {
 fn validate_ca(v: &mut Validator, ca: &CaBackend) {
     v.secret_name("spec.ca.secretName", Some(&ca.secret_name), true);
     if let Some(key) = &ca.pkcs11 {
-        validate_pkcs11(v, key);
+        validate_pkcs11(v, "spec.ca.pkcs11", key);
+    }
+    v.secret_name(
+        "spec.ca.bundleConfigMap",
+        ca.bundle_config_map.as_deref(),
+        false,
+    );
+    if let Some(rotation) = &ca.rotation {
+        v.secret_name(
+            "spec.ca.rotation.nextSecretName",
+            Some(&rotation.next_secret_name),
+            true,
+        );
+        if let Some(key) = &rotation.next_pkcs11 {
+            validate_pkcs11(v, "spec.ca.rotation.nextPkcs11", key);
+        }
+        if rotation.next_secret_name == ca.secret_name && rotation.next_pkcs11 == ca.pkcs11 {
+            v.push(
+                "spec.ca.rotation.nextSecretName",
+                FieldErrorKind::Invalid,
+                "names the current CA: the next CA must be another",
+            );
+        }
     }
 }
 
-fn validate_pkcs11(v: &mut Validator, key: &crate::issuer::Pkcs11Key) {
+fn validate_pkcs11(v: &mut Validator, field: &str, key: &crate::issuer::Pkcs11Key) {
     use crate::issuer::{
         PKCS11_KEY_ID_MAX, PKCS11_KEY_LABEL_MAX, PKCS11_MODULE_MAX, PKCS11_TOKEN_LABEL_MAX,
     };
-    const FIELD: &str = "spec.ca.pkcs11";
     if key.module.trim().is_empty() {
         v.push(
-            &format!("{FIELD}.module"),
+            &format!("{field}.module"),
             FieldErrorKind::Required,
             "the path of a PKCS#11 module is required",
         );
     } else if !key.module.starts_with('/') {
         v.push(
-            &format!("{FIELD}.module"),
+            &format!("{field}.module"),
             FieldErrorKind::Invalid,
             format!("{:?} must be an absolute path", key.module),
         );
     } else if key.module.len() > PKCS11_MODULE_MAX || key.module.contains('\0') {
         v.push(
-            &format!("{FIELD}.module"),
+            &format!("{field}.module"),
             FieldErrorKind::Invalid,
             format!("must be a path of at most {PKCS11_MODULE_MAX} bytes without NUL"),
         );
     }
     match (&key.token_label, key.slot) {
         (None, None) => v.push(
-            &format!("{FIELD}.tokenLabel"),
+            &format!("{field}.tokenLabel"),
             FieldErrorKind::Required,
             "name the token by tokenLabel or slot",
         ),
         (Some(_), Some(_)) => v.push(
-            &format!("{FIELD}.slot"),
+            &format!("{field}.slot"),
             FieldErrorKind::Forbidden,
             "set tokenLabel or slot, not both",
         ),
         (Some(label), None) if label.is_empty() || label.len() > PKCS11_TOKEN_LABEL_MAX => v.push(
-            &format!("{FIELD}.tokenLabel"),
+            &format!("{field}.tokenLabel"),
             FieldErrorKind::Invalid,
             format!("must be 1 to {PKCS11_TOKEN_LABEL_MAX} bytes (a PKCS#11 token label)"),
         ),
@@ -170,7 +191,7 @@ fn validate_pkcs11(v: &mut Validator, key: &crate::issuer::Pkcs11Key) {
     }
     if key.key_label.is_none() && key.key_id.is_none() {
         v.push(
-            &format!("{FIELD}.keyLabel"),
+            &format!("{field}.keyLabel"),
             FieldErrorKind::Required,
             "name the key by keyLabel, keyId or both",
         );
@@ -179,7 +200,7 @@ fn validate_pkcs11(v: &mut Validator, key: &crate::issuer::Pkcs11Key) {
         && (label.is_empty() || label.len() > PKCS11_KEY_LABEL_MAX)
     {
         v.push(
-            &format!("{FIELD}.keyLabel"),
+            &format!("{field}.keyLabel"),
             FieldErrorKind::Invalid,
             format!("must be 1 to {PKCS11_KEY_LABEL_MAX} bytes"),
         );
@@ -188,13 +209,13 @@ fn validate_pkcs11(v: &mut Validator, key: &crate::issuer::Pkcs11Key) {
         && crate::issuer::parse_key_id(id).is_none()
     {
         v.push(
-            &format!("{FIELD}.keyId"),
+            &format!("{field}.keyId"),
             FieldErrorKind::Invalid,
             format!("must be 1 to {PKCS11_KEY_ID_MAX} bytes written as pairs of hex digits"),
         );
     }
     v.secret_name(
-        &format!("{FIELD}.pinSecretName"),
+        &format!("{field}.pinSecretName"),
         key.pin_secret_name.as_deref(),
         false,
     );
@@ -564,9 +585,27 @@ pub fn secret_requirements(spec: &IssuerSpec) -> Vec<SecretRequirement> {
                 );
                 push(
                     "spec.ca.pkcs11.pinSecretName",
-                    Some(key.pin_secret(ca)),
+                    Some(key.pin_secret(&ca.secret_name)),
                     &[KeyAlternative::of(&["pin"])],
                 );
+            }
+        }
+        if let Some(rotation) = &ca.rotation {
+            let next = rotation.next_secret_name.as_str();
+            match &rotation.next_pkcs11 {
+                None => push("spec.ca.rotation.nextSecretName", Some(next), &[TLS_PAIR]),
+                Some(key) => {
+                    push(
+                        "spec.ca.rotation.nextSecretName",
+                        Some(next),
+                        &[KeyAlternative::of(&["tls.crt"])],
+                    );
+                    push(
+                        "spec.ca.rotation.nextPkcs11.pinSecretName",
+                        Some(key.pin_secret(next)),
+                        &[KeyAlternative::of(&["pin"])],
+                    );
+                }
             }
         }
     }
@@ -651,7 +690,7 @@ mod tests {
             IssuerSpec {
                 ca: Some(CaBackend {
                     secret_name: "dev-ca".into(),
-                    pkcs11: None,
+                    ..Default::default()
                 }),
                 default_duration: Some("2160h".into()),
                 max_concurrent_requests: Some(4),
@@ -750,7 +789,7 @@ mod tests {
         let spec = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
-                pkcs11: None,
+                ..Default::default()
             }),
             adcs: Some(good_adcs()),
             ..Default::default()
@@ -879,7 +918,7 @@ mod tests {
         let ca = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
-                pkcs11: None,
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -967,7 +1006,7 @@ mod tests {
         let spec = IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
-                pkcs11: None,
+                ..Default::default()
             }),
             adcs: Some(good_adcs()),
             ejbca: Some(EjbcaBackend {
@@ -993,7 +1032,7 @@ mod tests {
         let ca = &secret_requirements(&IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
-                pkcs11: None,
+                ..Default::default()
             }),
             ..Default::default()
         })[0];

@@ -171,6 +171,10 @@ pub(crate) struct Shared {
     /// Cancelled when the engine must stop signing (shutdown or lost leadership): no
     /// new call reaches a PKI after this, even from a worker already past its checks.
     pub(crate) stopping: CancellationToken,
+    /// What local CAs signed, per issuer and CA, recorded before each signature.
+    ledger: Arc<crate::ca_lifecycle::Ledger>,
+    /// The trust bundle last written to each issuer's bundle ConfigMap (or why not).
+    bundles: Mutex<HashMap<IssuerKey, String>>,
 }
 
 /// The reconcile engine for the issuer kinds `K`.
@@ -209,6 +213,8 @@ impl<K: IssuerKinds> Engine<K> {
             checks: Checks::new(),
             issuer_watchers_synced: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
+            ledger: Arc::default(),
+            bundles: Mutex::default(),
         };
         Engine {
             shared: Arc::new(shared),
@@ -374,11 +380,17 @@ async fn watch_issuers<R: IssuerResource>(
                 if let Some(seen) = &mut seen {
                     seen.insert(key.clone());
                 }
+                let status = obj.issuer_status();
                 let snapshot = Snapshot {
                     uid: obj.meta().uid.clone(),
                     generation: obj.meta().generation,
                     spec: obj.issuer_spec().clone(),
                     conditions: obj.conditions().to_vec(),
+                    ca: crate::issuers::SeenCaStatus {
+                        trust_bundle: status.and_then(|s| s.trust_bundle.clone()),
+                        rotation: status.and_then(|s| s.rotation.clone()),
+                    },
+                    issued: status.map(|s| s.issued.clone()).unwrap_or_default(),
                     resource_version: obj.meta().resource_version.clone(),
                     secret_names: obj.secret_names(),
                     build: {
@@ -1307,6 +1319,8 @@ impl Shared {
             }
             lock(&self.last_checked).remove(key);
             self.checks.forget(key);
+            self.ledger.forget(key);
+            lock(&self.bundles).remove(key);
             self.index_secrets(key, None);
             self.requeue_requests_for(key, true);
             return;
@@ -1362,6 +1376,14 @@ impl Shared {
             secrets: versions,
         };
         let existing = lock(&self.issuers).get(key).cloned();
+        // A recreated issuer (another uid) starts a new record.
+        if existing
+            .as_ref()
+            .is_some_and(|e| e.fingerprint.uid != fingerprint.uid)
+        {
+            self.ledger.forget(key);
+        }
+        self.ledger.seed(key, &snapshot.issued);
         let (entry, rebuilt) = match existing {
             Some(entry) if entry.fingerprint == fingerprint => (entry, false),
             previous => {
@@ -1391,7 +1413,9 @@ impl Shared {
                         } else {
                             Vec::new()
                         },
+                        issued: self.ledger.records(key),
                     })
+                    .map(|backend| self.recorded(key, &snapshot.spec, backend))
                     .map_err(|e| build_health(&e)),
                 };
                 let (backend, health) = match built {
@@ -1496,6 +1520,16 @@ impl Shared {
                 .and_then(|d| i64::try_from(d.as_secs()).ok()),
         );
         self.write_issuer_status(key, &entry).await;
+        self.metrics.set_rotation_phase(
+            &metric,
+            entry
+                .backend
+                .as_ref()
+                .and_then(|b| b.ca_certificates())
+                .and_then(|c| c.rotation)
+                .map(|r| r.phase.as_str()),
+        );
+        self.publish_bundle(key, &entry, &namespace).await;
         // Requests for this issuer go at once when its build has its first verdict, which
         // includes its first check after it appeared (requests that saw it missing, or
         // that arrived before this check, wait for this), and when it becomes usable,
@@ -1609,6 +1643,148 @@ impl Shared {
         }
     }
 
+    /// A backend that holds its CA, wrapped so that its signatures are recorded first
+    /// (see [`crate::ca_lifecycle`]); another, as it is.
+    fn recorded(
+        &self,
+        key: &IssuerKey,
+        spec: &certwright_api::IssuerSpec,
+        backend: Arc<dyn certwright_pki::Backend>,
+    ) -> Arc<dyn certwright_pki::Backend> {
+        if backend.ca_certificates().is_none() {
+            return backend;
+        }
+        let target = crate::ca_lifecycle::StatusTarget {
+            api: self.issuer_api(key),
+            key: key.clone(),
+        };
+        Arc::new(crate::ca_lifecycle::Recorded::new(
+            backend,
+            self.ledger.clone(),
+            target,
+            spec.default_duration()
+                .unwrap_or(certwright_api::issuer::DEFAULT_DURATION),
+        ))
+    }
+
+    fn issuer_api(&self, key: &IssuerKey) -> Api<kube::core::DynamicObject> {
+        if key.cluster {
+            Api::all_with(self.client.clone(), &self.cluster_resource)
+        } else {
+            Api::namespaced_with(
+                self.client.clone(),
+                &key.namespace,
+                &self.namespaced_resource,
+            )
+        }
+    }
+
+    /// What the issuer's status should say of its CA, for a backend that holds one.
+    fn ca_status(
+        &self,
+        entry: &IssuerEntry,
+        generation: Option<i64>,
+    ) -> Option<crate::ca_lifecycle::CaStatus> {
+        let certificates = entry.backend.as_ref()?.ca_certificates()?;
+        let next = entry
+            .spec
+            .ca
+            .as_ref()
+            .and_then(|ca| ca.rotation.as_ref())
+            .map(|r| r.next_secret_name.as_str());
+        Some(crate::ca_lifecycle::ca_status(
+            &certificates,
+            next,
+            generation,
+        ))
+    }
+
+    /// Keeps the trust bundle in the ConfigMap `spec.ca.bundleConfigMap` names, in the
+    /// namespace the issuer reads its Secrets from. Only a ConfigMap certwright made for
+    /// this issuer is written; another is left alone, with a warning Event.
+    async fn publish_bundle(&self, key: &IssuerKey, entry: &IssuerEntry, namespace: &str) {
+        use crate::ca_lifecycle::{BundleWrite, bundle_config_map};
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let Some(name) = entry
+            .spec
+            .ca
+            .as_ref()
+            .and_then(|ca| ca.bundle_config_map.clone())
+        else {
+            lock(&self.bundles).remove(key);
+            return;
+        };
+        let Some(certificates) = entry.backend.as_ref().and_then(|b| b.ca_certificates()) else {
+            return;
+        };
+        let bundle = certwright_x509::certificates_to_pem(&certificates.trust);
+        let done = format!("{namespace}/{name}\n{bundle}");
+        if lock(&self.bundles).get(key) == Some(&done) {
+            return;
+        }
+        let issuer = self.issuer_label(key);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let existing = match api.get_opt(&name).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                warn!(issuer = %issuer, configmap = %name, error = %e, "could not read the bundle ConfigMap; retrying");
+                return;
+            }
+        };
+        let result = match bundle_config_map(&name, namespace, &issuer, &bundle, existing.as_ref())
+        {
+            BundleWrite::Nothing => Ok(()),
+            BundleWrite::NotOurs(why) => {
+                warn!(issuer = %issuer, "{why}");
+                self.events.emit(Transition {
+                    regarding: self.issuer_reference(key),
+                    reason: "BundleConfigMapNotOwned",
+                    note: why,
+                    warning: true,
+                });
+                Ok(())
+            }
+            BundleWrite::Write(object) => match existing {
+                None => match serde_json::from_value::<ConfigMap>(object) {
+                    Ok(map) => api
+                        .create(&kube::api::PostParams::default(), &map)
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(kube::Error::SerdeError(e)),
+                },
+                Some(_) => api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&object))
+                    .await
+                    .map(|_| ()),
+            },
+        };
+        match result {
+            Ok(()) => {
+                lock(&self.bundles).insert(key.clone(), done);
+            }
+            Err(e) => {
+                warn!(issuer = %issuer, configmap = %name, error = %e, "could not write the bundle ConfigMap; retrying");
+                self.issuer_queue
+                    .add_after(key.clone(), Duration::from_secs(5));
+            }
+        }
+    }
+
+    fn issuer_reference(&self, key: &IssuerKey) -> ObjectReference {
+        let resource = if key.cluster {
+            &self.cluster_resource
+        } else {
+            &self.namespaced_resource
+        };
+        ObjectReference {
+            api_version: Some(resource.api_version.clone()),
+            kind: Some(resource.kind.clone()),
+            name: Some(key.name.clone()),
+            namespace: (!key.cluster).then(|| key.namespace.clone()),
+            ..Default::default()
+        }
+    }
+
     pub(crate) async fn write_issuer_status(&self, key: &IssuerKey, entry: &IssuerEntry) {
         let (conditions, generation, read_from) = match lock(&self.snapshots).get(key) {
             Some(s) => (
@@ -1618,19 +1794,28 @@ impl Shared {
             ),
             None => return,
         };
+        let seen = match lock(&self.snapshots).get(key) {
+            Some(s) => s.ca.clone(),
+            None => return,
+        };
         // Written when the object's Ready condition (as last watched or written) differs:
-        // a recreated issuer, or a status someone cleared, is written again.
+        // a recreated issuer, or a status someone cleared, is written again. So is what
+        // a local CA publishes: its trust bundle and rotation.
         let health = entry.health();
         let backend = entry.spec.backend_kind().map(|k| k.as_str());
-        let Some(patch) = crate::issuers::status_patch(
+        let ca = self.ca_status(entry, generation);
+        let Some(write) = crate::issuers::status_patch(
             &conditions,
+            &seen,
             &health,
             generation,
             backend,
+            ca.as_ref(),
             jiff::Timestamp::now(),
         ) else {
             return;
         };
+        let patch = write.patch;
         let resource = if key.cluster {
             &self.cluster_resource
         } else {
@@ -1657,6 +1842,7 @@ impl Shared {
                         .and_then(|c| serde_json::from_value::<Vec<Condition>>(c.clone()).ok())
                 {
                     snapshot.conditions = conditions;
+                    snapshot.ca = crate::issuers::SeenCaStatus::of(&written.data);
                     snapshot.resource_version = written.metadata.resource_version.clone();
                 }
                 let label = self.issuer_label(key);
@@ -1668,12 +1854,25 @@ impl Shared {
                     uid: written.metadata.uid.clone(),
                     ..Default::default()
                 };
-                self.events.emit(Transition {
-                    regarding: reference,
-                    reason: health.reason,
-                    note: health.message.clone(),
-                    warning: health.warns(),
-                });
+                if write.ready_changed {
+                    self.events.emit(Transition {
+                        regarding: reference.clone(),
+                        reason: health.reason,
+                        note: health.message.clone(),
+                        warning: health.warns(),
+                    });
+                }
+                if write.rotation_changed
+                    && let Some(ca) = ca.as_ref()
+                    && let Some(condition) = &ca.condition
+                {
+                    self.events.emit(Transition {
+                        regarding: reference,
+                        reason: crate::ca_lifecycle::rotation_event_reason(ca),
+                        note: condition.message.clone(),
+                        warning: ca.warns,
+                    });
+                }
                 debug!(issuer = %label, reason = health.reason, "issuer status written");
             }
             Err(e) if api_code(&e) == Some(404) => {}

@@ -36,6 +36,10 @@ pub(crate) struct Snapshot {
     pub(crate) generation: Option<i64>,
     pub(crate) spec: IssuerSpec,
     pub(crate) conditions: Vec<Condition>,
+    /// `status.trustBundle` and `status.rotation`, as last watched or written.
+    pub(crate) ca: SeenCaStatus,
+    /// `status.issued`, as watched.
+    pub(crate) issued: Vec<certwright_api::IssuedRecord>,
     /// The resourceVersion `conditions` were read from: a written status only replaces
     /// them while no newer watch event has.
     pub(crate) resource_version: Option<String>,
@@ -260,6 +264,8 @@ pub(crate) struct NamespacedSecrets {
     pub(crate) egress: Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>>,
     /// The PKCS#11 modules this issuer may load.
     pub(crate) pkcs11_modules: Vec<std::path::PathBuf>,
+    /// The issuer's issuance records (`status.issued`).
+    pub(crate) issued: Vec<certwright_api::IssuedRecord>,
 }
 
 impl SecretSource for NamespacedSecrets {
@@ -278,18 +284,58 @@ impl SecretSource for NamespacedSecrets {
     fn pkcs11_modules(&self) -> &[std::path::PathBuf] {
         &self.pkcs11_modules
     }
+
+    fn issued_until(&self, ca_fingerprint: &str) -> Option<std::time::SystemTime> {
+        crate::ca_lifecycle::issued_until(&self.issued, ca_fingerprint)
+    }
 }
 
-/// The status to write on an issuer object, when its Ready condition changed.
+/// What an issuer's status says of its CA, as last watched or written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SeenCaStatus {
+    pub(crate) trust_bundle: Option<String>,
+    pub(crate) rotation: Option<certwright_api::RotationStatus>,
+}
+
+impl SeenCaStatus {
+    /// Read from an issuer object's JSON.
+    pub(crate) fn of(object: &serde_json::Value) -> SeenCaStatus {
+        SeenCaStatus {
+            trust_bundle: object
+                .pointer("/status/trustBundle")
+                .and_then(|b| b.as_str())
+                .map(str::to_string),
+            rotation: object
+                .pointer("/status/rotation")
+                .and_then(|r| serde_json::from_value(r.clone()).ok()),
+        }
+    }
+}
+
+/// A status to write on an issuer object, and what changed in it.
+#[derive(Debug)]
+pub(crate) struct StatusWrite {
+    pub(crate) patch: serde_json::Value,
+    /// The Ready condition changed (its Event is due).
+    pub(crate) ready_changed: bool,
+    /// The CARotation condition changed (its Event is due).
+    pub(crate) rotation_changed: bool,
+}
+
+/// The status to write on an issuer object, when its Ready condition, its CA's trust
+/// bundle or rotation (`ca`), or its CARotation condition changed.
 pub(crate) fn status_patch(
     current: &[Condition],
+    seen: &SeenCaStatus,
     health: &Health,
     generation: Option<i64>,
     backend: Option<&str>,
+    ca: Option<&crate::ca_lifecycle::CaStatus>,
     now: jiff::Timestamp,
-) -> Option<serde_json::Value> {
+) -> Option<StatusWrite> {
+    use crate::ca_lifecycle::CONDITION_CA_ROTATION;
     let mut conditions = current.to_vec();
-    let changed = conditions.set_condition(
+    let ready_changed = conditions.set_condition(
         Condition::new(
             "Ready",
             health.ready(),
@@ -299,13 +345,32 @@ pub(crate) fn status_patch(
         .with_observed_generation(generation),
         now,
     );
-    changed.then(|| {
-        serde_json::json!({
+    let rotation_changed = match ca.and_then(|c| c.condition.clone()) {
+        Some(condition) => conditions.set_condition(condition, now),
+        None => {
+            let before = conditions.len();
+            conditions.retain(|c| c.type_ != CONDITION_CA_ROTATION);
+            conditions.len() != before
+        }
+    };
+    let desired = SeenCaStatus {
+        trust_bundle: ca.map(|c| c.trust_bundle.clone()),
+        rotation: ca.and_then(|c| c.rotation.clone()),
+    };
+    if !ready_changed && !rotation_changed && desired == *seen {
+        return None;
+    }
+    Some(StatusWrite {
+        patch: serde_json::json!({
             "status": {
                 "conditions": conditions,
                 "backend": backend,
+                "trustBundle": desired.trust_bundle,
+                "rotation": desired.rotation,
             }
-        })
+        }),
+        ready_changed,
+        rotation_changed,
     })
 }
 
@@ -406,7 +471,7 @@ mod tests {
         let local = IssuerSpec {
             ca: Some(certwright_api::CaBackend {
                 secret_name: "ca".into(),
-                pkcs11: None,
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -441,12 +506,86 @@ mod tests {
             reason: REASON_VERIFIED,
             message: "ok".into(),
         };
-        let patch = status_patch(&[], &health, Some(2), Some("ca"), now).unwrap();
+        let seen = SeenCaStatus::default();
+        let write = status_patch(&[], &seen, &health, Some(2), Some("ca"), None, now).unwrap();
+        let patch = write.patch;
+        assert!(write.ready_changed && !write.rotation_changed);
         assert_eq!(patch["status"]["conditions"][0]["reason"], "Verified");
         assert_eq!(patch["status"]["conditions"][0]["observedGeneration"], 2);
         assert_eq!(patch["status"]["backend"], "ca");
         let written: Vec<Condition> =
             serde_json::from_value(patch["status"]["conditions"].clone()).unwrap();
-        assert!(status_patch(&written, &health, Some(2), Some("ca"), now).is_none());
+        assert!(status_patch(&written, &seen, &health, Some(2), Some("ca"), None, now).is_none());
+    }
+
+    #[test]
+    fn a_new_trust_bundle_or_rotation_phase_is_written_with_its_condition() {
+        use crate::ca_lifecycle::CaStatus;
+        let now = jiff::Timestamp::from_second(1_000).unwrap();
+        let health = Health {
+            reason: REASON_VERIFIED,
+            message: "ok".into(),
+        };
+        let ready = status_patch(
+            &[],
+            &SeenCaStatus::default(),
+            &health,
+            None,
+            None,
+            None,
+            now,
+        )
+        .unwrap()
+        .patch;
+        let conditions: Vec<Condition> =
+            serde_json::from_value(ready["status"]["conditions"].clone()).unwrap();
+        let switch = CaStatus {
+            trust_bundle: "-----BEGIN CERTIFICATE-----\n".into(),
+            rotation: Some(certwright_api::RotationStatus {
+                phase: certwright_api::RotationPhase::Switch,
+                retire_after: None,
+            }),
+            condition: Some(Condition::new(
+                "CARotation",
+                ConditionStatus::True,
+                "Switch",
+                "the next CA signs",
+            )),
+            warns: false,
+        };
+        let write = status_patch(
+            &conditions,
+            &SeenCaStatus::default(),
+            &health,
+            None,
+            None,
+            Some(&switch),
+            now,
+        )
+        .unwrap();
+        assert!(!write.ready_changed && write.rotation_changed);
+        assert_eq!(write.patch["status"]["rotation"]["phase"], "Switch");
+        assert_eq!(write.patch["status"]["conditions"][1]["type"], "CARotation");
+        // Written once: the same again is nothing to write.
+        let written: Vec<Condition> =
+            serde_json::from_value(write.patch["status"]["conditions"].clone()).unwrap();
+        let seen = SeenCaStatus::of(&write.patch);
+        assert!(status_patch(&written, &seen, &health, None, None, Some(&switch), now).is_none());
+        // The rotation finished (removed from the spec): its condition and status go.
+        let plain = CaStatus {
+            rotation: None,
+            condition: None,
+            ..switch
+        };
+        let write = status_patch(&written, &seen, &health, None, None, Some(&plain), now).unwrap();
+        assert!(write.rotation_changed);
+        assert_eq!(write.patch["status"]["rotation"], serde_json::Value::Null);
+        assert_eq!(
+            write.patch["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

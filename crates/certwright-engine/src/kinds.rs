@@ -5,7 +5,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use certwright_api::{Condition, InternalClusterIssuer, InternalIssuer, IssuerSpec};
+use certwright_api::{Condition, InternalClusterIssuer, InternalIssuer, IssuerSpec, IssuerStatus};
 use certwright_pki::Backend;
 use certwright_pki::issuer::{BuildError, SecretSource, build_backend};
 use kube::Resource;
@@ -22,6 +22,15 @@ pub trait IssuerResource:
 
     /// The conditions currently in the object's status.
     fn conditions(&self) -> &[Condition];
+
+    /// The object's status, when the kind has certwright's `IssuerStatus`: the engine
+    /// reads back from it what it wrote of a local CA (its issuance records, trust bundle
+    /// and rotation). The default, `None`, suits a kind whose status has only conditions;
+    /// its local CAs then record nothing a restarted controller could read back, and a
+    /// rotation's `Retire` cannot wait for the current CA's certificates (docs/engine.md).
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        None
+    }
 
     /// Builds the backend from the spec and the Secrets it references. The default uses
     /// certwright's adapters; override it to plug in a backend of your own.
@@ -71,6 +80,10 @@ impl IssuerResource for InternalIssuer {
             .as_ref()
             .map_or(&[], |s| s.conditions.as_slice())
     }
+
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
 }
 
 impl IssuerResource for InternalClusterIssuer {
@@ -82,5 +95,9 @@ impl IssuerResource for InternalClusterIssuer {
         self.status
             .as_ref()
             .map_or(&[], |s| s.conditions.as_slice())
+    }
+
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
     }
 }

@@ -18,6 +18,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod ca_lifecycle;
 pub mod cached;
 mod checks;
 mod config;

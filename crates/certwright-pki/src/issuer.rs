@@ -104,6 +104,14 @@ pub trait SecretSource {
     fn pkcs11_modules(&self) -> &[std::path::PathBuf] {
         &[]
     }
+
+    /// Until when the certificates the CA certificate with this SHA-256 fingerprint
+    /// (lowercase hex) signed for this issuer are valid, as recorded in its status; a
+    /// rotation's `Retire` waits for it. `None`: none recorded.
+    fn issued_until(&self, ca_fingerprint: &str) -> Option<std::time::SystemTime> {
+        let _ = ca_fingerprint;
+        None
+    }
 }
 
 impl SecretSource for BTreeMap<String, SecretData> {
@@ -144,13 +152,45 @@ impl<S: SecretSource + ?Sized> Lookup<'_, S> {
     }
 }
 
+/// One local CA: the certificate from `secret`'s `tls.crt`, the key from its `tls.key`
+/// or from the PKCS#11 token `pkcs11` names (`field` is where that is in the spec).
+#[cfg(feature = "ca")]
+fn local_ca<S: SecretSource + ?Sized>(
+    lookup: &Lookup<'_, S>,
+    secret: &str,
+    pkcs11: Option<&certwright_api::Pkcs11Key>,
+    field: &str,
+    max_concurrent: u32,
+    config: crate::ca::LocalCaConfig,
+) -> Result<crate::ca::LocalCa, BuildError> {
+    let data = lookup.secret(secret)?;
+    let chain = lookup.key(secret, data, "tls.crt", "the CA certificate (PEM)")?;
+    match pkcs11 {
+        None => {
+            let key = lookup.key(secret, data, "tls.key", "the CA private key (PEM)")?;
+            Ok(crate::ca::LocalCa::from_pem(chain, key, config)?)
+        }
+        #[cfg(feature = "pkcs11")]
+        Some(token) => {
+            let token = token_key(lookup, secret, token, field, max_concurrent)?;
+            Ok(crate::ca::LocalCa::with_token(chain, token, config)?)
+        }
+        #[cfg(not(feature = "pkcs11"))]
+        Some(_) => {
+            let _ = (field, max_concurrent);
+            Err(BuildError::Unavailable(BackendKind::Ca))
+        }
+    }
+}
+
 /// Where an issuer's CA key is in a PKCS#11 token, once its module is allowed, and
-/// the PIN read from its Secret.
+/// the PIN read from its Secret (`pinSecretName`, else `key_secret`).
 #[cfg(feature = "pkcs11")]
 fn token_key<S: SecretSource + ?Sized>(
     lookup: &Lookup<'_, S>,
-    ca: &certwright_api::CaBackend,
+    key_secret: &str,
     key: &certwright_api::Pkcs11Key,
+    field: &str,
     max_concurrent: u32,
 ) -> Result<crate::ca::TokenKeyConfig, BuildError> {
     use crate::ca::{RsaScheme, TokenKeyConfig, TokenRef};
@@ -177,13 +217,13 @@ fn token_key<S: SecretSource + ?Sized>(
         };
         return Err(BuildError::InvalidSpec(ValidationErrors(vec![
             FieldError {
-                field: "spec.ca.pkcs11.module".to_string(),
+                field: format!("{field}.module"),
                 kind: FieldErrorKind::Forbidden,
                 detail,
             },
         ])));
     }
-    let pin_secret = key.pin_secret(ca);
+    let pin_secret = key.pin_secret(key_secret);
     let data = lookup.secret(pin_secret)?;
     let pin = lookup.key(pin_secret, data, "pin", "the token's user PIN")?;
     let pin = String::from_utf8(pin.to_vec())
@@ -256,24 +296,34 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                 .ca
                 .as_ref()
                 .ok_or(BuildError::Unavailable(BackendKind::Ca))?;
-            let name = ca.secret_name.as_str();
-            let data = lookup.secret(name)?;
-            let chain = lookup.key(name, data, "tls.crt", "the CA certificate (PEM)")?;
-            let config = crate::ca::LocalCaConfig { default_duration };
-            let backend = match &ca.pkcs11 {
-                None => {
-                    let key = lookup.key(name, data, "tls.key", "the CA private key (PEM)")?;
-                    crate::ca::LocalCa::from_pem(chain, key, config)?
-                }
-                #[cfg(feature = "pkcs11")]
-                Some(token) => {
-                    let token = token_key(&lookup, ca, token, spec.max_concurrent_requests())?;
-                    crate::ca::LocalCa::with_token(chain, token, config)?
-                }
-                #[cfg(not(feature = "pkcs11"))]
-                Some(_) => return Err(BuildError::Unavailable(BackendKind::Ca)),
+            let build = |secret: &str, pkcs11: Option<&certwright_api::Pkcs11Key>, field: &str| {
+                local_ca(
+                    &lookup,
+                    secret,
+                    pkcs11,
+                    field,
+                    spec.max_concurrent_requests(),
+                    crate::ca::LocalCaConfig { default_duration },
+                )
             };
-            Ok(Arc::new(backend))
+            let current = build(&ca.secret_name, ca.pkcs11.as_ref(), "spec.ca.pkcs11")?;
+            let Some(rotation) = &ca.rotation else {
+                return Ok(Arc::new(current));
+            };
+            let next = build(
+                &rotation.next_secret_name,
+                rotation.next_pkcs11.as_ref(),
+                "spec.ca.rotation.nextPkcs11",
+            )?;
+            let until = secrets.issued_until(&current.certificate().fingerprint_hex());
+            let phase = match rotation.phase {
+                certwright_api::RotationPhase::Distribute => crate::RotationPhase::Distribute,
+                certwright_api::RotationPhase::Switch => crate::RotationPhase::Switch,
+                certwright_api::RotationPhase::Retire => crate::RotationPhase::Retire,
+            };
+            Ok(Arc::new(crate::ca::RotatingCa::new(
+                current, next, phase, until,
+            )?))
         }
         #[cfg(feature = "rest")]
         Some(BackendKind::Rest) => {
@@ -620,7 +670,7 @@ mod tests {
         IssuerSpec {
             ca: Some(CaBackend {
                 secret_name: "dev-ca".into(),
-                pkcs11: None,
+                ..Default::default()
             }),
             ..Default::default()
         }

@@ -166,6 +166,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The CA certificates of a backend that holds its CA (the local CA): which one signs
+    /// now, what relying parties should trust, and a rotation under way. The engine
+    /// records before each signature until when the signing CA's certificates are
+    /// valid, publishes the trust bundle, and reports the rotation. The default, `None`,
+    /// is right for a remote CA.
+    fn ca_certificates(&self) -> Option<CaCertificates> {
+        None
+    }
+
     /// Finds out what the CA did with a submission of `request` that may have reached
     /// it at `submitted` and whose answer never arrived (the caller stopped mid-call).
     /// The caller asks this before it submits the same request again, and submits only
@@ -180,6 +189,89 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<Recovery, Error> {
         let _ = (request, submitted);
         Ok(Recovery::Unknown)
+    }
+}
+
+/// The CA certificates of a backend that holds its CA ([`Backend::ca_certificates`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CaCertificates {
+    /// The CA certificate that signs now.
+    pub signing: Certificate,
+    /// What relying parties should trust now: the top certificate of each CA's chain
+    /// (its root, when the chain reaches one).
+    pub trust: Vec<Certificate>,
+    /// The rotation under way, if any.
+    pub rotation: Option<RotationState>,
+}
+
+impl CaCertificates {
+    /// `signing` signs, `trust` is to be trusted, no rotation.
+    pub fn new(signing: Certificate, trust: Vec<Certificate>) -> Self {
+        CaCertificates {
+            signing,
+            trust,
+            rotation: None,
+        }
+    }
+}
+
+/// The phase of a CA rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RotationPhase {
+    /// The current CA signs; both roots are trusted.
+    Distribute,
+    /// The next CA signs; both roots are trusted.
+    Switch,
+    /// The next CA signs; only its root is trusted.
+    Retire,
+}
+
+impl RotationPhase {
+    /// The phase's name: `Distribute`, `Switch`, `Retire`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationPhase::Distribute => "Distribute",
+            RotationPhase::Switch => "Switch",
+            RotationPhase::Retire => "Retire",
+        }
+    }
+}
+
+/// A CA rotation as a backend carries it out.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RotationState {
+    /// The phase the issuer asked for.
+    pub requested: RotationPhase,
+    /// The phase in effect: `Switch` while `Retire` waits for the current CA's
+    /// certificates to expire.
+    pub phase: RotationPhase,
+    /// The CA the rotation moves from.
+    pub current: Certificate,
+    /// Until when certificates the current CA signed are valid, as recorded.
+    pub current_issued_until: Option<std::time::SystemTime>,
+    /// The CA the rotation moves to.
+    pub next: Certificate,
+}
+
+impl RotationState {
+    /// A rotation from `current` to `next`, asked to be in `requested` and in `phase`.
+    pub fn new(
+        requested: RotationPhase,
+        phase: RotationPhase,
+        current: Certificate,
+        current_issued_until: Option<std::time::SystemTime>,
+        next: Certificate,
+    ) -> Self {
+        RotationState {
+            requested,
+            phase,
+            current,
+            current_issued_until,
+            next,
+        }
     }
 }
 

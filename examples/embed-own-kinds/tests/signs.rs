@@ -88,7 +88,7 @@ fn ca_spec(secret: &str) -> IssuerSpec {
     IssuerSpec {
         ca: Some(CaBackend {
             secret_name: secret.into(),
-            pkcs11: None,
+            ..Default::default()
         }),
         ..Default::default()
     }

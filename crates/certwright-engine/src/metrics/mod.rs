@@ -117,6 +117,16 @@ struct DeferredLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    #[prometheus(flatten)]
+    issuer: IssuerLabels,
+    phase: String,
+}
+
+/// The phases of a CA rotation, each a series of `certwright_issuer_ca_rotation_phase`.
+const ROTATION_PHASES: [&str; 3] = ["Distribute", "Switch", "Retire"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     #[prometheus(flatten)]
     issuer: IssuerLabels,
@@ -162,6 +172,7 @@ struct Inner {
     reasons: std::sync::Mutex<std::collections::HashMap<IssuerLabels, String>>,
     breaker_state: Family<IssuerLabels, Gauge>,
     ca_expiry: Family<IssuerLabels, Gauge>,
+    rotation_phase: Family<PhaseLabels, Gauge>,
     approval_to_ready: HistogramFamily<IssuerLabels>,
     cached_requests: Gauge,
     leader: Gauge,
@@ -240,6 +251,7 @@ impl Metrics {
         let issuer_reason = Family::<ReasonLabels, Gauge>::default();
         let breaker_state = Family::<IssuerLabels, Gauge>::default();
         let ca_expiry = Family::<IssuerLabels, Gauge>::default();
+        let rotation_phase = Family::<PhaseLabels, Gauge>::default();
         let approval_to_ready: HistogramFamily<IssuerLabels> =
             Family::new_with_constructor(approval_to_ready_histogram);
         let cached_requests = Gauge::default();
@@ -292,6 +304,11 @@ impl Metrics {
             "circuit_breaker_state",
             "State of the issuer's circuit breaker: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
+        );
+        sub.register(
+            "issuer_ca_rotation_phase",
+            "During a CA rotation, its phase in effect (Distribute, Switch, Retire): 1 on the current one",
+            rotation_phase.clone(),
         );
         sub.register(
             "issuer_ca_expiry_timestamp_seconds",
@@ -355,6 +372,7 @@ impl Metrics {
                 reasons: std::sync::Mutex::default(),
                 breaker_state,
                 ca_expiry,
+                rotation_phase,
                 approval_to_ready,
                 cached_requests,
                 leader,
@@ -529,6 +547,28 @@ impl Metrics {
         }
     }
 
+    /// Sets `certwright_issuer_ca_rotation_phase{issuer…,phase}`: 1 for the phase in
+    /// effect and 0 for the others during a CA rotation; no series without one.
+    pub fn set_rotation_phase(&self, issuer: &IssuerLabels, phase: Option<&str>) {
+        for each in ROTATION_PHASES {
+            let labels = PhaseLabels {
+                issuer: issuer.clone(),
+                phase: each.to_owned(),
+            };
+            match phase {
+                Some(phase) => {
+                    self.inner
+                        .rotation_phase
+                        .get_or_create(&labels)
+                        .set(i64::from(phase == each));
+                }
+                None => {
+                    self.inner.rotation_phase.remove(&labels);
+                }
+            }
+        }
+    }
+
     /// Records in `certwright_approval_to_ready_seconds{issuer…}` the time from the
     /// Approved condition's `lastTransitionTime` to the Ready condition being written.
     pub fn observe_approval_to_ready(&self, issuer: &IssuerLabels, seconds: f64) {
@@ -559,6 +599,7 @@ impl Metrics {
         }
         self.inner.breaker_state.remove(issuer);
         self.inner.ca_expiry.remove(issuer);
+        self.set_rotation_phase(issuer, None);
     }
 }
 

@@ -22,6 +22,7 @@ fn token_spec(secret: &str, module: &std::path::Path, token: &str) -> IssuerSpec
                 key_label: Some("root".into()),
                 ..Default::default()
             }),
+            ..Default::default()
         }),
         ..Default::default()
     }

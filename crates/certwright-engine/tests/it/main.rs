@@ -12,5 +12,6 @@ mod kubernetes_csr;
 mod leader;
 mod lost_answers;
 mod races;
+mod rotation;
 mod support;
 mod tenancy;

@@ -37,8 +37,10 @@ use crate::{
 
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
+mod rotation;
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{RELOAD_INTERVAL, RsaScheme, TokenKeyConfig, TokenRef};
+pub use rotation::RotatingCa;
 
 /// How far notBefore is set back from the time of signing, so that a relying party whose
 /// clock is slightly behind accepts a fresh certificate. The requested lifetime is
@@ -245,6 +247,13 @@ impl LocalCa {
         &self.certs
     }
 
+    /// What relying parties trust this CA by: the last certificate of `tls.crt` (its
+    /// root, when the chain reaches one; else the CA certificate itself or the top of
+    /// its partial chain).
+    pub fn trust_anchor(&self) -> &Certificate {
+        self.certs.last().unwrap_or_else(|| self.ca())
+    }
+
     fn ca(&self) -> &Certificate {
         // `from_pem_at` refuses an empty bundle.
         &self.certs[0]
@@ -420,6 +429,13 @@ impl Backend for LocalCa {
     fn ca_expiry(&self) -> Option<std::time::SystemTime> {
         let seconds = u64::try_from(self.valid_until()).ok()?;
         std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+    }
+
+    fn ca_certificates(&self) -> Option<crate::CaCertificates> {
+        Some(crate::CaCertificates::new(
+            self.ca().clone(),
+            vec![self.trust_anchor().clone()],
+        ))
     }
 
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {

@@ -523,7 +523,7 @@ pub fn ca_spec(secret: &str) -> IssuerSpec {
     IssuerSpec {
         ca: Some(certwright_api::CaBackend {
             secret_name: secret.into(),
-            pkcs11: None,
+            ..Default::default()
         }),
         ..Default::default()
     }

@@ -1,0 +1,576 @@
+//! What the engine does for issuers whose backend holds its CA (the local CA, also in
+//! rotation; [`Backend::ca_certificates`]):
+//!
+//! - **The issuance ledger.** Before each signature, `status.issued` must say until when
+//!   the certificates of the signing CA are valid, at least until the new one's
+//!   `notAfter`: [`Recorded`] wraps the backend and asks the [`Ledger`] first. A record
+//!   is rounded up ([`slack`]), so that a steady flow of requests writes the status about
+//!   once an hour, and it is written before the signature, so that a crash between the
+//!   two cannot leave a certificate unrecorded. A rotation's `Retire` waits for the
+//!   current CA's record.
+//! - **The CA status**: `status.trustBundle`, `status.rotation` and the `CARotation`
+//!   condition ([`ca_status`]), written with the Ready condition.
+//! - **The bundle ConfigMap** named in `spec.ca.bundleConfigMap` ([`bundle_config_map`]).
+//!
+//! The decisions (`plan_records`, `ca_status`, `bundle_config_map`) are pure, with their
+//! tests beside them; `Ledger::reserve` and the engine's issuer reconcile perform them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use certwright_api::{
+    Condition, ConditionStatus, IssuedRecord, RotationPhase as ApiPhase, RotationStatus,
+};
+use certwright_pki::{
+    Backend, CaCertificates, Error as PkiError, Health, Outcome, Recovery, RotationPhase,
+    SignRequest,
+};
+use certwright_x509::Certificate;
+use jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
+use crate::issuers::IssuerKey;
+
+/// The condition type that reports a CA rotation.
+pub(crate) const CONDITION_CA_ROTATION: &str = "CARotation";
+/// Label on the ConfigMaps certwright keeps.
+pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "certwright");
+/// Annotation naming the issuer a bundle ConfigMap belongs to.
+pub(crate) const BUNDLE_OF: &str = "pki.certwright.io/trust-bundle-of";
+/// The ConfigMap key of the trust bundle, as trust-manager and cert-manager name it.
+pub(crate) const BUNDLE_KEY: &str = "ca.crt";
+/// Most CA records an issuer keeps (the schema's bound): one per CA whose certificates
+/// are still valid.
+const MAX_RECORDS: usize = 32;
+
+/// How far a record is rounded up beyond what a signature needs: an eighth of the
+/// certificate's lifetime, between one second and one hour. A flow of 90-day
+/// certificates writes the status about once an hour; a demo's 10-second ones, every
+/// second or so.
+pub(crate) fn slack(lifetime: Duration) -> Duration {
+    (lifetime / 8).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// The records to write so that `ca` is recorded until at least `need`, or `None` when
+/// `records` already say so. Records whose certificates have all expired are dropped.
+pub(crate) fn plan_records(
+    records: &[IssuedRecord],
+    ca: &Certificate,
+    need: Timestamp,
+    lifetime: Duration,
+    now: Timestamp,
+) -> Result<Option<Vec<IssuedRecord>>, String> {
+    let fingerprint = ca.fingerprint_hex();
+    if records
+        .iter()
+        .any(|r| r.ca == fingerprint && r.not_after >= need)
+    {
+        return Ok(None);
+    }
+    let ca_not_after = ca.not_after();
+    let padded = need
+        .checked_add(jiff::SignedDuration::try_from(slack(lifetime)).unwrap_or_default())
+        .unwrap_or(need);
+    // Whole seconds, up: what people read, and what a certificate's notAfter holds.
+    let padded =
+        Timestamp::from_second(padded.as_second() + i64::from(padded.subsec_nanosecond() > 0))
+            .unwrap_or(padded);
+    let rounded = padded.min(ca_not_after.max(need));
+    let mut out: Vec<IssuedRecord> = records
+        .iter()
+        .filter(|r| r.ca != fingerprint && r.not_after > now)
+        .cloned()
+        .collect();
+    if out.len() >= MAX_RECORDS {
+        return Err(format!(
+            "the issuer records {} CAs whose certificates are still valid, the most it keeps",
+            out.len()
+        ));
+    }
+    out.push(IssuedRecord {
+        ca: fingerprint,
+        subject: ca.subject().to_string(),
+        not_after: rounded,
+    });
+    out.sort_by(|a, b| a.ca.cmp(&b.ca));
+    Ok(Some(out))
+}
+
+/// Until when the certificates `ca` signed are valid, by `records`.
+pub(crate) fn issued_until(records: &[IssuedRecord], ca_fingerprint: &str) -> Option<SystemTime> {
+    records
+        .iter()
+        .find(|r| r.ca == ca_fingerprint)
+        .map(|r| SystemTime::from(r.not_after))
+}
+
+/// Where an issuer's status is written.
+#[derive(Clone)]
+pub(crate) struct StatusTarget {
+    pub(crate) api: Api<kube::core::DynamicObject>,
+    pub(crate) key: IssuerKey,
+}
+
+/// The issuance records of every issuer, as last written or read, and one writer per
+/// issuer.
+#[derive(Default)]
+pub(crate) struct Ledger {
+    records: Mutex<HashMap<IssuerKey, Vec<IssuedRecord>>>,
+    writers: Mutex<HashMap<IssuerKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Ledger {
+    /// Takes the records read from an issuer's status, unless the engine already holds
+    /// its own (written since).
+    pub(crate) fn seed(&self, key: &IssuerKey, records: &[IssuedRecord]) {
+        lock(&self.records)
+            .entry(key.clone())
+            .or_insert_with(|| records.to_vec());
+    }
+
+    /// The records of `key`.
+    pub(crate) fn records(&self, key: &IssuerKey) -> Vec<IssuedRecord> {
+        lock(&self.records).get(key).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn forget(&self, key: &IssuerKey) {
+        lock(&self.records).remove(key);
+        lock(&self.writers).remove(key);
+    }
+
+    /// Makes sure the issuer's status records `ca` until `need` before a signature.
+    async fn reserve(
+        &self,
+        target: &StatusTarget,
+        ca: &Certificate,
+        need: Timestamp,
+        lifetime: Duration,
+    ) -> Result<(), PkiError> {
+        let plan = |records: &[IssuedRecord]| {
+            plan_records(records, ca, need, lifetime, Timestamp::now())
+                .map_err(PkiError::misconfigured)
+        };
+        if plan(&self.records(&target.key))?.is_none() {
+            return Ok(());
+        }
+        let writer = lock(&self.writers)
+            .entry(target.key.clone())
+            .or_default()
+            .clone();
+        let _one_writer = writer.lock().await;
+        let Some(records) = plan(&self.records(&target.key))? else {
+            return Ok(());
+        };
+        let patch = serde_json::json!({ "status": { "issued": records } });
+        target
+            .api
+            .patch_status(
+                &target.key.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| PkiError::Transient {
+                message: format!(
+                    "could not record in the issuer's status until when certificates of \
+                     \"{}\" are valid, which comes before signing ({e})",
+                    ca.subject()
+                ),
+                source: None,
+            })?;
+        lock(&self.records).insert(target.key.clone(), records);
+        Ok(())
+    }
+}
+
+/// A backend that holds its CA, whose signatures the [`Ledger`] records first.
+pub(crate) struct Recorded {
+    inner: Arc<dyn Backend>,
+    ledger: Arc<Ledger>,
+    target: StatusTarget,
+    /// The issuer's lifetime for requests that name none.
+    default_duration: Duration,
+}
+
+impl Recorded {
+    pub(crate) fn new(
+        inner: Arc<dyn Backend>,
+        ledger: Arc<Ledger>,
+        target: StatusTarget,
+        default_duration: Duration,
+    ) -> Recorded {
+        Recorded {
+            inner,
+            ledger,
+            target,
+            default_duration,
+        }
+    }
+}
+
+impl std::fmt::Debug for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorded")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Recorded {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn sign(&self, request: &SignRequest) -> Result<Outcome, PkiError> {
+        if let Some(certificates) = self.inner.ca_certificates() {
+            let lifetime = request.duration.unwrap_or(self.default_duration);
+            let need = Timestamp::now()
+                .checked_add(jiff::SignedDuration::try_from(lifetime).unwrap_or_default())
+                .unwrap_or(Timestamp::MAX)
+                .min(certificates.signing.not_after());
+            self.ledger
+                .reserve(&self.target, &certificates.signing, need, lifetime)
+                .await?;
+        }
+        self.inner.sign(request).await
+    }
+
+    async fn poll(&self, pending_id: &str, request: &SignRequest) -> Result<Outcome, PkiError> {
+        self.inner.poll(pending_id, request).await
+    }
+
+    async fn check(&self) -> Result<Health, PkiError> {
+        self.inner.check().await
+    }
+
+    fn ca_expiry(&self) -> Option<SystemTime> {
+        self.inner.ca_expiry()
+    }
+
+    async fn recover(
+        &self,
+        request: &SignRequest,
+        submitted: SystemTime,
+    ) -> Result<Recovery, PkiError> {
+        self.inner.recover(request, submitted).await
+    }
+
+    fn ca_certificates(&self) -> Option<CaCertificates> {
+        self.inner.ca_certificates()
+    }
+}
+
+/// What an issuer's status should say of its CA.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct CaStatus {
+    /// `status.trustBundle`.
+    pub(crate) trust_bundle: String,
+    /// `status.rotation`.
+    pub(crate) rotation: Option<RotationStatus>,
+    /// The `CARotation` condition; `None` removes it.
+    pub(crate) condition: Option<Condition>,
+    /// Whether the condition is a warning (Retire refused).
+    pub(crate) warns: bool,
+}
+
+fn api_phase(phase: RotationPhase) -> ApiPhase {
+    match phase {
+        RotationPhase::Distribute => ApiPhase::Distribute,
+        RotationPhase::Switch => ApiPhase::Switch,
+        _ => ApiPhase::Retire,
+    }
+}
+
+/// The CA status of a backend's certificates: the trust bundle, and for a rotation its
+/// phase and a `CARotation` condition whose reason is the phase in effect and whose
+/// message says what happens now and what the operator does next.
+pub(crate) fn ca_status(
+    certificates: &CaCertificates,
+    next_secret: Option<&str>,
+    generation: Option<i64>,
+) -> CaStatus {
+    let trust_bundle = certwright_x509::certificates_to_pem(&certificates.trust);
+    let Some(rotation) = &certificates.rotation else {
+        return CaStatus {
+            trust_bundle,
+            rotation: None,
+            condition: None,
+            warns: false,
+        };
+    };
+    let current = format!("\"{}\"", rotation.current.subject());
+    let next = format!("\"{}\"", rotation.next.subject());
+    let until = rotation
+        .current_issued_until
+        .and_then(|t| Timestamp::try_from(t).ok());
+    let expiry = match until {
+        Some(at) => format!("certificates signed by the current CA {current} are valid until {at}"),
+        None => format!("certwright recorded no certificate signed by the current CA {current}"),
+    };
+    let held =
+        rotation.requested == RotationPhase::Retire && rotation.phase != RotationPhase::Retire;
+    let message = match rotation.phase {
+        RotationPhase::Distribute => format!(
+            "The current CA {current} signs; the trust bundle holds both roots. Next: once \
+             every relying party trusts the next CA {next} (the bundle has reached them), set \
+             spec.ca.rotation.phase to Switch."
+        ),
+        RotationPhase::Switch if held => format!(
+            "Retire is refused while {expiry}: the next CA {next} signs and both roots stay \
+             in the trust bundle until then, when Retire takes effect by itself."
+        ),
+        RotationPhase::Switch => format!(
+            "The next CA {next} signs; the trust bundle holds both roots; {expiry}. Next: \
+             after that, set spec.ca.rotation.phase to Retire."
+        ),
+        _ => format!(
+            "The next CA {next} signs and the trust bundle holds its root alone. Next: set \
+             spec.ca.secretName to {} and remove spec.ca.rotation.",
+            next_secret.map_or_else(|| "the next CA's Secret".to_string(), |s| format!("{s:?}"))
+        ),
+    };
+    let phase = api_phase(rotation.phase);
+    CaStatus {
+        trust_bundle,
+        rotation: Some(RotationStatus {
+            phase,
+            retire_after: until,
+        }),
+        condition: Some(
+            Condition::new(
+                CONDITION_CA_ROTATION,
+                if held {
+                    ConditionStatus::False
+                } else {
+                    ConditionStatus::True
+                },
+                phase.as_str(),
+                message,
+            )
+            .with_observed_generation(generation),
+        ),
+        warns: held,
+    }
+}
+
+/// The Event reason of a rotation condition: `CARotationDistribute`, `CARotationSwitch`,
+/// `CARotationRetire`, or `CARotationRetireRefused`.
+pub(crate) fn rotation_event_reason(status: &CaStatus) -> &'static str {
+    match (&status.rotation, status.warns) {
+        (_, true) => "CARotationRetireRefused",
+        (Some(r), _) if r.phase == ApiPhase::Distribute => "CARotationDistribute",
+        (Some(r), _) if r.phase == ApiPhase::Switch => "CARotationSwitch",
+        _ => "CARotationRetire",
+    }
+}
+
+/// What to do with a bundle ConfigMap.
+#[derive(Debug, PartialEq)]
+pub(crate) enum BundleWrite {
+    /// It holds the bundle already.
+    Nothing,
+    /// Create it, or write the bundle into the one certwright made for this issuer.
+    Write(serde_json::Value),
+    /// Someone else's ConfigMap is there: left alone, and said why.
+    NotOurs(String),
+}
+
+/// What to write to the ConfigMap `name` (as it is, `existing`) so that it carries
+/// `bundle` for `issuer` (the `kind/namespace/name` it is annotated with).
+pub(crate) fn bundle_config_map(
+    name: &str,
+    namespace: &str,
+    issuer: &str,
+    bundle: &str,
+    existing: Option<&k8s_openapi::api::core::v1::ConfigMap>,
+) -> BundleWrite {
+    if let Some(existing) = existing {
+        let owner = existing
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(BUNDLE_OF));
+        if owner.map(String::as_str) != Some(issuer) {
+            return BundleWrite::NotOurs(format!(
+                "ConfigMap {namespace}/{name} (spec.ca.bundleConfigMap) exists and was not made \
+                 by certwright for {issuer}: the trust bundle is not written to it"
+            ));
+        }
+        let current = existing.data.as_ref().and_then(|d| d.get(BUNDLE_KEY));
+        if current.map(String::as_str) == Some(bundle) {
+            return BundleWrite::Nothing;
+        }
+    }
+    BundleWrite::Write(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": { MANAGED_BY.0: MANAGED_BY.1 },
+            "annotations": { BUNDLE_OF: issuer },
+        },
+        "data": { BUNDLE_KEY: bundle },
+    }))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use certwright_testkit::fixtures::{KeyKind, TestCa};
+
+    fn ca(name: &str) -> Certificate {
+        Certificate::from_der(&TestCa::root(KeyKind::EcdsaP256, name).cert().cert_der).unwrap()
+    }
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).unwrap()
+    }
+
+    #[test]
+    fn a_record_is_written_ahead_rounded_up_and_then_covers_a_steady_flow() {
+        let old = ca("Old");
+        let now = at(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        let need = at(1_800_086_400);
+        let records = plan_records(&[], &old, need, day, now).unwrap().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].ca, old.fingerprint_hex());
+        // An hour ahead: a day's eighth is more than the one-hour cap.
+        assert_eq!(records[0].not_after, at(1_800_090_000));
+        // The next requests within that hour need no write.
+        assert_eq!(
+            plan_records(&records, &old, at(1_800_089_999), day, now).unwrap(),
+            None
+        );
+        assert!(
+            plan_records(&records, &old, at(1_800_090_001), day, now)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn records_of_expired_certificates_go_and_others_stay() {
+        let (old, new, gone) = (ca("Old"), ca("New"), ca("Gone"));
+        let now = at(1_800_000_000);
+        let records = vec![
+            IssuedRecord {
+                ca: gone.fingerprint_hex(),
+                subject: "CN=Gone".into(),
+                not_after: at(1_799_999_999),
+            },
+            IssuedRecord {
+                ca: old.fingerprint_hex(),
+                subject: "CN=Old".into(),
+                not_after: at(1_800_003_600),
+            },
+        ];
+        let out = plan_records(
+            &records,
+            &new,
+            at(1_800_000_010),
+            Duration::from_secs(10),
+            now,
+        )
+        .unwrap()
+        .unwrap();
+        let kept: Vec<&str> = out.iter().map(|r| r.subject.as_str()).collect();
+        assert!(
+            kept.contains(&"CN=Old") && kept.contains(&"CN=New"),
+            "{kept:?}"
+        );
+        assert!(!kept.contains(&"CN=Gone"));
+        // A ten-second certificate is padded by an eighth (1.25 s), up to the second.
+        let new_record = out.iter().find(|r| r.subject == "CN=New").unwrap();
+        assert_eq!(new_record.not_after, at(1_800_000_012));
+        assert_eq!(
+            issued_until(&out, &old.fingerprint_hex()),
+            Some(SystemTime::from(at(1_800_003_600)))
+        );
+    }
+
+    #[test]
+    fn slack_is_an_eighth_of_the_lifetime_within_a_second_and_an_hour() {
+        assert_eq!(slack(Duration::from_secs(4)), Duration::from_secs(1));
+        assert_eq!(slack(Duration::from_secs(800)), Duration::from_secs(100));
+        assert_eq!(
+            slack(Duration::from_secs(90 * 86_400)),
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn only_a_configmap_made_for_this_issuer_is_written() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let issuer = "InternalClusterIssuer/corp";
+        let write = bundle_config_map("trust", "cert-manager", issuer, "PEM", None);
+        let BundleWrite::Write(object) = write else {
+            panic!("absent: create it");
+        };
+        assert_eq!(object["metadata"]["annotations"][BUNDLE_OF], issuer);
+        assert_eq!(object["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1);
+        assert_eq!(object["data"][BUNDLE_KEY], "PEM");
+        let ours: ConfigMap = serde_json::from_value(object).unwrap();
+        assert_eq!(
+            bundle_config_map("trust", "cert-manager", issuer, "PEM", Some(&ours)),
+            BundleWrite::Nothing
+        );
+        assert!(matches!(
+            bundle_config_map("trust", "cert-manager", issuer, "PEM2", Some(&ours)),
+            BundleWrite::Write(_)
+        ));
+        assert!(matches!(
+            bundle_config_map(
+                "trust",
+                "cert-manager",
+                "InternalClusterIssuer/other",
+                "PEM",
+                Some(&ours)
+            ),
+            BundleWrite::NotOurs(_)
+        ));
+        let theirs = ConfigMap::default();
+        assert!(matches!(
+            bundle_config_map("trust", "cert-manager", issuer, "PEM", Some(&theirs)),
+            BundleWrite::NotOurs(_)
+        ));
+    }
+
+    #[test]
+    fn a_held_retire_says_until_when_and_warns() {
+        let (old, new) = (ca("Old"), ca("New"));
+        let until = SystemTime::from(at(1_900_000_000));
+        let mut certificates = CaCertificates::new(new.clone(), vec![old.clone(), new.clone()]);
+        certificates.rotation = Some(certwright_pki::RotationState::new(
+            RotationPhase::Retire,
+            RotationPhase::Switch,
+            old,
+            Some(until),
+            new,
+        ));
+        let status = ca_status(&certificates, Some("ca-new"), Some(3));
+        assert!(status.warns);
+        let condition = status.condition.as_ref().unwrap();
+        assert_eq!(condition.status, ConditionStatus::False);
+        assert_eq!(condition.reason, "Switch");
+        assert!(
+            condition.message.contains("until 2030-03-17T17:46:40Z"),
+            "{}",
+            condition.message
+        );
+        assert_eq!(rotation_event_reason(&status), "CARotationRetireRefused");
+        assert_eq!(
+            status.rotation.unwrap().retire_after,
+            Some(at(1_900_000_000))
+        );
+    }
+}
