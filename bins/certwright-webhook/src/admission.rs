@@ -195,7 +195,7 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
         }
         if let Some(problem) = old
             .as_ref()
-            .and_then(|old| retire_refusal(old, &parsed.spec, jiff::Timestamp::now()))
+            .and_then(|old| rotation_refusal(old, &parsed.spec, jiff::Timestamp::now()))
         {
             return Review::Done(Box::new(deny(allowed, vec![problem])));
         }
@@ -468,41 +468,87 @@ fn parse(kind: &str, object: &DynamicObject) -> Result<Parsed, String> {
     })
 }
 
-/// Why an update may not take a CA rotation to `Retire`: only from `Switch` (the next
-/// CA signs, both roots published), and only once the certificates the current CA
-/// signed have expired, as the controller recorded (`status.rotation.retireAfter`).
-fn retire_refusal(old: &Parsed, new: &IssuerSpec, now: jiff::Timestamp) -> Option<Problem> {
+/// Why an update may not change a CA rotation so: its CAs may not change once the next
+/// one signs (`Switch`, `Retire`); `Retire` is entered from `Switch` only, once the
+/// certificates issued under the current CA's root have expired (the controller's
+/// `status.rotation.retireAfter`); and the old CA does not sign again after `Retire`.
+fn rotation_refusal(old: &Parsed, new: &IssuerSpec, now: jiff::Timestamp) -> Option<Problem> {
     use certwright_api::RotationPhase;
-    let phase = |spec: &IssuerSpec| {
-        spec.ca
-            .as_ref()
-            .and_then(|ca| ca.rotation.as_ref())
-            .map(|r| r.phase)
-    };
-    if phase(new) != Some(RotationPhase::Retire) || phase(&old.spec) == Some(RotationPhase::Retire)
-    {
+    let (Some(old_ca), Some(new_ca)) = (old.spec.ca.as_ref(), new.ca.as_ref()) else {
         return None;
-    }
-    let message = if phase(&old.spec) != Some(RotationPhase::Switch) {
-        "Forbidden: a CA rotation enters Retire from Switch, once the next CA signs \
-         (Distribute, then Switch, then Retire)"
-            .to_string()
-    } else {
-        let until = old.rotation.as_ref().and_then(|r| r.retire_after)?;
-        if until <= now {
-            return None;
-        }
-        format!(
-            "Forbidden: certificates signed by the current CA are valid until {until}; Retire \
-             would drop its root from the trust bundle while they are in use. Stay in Switch \
-             until then"
-        )
     };
-    Some(Problem {
-        field: "spec.ca.rotation.phase".to_string(),
-        reason: "FieldValueForbidden",
-        message,
-    })
+    let old_rotation = old_ca.rotation.as_ref()?;
+    let refuse = |field: &str, message: String| {
+        Some(Problem {
+            field: field.to_string(),
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {message}"),
+        })
+    };
+    let Some(new_rotation) = new_ca.rotation.as_ref() else {
+        // Finishing (the next CA becomes the current one) or backing out: the
+        // controller keeps every root with valid certificates in the bundle meanwhile.
+        return None;
+    };
+    let signing_next = matches!(
+        old_rotation.phase,
+        RotationPhase::Switch | RotationPhase::Retire
+    );
+    if signing_next
+        && (new_ca.secret_name != old_ca.secret_name
+            || new_ca.pkcs11 != old_ca.pkcs11
+            || new_rotation.next_secret_name != old_rotation.next_secret_name
+            || new_rotation.next_pkcs11 != old_rotation.next_pkcs11)
+    {
+        return refuse(
+            "spec.ca.rotation",
+            format!(
+                "the CAs of a rotation in {} may not change; finish it (secretName: the next \
+                 CA, no rotation) or set phase: Distribute first",
+                old_rotation.phase
+            ),
+        );
+    }
+    match (old_rotation.phase, new_rotation.phase) {
+        (RotationPhase::Retire, RotationPhase::Distribute) => refuse(
+            "spec.ca.rotation.phase",
+            "after Retire the current CA's root is no longer published, so it may not sign \
+             again; finish the rotation instead"
+                .to_string(),
+        ),
+        (RotationPhase::Retire, _) | (_, RotationPhase::Distribute | RotationPhase::Switch) => None,
+        (RotationPhase::Distribute, RotationPhase::Retire) => refuse(
+            "spec.ca.rotation.phase",
+            "a CA rotation enters Retire from Switch, once the next CA signs (Distribute, \
+             then Switch, then Retire)"
+                .to_string(),
+        ),
+        (RotationPhase::Switch, RotationPhase::Retire) => {
+            match old
+                .rotation
+                .as_ref()
+                .filter(|r| r.phase == RotationPhase::Switch)
+            {
+                None => refuse(
+                    "spec.ca.rotation.phase",
+                    "the controller has not yet reported Switch in status.rotation, nor until \
+                     when the current CA's certificates are valid; try again once it has"
+                        .to_string(),
+                ),
+                Some(status) => match status.retire_after {
+                    Some(until) if until > now => refuse(
+                        "spec.ca.rotation.phase",
+                        format!(
+                            "certificates issued under the current CA's root are valid until \
+                             {until}; Retire would drop that root from the trust bundle while \
+                             they are in use. Stay in Switch until then"
+                        ),
+                    ),
+                    _ => None,
+                },
+            }
+        }
+    }
 }
 
 /// Allowed, but worth a second look.
@@ -844,55 +890,104 @@ mod tests {
 
     #[test]
     fn a_rotation_retires_the_old_ca_only_from_switch_and_once_its_certificates_expired() {
-        let spec = |phase: &str| {
+        let spec = |phase: &str, next: &str| {
             json!({"ca": {"secretName": "ca-2025", "rotation": {
-                "nextSecretName": "ca-2026", "phase": phase}}})
+                "nextSecretName": next, "phase": phase}}})
         };
         let store = secrets(&[
             (CLUSTER_NS, "ca-2025", &["tls.crt", "tls.key"]),
             (CLUSTER_NS, "ca-2026", &["tls.crt", "tls.key"]),
+            (CLUSTER_NS, "ca-2027", &["tls.crt", "tls.key"]),
         ]);
-        let update = |from: &str, to: &str, retire_after: Option<jiff::Timestamp>| {
-            let mut req = request(
-                "UPDATE",
-                KIND_CLUSTER_ISSUER,
-                None,
-                spec(to),
-                Some(spec(from)),
-            );
-            if let Some(until) = retire_after {
+        let update = |from: Value, to: Value, status: Option<(&str, Option<jiff::Timestamp>)>| {
+            let mut req = request("UPDATE", KIND_CLUSTER_ISSUER, None, to, Some(from));
+            if let Some((phase, until)) = status {
                 req.old_object.as_mut().unwrap().data["status"] =
-                    json!({"rotation": {"phase": from, "retireAfter": until}});
+                    json!({"rotation": {"phase": phase, "retireAfter": until}});
             }
             admit(&req, &settings(), &store)
         };
         let hour = jiff::SignedDuration::from_hours(1);
         let later = jiff::Timestamp::now().checked_add(hour).unwrap();
         let earlier = jiff::Timestamp::now().checked_sub(hour).unwrap();
+        let next = "ca-2026";
 
-        let refused = update("Switch", "Retire", Some(later));
+        let refused = update(
+            spec("Switch", next),
+            spec("Retire", next),
+            Some(("Switch", Some(later))),
+        );
         assert!(!refused.allowed);
         assert!(
             message(&refused).starts_with(&format!(
-                "spec.ca.rotation.phase: Forbidden: certificates signed by the current CA are \
-                 valid until {later}"
+                "spec.ca.rotation.phase: Forbidden: certificates issued under the current CA's \
+                 root are valid until {later}"
             )),
             "{}",
             message(&refused)
         );
-        let skipped = update("Distribute", "Retire", None);
-        assert!(
-            message(&skipped).contains("enters Retire from Switch"),
-            "{}",
-            message(&skipped)
-        );
-        for (from, to, until) in [
-            ("Switch", "Retire", Some(earlier)),
-            ("Switch", "Retire", None),
-            ("Distribute", "Switch", Some(later)),
-            ("Retire", "Retire", Some(later)),
+        for (from, to, status, expected) in [
+            (
+                spec("Distribute", next),
+                spec("Retire", next),
+                None,
+                "enters Retire from Switch",
+            ),
+            (
+                spec("Switch", next),
+                spec("Retire", next),
+                None,
+                "has not yet reported Switch",
+            ),
+            (
+                spec("Retire", next),
+                spec("Distribute", next),
+                Some(("Retire", None)),
+                "may not sign again",
+            ),
+            (
+                spec("Retire", next),
+                spec("Retire", "ca-2027"),
+                Some(("Retire", None)),
+                "may not change",
+            ),
+            (
+                spec("Switch", next),
+                spec("Switch", "ca-2027"),
+                Some(("Switch", None)),
+                "may not change",
+            ),
         ] {
-            let response = update(from, to, until);
+            let response = update(from.clone(), to.clone(), status);
+            assert!(
+                message(&response).contains(expected),
+                "{from} -> {to}: {}",
+                message(&response)
+            );
+        }
+        let finish = json!({"ca": {"secretName": "ca-2026"}});
+        for (from, to, status) in [
+            (
+                spec("Switch", next),
+                spec("Retire", next),
+                Some(("Switch", Some(earlier))),
+            ),
+            (
+                spec("Switch", next),
+                spec("Retire", next),
+                Some(("Switch", None)),
+            ),
+            (spec("Distribute", next), spec("Switch", next), None),
+            (spec("Switch", next), spec("Distribute", next), None),
+            (
+                spec("Distribute", next),
+                spec("Distribute", "ca-2027"),
+                None,
+            ),
+            (spec("Retire", next), finish.clone(), Some(("Retire", None))),
+            (spec("Switch", next), finish, Some(("Switch", Some(later)))),
+        ] {
+            let response = update(from.clone(), to.clone(), status);
             assert!(response.allowed, "{from} -> {to}: {}", message(&response));
         }
     }

@@ -148,10 +148,11 @@ pub struct IssuerStatus {
     /// other CA too. What relying parties should trust; also in `spec.ca.bundleConfigMap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_bundle: Option<String>,
-    /// The latest `notAfter` of the certificates a local CA issuer signed, per CA
-    /// certificate: recorded before each signature (rounded up), so that a CA is not
-    /// retired while certificates it issued are still valid. Records whose certificates
-    /// have all expired are dropped.
+    /// The latest `notAfter` of the certificates a local CA issuer signed, per trust
+    /// anchor (the root, or top certificate of `tls.crt`, of the signing CA): recorded
+    /// before each signature (rounded up). An anchor with a record stays in the trust
+    /// bundle until the record has passed, whatever the spec says, and a rotation's
+    /// `Retire` waits for it. Records whose certificates have all expired are dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub issued: Vec<IssuedRecord>,
@@ -160,17 +161,21 @@ pub struct IssuerStatus {
     pub rotation: Option<RotationStatus>,
 }
 
-/// Until when the certificates one CA signed for an issuer are valid.
+/// Until when the certificates issued under one trust anchor for an issuer are valid.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuedRecord {
-    /// SHA-256 fingerprint of the CA certificate, lowercase hex.
+    /// SHA-256 fingerprint of the trust anchor, lowercase hex.
     #[schemars(length(max = 64))]
     pub ca: String,
-    /// The CA certificate's subject, for people.
+    /// The trust anchor's subject, for people.
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub subject: String,
+    /// The trust anchor (PEM), kept in the trust bundle while the record lasts.
+    #[serde(default)]
+    #[schemars(length(max = 16384))]
+    pub certificate: String,
     /// No certificate this CA signed for the issuer is valid after this time.
     pub not_after: jiff::Timestamp,
 }

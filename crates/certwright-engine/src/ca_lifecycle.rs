@@ -2,14 +2,19 @@
 //! rotation; [`Backend::ca_certificates`]):
 //!
 //! - **The issuance ledger.** Before each signature, `status.issued` must say until when
-//!   the certificates of the signing CA are valid, at least until the new one's
-//!   `notAfter`: [`Recorded`] wraps the backend and asks the [`Ledger`] first. A record
-//!   is rounded up ([`slack`]), so that a steady flow of requests writes the status about
-//!   once an hour, and it is written before the signature, so that a crash between the
-//!   two cannot leave a certificate unrecorded. A rotation's `Retire` waits for the
-//!   current CA's record.
-//! - **The CA status**: `status.trustBundle`, `status.rotation` and the `CARotation`
-//!   condition ([`ca_status`]), written with the Ready condition.
+//!   the certificates issued under the signing CA's trust anchor are valid, at least
+//!   until the new one's `notAfter`: [`Recorded`] wraps the backend and asks the
+//!   [`Ledger`] first. A record is rounded up ([`slack`]), so that a steady flow of
+//!   requests writes the status about once an hour, and it is written before the
+//!   signature (and checked again after the write), so that neither a crash nor a slow
+//!   write leaves a certificate beyond its record. Records are read back from the
+//!   status, merged (the later `notAfter` wins) and written with a resourceVersion
+//!   precondition, so they never go backwards.
+//! - **The CA status**: `status.trustBundle` (the backend's trust anchors plus every
+//!   anchor with a live record: a root is never dropped while certificates under it
+//!   are valid, whatever the spec says), `status.rotation` and the `CARotation`
+//!   condition ([`ca_status`]), written with the Ready condition. A rotation's `Retire`
+//!   waits for the current anchor's record ([`LedgerView`], read live by the backend).
 //! - **The bundle ConfigMap** named in `spec.ca.bundleConfigMap` ([`bundle_config_map`]).
 //!
 //! The decisions (`plan_records`, `ca_status`, `bundle_config_map`) are pure, with their
@@ -23,8 +28,8 @@ use certwright_api::{
     Condition, ConditionStatus, IssuedRecord, RotationPhase as ApiPhase, RotationStatus,
 };
 use certwright_pki::{
-    Backend, CaCertificates, Error as PkiError, Health, Outcome, Recovery, RotationPhase,
-    SignRequest,
+    Backend, CaCertificates, Error as PkiError, Health, IssuanceRecords, Outcome, Recovery,
+    RotationPhase, SignRequest,
 };
 use certwright_x509::Certificate;
 use jiff::Timestamp;
@@ -46,30 +51,35 @@ pub(crate) const BUNDLE_KEY: &str = "ca.crt";
 const MAX_RECORDS: usize = 32;
 
 /// How far a record is rounded up beyond what a signature needs: an eighth of the
-/// certificate's lifetime, between one second and one hour. A flow of 90-day
-/// certificates writes the status about once an hour; a demo's 10-second ones, every
-/// second or so.
+/// certificate's lifetime, between five seconds and one hour. A flow of 90-day
+/// certificates writes the status about once an hour; an issuer of second-long
+/// certificates at most every five seconds.
 pub(crate) fn slack(lifetime: Duration) -> Duration {
-    (lifetime / 8).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+    (lifetime / 8).clamp(Duration::from_secs(5), Duration::from_secs(3600))
 }
 
-/// The records to write so that `ca` is recorded until at least `need`, or `None` when
-/// `records` already say so. Records whose certificates have all expired are dropped.
+/// Longest subject kept in a record (the schema's bound).
+const SUBJECT_MAX: usize = 1024;
+
+/// The records to write so that `anchor` is recorded until at least `need` (and no
+/// further than `cap`, the signing CA's own expiry), or `None` when `records` already
+/// say so. Records whose certificates have all expired are dropped.
 pub(crate) fn plan_records(
     records: &[IssuedRecord],
-    ca: &Certificate,
+    anchor: &Certificate,
     need: Timestamp,
+    cap: Timestamp,
     lifetime: Duration,
     now: Timestamp,
 ) -> Result<Option<Vec<IssuedRecord>>, String> {
-    let fingerprint = ca.fingerprint_hex();
+    let fingerprint = anchor.fingerprint_hex();
     if records
         .iter()
         .any(|r| r.ca == fingerprint && r.not_after >= need)
     {
         return Ok(None);
     }
-    let ca_not_after = ca.not_after();
+    let ca_not_after = cap;
     let padded = need
         .checked_add(jiff::SignedDuration::try_from(slack(lifetime)).unwrap_or_default())
         .unwrap_or(need);
@@ -89,21 +99,56 @@ pub(crate) fn plan_records(
             out.len()
         ));
     }
+    let mut subject = anchor.subject().to_string();
+    if subject.len() > SUBJECT_MAX {
+        let mut end = SUBJECT_MAX;
+        while !subject.is_char_boundary(end) {
+            end -= 1;
+        }
+        subject.truncate(end);
+    }
     out.push(IssuedRecord {
         ca: fingerprint,
-        subject: ca.subject().to_string(),
+        subject,
+        certificate: anchor.to_pem(),
         not_after: rounded,
     });
     out.sort_by(|a, b| a.ca.cmp(&b.ca));
     Ok(Some(out))
 }
 
-/// Until when the certificates `ca` signed are valid, by `records`.
-pub(crate) fn issued_until(records: &[IssuedRecord], ca_fingerprint: &str) -> Option<SystemTime> {
+/// Until when the certificates issued under an anchor are valid, by `records`.
+pub(crate) fn issued_until(
+    records: &[IssuedRecord],
+    anchor_fingerprint: &str,
+) -> Option<SystemTime> {
     records
         .iter()
-        .find(|r| r.ca == ca_fingerprint)
+        .filter(|r| r.ca == anchor_fingerprint)
         .map(|r| SystemTime::from(r.not_after))
+        .max()
+}
+
+/// `theirs` merged into `ours`: per anchor, the later `notAfter`.
+pub(crate) fn merge_records(ours: &mut Vec<IssuedRecord>, theirs: &[IssuedRecord]) {
+    for record in theirs {
+        match ours.iter_mut().find(|r| r.ca == record.ca) {
+            Some(mine) if mine.not_after >= record.not_after => {}
+            Some(mine) => *mine = record.clone(),
+            None => ours.push(record.clone()),
+        }
+    }
+    ours.sort_by(|a, b| a.ca.cmp(&b.ca));
+}
+
+/// The trust anchors of the live records (`notAfter` after `now`), from their PEM.
+pub(crate) fn recorded_anchors(records: &[IssuedRecord], now: Timestamp) -> Vec<Certificate> {
+    records
+        .iter()
+        .filter(|r| r.not_after > now)
+        .filter_map(|r| certwright_x509::parse_pem_bundle(r.certificate.as_bytes()).ok())
+        .filter_map(|mut certs| (certs.len() == 1).then(|| certs.remove(0)))
+        .collect()
 }
 
 /// Where an issuer's status is written.
@@ -122,12 +167,18 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    /// Takes the records read from an issuer's status, unless the engine already holds
-    /// its own (written since).
+    /// Merges the records read from an issuer's status into the engine's own (the later
+    /// `notAfter` of each anchor wins).
     pub(crate) fn seed(&self, key: &IssuerKey, records: &[IssuedRecord]) {
-        lock(&self.records)
-            .entry(key.clone())
-            .or_insert_with(|| records.to_vec());
+        merge_records(lock(&self.records).entry(key.clone()).or_default(), records);
+    }
+
+    /// The records of `key`, read live, for a backend to ask.
+    pub(crate) fn view(self: &Arc<Self>, key: &IssuerKey) -> Arc<dyn IssuanceRecords> {
+        Arc::new(LedgerView {
+            ledger: self.clone(),
+            key: key.clone(),
+        })
     }
 
     /// The records of `key`.
@@ -140,16 +191,19 @@ impl Ledger {
         lock(&self.writers).remove(key);
     }
 
-    /// Makes sure the issuer's status records `ca` until `need` before a signature.
+    /// Makes sure the issuer's status records `anchor` until `need` before a signature:
+    /// the status is read (records another writer made are merged in), and written with
+    /// its resourceVersion as a precondition, again on a conflict.
     async fn reserve(
         &self,
         target: &StatusTarget,
-        ca: &Certificate,
+        anchor: &Certificate,
         need: Timestamp,
+        cap: Timestamp,
         lifetime: Duration,
     ) -> Result<(), PkiError> {
         let plan = |records: &[IssuedRecord]| {
-            plan_records(records, ca, need, lifetime, Timestamp::now())
+            plan_records(records, anchor, need, cap, lifetime, Timestamp::now())
                 .map_err(PkiError::misconfigured)
         };
         if plan(&self.records(&target.key))?.is_none() {
@@ -160,28 +214,72 @@ impl Ledger {
             .or_default()
             .clone();
         let _one_writer = writer.lock().await;
-        let Some(records) = plan(&self.records(&target.key))? else {
-            return Ok(());
+        let failed = |e: kube::Error| PkiError::Transient {
+            message: format!(
+                "could not record in the issuer's status until when certificates under \
+                 \"{}\" are valid, which comes before signing ({e})",
+                anchor.subject()
+            ),
+            source: None,
         };
-        let patch = serde_json::json!({ "status": { "issued": records } });
-        target
-            .api
-            .patch_status(
-                &target.key.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|e| PkiError::Transient {
-                message: format!(
-                    "could not record in the issuer's status until when certificates of \
-                     \"{}\" are valid, which comes before signing ({e})",
-                    ca.subject()
-                ),
-                source: None,
-            })?;
-        lock(&self.records).insert(target.key.clone(), records);
-        Ok(())
+        for _ in 0..3 {
+            let current = target.api.get(&target.key.name).await.map_err(failed)?;
+            if let Some(theirs) = current
+                .data
+                .pointer("/status/issued")
+                .and_then(|r| serde_json::from_value::<Vec<IssuedRecord>>(r.clone()).ok())
+            {
+                self.seed(&target.key, &theirs);
+            }
+            let Some(records) = plan(&self.records(&target.key))? else {
+                return Ok(());
+            };
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": current.metadata.resource_version },
+                "status": { "issued": records },
+            });
+            match target
+                .api
+                .patch_status(
+                    &target.key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    lock(&self.records).insert(target.key.clone(), records);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Err(PkiError::Transient {
+            message: "the issuer's status kept changing while its issuance record was \
+                      written; retrying"
+                .to_string(),
+            source: None,
+        })
+    }
+}
+
+/// One issuer's records in the [`Ledger`], as a backend asks for them.
+#[derive(Debug)]
+pub(crate) struct LedgerView {
+    ledger: Arc<Ledger>,
+    key: IssuerKey,
+}
+
+impl IssuanceRecords for LedgerView {
+    fn issued_until(&self, anchor_fingerprint: &str) -> Option<SystemTime> {
+        issued_until(&self.ledger.records(&self.key), anchor_fingerprint)
+    }
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
     }
 }
 
@@ -225,17 +323,39 @@ impl Backend for Recorded {
     }
 
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, PkiError> {
-        if let Some(certificates) = self.inner.ca_certificates() {
-            let lifetime = request.duration.unwrap_or(self.default_duration);
-            let need = Timestamp::now()
-                .checked_add(jiff::SignedDuration::try_from(lifetime).unwrap_or_default())
-                .unwrap_or(Timestamp::MAX)
-                .min(certificates.signing.not_after());
+        let lifetime = request.duration.unwrap_or(self.default_duration);
+        // The record must reach past the certificate's notAfter, counted from when it
+        // is signed: after a slow write, look again (the rounding usually covers it).
+        for _ in 0..3 {
+            let Some(certificates) = self.inner.ca_certificates() else {
+                return self.inner.sign(request).await;
+            };
+            let cap = certificates.signing.not_after();
+            let need = || {
+                Timestamp::now()
+                    .checked_add(jiff::SignedDuration::try_from(lifetime).unwrap_or_default())
+                    .unwrap_or(Timestamp::MAX)
+                    .min(cap)
+            };
+            let anchor = certificates.signing_anchor;
             self.ledger
-                .reserve(&self.target, &certificates.signing, need, lifetime)
+                .reserve(&self.target, &anchor, need(), cap, lifetime)
                 .await?;
+            let covered = issued_until(
+                &self.ledger.records(&self.target.key),
+                &anchor.fingerprint_hex(),
+            )
+            .is_some_and(|until| until >= SystemTime::from(need()));
+            if covered {
+                return self.inner.sign(request).await;
+            }
         }
-        self.inner.sign(request).await
+        Err(PkiError::Transient {
+            message: "the issuance record could not be written ahead of the signature in time; \
+                      retrying"
+                .to_string(),
+            source: None,
+        })
     }
 
     async fn poll(&self, pending_id: &str, request: &SignRequest) -> Result<Outcome, PkiError> {
@@ -289,10 +409,12 @@ fn api_phase(phase: RotationPhase) -> ApiPhase {
 /// message says what happens now and what the operator does next.
 pub(crate) fn ca_status(
     certificates: &CaCertificates,
+    records: &[IssuedRecord],
     next_secret: Option<&str>,
     generation: Option<i64>,
+    now: Timestamp,
 ) -> CaStatus {
-    let trust_bundle = certwright_x509::certificates_to_pem(&certificates.trust);
+    let trust_bundle = certwright_x509::certificates_to_pem(&trust(certificates, records, now));
     let Some(rotation) = &certificates.rotation else {
         return CaStatus {
             trust_bundle,
@@ -354,6 +476,22 @@ pub(crate) fn ca_status(
         ),
         warns: held,
     }
+}
+
+/// What relying parties must trust: the backend's anchors, then every anchor that
+/// certificates still valid were issued under (by the records), each once.
+pub(crate) fn trust(
+    certificates: &CaCertificates,
+    records: &[IssuedRecord],
+    now: Timestamp,
+) -> Vec<Certificate> {
+    let mut trust = certificates.trust.clone();
+    for anchor in recorded_anchors(records, now) {
+        if !trust.contains(&anchor) {
+            trust.push(anchor);
+        }
+    }
+    trust
 }
 
 /// The Event reason of a rotation condition: `CARotationDistribute`, `CARotationSwitch`,
@@ -441,18 +579,20 @@ mod tests {
         let now = at(1_800_000_000);
         let day = Duration::from_secs(86_400);
         let need = at(1_800_086_400);
-        let records = plan_records(&[], &old, need, day, now).unwrap().unwrap();
+        let records = plan_records(&[], &old, need, old.not_after(), day, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].ca, old.fingerprint_hex());
         // An hour ahead: a day's eighth is more than the one-hour cap.
         assert_eq!(records[0].not_after, at(1_800_090_000));
         // The next requests within that hour need no write.
         assert_eq!(
-            plan_records(&records, &old, at(1_800_089_999), day, now).unwrap(),
+            plan_records(&records, &old, at(1_800_089_999), old.not_after(), day, now).unwrap(),
             None
         );
         assert!(
-            plan_records(&records, &old, at(1_800_090_001), day, now)
+            plan_records(&records, &old, at(1_800_090_001), old.not_after(), day, now)
                 .unwrap()
                 .is_some()
         );
@@ -466,11 +606,13 @@ mod tests {
             IssuedRecord {
                 ca: gone.fingerprint_hex(),
                 subject: "CN=Gone".into(),
+                certificate: gone.to_pem(),
                 not_after: at(1_799_999_999),
             },
             IssuedRecord {
                 ca: old.fingerprint_hex(),
                 subject: "CN=Old".into(),
+                certificate: String::new(),
                 not_after: at(1_800_003_600),
             },
         ];
@@ -478,6 +620,7 @@ mod tests {
             &records,
             &new,
             at(1_800_000_010),
+            new.not_after(),
             Duration::from_secs(10),
             now,
         )
@@ -489,9 +632,14 @@ mod tests {
             "{kept:?}"
         );
         assert!(!kept.contains(&"CN=Gone"));
-        // A ten-second certificate is padded by an eighth (1.25 s), up to the second.
+        // A ten-second certificate is padded by the five-second floor.
         let new_record = out.iter().find(|r| r.subject == "CN=New").unwrap();
-        assert_eq!(new_record.not_after, at(1_800_000_012));
+        assert_eq!(new_record.not_after, at(1_800_000_015));
+        assert_eq!(
+            recorded_anchors(&out, now),
+            vec![new.clone()],
+            "the old record has no certificate to publish; the new one has"
+        );
         assert_eq!(
             issued_until(&out, &old.fingerprint_hex()),
             Some(SystemTime::from(at(1_800_003_600)))
@@ -500,7 +648,7 @@ mod tests {
 
     #[test]
     fn slack_is_an_eighth_of_the_lifetime_within_a_second_and_an_hour() {
-        assert_eq!(slack(Duration::from_secs(4)), Duration::from_secs(1));
+        assert_eq!(slack(Duration::from_secs(4)), Duration::from_secs(5));
         assert_eq!(slack(Duration::from_secs(800)), Duration::from_secs(100));
         assert_eq!(
             slack(Duration::from_secs(90 * 86_400)),
@@ -549,7 +697,8 @@ mod tests {
     fn a_held_retire_says_until_when_and_warns() {
         let (old, new) = (ca("Old"), ca("New"));
         let until = SystemTime::from(at(1_900_000_000));
-        let mut certificates = CaCertificates::new(new.clone(), vec![old.clone(), new.clone()]);
+        let mut certificates =
+            CaCertificates::new(new.clone(), new.clone(), vec![old.clone(), new.clone()]);
         certificates.rotation = Some(certwright_pki::RotationState::new(
             RotationPhase::Retire,
             RotationPhase::Switch,
@@ -557,7 +706,13 @@ mod tests {
             Some(until),
             new,
         ));
-        let status = ca_status(&certificates, Some("ca-new"), Some(3));
+        let status = ca_status(
+            &certificates,
+            &[],
+            Some("ca-new"),
+            Some(3),
+            at(1_800_000_000),
+        );
         assert!(status.warns);
         let condition = status.condition.as_ref().unwrap();
         assert_eq!(condition.status, ConditionStatus::False);

@@ -173,8 +173,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: CancellationToken,
     /// What local CAs signed, per issuer and CA, recorded before each signature.
     ledger: Arc<crate::ca_lifecycle::Ledger>,
-    /// The trust bundle last written to each issuer's bundle ConfigMap (or why not).
-    bundles: Mutex<HashMap<IssuerKey, String>>,
+    /// The trust bundle last written to each issuer's bundle ConfigMap, and when.
+    bundles: Mutex<HashMap<IssuerKey, (String, Instant)>>,
 }
 
 /// The reconcile engine for the issuer kinds `K`.
@@ -1413,7 +1413,7 @@ impl Shared {
                         } else {
                             Vec::new()
                         },
-                        issued: self.ledger.records(key),
+                        records: self.ledger.view(key),
                     })
                     .map(|backend| self.recorded(key, &snapshot.spec, backend))
                     .map_err(|e| build_health(&e)),
@@ -1530,6 +1530,19 @@ impl Shared {
                 .map(|r| r.phase.as_str()),
         );
         self.publish_bundle(key, &entry, &namespace).await;
+        // A Retire held back takes effect when the old anchor's record passes: look then.
+        if let Some(until) = entry
+            .backend
+            .as_ref()
+            .and_then(|b| b.ca_certificates())
+            .and_then(|c| c.rotation)
+            .filter(|r| r.requested != r.phase)
+            .and_then(|r| r.current_issued_until)
+            .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+        {
+            self.issuer_queue
+                .add_after(key.clone(), until + Duration::from_millis(100));
+        }
         // Requests for this issuer go at once when its build has its first verdict, which
         // includes its first check after it appeared (requests that saw it missing, or
         // that arrived before this check, wait for this), and when it becomes usable,
@@ -1679,23 +1692,33 @@ impl Shared {
         }
     }
 
-    /// What the issuer's status should say of its CA, for a backend that holds one.
-    fn ca_status(
+    /// What the issuer's status should say of its CA: nothing new while its build
+    /// failed, nothing for a backend that holds no CA.
+    fn ca_report(
         &self,
+        key: &IssuerKey,
         entry: &IssuerEntry,
         generation: Option<i64>,
-    ) -> Option<crate::ca_lifecycle::CaStatus> {
-        let certificates = entry.backend.as_ref()?.ca_certificates()?;
+    ) -> crate::issuers::CaReport {
+        use crate::issuers::CaReport;
+        let Some(backend) = entry.backend.as_ref() else {
+            return CaReport::Keep;
+        };
+        let Some(certificates) = backend.ca_certificates() else {
+            return CaReport::Absent;
+        };
         let next = entry
             .spec
             .ca
             .as_ref()
             .and_then(|ca| ca.rotation.as_ref())
             .map(|r| r.next_secret_name.as_str());
-        Some(crate::ca_lifecycle::ca_status(
+        CaReport::Present(crate::ca_lifecycle::ca_status(
             &certificates,
+            &self.ledger.records(key),
             next,
             generation,
+            jiff::Timestamp::now(),
         ))
     }
 
@@ -1717,17 +1740,44 @@ impl Shared {
         let Some(certificates) = entry.backend.as_ref().and_then(|b| b.ca_certificates()) else {
             return;
         };
-        let bundle = certwright_x509::certificates_to_pem(&certificates.trust);
+        let bundle = certwright_x509::certificates_to_pem(&crate::ca_lifecycle::trust(
+            &certificates,
+            &self.ledger.records(key),
+            jiff::Timestamp::now(),
+        ));
         let done = format!("{namespace}/{name}\n{bundle}");
-        if lock(&self.bundles).get(key) == Some(&done) {
+        // Written once per bundle, and looked at again every health-check interval, so
+        // that a ConfigMap deleted or edited meanwhile is put right.
+        if lock(&self.bundles).get(key).is_some_and(|(last, at)| {
+            *last == done && at.elapsed() < self.config.issuer_health_check_interval
+        }) {
             return;
         }
         let issuer = self.issuer_label(key);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
         let existing = match api.get_opt(&name).await {
             Ok(existing) => existing,
+            Err(e) if api_code(&e) == Some(403) => {
+                // Not granted (the chart's trustBundleConfigMaps): said once per interval.
+                let why = format!(
+                    "the controller may not read or write ConfigMap {namespace}/{name} \
+                     (spec.ca.bundleConfigMap): the chart grants it with \
+                     trustBundleConfigMaps.enabled; the trust bundle is in status.trustBundle"
+                );
+                warn!(issuer = %issuer, "{why}");
+                self.events.emit(Transition {
+                    regarding: self.issuer_reference(key),
+                    reason: "BundleConfigMapForbidden",
+                    note: why,
+                    warning: true,
+                });
+                lock(&self.bundles).insert(key.clone(), (done, Instant::now()));
+                return;
+            }
             Err(e) => {
                 warn!(issuer = %issuer, configmap = %name, error = %e, "could not read the bundle ConfigMap; retrying");
+                self.issuer_queue
+                    .add_after(key.clone(), Duration::from_secs(5));
                 return;
             }
         };
@@ -1760,7 +1810,7 @@ impl Shared {
         };
         match result {
             Ok(()) => {
-                lock(&self.bundles).insert(key.clone(), done);
+                lock(&self.bundles).insert(key.clone(), (done, Instant::now()));
             }
             Err(e) => {
                 warn!(issuer = %issuer, configmap = %name, error = %e, "could not write the bundle ConfigMap; retrying");
@@ -1803,14 +1853,18 @@ impl Shared {
         // a local CA publishes: its trust bundle and rotation.
         let health = entry.health();
         let backend = entry.spec.backend_kind().map(|k| k.as_str());
-        let ca = self.ca_status(entry, generation);
+        let report = self.ca_report(key, entry, generation);
+        let ca = match &report {
+            crate::issuers::CaReport::Present(ca) => Some(ca.clone()),
+            _ => None,
+        };
         let Some(write) = crate::issuers::status_patch(
             &conditions,
             &seen,
             &health,
             generation,
             backend,
-            ca.as_ref(),
+            &report,
             jiff::Timestamp::now(),
         ) else {
             return;

@@ -264,8 +264,8 @@ pub(crate) struct NamespacedSecrets {
     pub(crate) egress: Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>>,
     /// The PKCS#11 modules this issuer may load.
     pub(crate) pkcs11_modules: Vec<std::path::PathBuf>,
-    /// The issuer's issuance records (`status.issued`).
-    pub(crate) issued: Vec<certwright_api::IssuedRecord>,
+    /// The issuer's issuance records, read live.
+    pub(crate) records: std::sync::Arc<dyn certwright_pki::IssuanceRecords>,
 }
 
 impl SecretSource for NamespacedSecrets {
@@ -285,8 +285,8 @@ impl SecretSource for NamespacedSecrets {
         &self.pkcs11_modules
     }
 
-    fn issued_until(&self, ca_fingerprint: &str) -> Option<std::time::SystemTime> {
-        crate::ca_lifecycle::issued_until(&self.issued, ca_fingerprint)
+    fn issuance_records(&self) -> Option<std::sync::Arc<dyn certwright_pki::IssuanceRecords>> {
+        Some(self.records.clone())
     }
 }
 
@@ -312,6 +312,17 @@ impl SeenCaStatus {
     }
 }
 
+/// What the status should say of an issuer's CA.
+#[derive(Debug)]
+pub(crate) enum CaReport {
+    /// Nothing known now (the build failed): what the status says stays.
+    Keep,
+    /// The backend holds no CA: no trust bundle, rotation or CARotation condition.
+    Absent,
+    /// What it says of its CA.
+    Present(crate::ca_lifecycle::CaStatus),
+}
+
 /// A status to write on an issuer object, and what changed in it.
 #[derive(Debug)]
 pub(crate) struct StatusWrite {
@@ -330,10 +341,14 @@ pub(crate) fn status_patch(
     health: &Health,
     generation: Option<i64>,
     backend: Option<&str>,
-    ca: Option<&crate::ca_lifecycle::CaStatus>,
+    report: &CaReport,
     now: jiff::Timestamp,
 ) -> Option<StatusWrite> {
     use crate::ca_lifecycle::CONDITION_CA_ROTATION;
+    let ca = match report {
+        CaReport::Present(ca) => Some(ca),
+        CaReport::Absent | CaReport::Keep => None,
+    };
     let mut conditions = current.to_vec();
     let ready_changed = conditions.set_condition(
         Condition::new(
@@ -345,17 +360,21 @@ pub(crate) fn status_patch(
         .with_observed_generation(generation),
         now,
     );
-    let rotation_changed = match ca.and_then(|c| c.condition.clone()) {
-        Some(condition) => conditions.set_condition(condition, now),
-        None => {
+    let rotation_changed = match (report, ca.and_then(|c| c.condition.clone())) {
+        (CaReport::Keep, _) => false,
+        (_, Some(condition)) => conditions.set_condition(condition, now),
+        (_, None) => {
             let before = conditions.len();
             conditions.retain(|c| c.type_ != CONDITION_CA_ROTATION);
             conditions.len() != before
         }
     };
-    let desired = SeenCaStatus {
-        trust_bundle: ca.map(|c| c.trust_bundle.clone()),
-        rotation: ca.and_then(|c| c.rotation.clone()),
+    let desired = match report {
+        CaReport::Keep => seen.clone(),
+        _ => SeenCaStatus {
+            trust_bundle: ca.map(|c| c.trust_bundle.clone()),
+            rotation: ca.and_then(|c| c.rotation.clone()),
+        },
     };
     if !ready_changed && !rotation_changed && desired == *seen {
         return None;
@@ -507,7 +526,16 @@ mod tests {
             message: "ok".into(),
         };
         let seen = SeenCaStatus::default();
-        let write = status_patch(&[], &seen, &health, Some(2), Some("ca"), None, now).unwrap();
+        let write = status_patch(
+            &[],
+            &seen,
+            &health,
+            Some(2),
+            Some("ca"),
+            &CaReport::Absent,
+            now,
+        )
+        .unwrap();
         let patch = write.patch;
         assert!(write.ready_changed && !write.rotation_changed);
         assert_eq!(patch["status"]["conditions"][0]["reason"], "Verified");
@@ -515,7 +543,18 @@ mod tests {
         assert_eq!(patch["status"]["backend"], "ca");
         let written: Vec<Condition> =
             serde_json::from_value(patch["status"]["conditions"].clone()).unwrap();
-        assert!(status_patch(&written, &seen, &health, Some(2), Some("ca"), None, now).is_none());
+        assert!(
+            status_patch(
+                &written,
+                &seen,
+                &health,
+                Some(2),
+                Some("ca"),
+                &CaReport::Absent,
+                now
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -532,7 +571,7 @@ mod tests {
             &health,
             None,
             None,
-            None,
+            &CaReport::Absent,
             now,
         )
         .unwrap()
@@ -559,7 +598,7 @@ mod tests {
             &health,
             None,
             None,
-            Some(&switch),
+            &CaReport::Present(switch.clone()),
             now,
         )
         .unwrap();
@@ -570,14 +609,36 @@ mod tests {
         let written: Vec<Condition> =
             serde_json::from_value(write.patch["status"]["conditions"].clone()).unwrap();
         let seen = SeenCaStatus::of(&write.patch);
-        assert!(status_patch(&written, &seen, &health, None, None, Some(&switch), now).is_none());
+        assert!(
+            status_patch(
+                &written,
+                &seen,
+                &health,
+                None,
+                None,
+                &CaReport::Present(switch.clone()),
+                now
+            )
+            .is_none()
+        );
         // The rotation finished (removed from the spec): its condition and status go.
         let plain = CaStatus {
             rotation: None,
             condition: None,
             ..switch
         };
-        let write = status_patch(&written, &seen, &health, None, None, Some(&plain), now).unwrap();
+        // Unknown for now (the build failed): the status keeps what it says.
+        assert!(status_patch(&written, &seen, &health, None, None, &CaReport::Keep, now).is_none());
+        let write = status_patch(
+            &written,
+            &seen,
+            &health,
+            None,
+            None,
+            &CaReport::Present(plain),
+            now,
+        )
+        .unwrap();
         assert!(write.rotation_changed);
         assert_eq!(write.patch["status"]["rotation"], serde_json::Value::Null);
         assert_eq!(

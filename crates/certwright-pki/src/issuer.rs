@@ -105,11 +105,10 @@ pub trait SecretSource {
         &[]
     }
 
-    /// Until when the certificates the CA certificate with this SHA-256 fingerprint
-    /// (lowercase hex) signed for this issuer are valid, as recorded in its status; a
-    /// rotation's `Retire` waits for it. `None`: none recorded.
-    fn issued_until(&self, ca_fingerprint: &str) -> Option<std::time::SystemTime> {
-        let _ = ca_fingerprint;
+    /// The issuer's issuance records (until when the certificates issued under each
+    /// trust anchor are valid), which a rotation's `Retire` waits for, read live. `None`:
+    /// nothing is recorded, and `Retire` waits for nothing.
+    fn issuance_records(&self) -> Option<Arc<dyn crate::IssuanceRecords>> {
         None
     }
 }
@@ -315,14 +314,16 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                 rotation.next_pkcs11.as_ref(),
                 "spec.ca.rotation.nextPkcs11",
             )?;
-            let until = secrets.issued_until(&current.certificate().fingerprint_hex());
             let phase = match rotation.phase {
                 certwright_api::RotationPhase::Distribute => crate::RotationPhase::Distribute,
                 certwright_api::RotationPhase::Switch => crate::RotationPhase::Switch,
                 certwright_api::RotationPhase::Retire => crate::RotationPhase::Retire,
             };
             Ok(Arc::new(crate::ca::RotatingCa::new(
-                current, next, phase, until,
+                current,
+                next,
+                phase,
+                secrets.issuance_records(),
             )?))
         }
         #[cfg(feature = "rest")]

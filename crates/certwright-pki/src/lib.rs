@@ -198,22 +198,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 pub struct CaCertificates {
     /// The CA certificate that signs now.
     pub signing: Certificate,
-    /// What relying parties should trust now: the top certificate of each CA's chain
-    /// (its root, when the chain reaches one).
+    /// What relying parties trust the signing CA by: the top certificate of its chain
+    /// (its root, when the chain reaches one). Issuance is recorded by this anchor.
+    pub signing_anchor: Certificate,
+    /// What relying parties should trust now: the anchor of each CA in use.
     pub trust: Vec<Certificate>,
     /// The rotation under way, if any.
     pub rotation: Option<RotationState>,
 }
 
 impl CaCertificates {
-    /// `signing` signs, `trust` is to be trusted, no rotation.
-    pub fn new(signing: Certificate, trust: Vec<Certificate>) -> Self {
+    /// `signing` signs under `signing_anchor`, `trust` is to be trusted, no rotation.
+    pub fn new(signing: Certificate, signing_anchor: Certificate, trust: Vec<Certificate>) -> Self {
         CaCertificates {
             signing,
+            signing_anchor,
             trust,
             rotation: None,
         }
     }
+}
+
+/// Until when the certificates issued under each trust anchor are valid, as the caller
+/// records them before each signature (the engine keeps them in the issuer's status).
+/// A rotating CA asks it, live, whether the anchor it would stop publishing still
+/// has certificates in use.
+pub trait IssuanceRecords: Send + Sync + std::fmt::Debug {
+    /// Until when certificates issued under the trust anchor with this SHA-256
+    /// fingerprint (lowercase hex) are valid; `None` when none is recorded.
+    fn issued_until(&self, anchor_fingerprint: &str) -> Option<std::time::SystemTime>;
 }
 
 /// The phase of a CA rotation.
@@ -250,7 +263,8 @@ pub struct RotationState {
     pub phase: RotationPhase,
     /// The CA the rotation moves from.
     pub current: Certificate,
-    /// Until when certificates the current CA signed are valid, as recorded.
+    /// Until when certificates issued under the current CA's trust anchor are valid, as
+    /// recorded.
     pub current_issued_until: Option<std::time::SystemTime>,
     /// The CA the rotation moves to.
     pub next: Certificate,

@@ -288,3 +288,45 @@ async fn a_configmap_certwright_did_not_make_is_left_alone() {
     let map = maps.get("corp-bundle").await.unwrap();
     assert_eq!(map.data.unwrap()["ca.crt"], "someone else's");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_with_valid_certificates_stays_published_whatever_the_spec_says() {
+    // Finishing a rotation from Switch (the next CA made current, the rotation removed)
+    // while certificates of the old CA are valid: the old root stays in the bundle, by
+    // the issuance record, until they expire.
+    let mut env = Env::new().await;
+    env.start_engine(EngineConfig {
+        issuer_health_check_interval: Duration::from_millis(200),
+        ..crate::support::fast_config()
+    });
+    let old = TestCa::root(KeyKind::EcdsaP256, "Old Root");
+    let new = TestCa::root(KeyKind::EcdsaP256, "New Root");
+    env.put_ca_secret(CLUSTER_NS, "ca-old", &old).await;
+    env.put_ca_secret(CLUSTER_NS, "ca-new", &new).await;
+    env.cluster_issuer("corp", spec(Some(RotationPhase::Distribute)))
+        .await;
+    wait_rotation(&env, "Distribute", ConditionStatus::True).await;
+    let trust = wait_bundle(&env, &[&old, &new]).await;
+    issue(&env, "lives", 3600, &trust).await;
+    set_phase(&env, RotationPhase::Switch).await;
+    wait_rotation(&env, "Switch", ConditionStatus::True).await;
+    let api: Api<InternalClusterIssuer> = Api::all(env.client.clone());
+    let finished = serde_json::json!({"spec": {"ca": {
+        "secretName": "ca-new", "bundleConfigMap": "corp-bundle", "rotation": null}}});
+    api.patch("corp", &PatchParams::default(), &Patch::Merge(&finished))
+        .await
+        .unwrap();
+    eventually_async("the CARotation condition to go", || async {
+        let issuer = api.get("corp").await.unwrap();
+        issuer
+            .status
+            .is_some_and(|s| s.conditions.condition("CARotation").is_none() && s.rotation.is_none())
+    })
+    .await;
+    // The new CA signs; the old root is still published, after the new one.
+    let trust = wait_bundle(&env, &[&new, &old]).await;
+    issue(&env, "after", 60, &trust)
+        .await
+        .verify_signed_by(&root(&new))
+        .unwrap();
+}

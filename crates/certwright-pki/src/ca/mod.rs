@@ -434,6 +434,7 @@ impl Backend for LocalCa {
     fn ca_certificates(&self) -> Option<crate::CaCertificates> {
         Some(crate::CaCertificates::new(
             self.ca().clone(),
+            self.trust_anchor().clone(),
             vec![self.trust_anchor().clone()],
         ))
     }

@@ -1,10 +1,11 @@
 //! A local CA in rotation: the current CA (`spec.ca.secretName`) and the next one, in
 //! three phases. `Distribute` signs with the current CA and publishes both roots;
 //! `Switch` signs with the next and publishes both; `Retire` signs with the next and
-//! publishes its root only. `Retire` is held at `Switch` until the certificates the
-//! current CA signed have expired: [`RotatingCa::new`] is told until when they are
-//! valid (the engine records it before each signature), and the phase in effect is
-//! decided at each call, so the rotation moves on by itself at that time.
+//! publishes its root only. `Retire` is held at `Switch` until the certificates issued
+//! under the current CA's trust anchor have expired: the engine records until when
+//! before each signature ([`IssuanceRecords`]), the rotation asks at each call, and so
+//! moves on by itself at that time, and back should an earlier build of the issuer
+//! still sign with the current CA.
 
 use std::time::SystemTime;
 
@@ -12,8 +13,8 @@ use certwright_x509::Certificate;
 
 use super::LocalCa;
 use crate::{
-    Backend, CaCertificates, Error, Health, Outcome, Recovery, RotationPhase, RotationState,
-    SignRequest,
+    Backend, CaCertificates, Error, Health, IssuanceRecords, Outcome, Recovery, RotationPhase,
+    RotationState, SignRequest,
 };
 
 /// Two local CAs and the phase of the rotation from the first to the second.
@@ -22,14 +23,15 @@ pub struct RotatingCa {
     current: LocalCa,
     next: LocalCa,
     requested: RotationPhase,
-    /// Until when certificates the current CA signed are valid; `None`: it signed none
-    /// that certwright recorded.
-    current_issued_until: Option<SystemTime>,
+    /// The issuer's issuance records; `None`: none are kept, and `Retire` waits for
+    /// nothing.
+    records: Option<std::sync::Arc<dyn IssuanceRecords>>,
 }
 
 impl RotatingCa {
-    /// A rotation from `current` to `next`, in `phase`. `current_issued_until` is the
-    /// latest `notAfter` among the certificates `current` signed: `Retire` waits for it.
+    /// A rotation from `current` to `next`, in `phase`. `records` say until when the
+    /// certificates issued under each trust anchor are valid: `Retire` waits for those
+    /// of the current CA's anchor.
     ///
     /// # Errors
     /// [`Error::Misconfigured`] when both are the same CA certificate.
@@ -37,7 +39,7 @@ impl RotatingCa {
         current: LocalCa,
         next: LocalCa,
         phase: RotationPhase,
-        current_issued_until: Option<SystemTime>,
+        records: Option<std::sync::Arc<dyn IssuanceRecords>>,
     ) -> Result<RotatingCa, Error> {
         if current.certificate().der() == next.certificate().der() {
             return Err(Error::misconfigured(
@@ -48,15 +50,30 @@ impl RotatingCa {
             current,
             next,
             requested: phase,
-            current_issued_until,
+            records,
         })
     }
 
-    /// The phase in effect at `now`: the one asked for, except `Retire` before the
-    /// current CA's certificates have expired, which is held at `Switch`.
+    /// Until when certificates issued under the current CA's trust anchor are valid.
+    fn current_issued_until(&self) -> Option<SystemTime> {
+        let anchor = self.current.trust_anchor().fingerprint_hex();
+        self.records.as_ref()?.issued_until(&anchor)
+    }
+
+    /// Whether `Retire` drops a trust anchor: not when both CAs share one.
+    fn retire_drops_an_anchor(&self) -> bool {
+        self.current.trust_anchor() != self.next.trust_anchor()
+    }
+
+    /// The phase in effect at `now`: the one asked for, except `Retire` while
+    /// certificates issued under the current CA's trust anchor are valid, which is held
+    /// at `Switch`.
     pub fn phase_at(&self, now: SystemTime) -> RotationPhase {
         match self.requested {
-            RotationPhase::Retire if self.current_issued_until.is_some_and(|t| t > now) => {
+            RotationPhase::Retire
+                if self.retire_drops_an_anchor()
+                    && self.current_issued_until().is_some_and(|t| t > now) =>
+            {
                 RotationPhase::Switch
             }
             phase => phase,
@@ -73,13 +90,15 @@ impl RotatingCa {
 
     /// What relying parties should trust at `now`.
     fn trust_at(&self, now: SystemTime) -> Vec<Certificate> {
-        match self.phase_at(now) {
+        let mut trust = match self.phase_at(now) {
             RotationPhase::Retire => vec![self.next.trust_anchor().clone()],
             RotationPhase::Distribute | RotationPhase::Switch => vec![
                 self.current.trust_anchor().clone(),
                 self.next.trust_anchor().clone(),
             ],
-        }
+        };
+        trust.dedup();
+        trust
     }
 }
 
@@ -125,13 +144,17 @@ impl Backend for RotatingCa {
 
     fn ca_certificates(&self) -> Option<CaCertificates> {
         let now = SystemTime::now();
-        let mut certificates =
-            CaCertificates::new(self.signer(now).certificate().clone(), self.trust_at(now));
+        let signer = self.signer(now);
+        let mut certificates = CaCertificates::new(
+            signer.certificate().clone(),
+            signer.trust_anchor().clone(),
+            self.trust_at(now),
+        );
         certificates.rotation = Some(RotationState::new(
             self.requested,
             self.phase_at(now),
             self.current.certificate().clone(),
-            self.current_issued_until,
+            self.current_issued_until(),
             self.next.certificate().clone(),
         ));
         Some(certificates)
@@ -156,6 +179,16 @@ mod tests {
             LocalCaConfig::default(),
         )
         .unwrap()
+    }
+
+    /// Records as the engine keeps them: one anchor, valid until a time.
+    #[derive(Debug)]
+    struct Until(String, SystemTime);
+
+    impl IssuanceRecords for Until {
+        fn issued_until(&self, anchor: &str) -> Option<SystemTime> {
+            (anchor == self.0).then_some(self.1)
+        }
     }
 
     fn request() -> SignRequest {
@@ -211,8 +244,19 @@ mod tests {
         let new = TestCa::root(KeyKind::EcdsaP256, "New Root");
         let now = SystemTime::now();
         let until = now + Duration::from_secs(3600);
-        let ca =
-            RotatingCa::new(local(&old), local(&new), RotationPhase::Retire, Some(until)).unwrap();
+        let records = Until(
+            Certificate::from_der(&old.cert().cert_der)
+                .unwrap()
+                .fingerprint_hex(),
+            until,
+        );
+        let ca = RotatingCa::new(
+            local(&old),
+            local(&new),
+            RotationPhase::Retire,
+            Some(std::sync::Arc::new(records)),
+        )
+        .unwrap();
         assert_eq!(ca.phase_at(now), RotationPhase::Switch);
         let held = ca.ca_certificates().unwrap();
         assert_eq!(
