@@ -135,7 +135,7 @@ impl From<IssuerSpec> for InternalClusterIssuerSpec {
 pub struct IssuerStatus {
     /// `Ready` says whether the issuer can sign. Reasons: Verified, CAExpiringSoon (still
     /// Ready), InvalidSpec, SecretNotFound, SecretOutOfScope, CAExpired, CANotYetValid,
-    /// CANotACA, CACertificateInvalid, CAKeyMismatch, CAKeyUnreadable, HSMUnavailable,
+    /// CANotACA, CACertificateInvalid, CARevoked, CAKeyMismatch, CAKeyUnreadable, HSMUnavailable,
     /// HSMPinRejected, HSMKeyNotFound, Unauthorized, Unreachable, CircuitOpen.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -217,6 +217,10 @@ pub struct CaBackend {
     /// A rotation to a next CA, in three phases (docs/backends/ca.md, "Rotating the CA").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<CaRotation>,
+    /// Check the CA certificate against the CRL it names, when its parent is in
+    /// `tls.crt` (default true): a CA its parent revoked stops signing (`CARevoked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_revocation: Option<bool>,
 }
 
 /// A rotation from the CA of `secretName` (the current CA) to a next one.

@@ -62,7 +62,8 @@ pub(crate) struct Fingerprint {
 pub struct Health {
     /// Verified, CAExpiringSoon, InvalidSpec, SecretNotFound, SecretOutOfScope, a local
     /// CA's own fault (CAExpired, CANotYetValid, CANotACA, CACertificateInvalid,
-    /// CAKeyMismatch, CAKeyUnreadable), Unauthorized, Unreachable, CircuitOpen.
+    /// CARevoked, CAKeyMismatch, CAKeyUnreadable, HSMUnavailable, HSMPinRejected,
+    /// HSMKeyNotFound), Unauthorized, Unreachable, CircuitOpen.
     pub reason: &'static str,
     /// A sentence a person can act on.
     pub message: String,

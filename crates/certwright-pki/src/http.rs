@@ -74,6 +74,9 @@ pub struct HttpConfig {
     pub user_agent: String,
     /// Where the client may connect (issuers a tenant writes); anywhere when `None`.
     pub egress: Option<Arc<EgressPolicy>>,
+    /// Allow `http://` URLs too, for signed data fetched where a certificate says (CRLs,
+    /// which are commonly served over plain HTTP). Everything else is https only.
+    pub allow_http: bool,
 }
 
 impl Default for HttpConfig {
@@ -86,6 +89,7 @@ impl Default for HttpConfig {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             user_agent: concat!("certwright/", env!("CARGO_PKG_VERSION")).to_string(),
             egress: None,
+            allow_http: false,
         }
     }
 }
@@ -240,7 +244,7 @@ impl HttpClient {
         let client = client
             .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())
-            .https_only(true)
+            .https_only(!config.allow_http)
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
             .user_agent(config.user_agent.as_str())

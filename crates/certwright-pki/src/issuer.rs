@@ -295,15 +295,21 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                 .ca
                 .as_ref()
                 .ok_or(BuildError::Unavailable(BackendKind::Ca))?;
+            let check_revocation = ca.check_revocation.unwrap_or(true);
             let build = |secret: &str, pkcs11: Option<&certwright_api::Pkcs11Key>, field: &str| {
-                local_ca(
+                let local = local_ca(
                     &lookup,
                     secret,
                     pkcs11,
                     field,
                     spec.max_concurrent_requests(),
                     crate::ca::LocalCaConfig { default_duration },
-                )
+                )?;
+                Ok::<_, BuildError>(if check_revocation {
+                    local.with_revocation_check(secrets.egress())
+                } else {
+                    local
+                })
             };
             let current = build(&ca.secret_name, ca.pkcs11.as_ref(), "spec.ca.pkcs11")?;
             let Some(rotation) = &ca.rotation else {

@@ -331,6 +331,83 @@ impl TestCa {
         self.intermediate_with_subject(kind, &[(DnType::CommonName, common_name)])
     }
 
+    /// An intermediate CA with subject `CN=<common_name>`, issued by this CA, whose CRL
+    /// distribution point is `crl_url` (where this CA's [`TestCa::crl`] is served).
+    ///
+    /// # Panics
+    /// If rcgen fails to sign (a broken test environment).
+    pub fn intermediate_with_crl(&self, kind: KeyKind, common_name: &str, crl_url: &str) -> TestCa {
+        let key = kind.key_pair();
+        let (mut params, serial_hex) = ca_params(common_name, Some(0));
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![crl_url.to_owned()],
+        }];
+        let cert = params
+            .signed_by(&key, &self.issuer())
+            .expect("rcgen signs the intermediate");
+        TestCa {
+            cert: GeneratedCert {
+                cert_pem: cert.pem(),
+                cert_der: cert.der().to_vec(),
+                key_pem: key.serialize_pem(),
+                serial_hex,
+            },
+            params,
+            key,
+        }
+    }
+
+    /// This CA's CRL (DER), valid from an hour ago for a day, listing the certificates
+    /// with these serial numbers (lowercase hex, as [`GeneratedCert::serial_hex`]) as
+    /// revoked an hour ago.
+    ///
+    /// # Panics
+    /// If a serial is not hex or rcgen fails to sign.
+    pub fn crl(&self, revoked_serials_hex: &[&str]) -> Vec<u8> {
+        self.crl_scoped(revoked_serials_hex, None)
+    }
+
+    /// As [`TestCa::crl`], with an issuing distribution point that says the CRL covers
+    /// end-entity certificates only.
+    ///
+    /// # Panics
+    /// If a serial is not hex or rcgen fails to sign.
+    pub fn crl_for_end_entities(&self, revoked_serials_hex: &[&str]) -> Vec<u8> {
+        self.crl_scoped(revoked_serials_hex, Some(rcgen::CrlScope::UserCertsOnly))
+    }
+
+    fn crl_scoped(&self, revoked_serials_hex: &[&str], scope: Option<rcgen::CrlScope>) -> Vec<u8> {
+        let now = OffsetDateTime::now_utc();
+        let hour = time::Duration::hours(1);
+        let revoked_certs = revoked_serials_hex
+            .iter()
+            .map(|hex| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&decode_hex(hex)),
+                revocation_time: now - hour,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - hour,
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: scope.map(|scope| rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec!["http://pki.example.test/crl".to_owned()],
+                },
+                scope: Some(scope),
+            }),
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer())
+            .expect("rcgen signs the CRL")
+            .der()
+            .to_vec()
+    }
+
     /// An intermediate CA with this subject (attributes in order), issued by this CA,
     /// with a path length constraint of 0.
     ///
@@ -466,6 +543,19 @@ fn distinguished_name(attributes: &[(DnType, String)]) -> DistinguishedName {
 
 fn ia5(value: &str) -> rcgen::string::Ia5String {
     value.try_into().expect("SAN values in fixtures are ASCII")
+}
+
+/// The bytes of a hex string (an even number of hex digits).
+fn decode_hex(hex: &str) -> Vec<u8> {
+    let padded = if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex.to_owned()
+    };
+    (0..padded.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).expect("a hex serial"))
+        .collect()
 }
 
 #[cfg(test)]

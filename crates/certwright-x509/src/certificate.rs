@@ -81,6 +81,49 @@ impl Certificate {
         &self.der
     }
 
+    /// The serial number's DER integer contents.
+    pub(crate) fn serial_bytes(&self) -> &[u8] {
+        &self.serial
+    }
+
+    /// The parsed public key, for verifying what this certificate's key signed.
+    pub(crate) fn public_key_parsed(&self) -> &ParsedKey {
+        &self.key
+    }
+
+    /// The `http` and `https` URLs of the CRL distribution points this certificate names
+    /// (RFC 5280 section 4.2.1.13), in order; empty when it names none.
+    pub fn crl_urls(&self) -> Vec<String> {
+        use der::oid::AssociatedOid;
+        use x509_cert::ext::pkix::CrlDistributionPoints;
+        use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+        let Ok(cert) = x509_cert::Certificate::from_der(&self.der) else {
+            return Vec::new();
+        };
+        let mut urls = Vec::new();
+        for ext in cert.tbs_certificate().extensions().into_iter().flatten() {
+            if ext.extn_id != CrlDistributionPoints::OID {
+                continue;
+            }
+            let Ok(points) = CrlDistributionPoints::from_der(ext.extn_value.as_bytes()) else {
+                continue;
+            };
+            for point in points.0 {
+                if let Some(DistributionPointName::FullName(names)) = point.distribution_point {
+                    for name in names {
+                        if let GeneralName::UniformResourceIdentifier(uri) = name {
+                            let uri = uri.as_str();
+                            if uri.starts_with("http://") || uri.starts_with("https://") {
+                                urls.push(uri.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        urls
+    }
+
     /// The certificate as a `CERTIFICATE` PEM block.
     pub fn to_pem(&self) -> String {
         pem::encode(pem::CERTIFICATE_LABEL, &self.der)

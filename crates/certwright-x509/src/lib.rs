@@ -31,6 +31,7 @@
 mod algorithm;
 mod certificate;
 mod chain;
+mod crl;
 mod csr;
 mod der_util;
 mod error;
@@ -41,6 +42,7 @@ mod pem;
 pub use algorithm::{KeyAlgorithm, PublicKeyInfo, SignatureAlgorithm};
 pub use certificate::{Certificate, certificates_to_pem, parse_pem_bundle};
 pub use chain::Chain;
+pub use crl::{Crl, MAX_CRL_BYTES};
 pub use csr::Csr;
 pub use error::Error;
 pub use extensions::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltNames};

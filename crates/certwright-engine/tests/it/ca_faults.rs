@@ -151,3 +151,77 @@ async fn a_ca_about_to_expire_keeps_signing_with_a_warning() {
     env.approve(ns, "web").await;
     env.wait_ready_reason(ns, "web", "Issued").await;
 }
+
+/// Serves `body` over plain HTTP at `/root.crl`, as CAs publish CRLs; the URL.
+async fn serve_crl(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/root.crl", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let crl = body.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    crl.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&crl).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_its_parent_revoked_is_not_ready_and_its_requests_wait() {
+    let env = Env::start().await;
+    let ns = "apps";
+    let root = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = serve_crl(served.clone()).await;
+    let kept = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing A", &url);
+    let revoked = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing B", &url);
+    *served.lock().unwrap() = root.crl(&[&revoked.cert().serial_hex]);
+    for (name, ca) in [("kept", &kept), ("revoked", &revoked)] {
+        let chain = format!("{}{}", ca.cert_pem(), root.cert_pem());
+        env.put_secret(ns, name, &[("tls.crt", &chain), ("tls.key", ca.key_pem())])
+            .await;
+        env.namespaced_issuer(ns, name, ca_spec(name)).await;
+    }
+    // Not listed: Verified, and the health message says the CRL was read.
+    let issuer = env.wait_namespaced_issuer(ns, "kept", "Verified").await;
+    let message = &issuer.status.unwrap().conditions[0].message;
+    assert!(message.contains("not revoked by the CRL"), "{message}");
+
+    let issuer = env.wait_namespaced_issuer(ns, "revoked", "CARevoked").await;
+    let message = &issuer.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("was revoked at") && message.contains(&url),
+        "{message}"
+    );
+    eventually("a CARevoked warning Event", || {
+        env.server
+            .list_json("events.events.k8s.io", ns)
+            .iter()
+            .any(|e| e["reason"] == "CARevoked" && e["type"] == "Warning")
+    })
+    .await;
+    let series = format!(
+        r#"certwright_issuer_ready_reason{{issuer_name="revoked",issuer_kind="InternalIssuer",issuer_group="pki.certwright.io",namespace="{ns}",reason="CARevoked"}} 1"#
+    );
+    assert!(env.metrics.encode().unwrap().contains(&series), "{series}");
+    env.request(ns, "web", namespaced_ref("revoked")).await;
+    env.approve(ns, "web").await;
+    env.wait_request(ns, "web", "waiting for its revoked issuer", |cr| {
+        cr.ready_reason() == Some("Pending")
+            && cr.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.message.contains("was revoked at"))
+            })
+    })
+    .await;
+}

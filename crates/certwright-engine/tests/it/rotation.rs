@@ -30,6 +30,7 @@ fn spec(phase: Option<RotationPhase>) -> IssuerSpec {
                 next_pkcs11: None,
                 phase,
             }),
+            ..Default::default()
         }),
         ..Default::default()
     }

@@ -37,9 +37,11 @@ use crate::{
 
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
+mod revocation;
 mod rotation;
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{RELOAD_INTERVAL, RsaScheme, TokenKeyConfig, TokenRef};
+pub use revocation::MAX_CRL_BYTES;
 pub use rotation::RotatingCa;
 
 /// How far notBefore is set back from the time of signing, so that a relying party whose
@@ -99,7 +101,14 @@ pub struct LocalCa {
     authority_key_id: Vec<u8>,
     config: LocalCaConfig,
     rng: SystemRandom,
+    /// The check of the CA certificate against its parent's CRL, when it names one and
+    /// tls.crt holds the parent.
+    revocation: Option<std::sync::Arc<revocation::Revocation>>,
 }
+
+/// The least time between two fetches of a CA's CRL: each health check fetches it, at
+/// most this often.
+const CRL_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -193,6 +202,7 @@ impl LocalCa {
             authority_key_id,
             config,
             rng,
+            revocation: None,
         }
     }
 
@@ -235,6 +245,24 @@ impl LocalCa {
             )
         })?;
         Ok((certs, kind, ca_public_key))
+    }
+
+    /// Checks at each health check (at most once a minute) whether the CA certificate
+    /// was revoked by its parent: when it names an `http`/`https` CRL distribution point
+    /// and tls.crt holds its parent (the CRL's signer), the CRL is fetched (within 10 s
+    /// and 1 MiB, keeping to `egress`, at most two at once in the process), its signature
+    /// verified with the parent's key, and a listing of the CA fails the check and every
+    /// signature with [`CaFault::Revoked`], for good. A CRL that cannot be fetched or
+    /// used does not (the health message says revocation was not checked): a CRL
+    /// server's outage must not stop a CA nobody revoked.
+    pub fn with_revocation_check(
+        mut self,
+        egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
+    ) -> LocalCa {
+        if let Some(parent) = self.certs.get(1) {
+            self.revocation = revocation::Revocation::new(self.ca(), parent, egress);
+        }
+        self
     }
 
     /// The CA certificate that signs.
@@ -440,6 +468,9 @@ impl Backend for LocalCa {
     }
 
     async fn sign(&self, request: &SignRequest) -> Result<Outcome, Error> {
+        if let Some(refusal) = self.revocation.as_ref().and_then(|r| r.refusal()) {
+            return Err(refusal);
+        }
         self.sign_at(request, unix_now()?).await
     }
 
@@ -458,7 +489,12 @@ impl Backend for LocalCa {
     }
 
     async fn check(&self) -> Result<Health, Error> {
-        self.check_at(unix_now()?).await
+        let mut health = self.check_at(unix_now()?).await?;
+        if let Some(revocation) = &self.revocation {
+            let said = revocation.check(CRL_REFRESH).await?;
+            health.message = format!("{}; {said}", health.message);
+        }
+        Ok(health)
     }
 
     /// Nothing is kept outside this process: signing again makes a certificate no CA
@@ -511,6 +547,8 @@ pub enum CaFault {
     HsmPinRejected,
     /// The token holds no private key with the configured label and id (or several).
     HsmKeyNotFound,
+    /// The CA certificate is listed on its parent's CRL.
+    Revoked,
 }
 
 impl CaFault {
@@ -526,6 +564,7 @@ impl CaFault {
             CaFault::HsmUnavailable => "HSMUnavailable",
             CaFault::HsmPinRejected => "HSMPinRejected",
             CaFault::HsmKeyNotFound => "HSMKeyNotFound",
+            CaFault::Revoked => "CARevoked",
         }
     }
 
@@ -554,6 +593,7 @@ impl fmt::Display for CaFault {
             CaFault::HsmUnavailable => "the HSM holding the CA key is unavailable",
             CaFault::HsmPinRejected => "the HSM refused the PIN",
             CaFault::HsmKeyNotFound => "the HSM holds no such CA key",
+            CaFault::Revoked => "the CA certificate was revoked by its parent",
         })
     }
 }

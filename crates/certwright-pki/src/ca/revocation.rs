@@ -1,0 +1,308 @@
+//! Whether a local CA's own certificate was revoked by its parent, by the CRL the
+//! certificate names (RFC 5280 section 4.2.1.13), checked on the health-check interval.
+//!
+//! Bounded, because a tenant's CA chooses the URL and the CRL:
+//! - the CRL is fetched with a 10-second timeout and a 1 MiB cap, under the issuer's
+//!   egress policy, without redirects; plain `http://` is allowed, as CRLs are served;
+//! - at most two CRLs are fetched and parsed at once in the whole process;
+//! - a fetch runs as a task of its own: a health check waits for it at most
+//!   [`CHECK_WAIT`], and otherwise takes its verdict at a later check;
+//! - a CRL is used only when its signature verifies with the parent's key (the next
+//!   certificate of `tls.crt`), it names the parent as issuer, and it carries no critical
+//!   extension certwright does not apply (a delta CRL, an indirect CRL, one limited to
+//!   some reasons or to end-entity certificates): otherwise revocation is "not checked",
+//!   which never stops a CA nobody revoked.
+//!
+//! A revocation is final for this build of the issuer: a later fetch that fails, or a
+//! CRL that no longer lists the CA, does not make it sign again.
+
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use certwright_x509::{Certificate, Crl};
+
+use super::{CaFault, describe, fault};
+use crate::Error;
+
+/// How long a CRL download may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a health check waits for a fetch it started before it answers.
+pub(crate) const CHECK_WAIT: Duration = Duration::from_secs(3);
+/// The largest CRL fetched, in bytes.
+pub const MAX_CRL_BYTES: usize = 1024 * 1024;
+/// Most CRL URLs of one certificate tried.
+const MAX_URLS: usize = 4;
+
+/// CRLs fetched and parsed at once, in the whole process.
+static FETCHES: LazyLock<Arc<tokio::sync::Semaphore>> =
+    LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(2)));
+
+/// What is known of the CA's revocation.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Verdict {
+    /// Not checked yet, or not checkable now: why.
+    Unknown(String),
+    /// The CRL does not list the CA.
+    Good { crl_issued: String },
+    /// The CRL lists the CA: the refusal's message.
+    Revoked(String),
+}
+
+/// The CRL check of one CA certificate.
+pub(crate) struct Revocation {
+    urls: Vec<String>,
+    ca: Certificate,
+    parent: Certificate,
+    /// The client, or why none could be built.
+    http: Result<crate::http::HttpClient, String>,
+    state: Mutex<State>,
+    /// Told each time a fetch ends.
+    done: tokio::sync::watch::Sender<u64>,
+}
+
+struct State {
+    verdict: Verdict,
+    fetching: bool,
+    fetched_at: Option<Instant>,
+}
+
+impl Revocation {
+    /// The check of `ca`, whose parent (the CRL's signer) is `parent`, when `ca` names
+    /// an `http`/`https` CRL distribution point.
+    pub(crate) fn new(
+        ca: &Certificate,
+        parent: &Certificate,
+        egress: Option<Arc<crate::egress::EgressPolicy>>,
+    ) -> Option<Arc<Revocation>> {
+        let mut urls = ca.crl_urls();
+        if urls.is_empty() {
+            return None;
+        }
+        urls.truncate(MAX_URLS);
+        let http = crate::http::HttpClient::new(crate::http::HttpConfig {
+            timeout: FETCH_TIMEOUT,
+            connect_timeout: FETCH_TIMEOUT.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+            max_response_bytes: MAX_CRL_BYTES,
+            egress,
+            allow_http: true,
+            ..crate::http::HttpConfig::default()
+        })
+        .map_err(|e| e.to_string());
+        Some(Arc::new(Revocation {
+            urls,
+            ca: ca.clone(),
+            parent: parent.clone(),
+            http,
+            state: Mutex::new(State {
+                verdict: Verdict::Unknown("the CRL has not been fetched yet".to_string()),
+                fetching: false,
+                fetched_at: None,
+            }),
+            done: tokio::sync::watch::channel(0).0,
+        }))
+    }
+
+    /// The refusal of a revoked CA, for `sign`.
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        match &lock(&self.state).verdict {
+            Verdict::Revoked(message) => Some(fault(CaFault::Revoked, message.clone())),
+            _ => None,
+        }
+    }
+
+    /// The health check's part: starts a fetch unless one is under way or one ended
+    /// within `every`, waits for it at most [`CHECK_WAIT`], and answers with the
+    /// verdict: `Err` when revoked, else a sentence for the health message.
+    pub(crate) async fn check(self: &Arc<Self>, every: Duration) -> Result<String, Error> {
+        let mut done = self.done.subscribe();
+        let started = {
+            let mut state = lock(&self.state);
+            let due = state.fetched_at.is_none_or(|at| at.elapsed() >= every);
+            let start = due && !state.fetching && !matches!(state.verdict, Verdict::Revoked(_));
+            if start {
+                state.fetching = true;
+            }
+            start
+        };
+        if started {
+            let this = Arc::downgrade(self);
+            tokio::spawn(fetch(this));
+        }
+        if lock(&self.state).fetching {
+            let _ = tokio::time::timeout(CHECK_WAIT, done.changed()).await;
+        }
+        match lock(&self.state).verdict.clone() {
+            Verdict::Revoked(message) => Err(fault(CaFault::Revoked, message)),
+            Verdict::Good { crl_issued } => Ok(format!(
+                "not revoked by the CRL of {} issued at {crl_issued}",
+                describe(&self.parent)
+            )),
+            Verdict::Unknown(why) => Ok(format!("revocation not checked: {why}")),
+        }
+    }
+
+    /// Fetches each URL until one gives a usable CRL, and says what it says of the CA.
+    async fn verdict(&self) -> Verdict {
+        let http = match &self.http {
+            Ok(http) => http,
+            Err(why) => return Verdict::Unknown(why.clone()),
+        };
+        let mut problems = Vec::new();
+        for url in &self.urls {
+            let parsed = match crate::http::Url::parse(url) {
+                Ok(u) => u,
+                Err(e) => {
+                    problems.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let answer = match http
+                .send(http.request(crate::http::Method::GET, parsed))
+                .await
+            {
+                Ok(a) if a.is_success() => a,
+                Ok(a) => {
+                    problems.push(format!("{url} answered HTTP {}", a.status.as_u16()));
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let crl = match Crl::parse(&answer.body)
+                .and_then(|crl| crl.verify_signed_by(&self.parent).map(|()| crl))
+                .and_then(|crl| crl.check_applies_to_ca_certificates().map(|()| crl))
+            {
+                Ok(crl) => crl,
+                Err(e) => {
+                    problems.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            return match crl.revocation_of(&self.ca) {
+                Some(at) => Verdict::Revoked(format!(
+                    "the CA certificate {} was revoked at {at} by {}, as the CRL at {url} says",
+                    describe(&self.ca),
+                    describe(&self.parent)
+                )),
+                None => Verdict::Good {
+                    crl_issued: crl.this_update().to_string(),
+                },
+            };
+        }
+        Verdict::Unknown(problems.join("; "))
+    }
+}
+
+/// One fetch, as a task of its own that does not keep the check alive.
+async fn fetch(check: Weak<Revocation>) {
+    let Ok(_permit) = FETCHES.clone().acquire_owned().await else {
+        return;
+    };
+    let Some(check) = check.upgrade() else {
+        return;
+    };
+    let verdict = check.verdict().await;
+    {
+        let mut state = lock(&check.state);
+        // Final once revoked.
+        if !matches!(state.verdict, Verdict::Revoked(_)) {
+            state.verdict = verdict;
+        }
+        state.fetching = false;
+        state.fetched_at = Some(Instant::now());
+    }
+    check.done.send_modify(|n| *n += 1);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::Mutex as StdMutex;
+
+    use certwright_testkit::fixtures::{KeyKind, TestCa};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn cert(pem: &str) -> Certificate {
+        certwright_x509::parse_pem_bundle(pem.as_bytes())
+            .unwrap()
+            .remove(0)
+    }
+
+    /// Serves what `body` holds at the time of each request, over plain HTTP.
+    async fn serve(body: Arc<StdMutex<Vec<u8>>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/root.crl", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let crl = body.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        crl.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&crl).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_revocation_is_final_and_an_unusable_crl_says_nothing() {
+        let root = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
+        let served = Arc::new(StdMutex::new(b"not a CRL".to_vec()));
+        let url = serve(served.clone()).await;
+        let issuing = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing", &url);
+        let check =
+            Revocation::new(&cert(issuing.cert_pem()), &cert(root.cert_pem()), None).unwrap();
+
+        // Garbage, then a CRL for end entities only: not checked, not refused.
+        let said = check.check(Duration::ZERO).await.unwrap();
+        assert!(said.starts_with("revocation not checked"), "{said}");
+        *served.lock().unwrap() = root.crl_for_end_entities(&[&issuing.cert().serial_hex]);
+        let said = check.check(Duration::ZERO).await.unwrap();
+        assert!(said.contains("leaves CA certificates out"), "{said}");
+        assert!(check.refusal().is_none());
+
+        // Listed: refused, by the check and for signing.
+        *served.lock().unwrap() = root.crl(&[&issuing.cert().serial_hex]);
+        let e = check.check(Duration::ZERO).await.unwrap_err();
+        assert_eq!(CaFault::of(&e), Some(CaFault::Revoked), "{e}");
+        assert!(check.refusal().is_some());
+        // A later CRL that no longer lists it, or none, changes nothing.
+        *served.lock().unwrap() = root.crl(&[]);
+        assert!(check.check(Duration::ZERO).await.is_err());
+        *served.lock().unwrap() = Vec::new();
+        assert!(check.check(Duration::ZERO).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_crl_over_the_cap_is_not_read() {
+        let root = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
+        let served = Arc::new(StdMutex::new(vec![0x30; MAX_CRL_BYTES + 1]));
+        let url = serve(served).await;
+        let issuing = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing", &url);
+        let check =
+            Revocation::new(&cert(issuing.cert_pem()), &cert(root.cert_pem()), None).unwrap();
+        let said = check.check(Duration::ZERO).await.unwrap();
+        assert!(said.starts_with("revocation not checked"), "{said}");
+    }
+
+    #[test]
+    fn a_ca_that_names_no_crl_is_not_checked() {
+        let root = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
+        let issuing = root.intermediate(KeyKind::EcdsaP256, "Issuing");
+        assert!(Revocation::new(&cert(issuing.cert_pem()), &cert(root.cert_pem()), None).is_none());
+    }
+}
