@@ -146,8 +146,11 @@ pub(crate) fn recorded_anchors(records: &[IssuedRecord], now: Timestamp) -> Vec<
     records
         .iter()
         .filter(|r| r.not_after > now)
-        .filter_map(|r| certwright_x509::parse_pem_bundle(r.certificate.as_bytes()).ok())
-        .filter_map(|mut certs| (certs.len() == 1).then(|| certs.remove(0)))
+        .filter_map(|r| {
+            let mut certs = certwright_x509::parse_pem_bundle(r.certificate.as_bytes()).ok()?;
+            // The anchor the record names, and only it.
+            (certs.len() == 1 && certs[0].fingerprint_hex() == r.ca).then(|| certs.remove(0))
+        })
         .collect()
 }
 

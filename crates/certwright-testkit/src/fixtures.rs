@@ -367,6 +367,15 @@ impl TestCa {
         self.crl_scoped(revoked_serials_hex, None)
     }
 
+    /// As [`TestCa::crl`], but out of date: issued two days ago, its next update due a
+    /// day ago.
+    ///
+    /// # Panics
+    /// If a serial is not hex or rcgen fails to sign.
+    pub fn crl_out_of_date(&self, revoked_serials_hex: &[&str]) -> Vec<u8> {
+        self.crl_made(revoked_serials_hex, None, time::Duration::days(2))
+    }
+
     /// As [`TestCa::crl`], with an issuing distribution point that says the CRL covers
     /// end-entity certificates only.
     ///
@@ -377,7 +386,17 @@ impl TestCa {
     }
 
     fn crl_scoped(&self, revoked_serials_hex: &[&str], scope: Option<rcgen::CrlScope>) -> Vec<u8> {
-        let now = OffsetDateTime::now_utc();
+        self.crl_made(revoked_serials_hex, scope, time::Duration::ZERO)
+    }
+
+    /// A CRL made `ago` before now.
+    fn crl_made(
+        &self,
+        revoked_serials_hex: &[&str],
+        scope: Option<rcgen::CrlScope>,
+        ago: time::Duration,
+    ) -> Vec<u8> {
+        let now = OffsetDateTime::now_utc() - ago;
         let hour = time::Duration::hours(1);
         let revoked_certs = revoked_serials_hex
             .iter()

@@ -259,8 +259,15 @@ impl LocalCa {
         mut self,
         egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
     ) -> LocalCa {
-        if let Some(parent) = self.certs.get(1) {
-            self.revocation = revocation::Revocation::new(self.ca(), parent, egress);
+        // The certificate of tls.crt that issued the CA: its CRL's signer.
+        let ca = self.ca();
+        if let Some(parent) = self
+            .certs
+            .iter()
+            .skip(1)
+            .find(|c| c.subject().der() == ca.issuer().der() && ca.verify_signed_by(c).is_ok())
+        {
+            self.revocation = revocation::Revocation::new(ca, parent, egress);
         }
         self
     }

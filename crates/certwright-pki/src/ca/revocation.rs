@@ -2,19 +2,23 @@
 //! certificate names (RFC 5280 section 4.2.1.13), checked on the health-check interval.
 //!
 //! Bounded, because a tenant's CA chooses the URL and the CRL:
-//! - the CRL is fetched with a 10-second timeout and a 1 MiB cap, under the issuer's
-//!   egress policy, without redirects; plain `http://` is allowed, as CRLs are served;
+//! - the CRL is fetched within 10 seconds for all its URLs together and 1 MiB, under
+//!   the issuer's egress policy, without redirects; plain `http://` is allowed, as CRLs
+//!   are served;
 //! - at most two CRLs are fetched and parsed at once in the whole process;
 //! - a fetch runs as a task of its own: a health check waits for it at most
 //!   [`CHECK_WAIT`], and otherwise takes its verdict at a later check;
-//! - a CRL is used only when its signature verifies with the parent's key (the next
-//!   certificate of `tls.crt`), it names the parent as issuer, and it carries no critical
-//!   extension certwright does not apply (a delta CRL, an indirect CRL, one limited to
-//!   some reasons or to end-entity certificates): otherwise revocation is "not checked",
-//!   which never stops a CA nobody revoked.
+//! - a CRL is used only when its signature verifies with the parent's key (the
+//!   certificate of `tls.crt` that issued the CA), the parent may sign CRLs, it names the
+//!   parent as issuer, it is current (not past its `nextUpdate`, not from the future,
+//!   not older than one already read), and it carries no critical extension certwright
+//!   does not apply (a delta CRL, an indirect CRL, one limited to some reasons or to
+//!   end-entity certificates): otherwise revocation is "not checked", which never stops
+//!   a CA nobody revoked.
 //!
-//! A revocation is final for this build of the issuer: a later fetch that fails, or a
-//! CRL that no longer lists the CA, does not make it sign again.
+//! A revocation is final for as long as the controller runs, for every build of every
+//! issuer with that CA certificate: a later fetch that fails, or a CRL that no longer
+//! lists it, does not make it sign again.
 
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -36,6 +40,14 @@ const MAX_URLS: usize = 4;
 /// CRLs fetched and parsed at once, in the whole process.
 static FETCHES: LazyLock<Arc<tokio::sync::Semaphore>> =
     LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(2)));
+
+/// The CA certificates (SHA-256 fingerprints) found revoked in this process, with the
+/// refusal's message: a rebuilt issuer does not start from "unknown".
+static REVOKED: LazyLock<Mutex<std::collections::HashMap<String, String>>> =
+    LazyLock::new(Default::default);
+
+/// How far a CRL's times may be off this host's clock.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// What is known of the CA's revocation.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +76,8 @@ struct State {
     verdict: Verdict,
     fetching: bool,
     fetched_at: Option<Instant>,
+    /// The `thisUpdate` (Unix seconds) of the newest CRL read: an older one is not taken.
+    newest: Option<i64>,
 }
 
 impl Revocation {
@@ -88,15 +102,20 @@ impl Revocation {
             ..crate::http::HttpConfig::default()
         })
         .map_err(|e| e.to_string());
+        let verdict = match lock(&REVOKED).get(&ca.fingerprint_hex()) {
+            Some(message) => Verdict::Revoked(message.clone()),
+            None => Verdict::Unknown("the CRL has not been fetched yet".to_string()),
+        };
         Some(Arc::new(Revocation {
             urls,
             ca: ca.clone(),
             parent: parent.clone(),
             http,
             state: Mutex::new(State {
-                verdict: Verdict::Unknown("the CRL has not been fetched yet".to_string()),
+                verdict,
                 fetching: false,
                 fetched_at: None,
+                newest: None,
             }),
             done: tokio::sync::watch::channel(0).0,
         }))
@@ -141,8 +160,30 @@ impl Revocation {
         }
     }
 
-    /// Fetches each URL until one gives a usable CRL, and says what it says of the CA.
+    /// Fetches each URL until one gives a usable CRL, within [`FETCH_TIMEOUT`] for all,
+    /// and says what it says of the CA.
     async fn verdict(&self) -> Verdict {
+        tokio::time::timeout(FETCH_TIMEOUT, self.verdict_unbounded())
+            .await
+            .unwrap_or_else(|_| {
+                Verdict::Unknown(format!(
+                    "the CRL was not read within {}s",
+                    FETCH_TIMEOUT.as_secs()
+                ))
+            })
+    }
+
+    async fn verdict_unbounded(&self) -> Verdict {
+        if self
+            .parent
+            .key_usage()
+            .is_some_and(|usages| !usages.contains(certwright_x509::KeyUsage::CrlSign))
+        {
+            return Verdict::Unknown(format!(
+                "the parent {} may not sign CRLs (no cRLSign in its key usage)",
+                describe(&self.parent)
+            ));
+        }
         let http = match &self.http {
             Ok(http) => http,
             Err(why) => return Verdict::Unknown(why.clone()),
@@ -180,6 +221,10 @@ impl Revocation {
                     continue;
                 }
             };
+            if let Some(stale) = self.stale(&crl) {
+                problems.push(format!("{url}: {stale}"));
+                continue;
+            }
             return match crl.revocation_of(&self.ca) {
                 Some(at) => Verdict::Revoked(format!(
                     "the CA certificate {} was revoked at {at} by {}, as the CRL at {url} says",
@@ -193,10 +238,63 @@ impl Revocation {
         }
         Verdict::Unknown(problems.join("; "))
     }
+
+    /// Why `crl` is not current: past its `nextUpdate`, issued in the future, or older
+    /// than one already read (an old copy served by a cache, or by someone on the path
+    /// of a plain-HTTP fetch).
+    fn stale(&self, crl: &Crl) -> Option<String> {
+        let now = jiff_now();
+        let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(300);
+        if crl.this_update().as_second() > now + skew {
+            return Some(format!(
+                "the CRL was issued in the future ({})",
+                crl.this_update()
+            ));
+        }
+        if let Some(next) = crl.next_update()
+            && next.as_second() + skew < now
+        {
+            return Some(format!(
+                "the CRL is out of date (its next update was due {next})"
+            ));
+        }
+        let issued = crl.this_update().as_second();
+        let mut state = lock(&self.state);
+        if state.newest.is_some_and(|newest| newest > issued) {
+            return Some(format!(
+                "the CRL (issued {}) is older than one already read",
+                crl.this_update()
+            ));
+        }
+        state.newest = Some(issued);
+        None
+    }
+}
+
+/// Now, in Unix seconds.
+fn jiff_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// One fetch, as a task of its own that does not keep the check alive.
 async fn fetch(check: Weak<Revocation>) {
+    // However the task ends (done, dropped, panicked), the check may start another.
+    struct Ending(Weak<Revocation>);
+    impl Drop for Ending {
+        fn drop(&mut self) {
+            if let Some(check) = self.0.upgrade() {
+                {
+                    let mut state = lock(&check.state);
+                    state.fetching = false;
+                    state.fetched_at = Some(Instant::now());
+                }
+                check.done.send_modify(|n| *n += 1);
+            }
+        }
+    }
+    let _ending = Ending(check.clone());
     let Ok(_permit) = FETCHES.clone().acquire_owned().await else {
         return;
     };
@@ -204,16 +302,14 @@ async fn fetch(check: Weak<Revocation>) {
         return;
     };
     let verdict = check.verdict().await;
-    {
-        let mut state = lock(&check.state);
-        // Final once revoked.
-        if !matches!(state.verdict, Verdict::Revoked(_)) {
-            state.verdict = verdict;
-        }
-        state.fetching = false;
-        state.fetched_at = Some(Instant::now());
+    let mut state = lock(&check.state);
+    // Final once revoked, for every build of an issuer with this CA.
+    if let Verdict::Revoked(message) = &verdict {
+        lock(&REVOKED).insert(check.ca.fingerprint_hex(), message.clone());
     }
-    check.done.send_modify(|n| *n += 1);
+    if !matches!(state.verdict, Verdict::Revoked(_)) {
+        state.verdict = verdict;
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -267,9 +363,13 @@ mod tests {
         let check =
             Revocation::new(&cert(issuing.cert_pem()), &cert(root.cert_pem()), None).unwrap();
 
-        // Garbage, then a CRL for end entities only: not checked, not refused.
+        // Garbage, then an out-of-date CRL, then a CRL for end entities only: not
+        // checked, not refused.
         let said = check.check(Duration::ZERO).await.unwrap();
         assert!(said.starts_with("revocation not checked"), "{said}");
+        *served.lock().unwrap() = root.crl_out_of_date(&[&issuing.cert().serial_hex]);
+        let said = check.check(Duration::ZERO).await.unwrap();
+        assert!(said.contains("out of date"), "{said}");
         *served.lock().unwrap() = root.crl_for_end_entities(&[&issuing.cert().serial_hex]);
         let said = check.check(Duration::ZERO).await.unwrap();
         assert!(said.contains("leaves CA certificates out"), "{said}");

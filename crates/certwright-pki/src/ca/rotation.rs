@@ -54,8 +54,12 @@ impl RotatingCa {
         })
     }
 
-    /// Until when certificates issued under the current CA's trust anchor are valid.
+    /// Until when certificates issued under the current CA's trust anchor are valid;
+    /// nothing when both CAs share it (Retire then drops no anchor).
     fn current_issued_until(&self) -> Option<SystemTime> {
+        if !self.retire_drops_an_anchor() {
+            return None;
+        }
         let anchor = self.current.trust_anchor().fingerprint_hex();
         self.records.as_ref()?.issued_until(&anchor)
     }
@@ -121,10 +125,14 @@ impl Backend for RotatingCa {
     async fn check(&self) -> Result<Health, Error> {
         let now = SystemTime::now();
         let phase = self.phase_at(now);
-        let signing = self.signer(now).check().await?;
-        if phase == RotationPhase::Distribute {
-            self.next.check().await?;
-        }
+        // Both at once while distributing: one check's time, not two.
+        let signing = if phase == RotationPhase::Distribute {
+            let (signing, next) = tokio::join!(self.current.check(), self.next.check());
+            next?;
+            signing?
+        } else {
+            self.signer(now).check().await?
+        };
         Ok(Health {
             message: format!("CA rotation, phase {}: {}", phase.as_str(), signing.message),
         })
