@@ -13,6 +13,7 @@ pub mod apiserver;
 pub mod cfssl;
 pub mod conformance;
 pub mod crds;
+pub mod crl_server;
 pub mod ejbca_sim;
 pub mod fixtures;
 pub mod kdc_sim;

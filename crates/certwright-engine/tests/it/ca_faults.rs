@@ -152,36 +152,13 @@ async fn a_ca_about_to_expire_keeps_signing_with_a_warning() {
     env.wait_ready_reason(ns, "web", "Issued").await;
 }
 
-/// Serves `body` over plain HTTP at `/root.crl`, as CAs publish CRLs; the URL.
-async fn serve_crl(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/root.crl", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let crl = body.lock().unwrap().clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    crl.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(&crl).await;
-            });
-        }
-    });
-    url
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_its_parent_revoked_is_not_ready_and_its_requests_wait() {
     let env = Env::start().await;
     let ns = "apps";
     let root = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
     let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let url = serve_crl(served.clone()).await;
+    let url = certwright_testkit::crl_server::serve(served.clone()).await;
     let kept = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing A", &url);
     let revoked = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing B", &url);
     *served.lock().unwrap() = root.crl(&[&revoked.cert().serial_hex]);

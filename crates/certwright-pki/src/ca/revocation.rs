@@ -321,8 +321,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::sync::Mutex as StdMutex;
 
+    use certwright_testkit::crl_server::serve;
     use certwright_testkit::fixtures::{KeyKind, TestCa};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
@@ -330,28 +330,6 @@ mod tests {
         certwright_x509::parse_pem_bundle(pem.as_bytes())
             .unwrap()
             .remove(0)
-    }
-
-    /// Serves what `body` holds at the time of each request, over plain HTTP.
-    async fn serve(body: Arc<StdMutex<Vec<u8>>>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/root.crl", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let crl = body.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = conn.read(&mut buf).await;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        crl.len()
-                    );
-                    let _ = conn.write_all(head.as_bytes()).await;
-                    let _ = conn.write_all(&crl).await;
-                });
-            }
-        });
-        url
     }
 
     #[tokio::test]
