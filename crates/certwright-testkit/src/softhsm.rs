@@ -269,18 +269,32 @@ fn sweep(conf: &Path) {
     }
 }
 
-/// Runs softhsm2-util; its standard output.
+/// Runs softhsm2-util; its standard output. softhsm2-util reads every token in the
+/// directory, and a module loaded by a running test may be rewriting one of them at that
+/// moment ("Could not get info about the token"): that read is tried again.
 fn util(args: &[&str]) -> String {
-    let out = Command::new("softhsm2-util")
-        .args(args)
-        .output()
-        .expect("run softhsm2-util (apt-get install -y softhsm2)");
-    assert!(
-        out.status.success(),
-        "softhsm2-util {} failed: {}{}",
-        args.first().copied().unwrap_or_default(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let out = Command::new("softhsm2-util")
+            .args(args)
+            .output()
+            .expect("run softhsm2-util (apt-get install -y softhsm2)");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if attempt < 10 && said.contains("Could not get info about the token") {
+            std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+            continue;
+        }
+        panic!(
+            "softhsm2-util {} failed: {said}",
+            args.first().copied().unwrap_or_default()
+        );
+    }
 }
