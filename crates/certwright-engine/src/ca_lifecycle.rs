@@ -117,18 +117,6 @@ pub(crate) fn plan_records(
     Ok(Some(out))
 }
 
-/// Until when the certificates issued under an anchor are valid, by `records`.
-pub(crate) fn issued_until(
-    records: &[IssuedRecord],
-    anchor_fingerprint: &str,
-) -> Option<SystemTime> {
-    records
-        .iter()
-        .filter(|r| r.ca == anchor_fingerprint)
-        .map(|r| SystemTime::from(r.not_after))
-        .max()
-}
-
 /// `theirs` merged into `ours`: per anchor, the later `notAfter`.
 pub(crate) fn merge_records(ours: &mut Vec<IssuedRecord>, theirs: &[IssuedRecord]) {
     for record in theirs {
@@ -185,6 +173,17 @@ impl Ledger {
     }
 
     /// The records of `key`.
+    /// Until when the certificates issued under an anchor for `key` are recorded as
+    /// valid: on every signature, so without copying the records.
+    fn until(&self, key: &IssuerKey, anchor_fingerprint: &str) -> Option<Timestamp> {
+        lock(&self.records)
+            .get(key)?
+            .iter()
+            .filter(|r| r.ca == anchor_fingerprint)
+            .map(|r| r.not_after)
+            .max()
+    }
+
     pub(crate) fn records(&self, key: &IssuerKey) -> Vec<IssuedRecord> {
         lock(&self.records).get(key).cloned().unwrap_or_default()
     }
@@ -209,7 +208,12 @@ impl Ledger {
             plan_records(records, anchor, need, cap, lifetime, Timestamp::now())
                 .map_err(PkiError::misconfigured)
         };
-        if plan(&self.records(&target.key))?.is_none() {
+        let fingerprint = anchor.fingerprint_hex();
+        let covered = || {
+            self.until(&target.key, &fingerprint)
+                .is_some_and(|u| u >= need)
+        };
+        if covered() {
             return Ok(());
         }
         let writer = lock(&self.writers)
@@ -217,6 +221,10 @@ impl Ledger {
             .or_default()
             .clone();
         let _one_writer = writer.lock().await;
+        // Another signature may have written it while this one waited.
+        if covered() {
+            return Ok(());
+        }
         let failed = |e: kube::Error| PkiError::Transient {
             message: format!(
                 "could not record in the issuer's status until when certificates under \
@@ -276,7 +284,9 @@ pub(crate) struct LedgerView {
 
 impl IssuanceRecords for LedgerView {
     fn issued_until(&self, anchor_fingerprint: &str) -> Option<SystemTime> {
-        issued_until(&self.ledger.records(&self.key), anchor_fingerprint)
+        self.ledger
+            .until(&self.key, anchor_fingerprint)
+            .map(SystemTime::from)
     }
 }
 
@@ -344,11 +354,10 @@ impl Backend for Recorded {
             self.ledger
                 .reserve(&self.target, &anchor, need(), cap, lifetime)
                 .await?;
-            let covered = issued_until(
-                &self.ledger.records(&self.target.key),
-                &anchor.fingerprint_hex(),
-            )
-            .is_some_and(|until| until >= SystemTime::from(need()));
+            let covered = self
+                .ledger
+                .until(&self.target.key, &anchor.fingerprint_hex())
+                .is_some_and(|until| until >= need());
             if covered {
                 return self.inner.sign(request).await;
             }
@@ -643,8 +652,15 @@ mod tests {
             vec![new.clone()],
             "the old record has no certificate to publish; the new one has"
         );
+        let ledger = Arc::new(Ledger::default());
+        let key = IssuerKey {
+            cluster: true,
+            namespace: String::new(),
+            name: "corp".into(),
+        };
+        ledger.seed(&key, &out);
         assert_eq!(
-            issued_until(&out, &old.fingerprint_hex()),
+            ledger.view(&key).issued_until(&old.fingerprint_hex()),
             Some(SystemTime::from(at(1_800_003_600)))
         );
     }

@@ -86,9 +86,22 @@ impl Certificate {
         &self.serial
     }
 
-    /// The parsed public key, for verifying what this certificate's key signed.
-    pub(crate) fn public_key_parsed(&self) -> &ParsedKey {
-        &self.key
+    /// Verifies that this certificate's key made `signature`, with `algorithm`, over
+    /// the first element of `der`: the to-be-signed part of a signed structure (a
+    /// certificate, a CRL).
+    pub(crate) fn verify_signed_structure(
+        &self,
+        der: &[u8],
+        algorithm: &AlgorithmIdentifierOwned,
+        signature: &[u8],
+        context: &str,
+    ) -> Result<(), Error> {
+        let algorithm = algorithm::parse_signature_algorithm(
+            algorithm,
+            &format!("{context}: signature algorithm"),
+        )?;
+        let signed = der_util::first_element(der).map_err(|e| Error::der(context, e))?;
+        self.key.verify(algorithm, signed, signature, context)
     }
 
     /// The `http` and `https` URLs of the CRL distribution points this certificate names
@@ -216,14 +229,12 @@ impl Certificate {
             quote(&self.subject),
             quote(&issuer.subject)
         );
-        let algorithm = algorithm::parse_signature_algorithm(
+        issuer.verify_signed_structure(
+            &self.der,
             &self.signature_algorithm,
-            &format!("{context}: signature algorithm"),
-        )?;
-        let signed = der_util::first_element(&self.der).map_err(|e| Error::der(&context, e))?;
-        issuer
-            .key
-            .verify(algorithm, signed, &self.signature, &context)
+            &self.signature,
+            &context,
+        )
     }
 
     /// A short human description: the quoted subject, or the serial if the subject is empty.

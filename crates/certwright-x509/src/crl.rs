@@ -6,9 +6,7 @@
 use der::Decode;
 use x509_cert::crl::CertificateList;
 
-use crate::algorithm;
 use crate::certificate::{Certificate, quote};
-use crate::der_util;
 use crate::error::Error;
 use crate::name::DistinguishedName;
 
@@ -198,14 +196,12 @@ impl Crl {
                 "the CRL's issuer is not that certificate's subject",
             ));
         }
-        let algorithm = algorithm::parse_signature_algorithm(
+        issuer.verify_signed_structure(
+            &self.der,
             &self.signature_algorithm,
-            &format!("{context}: signature algorithm"),
-        )?;
-        let signed = der_util::first_element(&self.der).map_err(|e| Error::der(&context, e))?;
-        issuer
-            .public_key_parsed()
-            .verify(algorithm, signed, &self.signature, &context)
+            &self.signature,
+            &context,
+        )
     }
 
     /// When `cert` was revoked, if this CRL lists it: same issuer, same serial number.

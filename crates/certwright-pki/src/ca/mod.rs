@@ -515,6 +515,11 @@ impl Backend for LocalCa {
     }
 }
 
+/// A poisoned lock's data is still used: a panic elsewhere must not stop the CA.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn unix_now() -> Result<i64, Error> {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -43,7 +43,7 @@ use cryptoki::types::AuthPin;
 use ring::signature as ring_sig;
 use sha2::Digest;
 
-use super::{CaFault, KeyKind, fault, sequence, tlv};
+use super::{CaFault, KeyKind, fault, lock, sequence, tlv};
 use crate::Error;
 
 /// The least time between two reloads of one module, by default
@@ -983,10 +983,6 @@ fn unsigned_integer(bytes: &[u8]) -> Vec<u8> {
     }
     content.extend_from_slice(bytes);
     tlv(0x02, &content)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use certwright_x509::{Certificate, Crl};
 
-use super::{CaFault, describe, fault};
+use super::{CaFault, describe, fault, lock};
 use crate::Error;
 
 /// How long a CRL download may take.
@@ -243,7 +243,7 @@ impl Revocation {
     /// than one already read (an old copy served by a cache, or by someone on the path
     /// of a plain-HTTP fetch).
     fn stale(&self, crl: &Crl) -> Option<String> {
-        let now = jiff_now();
+        let now = super::unix_now().unwrap_or(0);
         let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(300);
         if crl.this_update().as_second() > now + skew {
             return Some(format!(
@@ -269,13 +269,6 @@ impl Revocation {
         state.newest = Some(issued);
         None
     }
-}
-
-/// Now, in Unix seconds.
-fn jiff_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// One fetch, as a task of its own that does not keep the check alive.
@@ -310,10 +303,6 @@ async fn fetch(check: Weak<Revocation>) {
     if !matches!(state.verdict, Verdict::Revoked(_)) {
         state.verdict = verdict;
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -162,15 +162,20 @@ impl Env {
             ),
             ..Default::default()
         };
+        self.put(ns, name, &secret).await;
+    }
+
+    /// Creates `secret`, or replaces the one of that name.
+    async fn put(&self, ns: &str, name: &str, secret: &Secret) {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         match api.get_opt(name).await.unwrap() {
             Some(_) => {
-                api.replace(name, &PostParams::default(), &secret)
+                api.replace(name, &PostParams::default(), secret)
                     .await
                     .unwrap();
             }
             None => {
-                api.create(&PostParams::default(), &secret).await.unwrap();
+                api.create(&PostParams::default(), secret).await.unwrap();
             }
         }
     }
@@ -285,17 +290,7 @@ impl Env {
             ),
             ..Default::default()
         };
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        match api.get_opt(name).await.unwrap() {
-            Some(_) => {
-                api.replace(name, &PostParams::default(), &secret)
-                    .await
-                    .unwrap();
-            }
-            None => {
-                api.create(&PostParams::default(), &secret).await.unwrap();
-            }
-        }
+        self.put(ns, name, &secret).await;
     }
 
     pub async fn cluster_issuer(&self, name: &str, spec: IssuerSpec) {
