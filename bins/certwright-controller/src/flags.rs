@@ -14,6 +14,24 @@ pub(crate) enum LogFormat {
     Text,
 }
 
+/// `--policy-evaluation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PolicyEvaluation {
+    /// Every applicable policy must allow the request.
+    All,
+    /// One applicable policy the requester may `use` is enough.
+    Any,
+}
+
+/// `--policy-unmatched`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PolicyUnmatched {
+    /// Deny it.
+    Deny,
+    /// Leave it untouched.
+    Ignore,
+}
+
 /// certwright-controller: signs cert-manager CertificateRequests through enterprise PKI.
 #[derive(Parser, Debug)]
 #[command(name = "certwright-controller", version)]
@@ -129,6 +147,27 @@ pub(crate) struct Flags {
     /// InternalClusterIssuers may (a token's PIN locks after a few wrong tries).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub(crate) pkcs11_namespaced_issuers: bool,
+
+    /// Approve or deny every undecided CertificateRequest (to any issuer) by the
+    /// cluster's IssuancePolicies. cert-manager's own approver must then be off
+    /// (`--controllers=*,-certificaterequests-approver`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) policy_approver: bool,
+
+    /// How applicable IssuancePolicies combine: `all` must allow a request (layered
+    /// governance), or `any` one that the requester may `use` (approver-policy's rule).
+    #[arg(long, value_enum, default_value_t = PolicyEvaluation::All)]
+    pub(crate) policy_evaluation: PolicyEvaluation,
+
+    /// What happens to a request no IssuancePolicy applies to: `deny` it, or `ignore`
+    /// it for another approver.
+    #[arg(long, value_enum, default_value_t = PolicyUnmatched::Deny)]
+    pub(crate) policy_unmatched: PolicyUnmatched,
+
+    /// Keep a ConfigMap `certwright-issuance-policies` in each namespace some
+    /// IssuancePolicy selects, summarising the policies that apply there.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) publish_policy_summaries: bool,
 
     /// This pod's addresses (every family), refused to issuers; set from the downward
     /// API's `status.podIPs`.

@@ -9,13 +9,15 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use certwright_engine::leader::{LeaderElector, LeaseConfig};
 use certwright_engine::metrics::Metrics;
-use certwright_engine::{CertwrightIssuers, Engine, EngineConfig, SecretAccess};
+use certwright_engine::{
+    CertwrightIssuers, Engine, EngineConfig, Evaluation, PolicyConfig, SecretAccess, Unmatched,
+};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::flags::Flags;
+use crate::flags::{Flags, PolicyEvaluation, PolicyUnmatched};
 use crate::telemetry;
 
 /// Without POD_NAME: the host name and a random suffix, as client-go does, so that two
@@ -228,6 +230,18 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
         pkcs11_namespaced_issuers: flags.pkcs11_namespaced_issuers,
         max_retry_duration: (!flags.max_retry_duration.is_zero())
             .then_some(flags.max_retry_duration),
+        policy: flags.policy_approver.then(|| {
+            PolicyConfig::new()
+                .evaluation(match flags.policy_evaluation {
+                    PolicyEvaluation::All => Evaluation::All,
+                    PolicyEvaluation::Any => Evaluation::Any,
+                })
+                .unmatched(match flags.policy_unmatched {
+                    PolicyUnmatched::Deny => Unmatched::Deny,
+                    PolicyUnmatched::Ignore => Unmatched::Ignore,
+                })
+                .publish_summaries(flags.publish_policy_summaries)
+        }),
         ..EngineConfig::default()
     };
     let shutdown = shutdown_on_signal();

@@ -108,11 +108,26 @@ pub(crate) struct IssuerReview {
 
 /// One reason to deny, with the field it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Problem {
-    field: String,
+pub(crate) struct Problem {
+    pub(crate) field: String,
     /// A Kubernetes `CauseType`: FieldValueInvalid, FieldValueRequired, ...
-    reason: &'static str,
-    message: String,
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+}
+
+impl Problem {
+    /// A validator's field error as a problem.
+    pub(crate) fn from_field_error(e: certwright_api::FieldError) -> Problem {
+        Problem {
+            reason: match e.kind {
+                certwright_api::FieldErrorKind::Required => "FieldValueRequired",
+                certwright_api::FieldErrorKind::Forbidden => "FieldValueForbidden",
+                _ => "FieldValueInvalid",
+            },
+            message: format!("{}: {}", e.kind, e.detail),
+            field: e.field,
+        }
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -142,6 +157,11 @@ pub(crate) fn admit(
 /// Dispatches by kind and operation, parses the object and runs every check that needs
 /// no Secret. CREATE and UPDATE of our two kinds are checked; anything else is allowed.
 pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Settings) -> Review {
+    if request.kind.group == certwright_api::GROUP
+        && request.kind.kind == crate::policy::KIND_POLICY
+    {
+        return Review::Done(Box::new(crate::policy::review(request)));
+    }
     let allowed = AdmissionResponse::from(request);
     let kind = match (request.kind.group.as_str(), request.kind.kind.as_str()) {
         (certwright_api::GROUP, KIND_ISSUER) => KIND_ISSUER,
@@ -227,15 +247,7 @@ pub(crate) fn review(request: &AdmissionRequest<DynamicObject>, settings: &Setti
     let spec = parsed.spec;
     let mut problems = Vec::new();
     if let Err(errors) = validate_issuer_spec(&spec) {
-        problems.extend(errors.0.into_iter().map(|e| Problem {
-            reason: match e.kind {
-                certwright_api::FieldErrorKind::Required => "FieldValueRequired",
-                certwright_api::FieldErrorKind::Forbidden => "FieldValueForbidden",
-                _ => "FieldValueInvalid",
-            },
-            message: format!("{}: {}", e.kind, e.detail),
-            field: e.field,
-        }));
+        problems.extend(errors.0.into_iter().map(Problem::from_field_error));
     }
     // What the egress policy decides without resolving names: an address, or a name of
     // this host or the API server, as an issuer's URL. (The controller checks the
@@ -622,7 +634,7 @@ fn warnings(spec: &IssuerSpec) -> Vec<String> {
 /// Denies with every problem: one message for people (each problem `field: message`,
 /// joined with "; ") and one `StatusCause` per problem for programs, with code 422
 /// Invalid.
-fn deny(response: AdmissionResponse, problems: Vec<Problem>) -> AdmissionResponse {
+pub(crate) fn deny(response: AdmissionResponse, problems: Vec<Problem>) -> AdmissionResponse {
     let message = problems
         .iter()
         .map(ToString::to_string)

@@ -6,6 +6,7 @@
 //! certificate fresh.
 
 mod admission;
+mod policy;
 mod secrets;
 mod server;
 mod tls;

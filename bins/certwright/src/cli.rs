@@ -17,20 +17,20 @@ use serde_json::json;
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Exit codes, documented in docs/cli.md.
-mod exit {
+pub(crate) mod exit {
     /// The PKI answered with a failure: rejected, unauthorized, unreachable, garbage.
-    pub(super) const PKI_FAILED: u8 = 1;
+    pub(crate) const PKI_FAILED: u8 = 1;
     /// The input is wrong: flags, files, issuer spec, Secrets, CSR.
-    pub(super) const BAD_INPUT: u8 = 2;
+    pub(crate) const BAD_INPUT: u8 = 2;
     /// The CA holds the request for approval; the pending id is printed.
-    pub(super) const PENDING: u8 = 3;
+    pub(crate) const PENDING: u8 = 3;
 }
 
 #[derive(Parser, Debug)]
 #[command(
     name = "certwright",
     version,
-    about = "Check certwright issuers against their PKI, sign CSRs, inspect CSRs and certificates."
+    about = "Check certwright issuers against their PKI, sign CSRs, inspect CSRs and certificates, test requests against IssuancePolicies."
 )]
 struct Cli {
     /// Output format.
@@ -41,7 +41,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
@@ -59,6 +59,11 @@ enum Command {
     Inspect {
         /// The file to inspect.
         file: PathBuf,
+    },
+    /// Work with IssuancePolicies.
+    Policy {
+        #[command(subcommand)]
+        command: crate::policy::PolicyCommand,
     },
 }
 
@@ -111,13 +116,13 @@ struct PollArgs {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     error: anyhow::Error,
 }
 
 impl Failure {
-    fn input(error: impl Into<anyhow::Error>) -> Self {
+    pub(crate) fn input(error: impl Into<anyhow::Error>) -> Self {
         Failure {
             code: exit::BAD_INPUT,
             error: error.into(),
@@ -151,6 +156,7 @@ pub(crate) fn main() -> ExitCode {
     let output = cli.output;
     let result = match cli.command {
         Command::Inspect { file } => inspect(&file, output),
+        Command::Policy { command } => crate::policy::run(&command, output),
         Command::Check(args) => runtime().and_then(|rt| rt.block_on(check(&args, output))),
         Command::Sign(args) => runtime().and_then(|rt| rt.block_on(sign(&args, output))),
         Command::Poll(args) => runtime().and_then(|rt| rt.block_on(poll(&args, output))),
@@ -185,7 +191,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// Reads a whole file, at most [`MAX_FILE_BYTES`]: through a cap on the read itself, so
 /// that a FIFO, a device (`/dev/zero`) or a process substitution, whose size the file
 /// system does not know, cannot make the CLI read without end.
-fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)
         .with_context(|| format!("reading {}", path.display()))
@@ -204,7 +210,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, Failure> {
     Ok(bytes)
 }
 
-fn read_text(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read_text(path: &Path) -> Result<String, Failure> {
     String::from_utf8(read_bounded(path)?)
         .map_err(|_| Failure::input(anyhow!("{} is not UTF-8 text", path.display())))
 }

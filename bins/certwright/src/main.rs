@@ -1,9 +1,10 @@
 //! `certwright`, the operator CLI: works from files, with no cluster.
 //! `check` asks whether an issuer configuration can reach and authenticate to its PKI,
 //! `sign` issues a certificate for a CSR through it, `inspect` explains a CSR or
-//! certificate.
+//! certificate, `policy test` evaluates a request against IssuancePolicies.
 
 mod cli;
+mod policy;
 
 use std::process::ExitCode;
 

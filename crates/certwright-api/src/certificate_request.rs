@@ -65,6 +65,9 @@ pub struct CertificateRequestSpec {
     /// That user's groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// That user's extra attributes (set by cert-manager's webhook).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A reference to the issuer that should sign.

@@ -3,7 +3,7 @@
 //! This crate knows serde, schemars and kube's derive, and nothing of I/O: it defines
 //! the `pki.certwright.io/v1alpha1` issuer kinds ([`InternalIssuer`],
 //! [`InternalClusterIssuer`]), our typed view of cert-manager's
-//! [`CertificateRequest`], Kubernetes-convention [`Condition`]s, and
+//! [`CertificateRequest`], the cluster-scoped [`IssuancePolicy`], Kubernetes-convention [`Condition`]s, and
 //! [`validate_issuer_spec`], which reports every problem in an issuer spec with its
 //! field path. The engine, the webhook and the CLI all build on these types.
 #![deny(missing_docs)]
@@ -13,6 +13,7 @@ pub mod certificate_request;
 pub mod condition;
 pub mod duration;
 pub mod issuer;
+pub mod policy;
 pub mod validation;
 
 pub use bytes::Base64Bytes;
@@ -27,6 +28,11 @@ pub use issuer::{
     InternalClusterIssuer, InternalClusterIssuerSpec, InternalIssuer, IssuedRecord, IssuerSpec,
     IssuerStatus, Pkcs11Key, RestBackend, RestFlavor, RotationPhase, RotationStatus,
     RsaSignatureScheme,
+};
+pub use policy::{
+    Allowed, AllowedString, AllowedStringSlice, AllowedSubject, Approval, ApprovalMode,
+    Constraints, IssuancePolicy, IssuancePolicySpec, IssuerRefSelector, KeyAlgorithmName,
+    NamespaceSelector, PrivateKeyConstraint, Selector, TicketCheck,
 };
 pub use validation::{
     FieldError, FieldErrorKind, KeyAlternative, SecretRequirement, secret_requirements,

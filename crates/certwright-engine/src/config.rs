@@ -79,6 +79,58 @@ pub struct EngineConfig {
     /// cluster issuers, which the platform team writes, may (a token's PIN locks after a
     /// few wrong tries, and a module is code run in the controller).
     pub pkcs11_namespaced_issuers: bool,
+    /// The policy approver: approves or denies every undecided CertificateRequest (to
+    /// any issuer) by the cluster's IssuancePolicies. `None`: off, and requests are left
+    /// to another approver.
+    pub policy: Option<PolicyConfig>,
+}
+
+/// How the policy approver decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyConfig {
+    /// How applicable policies combine: all must allow (default), or one the requester
+    /// may `use` is enough.
+    pub evaluation: certwright_policy::Evaluation,
+    /// What happens to a request no policy applies to.
+    pub unmatched: Unmatched,
+    /// Keep a ConfigMap in each namespace summarising the policies that apply there.
+    pub publish_summaries: bool,
+}
+
+impl PolicyConfig {
+    /// All policies must allow, unmatched requests are denied, no summaries.
+    pub fn new() -> PolicyConfig {
+        PolicyConfig::default()
+    }
+
+    /// With `evaluation`.
+    pub fn evaluation(mut self, evaluation: certwright_policy::Evaluation) -> Self {
+        self.evaluation = evaluation;
+        self
+    }
+
+    /// With `unmatched`.
+    pub fn unmatched(mut self, unmatched: Unmatched) -> Self {
+        self.unmatched = unmatched;
+        self
+    }
+
+    /// With summaries published or not.
+    pub fn publish_summaries(mut self, publish: bool) -> Self {
+        self.publish_summaries = publish;
+        self
+    }
+}
+
+/// What the policy approver does with a request no IssuancePolicy applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unmatched {
+    /// Deny it, saying no policy covers its namespace and issuer (default-deny).
+    #[default]
+    Deny,
+    /// Leave it untouched, for another approver.
+    Ignore,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +158,7 @@ impl Default for EngineConfig {
             ca_expiry_warning: DEFAULT_CA_EXPIRY_WARNING,
             pkcs11_modules: Vec::new(),
             pkcs11_namespaced_issuers: false,
+            policy: None,
         }
     }
 }

@@ -291,6 +291,13 @@ impl<K: IssuerKinds> Engine<K> {
                 watchers.clone(),
             )));
         }
+        if let Some(policy) = s.config.policy.clone() {
+            tasks.push(tokio::spawn(crate::approver::run(
+                s.clone(),
+                policy,
+                watchers.clone(),
+            )));
+        }
         let mut tasks = Owned(tasks);
         let mut workers = Owned(Vec::new());
         for _ in 0..ISSUER_WORKERS {
@@ -2030,7 +2037,7 @@ fn request_status_patch(
     })
 }
 
-fn object_reference(full: &CertificateRequest) -> ObjectReference {
+pub(crate) fn object_reference(full: &CertificateRequest) -> ObjectReference {
     ObjectReference {
         api_version: Some("cert-manager.io/v1".to_string()),
         kind: Some("CertificateRequest".to_string()),

@@ -18,6 +18,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod approver;
 mod ca_lifecycle;
 pub mod cached;
 mod checks;
@@ -35,8 +36,10 @@ pub mod protection;
 mod submission;
 pub mod workqueue;
 
+pub use certwright_policy::Evaluation;
 pub use config::{
-    DEFAULT_CA_EXPIRY_WARNING, DEFAULT_MAX_RETRY_DURATION, EngineConfig, SecretAccess,
+    DEFAULT_CA_EXPIRY_WARNING, DEFAULT_MAX_RETRY_DURATION, EngineConfig, PolicyConfig,
+    SecretAccess, Unmatched,
 };
 pub use controller::Engine;
 pub use error::Error;

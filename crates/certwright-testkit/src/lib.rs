@@ -1,7 +1,8 @@
 //! Test support for certwright, never published: CSR and CA fixtures built with rcgen
 //! ([`fixtures`]), an HTTPS test server ([`tls`]), PKI simulators ([`rest_sim`]), a
-//! launcher for a real `cfssl serve` ([`cfssl`]), SoftHSM2 tokens ([`softhsm`]) and the
-//! backend conformance suite ([`conformance`]).
+//! Jira-like change-ticket system ([`ticket_sim`]), a launcher for a real `cfssl serve`
+//! ([`cfssl`]), SoftHSM2 tokens ([`softhsm`]) and the backend conformance suite
+//! ([`conformance`]).
 //!
 //! Fixtures return bytes and PEM strings rather than certwright types, so that crates
 //! below `certwright-pki` (such as `certwright-x509`) can use them in their own tests.
@@ -20,6 +21,7 @@ pub mod kdc_sim;
 pub mod rest_sim;
 pub mod schema;
 pub mod softhsm;
+pub mod ticket_sim;
 pub mod tls;
 
 pub use fixtures::{

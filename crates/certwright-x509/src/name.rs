@@ -43,6 +43,7 @@ const ATTRIBUTE_NAMES: &[(&str, &str)] = &[
 pub struct DistinguishedName {
     rfc4514: String,
     common_name: Option<String>,
+    attributes: Vec<(String, Option<String>)>,
     der: Vec<u8>,
 }
 
@@ -76,9 +77,21 @@ impl DistinguishedName {
             .filter(|atv| atv.oid == COMMON_NAME)
             .filter_map(attribute_string)
             .last();
+        let attributes = name
+            .iter()
+            .map(|atv| {
+                let dotted = atv.oid.to_string();
+                let kind = ATTRIBUTE_NAMES
+                    .iter()
+                    .find(|(oid, _)| *oid == dotted)
+                    .map_or(dotted.clone(), |(_, short)| (*short).to_string());
+                (kind, attribute_string(atv))
+            })
+            .collect();
         Ok(DistinguishedName {
             rfc4514,
             common_name,
+            attributes,
             der,
         })
     }
@@ -91,6 +104,23 @@ impl DistinguishedName {
     /// The common name, if the name has one that is a string (the last one if several).
     pub fn common_name(&self) -> Option<&str> {
         self.common_name.as_deref()
+    }
+
+    /// Every attribute in encoding order (least specific first): its short name (`CN`,
+    /// `O`, `OU`, `C`, `L`, `ST`, `STREET`, `postalCode`, `serialNumber`, ...) or dotted
+    /// OID when it has none, and its value when that is a string.
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.attributes
+            .iter()
+            .map(|(kind, value)| (kind.as_str(), value.as_deref()))
+    }
+
+    /// The string values of every attribute of one kind (by short name), in order.
+    pub fn values_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.attributes
+            .iter()
+            .filter(move |(k, _)| k == kind)
+            .filter_map(|(_, value)| value.as_deref())
     }
 
     /// The DER encoding of the name.
@@ -198,6 +228,16 @@ mod tests {
 
     fn dn(s: &str) -> DistinguishedName {
         DistinguishedName::from_name(&Name::from_str(s).unwrap(), "test").unwrap()
+    }
+
+    #[test]
+    fn attributes_by_kind_in_order() {
+        let name = dn("CN=app,OU=a,OU=b,O=Example,C=DE,2.5.4.12=#0c0474697465");
+        let kinds: Vec<&str> = name.attributes().map(|(k, _)| k).collect();
+        assert_eq!(kinds, ["title", "C", "O", "OU", "OU", "CN"]);
+        assert_eq!(name.values_of("OU").collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(name.values_of("title").collect::<Vec<_>>(), ["tite"]);
+        assert_eq!(name.values_of("L").count(), 0);
     }
 
     #[test]

@@ -6,3 +6,4 @@
 mod adcs_cli;
 mod cli;
 mod ejbca_cli;
+mod policy_cli;

@@ -127,6 +127,21 @@ struct PhaseLabels {
 const ROTATION_PHASES: [&str; 3] = ["Distribute", "Switch", "Retire"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    namespace: String,
+    decision: String,
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwaitingLabels {
+    approval: String,
+}
+
+/// The `approval` labels of the awaiting gauges.
+pub const AWAITING_APPROVALS: [&str; 2] = ["manual", "ticket"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     #[prometheus(flatten)]
     issuer: IssuerLabels,
@@ -174,6 +189,9 @@ struct Inner {
     ca_expiry: Family<IssuerLabels, Gauge>,
     rotation_phase: Family<PhaseLabels, Gauge>,
     approval_to_ready: HistogramFamily<IssuerLabels>,
+    policy_decisions: Family<DecisionLabels, Counter>,
+    policy_awaiting: Family<AwaitingLabels, Gauge>,
+    policy_awaiting_oldest: Family<AwaitingLabels, Gauge>,
     cached_requests: Gauge,
     leader: Gauge,
     queue_depth: Family<QueueLabels, Gauge>,
@@ -252,6 +270,9 @@ impl Metrics {
         let breaker_state = Family::<IssuerLabels, Gauge>::default();
         let ca_expiry = Family::<IssuerLabels, Gauge>::default();
         let rotation_phase = Family::<PhaseLabels, Gauge>::default();
+        let policy_decisions = Family::<DecisionLabels, Counter>::default();
+        let policy_awaiting = Family::<AwaitingLabels, Gauge>::default();
+        let policy_awaiting_oldest = Family::<AwaitingLabels, Gauge>::default();
         let approval_to_ready: HistogramFamily<IssuerLabels> =
             Family::new_with_constructor(approval_to_ready_histogram);
         let cached_requests = Gauge::default();
@@ -322,6 +343,21 @@ impl Metrics {
             approval_to_ready.clone(),
         );
         sub.register(
+            "policy_decisions",
+            "CertificateRequests the policy approver approved or denied, by namespace, decision (approved, denied) and IssuancePolicy (empty when none applied)",
+            policy_decisions.clone(),
+        );
+        sub.register(
+            "policy_awaiting_requests",
+            "CertificateRequests allowed by policy that wait for approval by a person (manual) or a change ticket (ticket)",
+            policy_awaiting.clone(),
+        );
+        sub.register(
+            "policy_awaiting_oldest_seconds",
+            "How long the longest-waiting CertificateRequest has waited for approval by a person (manual) or a change ticket (ticket); 0 when none waits",
+            policy_awaiting_oldest.clone(),
+        );
+        sub.register(
             "cached_requests",
             "CertificateRequests the engine holds in memory (approved or denied, not yet final)",
             cached_requests.clone(),
@@ -374,6 +410,9 @@ impl Metrics {
                 ca_expiry,
                 rotation_phase,
                 approval_to_ready,
+                policy_decisions,
+                policy_awaiting,
+                policy_awaiting_oldest,
                 cached_requests,
                 leader,
                 queue_depth,
@@ -569,6 +608,32 @@ impl Metrics {
         }
     }
 
+    /// Counts one decision in `certwright_policy_decisions_total{namespace,decision,policy}`.
+    pub fn policy_decision(&self, namespace: &str, decision: &str, policy: &str) {
+        self.inner
+            .policy_decisions
+            .get_or_create(&DecisionLabels {
+                namespace: namespace.to_owned(),
+                decision: decision.to_owned(),
+                policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets `certwright_policy_awaiting_requests{approval}` and
+    /// `certwright_policy_awaiting_oldest_seconds{approval}` (approval `manual` or
+    /// `ticket`).
+    pub fn set_policy_awaiting(&self, approval: &str, count: i64, oldest_seconds: i64) {
+        let labels = AwaitingLabels {
+            approval: approval.to_owned(),
+        };
+        self.inner.policy_awaiting.get_or_create(&labels).set(count);
+        self.inner
+            .policy_awaiting_oldest
+            .get_or_create(&labels)
+            .set(oldest_seconds);
+    }
+
     /// Records in `certwright_approval_to_ready_seconds{issuer…}` the time from the
     /// Approved condition's `lastTransitionTime` to the Ready condition being written.
     pub fn observe_approval_to_ready(&self, issuer: &IssuerLabels, seconds: f64) {
@@ -674,6 +739,22 @@ mod tests {
             "missing line {expected:?} in:\n{}",
             lines.join("\n")
         );
+    }
+
+    #[test]
+    fn policy_decisions_and_waits() {
+        let metrics = Metrics::new();
+        metrics.policy_decision("payments", "denied", "payments-base");
+        metrics.policy_decision("payments", "denied", "payments-base");
+        metrics.set_policy_awaiting("ticket", 2, 95);
+        let text = lines(&metrics).join("\n");
+        for want in [
+            "certwright_policy_decisions_total{namespace=\"payments\",decision=\"denied\",policy=\"payments-base\"} 2",
+            "certwright_policy_awaiting_requests{approval=\"ticket\"} 2",
+            "certwright_policy_awaiting_oldest_seconds{approval=\"ticket\"} 95",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
     }
 
     #[test]

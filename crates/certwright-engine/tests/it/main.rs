@@ -11,6 +11,7 @@ mod hsm;
 mod kubernetes_csr;
 mod leader;
 mod lost_answers;
+mod policy;
 mod races;
 mod rotation;
 mod support;

@@ -238,6 +238,7 @@ fn every_example_manifest_is_valid_for_its_api() {
         "GitRepository",
         "Secret",
         "CertificateSigningRequest",
+        "IssuancePolicy",
     ] {
         assert!(
             checked.contains_key(kind),

@@ -17,3 +17,4 @@ mod ejbca;
 mod examples;
 mod rest_backend;
 mod softhsm;
+mod ticket_sim;

@@ -1,0 +1,575 @@
+//! The policy approver: approves or denies every undecided cert-manager
+//! CertificateRequest (to any issuer, certwright's or not) by the cluster's
+//! IssuancePolicies, leaves for a person those a `Manual` policy holds, and approves by
+//! change ticket those a `Ticket` policy holds once the ticket system says so.
+//!
+//! It runs on kube-runtime's `Controller` (scheduler, concurrency limit, requeues) over a
+//! reflector store that holds **undecided requests only**: the watch turns a request
+//! that is approved or denied into a deletion before it reaches the store, so however
+//! many decided requests a cluster keeps, the approver holds none of them. Policies and
+//! namespaces (for `matchLabels`) are reflector stores too; any change to either looks
+//! again at every undecided request, never at a decided one.
+//!
+//! One look at a request, top to bottom: decided already → nothing; read its CSR and
+//! spec ([`RequestFacts`]); the applicable policies (under `--policy-evaluation=any`,
+//! only those the requester may `use`, by SubjectAccessReview); the verdict
+//! ([`certwright_policy::decide`]); [`plan::plan`] turns it into a step: write
+//! `Approved` or `Denied` (with a resourceVersion precondition, so a person's decision
+//! made meanwhile is never overwritten), leave it, wait for a person (an Event says who
+//! and how, once), or ask the ticket system and then approve, deny or look again later
+//! with backoff ([`plan::after_tickets`]).
+
+pub(crate) mod plan;
+mod summaries;
+mod tickets;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use certwright_api::{CertificateRequest, Conditions as _, IssuancePolicy};
+use certwright_policy::{Evaluation, Policy, PolicySet, RequestFacts, Verdict, decide};
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::{WatchStreamExt as _, reflector::store::Writer};
+use kube::{Api, ResourceExt as _};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use plan::{Step, Waiting};
+
+use crate::config::PolicyConfig;
+use crate::controller::{Shared, object_reference};
+use crate::error::{Error, api_code};
+use crate::events::Transition;
+use crate::metrics::{AWAITING_APPROVALS, QueueMetrics};
+
+/// The `queue` label of the approver's loop.
+pub(crate) const QUEUE_APPROVALS: &str = "approvals";
+/// How often the awaiting gauges are computed and what is remembered of gone requests
+/// dropped.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// Conflicting writes of a decision retried before the look is left to the watch.
+const CONFLICT_WAIT: Duration = Duration::from_millis(100);
+
+/// What the approver remembers of one undecided request (by uid) between looks.
+#[derive(Default)]
+struct Remembered {
+    /// The last Event note told, so a wait is told once, and again only when it changes.
+    told: Option<String>,
+    /// What it waits for, and since when (its creation).
+    waiting: Option<(Waiting, jiff::Timestamp)>,
+    /// Ticket checks so far, for backoff.
+    ticket_looks: u32,
+    /// No ticket check before this instant.
+    next_ticket_check: Option<Instant>,
+}
+
+/// What the approver shares between looks.
+pub(crate) struct Ctx {
+    s: Arc<Shared>,
+    config: PolicyConfig,
+    policies: Mutex<Arc<PolicySet>>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    remembered: Mutex<HashMap<String, Remembered>>,
+    tickets: tickets::Tickets,
+    queue: QueueMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A watch event as the request store takes it: decided requests leave the store.
+fn undecided_only(event: Event<CertificateRequest>) -> Option<Event<CertificateRequest>> {
+    match event {
+        Event::Apply(obj) if plan::decided(&obj) => Some(Event::Delete(obj)),
+        Event::InitApply(obj) if plan::decided(&obj) => None,
+        Event::Apply(mut obj) => {
+            obj.managed_fields_mut().clear();
+            Some(Event::Apply(obj))
+        }
+        Event::InitApply(mut obj) => {
+            obj.managed_fields_mut().clear();
+            Some(Event::InitApply(obj))
+        }
+        other => Some(other),
+    }
+}
+
+/// Runs the approver until `stop` is cancelled.
+pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: CancellationToken) {
+    let client = s.client.clone();
+    let (policy_store, policy_writer) = reflector::store::<IssuancePolicy>();
+    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let (again, again_all) = futures::channel::mpsc::channel::<()>(1);
+    let summaries_wake = Arc::new(Notify::new());
+    let ctx = Arc::new(Ctx {
+        tickets: tickets::Tickets::new(client.clone(), s.config.cluster_resource_namespace.clone()),
+        queue: s.metrics.loop_without_depth(QUEUE_APPROVALS),
+        policies: Mutex::new(Arc::new(PolicySet::default())),
+        remembered: Mutex::default(),
+        namespaces: namespaces.clone(),
+        config,
+        s,
+    });
+    let watch_policies = watch_policies(
+        ctx.clone(),
+        policy_store.clone(),
+        policy_writer,
+        again.clone(),
+        summaries_wake.clone(),
+    );
+    let watch_namespaces = watch_namespaces(
+        ctx.clone(),
+        namespace_writer,
+        again.clone(),
+        summaries_wake.clone(),
+    );
+    let looks = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move {
+            // Nothing is decided before every policy and namespace is known: a request
+            // looked at earlier could be denied for want of a policy not yet read.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ready = async { tokio::join!(policy_store.wait_until_ready(), namespaces.wait_until_ready()) } => {
+                    if ready.0.is_err() || ready.1.is_err() {
+                        return;
+                    }
+                }
+            }
+            info!(
+                evaluation = ctx.config.evaluation.as_str(),
+                policies = ctx.policies().len(),
+                "policy approver started"
+            );
+            let (requests, request_writer) = reflector::store::<CertificateRequest>();
+            let stream = request_stream(&ctx, request_writer);
+            let concurrency =
+                u16::try_from(ctx.s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
+            let reporting = report(ctx.clone(), requests.clone(), stop.clone());
+            let controller = Controller::for_stream(stream, requests)
+                .with_config(Config::default().concurrency(concurrency))
+                .reconcile_all_on(again_all)
+                .graceful_shutdown_on(async move { stop.cancelled().await })
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| async move {
+                    match result {
+                        Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
+                        Err(e) => warn!(error = %e, "policy approver"),
+                    }
+                });
+            tokio::join!(controller, reporting);
+        }
+    };
+    let publishing = async {
+        if ctx.config.publish_summaries {
+            summaries::run(ctx.clone(), summaries_wake, stop.clone()).await;
+        } else {
+            stop.cancelled().await;
+        }
+    };
+    tokio::select! {
+        _ = looks => {}
+        () = watch_policies => {}
+        () = watch_namespaces => {}
+        () = publishing => {}
+    }
+    info!("policy approver stopped");
+}
+
+fn request_stream(
+    ctx: &Ctx,
+    writer: Writer<CertificateRequest>,
+) -> impl futures::Stream<Item = Result<CertificateRequest, watcher::Error>> + Send + use<> {
+    let api: Api<CertificateRequest> = Api::all(ctx.s.client.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .try_filter_map(|event| futures::future::ready(Ok(undecided_only(event))))
+        .reflect(writer)
+        .applied_objects()
+}
+
+async fn watch_policies(
+    ctx: Arc<Ctx>,
+    store: Store<IssuancePolicy>,
+    writer: Writer<IssuancePolicy>,
+    mut again: futures::channel::mpsc::Sender<()>,
+    summaries: Arc<Notify>,
+) {
+    let api: Api<IssuancePolicy> = Api::all(ctx.s.client.clone());
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => {
+                let set = PolicySet::new(
+                    store
+                        .state()
+                        .iter()
+                        .map(|p| Arc::new(Policy::compile(&p.name_any(), &p.spec))),
+                );
+                for policy in set.iter().filter(|p| !p.problems.is_empty()) {
+                    warn!(policy = %policy.name, problems = ?policy.problems, "IssuancePolicy is invalid; it denies every request it selects");
+                }
+                *lock(&ctx.policies) = Arc::new(set);
+                // A full channel already asks for a look at everything.
+                let _ = again.try_send(());
+                summaries.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "IssuancePolicy watch failed; retrying"),
+        }
+    }
+}
+
+async fn watch_namespaces(
+    ctx: Arc<Ctx>,
+    writer: Writer<PartialObjectMeta<Namespace>>,
+    mut again: futures::channel::mpsc::Sender<()>,
+    summaries: Arc<Notify>,
+) {
+    let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.s.client.clone());
+    let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
+    while let Some(event) = stream.next().await {
+        let changed = match event {
+            Ok(Event::Apply(ns) | Event::InitApply(ns)) => {
+                labels.insert(ns.name_any(), ns.labels().clone()) != Some(ns.labels().clone())
+            }
+            Ok(Event::Delete(ns)) => labels.remove(&ns.name_any()).is_some(),
+            Ok(Event::InitDone) => true,
+            Ok(Event::Init) => false,
+            Err(e) => {
+                warn!(error = %e, "Namespace watch failed; retrying");
+                false
+            }
+        };
+        if changed {
+            let _ = again.try_send(());
+            summaries.notify_one();
+        }
+    }
+}
+
+/// Sets the awaiting gauges and forgets requests no longer undecided.
+async fn report(ctx: Arc<Ctx>, requests: Store<CertificateRequest>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live: HashSet<String> = requests
+            .state()
+            .iter()
+            .filter_map(|cr| cr.metadata.uid.clone())
+            .collect();
+        let now = jiff::Timestamp::now();
+        let mut counts: HashMap<&'static str, (i64, i64)> = HashMap::new();
+        {
+            let mut remembered = lock(&ctx.remembered);
+            remembered.retain(|uid, _| live.contains(uid));
+            for (waiting, since) in remembered.values().filter_map(|r| r.waiting) {
+                let entry = counts.entry(waiting.as_str()).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.max(now.duration_since(since).as_secs());
+            }
+        }
+        for approval in AWAITING_APPROVALS {
+            let (count, oldest) = counts.get(approval).copied().unwrap_or_default();
+            ctx.s.metrics.set_policy_awaiting(approval, count, oldest);
+        }
+    }
+}
+
+fn error_policy(_cr: Arc<CertificateRequest>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    warn!(error = %error, "policy approver: retrying");
+    Action::requeue(ctx.s.config.retry.min.max(Duration::from_millis(100)))
+}
+
+/// One look at a request; a panic in it fails this look only.
+async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let queue = ctx.queue.clone();
+    let result = match AssertUnwindSafe(look(&cr, &ctx)).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            error!("a policy look at a CertificateRequest panicked; retrying later");
+            Err(Error::Task {
+                message: "a policy look at a CertificateRequest panicked".to_string(),
+            })
+        }
+    };
+    queue.observe_work(started.elapsed());
+    if !matches!(&result, Ok(action) if *action == Action::await_change()) {
+        queue.retried();
+    }
+    result
+}
+
+async fn look(cr: &CertificateRequest, ctx: &Ctx) -> Result<Action, Error> {
+    let uid = cr.metadata.uid.clone().unwrap_or_default();
+    if plan::decided(cr) {
+        lock(&ctx.remembered).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    let facts = match RequestFacts::from_request(cr) {
+        Ok(facts) => facts,
+        Err(e) => return ctx.decide(cr, plan::unreadable(&e)).await,
+    };
+    let verdict = ctx.evaluate(&facts).await?;
+    let step = plan::plan(verdict, &facts, ctx.config.unmatched, ctx.config.evaluation);
+    match step {
+        Step::Approve { .. } | Step::Deny { .. } => ctx.decide(cr, step).await,
+        Step::Leave => {
+            lock(&ctx.remembered).remove(&uid);
+            Ok(Action::await_change())
+        }
+        Step::Wait {
+            waiting,
+            reason,
+            note,
+        } => {
+            ctx.wait(cr, waiting, reason, note);
+            Ok(Action::await_change())
+        }
+        Step::CheckTickets {
+            checks,
+            all,
+            policies,
+        } => {
+            let not_before = ctx.remember(&uid, |r| r.next_ticket_check);
+            let now = Instant::now();
+            if let Some(at) = not_before
+                && at > now
+            {
+                return Ok(Action::requeue(at - now));
+            }
+            let mut answers = Vec::with_capacity(checks.len());
+            for (due, ticket) in checks {
+                let answer = ctx.tickets.check(&due.config, &ticket).await;
+                answers.push((due, ticket, answer));
+            }
+            let step = plan::after_tickets(&answers, all, &policies);
+            match step {
+                Step::Wait {
+                    waiting,
+                    reason,
+                    note,
+                } => {
+                    let looks = ctx.remember(&uid, |r| {
+                        r.ticket_looks += 1;
+                        r.ticket_looks
+                    });
+                    let wait = answers
+                        .iter()
+                        .map(|(due, _, _)| due.config.wait_after(looks))
+                        .min()
+                        .unwrap_or(certwright_policy::ticket::DEFAULT_RECHECK);
+                    ctx.remember(&uid, |r| r.next_ticket_check = Some(Instant::now() + wait));
+                    ctx.wait(cr, waiting, reason, note);
+                    Ok(Action::requeue(wait))
+                }
+                step => ctx.decide(cr, step).await,
+            }
+        }
+    }
+}
+
+impl Ctx {
+    fn policies(&self) -> Arc<PolicySet> {
+        lock(&self.policies).clone()
+    }
+
+    fn remember<T>(&self, uid: &str, f: impl FnOnce(&mut Remembered) -> T) -> T {
+        f(lock(&self.remembered).entry(uid.to_string()).or_default())
+    }
+
+    /// The labels of a namespace, when it is known.
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| ns.labels().clone())
+    }
+
+    /// The verdict on a request: the applicable policies (under `any`, those the
+    /// requester may `use`), then [`decide`].
+    async fn evaluate(&self, facts: &RequestFacts) -> Result<Verdict, Error> {
+        let set = self.policies();
+        let labels = self.namespace_labels(&facts.namespace);
+        let mut applicable = set.applicable(facts, labels.as_ref());
+        if self.config.evaluation == Evaluation::Any {
+            let mut usable = Vec::with_capacity(applicable.len());
+            for policy in applicable {
+                if self.may_use(facts, &policy.name).await? {
+                    usable.push(policy);
+                }
+            }
+            applicable = usable;
+        }
+        Ok(decide(&applicable, facts, self.config.evaluation))
+    }
+
+    /// Whether the requester may `use` the policy, in the request's namespace (a
+    /// RoleBinding there, or a ClusterRoleBinding).
+    async fn may_use(&self, facts: &RequestFacts, policy: &str) -> Result<bool, Error> {
+        let requester = &facts.requester;
+        if requester.username.is_empty() && requester.groups.is_empty() {
+            return Ok(false);
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(requester.username.clone()).filter(|u| !u.is_empty()),
+                groups: Some(requester.groups.clone()).filter(|g| !g.is_empty()),
+                uid: Some(requester.uid.clone()).filter(|u| !u.is_empty()),
+                extra: Some(requester.extra.clone()).filter(|e| !e.is_empty()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(certwright_api::GROUP.to_string()),
+                    resource: Some("issuancepolicies".to_string()),
+                    verb: Some("use".to_string()),
+                    namespace: Some(facts.namespace.clone()),
+                    name: Some(policy.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.s.client.clone());
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    "asking whether the requester may use an IssuancePolicy (SubjectAccessReview)",
+                    e,
+                )
+            })?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+
+    /// Tells the request's owner what it waits for (once per distinct note) and counts
+    /// it as waiting.
+    fn wait(
+        &self,
+        cr: &CertificateRequest,
+        waiting: Waiting,
+        reason: plan::EventReason,
+        note: String,
+    ) {
+        let uid = cr.metadata.uid.clone().unwrap_or_default();
+        let since = cr
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or_else(jiff::Timestamp::now, |t| t.0);
+        let tell = self.remember(&uid, |r| {
+            r.waiting = Some((waiting, since));
+            if r.told.as_deref() == Some(note.as_str()) {
+                false
+            } else {
+                r.told = Some(note.clone());
+                true
+            }
+        });
+        if tell {
+            info!(
+                namespace = cr.namespace().unwrap_or_default(),
+                name = cr.name_any(),
+                reason = reason.as_str(),
+                "CertificateRequest waits for approval"
+            );
+            self.s.events.emit(Transition {
+                regarding: object_reference(cr),
+                reason: reason.as_str(),
+                note,
+                warning: reason.warning(),
+            });
+        }
+    }
+
+    /// Writes `Approved` or `Denied` on the request, unless someone decided it
+    /// meanwhile (the write carries the resourceVersion it was decided on).
+    async fn decide(&self, cr: &CertificateRequest, step: Step) -> Result<Action, Error> {
+        let Some(condition) = plan::condition(&step, jiff::Timestamp::now()) else {
+            return Ok(Action::await_change());
+        };
+        let namespace = cr.namespace().unwrap_or_default();
+        let name = cr.name_any();
+        let mut conditions: Vec<certwright_api::Condition> = cr
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        conditions.set_condition(condition, jiff::Timestamp::now());
+        let patch = json!({
+            "metadata": {"resourceVersion": cr.metadata.resource_version},
+            "status": {"conditions": conditions},
+        });
+        let api: Api<CertificateRequest> = Api::namespaced(self.s.client.clone(), &namespace);
+        let params = PatchParams {
+            field_manager: Some(self.s.config.controller_name.clone()),
+            ..Default::default()
+        };
+        match api
+            .patch_status(&name, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Changed meanwhile (perhaps decided by a person): the watch brings the new
+            // version, which is looked at afresh.
+            Err(e) if api_code(&e) == Some(409) => return Ok(Action::requeue(CONFLICT_WAIT)),
+            Err(e) if api_code(&e) == Some(404) => return Ok(Action::await_change()),
+            Err(e) => {
+                return Err(Error::kube(
+                    format!("writing the policy decision on CertificateRequest {namespace}/{name}"),
+                    e,
+                ));
+            }
+        }
+        let uid = cr.metadata.uid.clone().unwrap_or_default();
+        lock(&self.remembered).remove(&uid);
+        let (decision, message, policies, reason) = match &step {
+            Step::Approve { message, policies } => (
+                "approved",
+                message,
+                policies,
+                plan::EventReason::PolicyApproved,
+            ),
+            Step::Deny { message, policies } => {
+                ("denied", message, policies, plan::EventReason::PolicyDenied)
+            }
+            _ => return Ok(Action::await_change()),
+        };
+        for policy in policies {
+            self.s.metrics.policy_decision(&namespace, decision, policy);
+        }
+        info!(%namespace, %name, decision, "CertificateRequest decided by policy");
+        self.s.events.emit(Transition {
+            regarding: object_reference(cr),
+            reason: reason.as_str(),
+            note: message.clone(),
+            warning: reason.warning(),
+        });
+        Ok(Action::await_change())
+    }
+}
