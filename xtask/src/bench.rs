@@ -30,6 +30,13 @@ use crate::cluster::{self, Process};
 
 const NS: &str = "cert-manager";
 const APPS: &str = "bench";
+/// IssuancePolicies in the cache during the run.
+const POLICIES: usize = 200;
+/// The namespace whose requests the policy approver decides in the latency step.
+const GOVERNED: &str = "team-7";
+/// The controller's RSS at 20,000 completed requests before the policy approver (the
+/// last run of docs/benchmarks.md without it, commit c0c4ac0).
+const RSS_BEFORE_APPROVER_MIB: f64 = 32.7;
 
 /// What the command line asked for.
 pub(crate) struct Options {
@@ -462,10 +469,130 @@ async fn sign_rate(
     Ok(SIGNATURES as f64 / elapsed)
 }
 
+/// The IssuancePolicies of the run: policy `i` governs namespace `team-<i>` (names
+/// under `team-<i>.corp`, at most 2160h, keys of at least 256 bits) for the `bench`
+/// issuer; none selects the `bench` namespace, whose requests the driver approves.
+fn bench_policies() -> Vec<certwright_api::IssuancePolicy> {
+    (0..POLICIES)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "apiVersion": "pki.certwright.io/v1alpha1",
+                "kind": "IssuancePolicy",
+                "metadata": {"name": format!("team-{i}")},
+                "spec": {
+                    "allowed": {
+                        "commonName": {"value": format!("*.team-{i}.corp")},
+                        "dnsNames": {"values": [format!("*.team-{i}.corp")], "required": true},
+                        "usages": ["digital signature", "key encipherment", "server auth"]
+                    },
+                    "constraints": {"maxDuration": "2160h", "privateKey": {"minSize": 256}},
+                    "selector": {
+                        "issuerRef": {"name": "bench", "kind": "InternalClusterIssuer", "group": "pki.certwright.io"},
+                        "namespace": {"matchNames": [format!("team-{i}")]}
+                    }
+                }
+            }))
+            .expect("a bench policy is an IssuancePolicy")
+        })
+        .collect()
+}
+
+/// A request in `team-<team>` for a name its policy allows.
+fn governed_request(name: &str, team: usize) -> CertificateRequest {
+    let host = format!("{name}.team-{team}.corp");
+    let csr = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name(&host)
+        .dns(&host)
+        .build();
+    let mut cr = CertificateRequest::new(
+        name,
+        CertificateRequestSpec {
+            request: Base64Bytes::from(csr.csr_pem.as_str()),
+            issuer_ref: IssuerRef {
+                name: "bench".into(),
+                kind: "InternalClusterIssuer".into(),
+                group: "pki.certwright.io".into(),
+            },
+            duration: Some("720h".into()),
+            ..Default::default()
+        },
+    );
+    cr.metadata.namespace = Some(format!("team-{team}"));
+    cr
+}
+
+/// Policy decisions per second with [`POLICIES`] policies in the cache, on every core:
+/// (decisions on requests already read, decisions that also read each request — its
+/// CSR parsed and its self-signature verified, as the approver does on each look).
+fn policy_decisions_per_second() -> Result<(f64, f64)> {
+    Ok((policy_decisions(false)?, policy_decisions(true)?))
+}
+
+/// Each decision finds the applicable policies among [`POLICIES`] and checks them;
+/// with `read`, it first reads the request.
+fn policy_decisions(read: bool) -> Result<f64> {
+    use certwright_policy::{Evaluation, Policy, PolicySet, RequestFacts, Verdict};
+    let set = Arc::new(PolicySet::new(bench_policies().iter().map(|p| {
+        Arc::new(Policy::compile(
+            &p.metadata.name.clone().unwrap_or_default(),
+            &p.spec,
+        ))
+    })));
+    let requests: Arc<Vec<CertificateRequest>> = Arc::new(
+        (0..400)
+            .map(|i| governed_request(&format!("app-{i}"), i % POLICIES))
+            .collect(),
+    );
+    let read_already: Arc<Vec<RequestFacts>> = Arc::new(
+        requests
+            .iter()
+            .map(RequestFacts::from_request)
+            .collect::<Result<_, _>>()?,
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run_for = Duration::from_secs(3);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (set, requests, read_already) =
+                (set.clone(), requests.clone(), read_already.clone());
+            std::thread::spawn(move || -> Result<u64> {
+                let mut decided = 0u64;
+                let mut i = t;
+                while started.elapsed() < run_for {
+                    let n = i % requests.len();
+                    let fresh;
+                    let facts = if read {
+                        fresh = RequestFacts::from_request(&requests[n])?;
+                        &fresh
+                    } else {
+                        &read_already[n]
+                    };
+                    match set.evaluate(facts, None, Evaluation::All) {
+                        Verdict::Approved { .. } => decided += 1,
+                        other => bail!("a bench request was not approved: {other:?}"),
+                    }
+                    i += threads;
+                }
+                Ok(decided)
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    for handle in handles {
+        total += handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a decision thread panicked"))??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
 async fn bench(root: &Path, options: &Options) -> Result<String> {
     // 0. The local CA's signatures alone, before anything else runs on the machine.
     println!("==> signing throughput: key in memory, key in SoftHSM2");
     let (in_memory, in_token) = signing_throughput().await?;
+    println!("==> policy decisions with {POLICIES} policies");
+    let (decisions, decisions_reading) = policy_decisions_per_second()?;
     let bin = root.join("target/release");
     let dir = tempfile::tempdir()?;
     let d = dir.path();
@@ -492,10 +619,18 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
             format!("127.0.0.1:{health_port}"),
             "--log-level".into(),
             "warn".into(),
+            // The policy approver runs throughout, with 200 policies, none of which
+            // selects the namespace whose requests the driver approves itself.
+            "--policy-approver".into(),
+            "--policy-unmatched=ignore".into(),
         ],
         d.join("controller.log"),
     )?;
     cluster::wait_port(metrics_port, &mut controller, Duration::from_secs(20))?;
+    let policies: Api<certwright_api::IssuancePolicy> = Api::all(client.clone());
+    for policy in bench_policies() {
+        policies.create(&PostParams::default(), &policy).await?;
+    }
 
     // The local CA (ECDSA P-256) and an issuer tuned not to throttle.
     let ca = TestCa::root(KeyKind::EcdsaP256, "certwright bench CA");
@@ -541,6 +676,20 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
         format!("{in_token:.0}/s"),
         "≥ 500/s".into(),
         in_token >= 500.0,
+    ));
+    rows.push((
+        format!("policy decisions per second, {POLICIES} policies in the cache"),
+        format!("{decisions:.0}/s"),
+        "≥ 20,000/s".into(),
+        decisions >= 20_000.0,
+    ));
+    rows.push((
+        format!(
+            "policy decisions per second, {POLICIES} policies, each request read first (CSR parsed, signature verified)"
+        ),
+        format!("{decisions_reading:.0}/s"),
+        "—".into(),
+        true,
     ));
 
     // 1. Warm-up to 1,000 completed; RSS at 1,000.
@@ -631,6 +780,23 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
         p99 <= 50.0,
     ));
 
+    // 3b. Latency from creation to Approved, the policy approver deciding, at 50/s.
+    println!("==> policy latency: 1,000 requests created at 50/s in {GOVERNED}");
+    let (created_to_approved_p50, created_to_approved_p99) =
+        policy_latency(&client, &mut controller).await?;
+    rows.push((
+        "creation → Approved by policy, p50 at 50/s".into(),
+        format!("{created_to_approved_p50:.1} ms"),
+        "—".into(),
+        true,
+    ));
+    rows.push((
+        "creation → Approved by policy, p99 at 50/s".into(),
+        format!("{created_to_approved_p99:.1} ms"),
+        "≤ 20 ms".into(),
+        created_to_approved_p99 <= 20.0,
+    ));
+
     // 4. Memory at 10,000 and `total` completed requests.
     println!("==> filling to 10,000 completed");
     let batch = names("fill", 0, 10_000 - 4500);
@@ -669,6 +835,18 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
         format!("{:.1} MiB", mib(rss_total)),
         "≤ 40 MiB".into(),
         mib(rss_total) <= 40.0,
+    ));
+    rows.push((
+        format!(
+            "controller RSS at {} completed, with the policy approver and {POLICIES} policies, against {RSS_BEFORE_APPROVER_MIB} MiB without",
+            options.total
+        ),
+        format!(
+            "{:+.1} MiB",
+            mib(rss_total) - RSS_BEFORE_APPROVER_MIB
+        ),
+        "≤ +5 MiB".into(),
+        mib(rss_total) - RSS_BEFORE_APPROVER_MIB <= 5.0,
     ));
     rows.push((
         "RSS growth per completed request (1,000 → total)".into(),
@@ -874,6 +1052,82 @@ async fn bench(root: &Path, options: &Options) -> Result<String> {
     )?;
     print!("{report}");
     Ok(report)
+}
+
+/// Creates 1,000 requests at 50/s in [`GOVERNED`], whose policy allows them, and times
+/// each from just before its create call to the Approved condition seen by a watch:
+/// (p50, p99) in milliseconds.
+async fn policy_latency(client: &Client, controller: &mut Process) -> Result<(f64, f64)> {
+    const N: usize = 1000;
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), GOVERNED);
+    let approved = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let seen = approved.clone();
+    let watched = Api::<CachedRequest>::namespaced(client.clone(), GOVERNED);
+    let watch =
+        tokio::spawn(async move {
+            let mut stream = watcher(watched, watcher::Config::default()).boxed();
+            while let Some(event) = stream.next().await {
+                let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event else {
+                    continue;
+                };
+                if o.status.conditions.iter().any(|c| {
+                    c.type_ == "Approved" && c.status == certwright_api::ConditionStatus::True
+                }) {
+                    let name = o.metadata.name.clone().unwrap_or_default();
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        });
+    // The requests are built (keys and CSRs) before the clock starts.
+    let team: usize = GOVERNED.trim_start_matches("team-").parse()?;
+    let requests: Vec<CertificateRequest> = (0..N)
+        .map(|i| governed_request(&format!("gov-{i:05}"), team))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let created = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tasks = Vec::with_capacity(N);
+    for cr in requests {
+        tick.tick().await;
+        let (api, created) = (api.clone(), created.clone());
+        tasks.push(tokio::spawn(async move {
+            let name = cr.metadata.name.clone().unwrap_or_default();
+            created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name, Instant::now());
+            api.create(&PostParams::default(), &cr).await.map(|_| ())
+        }));
+    }
+    for task in tasks {
+        task.await?.context("creating a governed request")?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = approved.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if done >= N {
+            break;
+        }
+        controller.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!("only {done} of {N} governed requests were approved within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    watch.abort();
+    let created = created.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let approved = approved.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut latencies: Vec<f64> = created
+        .iter()
+        .filter_map(|(name, at)| {
+            Some(approved.get(name)?.duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok((percentile(&latencies, 50.0), percentile(&latencies, 99.0)))
 }
 
 fn start_apiserver_with_faults(

@@ -127,6 +127,7 @@ pub(crate) fn start_apiserver_with(
         root.join("crates/certwright-testkit/fixtures/cert-manager-crds.yaml"),
         root.join("deploy/crds/internalissuers.pki.certwright.io.yaml"),
         root.join("deploy/crds/internalclusterissuers.pki.certwright.io.yaml"),
+        root.join("deploy/crds/issuancepolicies.pki.certwright.io.yaml"),
     ] {
         args.push("--crd".into());
         args.push(crd.display().to_string());

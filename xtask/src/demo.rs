@@ -68,7 +68,7 @@ impl Stack {
         let d = dir;
         let api = cluster::start_apiserver(&bin.join("certwright-apiserver"), root, d)?;
         println!(
-            "==> test API server at {} (CRDs: CertificateRequest, InternalIssuer, InternalClusterIssuer)",
+            "==> test API server at {} (CRDs: CertificateRequest, InternalIssuer, InternalClusterIssuer, IssuancePolicy)",
             api.url
         );
         let client = cluster::client(&api.url)?;
@@ -170,7 +170,9 @@ async fn demo(root: &Path) -> Result<()> {
     // Logs and files stay in target/demo for a look afterwards.
     let dir = demo_dir(root, "demo")?;
     let d = dir.as_path();
-    let mut stack = Stack::start(root, d, &[]).await?;
+    // The policy approver decides every CertificateRequest, as with the chart's
+    // policy.enabled (cert-manager's own approver off).
+    let mut stack = Stack::start(root, d, &["--policy-approver"]).await?;
     let client = stack.client.clone();
     let metrics_port = stack.metrics_port;
     let controller = &mut stack.controller;
@@ -228,7 +230,10 @@ async fn demo(root: &Path) -> Result<()> {
         ),
     }
 
-    // Certificates for three kinds of key, approved as cert-manager's approver would.
+    // The policy that governs the apps namespace; the webhook refuses a broken one.
+    crate::demo_policy::create_policies(&client).await?;
+
+    // Certificates for three kinds of key, approved by that policy.
     let requests: Api<CertificateRequest> = Api::namespaced(client.clone(), "apps");
     let wanted = [
         (
@@ -260,18 +265,16 @@ async fn demo(root: &Path) -> Result<()> {
         );
         cr.metadata.namespace = Some("apps".into());
         requests.create(&PostParams::default(), &cr).await?;
-        let approve = json!({"status": {"conditions": [{
-            "type": "Approved", "status": "True", "reason": "cert-manager.io",
-            "message": "Certificate request has been approved by the demo",
-            "lastTransitionTime": jiff::Timestamp::now().to_string()
-        }]}});
-        requests
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&approve))
-            .await?;
     }
-    println!("==> 3 CertificateRequests created and approved; issued chains:");
+    println!("==> 3 CertificateRequests created; approved by IssuancePolicy apps and issued:");
     for (name, _, _) in &wanted {
         let cr = wait_request(&requests, name, controller).await?;
+        let approved = cr
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Approved"))
+            .map(|c| format!("{} ({})", c.message, c.reason))
+            .unwrap_or_default();
         let status = cr.status.unwrap_or_default();
         let chain =
             certwright_x509::parse_pem_bundle(status.certificate.unwrap_or_default().as_bytes())?;
@@ -282,6 +285,7 @@ async fn demo(root: &Path) -> Result<()> {
             leaf.subject(),
             leaf.public_key().algorithm
         );
+        println!("      approval:  {approved}");
         println!("      SANs:      {}", leaf.sans().dns.join(", "));
         println!(
             "      valid:     {} .. {}",
@@ -297,6 +301,9 @@ async fn demo(root: &Path) -> Result<()> {
             .context("the chain does not verify")?;
     }
 
+    // One denied with every violation listed, one approved once its change ticket is.
+    crate::demo_policy::denied_and_ticket(&client, controller).await?;
+
     // A Kubernetes CertificateSigningRequest naming the same issuer's signer, approved
     // as `kubectl certificate approve` does.
     sign_kubernetes_csr(&client, controller).await?;
@@ -308,6 +315,7 @@ async fn demo(root: &Path) -> Result<()> {
             || l.starts_with("certwright_issuer_ready")
             || l.starts_with("certwright_backend_calls_total")
             || l.starts_with("certwright_signing_duration_seconds_count")
+            || l.starts_with("certwright_policy_decisions_total")
     }) {
         println!("    {line}");
     }
@@ -426,6 +434,7 @@ pub(crate) async fn register_webhook(client: &kube::Client, port: u16, ca_pem: &
                 resources: Some(vec![
                     "internalissuers".into(),
                     "internalclusterissuers".into(),
+                    "issuancepolicies".into(),
                 ]),
                 scope: Some("*".into()),
             }]),

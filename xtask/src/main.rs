@@ -4,6 +4,7 @@
 mod bench;
 mod cluster;
 mod demo;
+mod demo_policy;
 mod helm;
 mod rotate_demo;
 

@@ -164,6 +164,13 @@ pub(crate) struct Flags {
     #[arg(long, value_enum, default_value_t = PolicyUnmatched::Deny)]
     pub(crate) policy_unmatched: PolicyUnmatched,
 
+    /// The signers the policy approver decides for, as cert-manager names them
+    /// (`issuers.cert-manager.io/*`, `clusterissuers.cert-manager.io/corp`; `*`
+    /// wildcards), comma-separated or repeated: those the controller may `approve` (the
+    /// chart's `policy.approveSignerNames`). Every signer when none is given.
+    #[arg(long = "policy-approve-signer", value_delimiter = ',')]
+    pub(crate) policy_approve_signers: Vec<String>,
+
     /// Keep a ConfigMap `certwright-issuance-policies` in each namespace some
     /// IssuancePolicy selects, summarising the policies that apply there.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -241,6 +241,7 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
                     PolicyUnmatched::Ignore => Unmatched::Ignore,
                 })
                 .publish_summaries(flags.publish_policy_summaries)
+                .approve_signers(flags.policy_approve_signers.iter().cloned())
         }),
         ..EngineConfig::default()
     };

@@ -147,6 +147,23 @@ fn test(args: &TestArgs, output: Output) -> Result<u8, Failure> {
             ),
             Vec::new(),
         ),
+        Verdict::Ticket { checks, .. }
+            if let Some((policy, why)) = checks.iter().find_map(|c| {
+                c.config.ticket_of(&facts.annotations).err().map(|why| {
+                    (
+                        c.policy.clone(),
+                        format!("metadata.annotations[{}] {why}", c.config.annotation),
+                    )
+                })
+            }) =>
+        {
+            (
+                "denied",
+                exit::PKI_FAILED,
+                format!("denied: {policy}: {why}"),
+                Vec::new(),
+            )
+        }
         Verdict::Ticket { checks, .. } => {
             let wanted: Vec<String> = checks
                 .iter()
@@ -225,6 +242,12 @@ fn load_policies(path: &Path) -> Result<Vec<Policy>, Failure> {
             // A file that ships a policy with what it needs (a Secret) is read as is.
             eprintln!("certwright: {}: skipping {kind} {name}", path.display());
             continue;
+        }
+        if doc.pointer("/spec/plugins").is_some() {
+            return Err(Failure::input(anyhow!(
+                "{}: {name}: spec.plugins (approver-policy's plugins) is not supported; the policy would allow more than its author meant",
+                path.display()
+            )));
         }
         let spec: IssuancePolicySpec =
             serde_json::from_value(doc.get("spec").cloned().unwrap_or(json!({})))

@@ -32,7 +32,7 @@ pub use issuer::{
 pub use policy::{
     Allowed, AllowedString, AllowedStringSlice, AllowedSubject, Approval, ApprovalMode,
     Constraints, IssuancePolicy, IssuancePolicySpec, IssuerRefSelector, KeyAlgorithmName,
-    NamespaceSelector, PrivateKeyConstraint, Selector, TicketCheck,
+    NamespaceSelector, PrivateKeyConstraint, Selector, TicketCheck, Validation,
 };
 pub use validation::{
     FieldError, FieldErrorKind, KeyAlternative, SecretRequirement, secret_requirements,

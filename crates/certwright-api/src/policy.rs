@@ -82,19 +82,29 @@ pub struct Allowed {
     /// Whether a CA certificate may be requested.
     #[serde(default, rename = "isCA", skip_serializing_if = "Option::is_none")]
     pub is_ca: Option<bool>,
+    /// The templates or profiles a request may name in its `pki.certwright.io/template`
+    /// annotation (honoured by issuers with `allowTemplateOverride`), with `*`
+    /// wildcards. Unset: a request must not name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<AllowedStringSlice>,
 }
 
 /// A single allowed value, with `*` wildcards.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AllowedString {
-    /// The value a request's field must match; `*` matches any run of characters.
-    /// Unset: any value is allowed.
+    /// The value a request's field must match; `*` matches any run of characters
+    /// (`"*"` allows any value). Unset: the request must not have the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// The request must have the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub required: Option<bool>,
+    /// approver-policy's CEL validations, which certwright does not run: a policy that
+    /// sets them is refused (the webhook) and denies what it selects (the controller),
+    /// rather than allowing more than its author meant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validations: Option<Vec<Validation>>,
 }
 
 /// Allowed values of a list field, with `*` wildcards.
@@ -102,12 +112,29 @@ pub struct AllowedString {
 #[serde(rename_all = "camelCase")]
 pub struct AllowedStringSlice {
     /// Each of the request's values must match one of these; `*` matches any run of
-    /// characters. Unset: any value is allowed.
+    /// characters (`["*"]` allows any value). Unset: the request must have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<String>>,
     /// The request must have at least one value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub required: Option<bool>,
+    /// approver-policy's CEL validations, which certwright does not run (see
+    /// [`AllowedString::validations`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validations: Option<Vec<Validation>>,
+}
+
+/// An approver-policy CEL validation, kept in the schema only so that a policy carrying
+/// one is refused by name instead of having it silently dropped.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Validation {
+    /// The CEL expression.
+    #[serde(default)]
+    pub rule: String,
+    /// Its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Allowed subject attributes.
@@ -225,7 +252,8 @@ pub struct IssuerRefSelector {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespaceSelector {
-    /// Namespace names, with `*` wildcards; the namespace must match one.
+    /// Namespace names, with `*` wildcards; the namespace must match one. Unset or
+    /// empty: any name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_names: Option<Vec<String>>,
     /// Labels the namespace must carry, each with this value.
@@ -279,6 +307,20 @@ impl ApprovalMode {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketCheck {
+    /// The ticket ids this policy accepts, with `*` wildcards (for example `SEC-*`, the
+    /// change project): any other id is denied, so a request cannot borrow a ticket
+    /// from another project. Required.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub id_pattern: String,
+    /// Where, in the ticket system's answer, the ticket names what it approves, as a
+    /// JSON pointer (for Jira, a custom field such as `/fields/customfield_10042`): when
+    /// set, that text must mention the request's `<namespace>/<certificate>` (the
+    /// Certificate's name from `cert-manager.io/certificate-name`, else the request's),
+    /// so an approved ticket approves only what it was raised for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub reference_field: Option<String>,
     /// The request annotation that names the ticket. Default
     /// `pki.certwright.io/change-ticket` (cert-manager copies a Certificate's
     /// annotations onto its requests).

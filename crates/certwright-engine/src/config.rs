@@ -96,6 +96,11 @@ pub struct PolicyConfig {
     pub unmatched: Unmatched,
     /// Keep a ConfigMap in each namespace summarising the policies that apply there.
     pub publish_summaries: bool,
+    /// The signers the approver decides for, as cert-manager names them
+    /// (`issuers.cert-manager.io/*`, `clusterissuers.cert-manager.io/<name>`, `*`
+    /// wildcards): the ones the controller may `approve`, since cert-manager's webhook
+    /// refuses a decision on any other. Empty: every signer.
+    pub approve_signers: Vec<String>,
 }
 
 impl PolicyConfig {
@@ -120,6 +125,22 @@ impl PolicyConfig {
     pub fn publish_summaries(mut self, publish: bool) -> Self {
         self.publish_summaries = publish;
         self
+    }
+
+    /// Deciding only for these signers (see [`PolicyConfig::approve_signers`]).
+    pub fn approve_signers<I, S>(mut self, signers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.approve_signers = signers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether the approver decides for `signer`.
+    pub fn approves(&self, signer: &str) -> bool {
+        self.approve_signers.is_empty()
+            || certwright_policy::wildcard::any_matches(&self.approve_signers, signer)
     }
 }
 

@@ -682,6 +682,48 @@ impl Shared {
         }
     }
 
+    /// The lifetime an issuer of the engine's kinds gives a request that names none:
+    /// `Ok(None)` for an issuer of another kind (or group), `Err(())` while such an
+    /// issuer is not known (not yet read, or not yet created).
+    pub(crate) fn issuer_default_duration(
+        &self,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Duration>, ()> {
+        if group != self.group {
+            return Ok(None);
+        }
+        let key = if kind == self.cluster_kind {
+            IssuerKey {
+                cluster: true,
+                namespace: String::new(),
+                name: name.to_string(),
+            }
+        } else if kind == self.namespaced_kind || kind.is_empty() {
+            // An empty kind with the engine's group is signed as the namespaced kind.
+            IssuerKey {
+                cluster: false,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            }
+        } else {
+            return Ok(None);
+        };
+        if !self.issuers_synced() {
+            return Err(());
+        }
+        let issuers = lock(&self.issuers);
+        let entry = issuers.get(&key).ok_or(())?;
+        Ok(Some(
+            entry
+                .spec
+                .default_duration()
+                .unwrap_or(certwright_api::issuer::DEFAULT_DURATION),
+        ))
+    }
+
     pub(crate) fn issuers_synced(&self) -> bool {
         self.issuer_watchers_synced.load(Ordering::SeqCst) >= 2
     }

@@ -213,6 +213,7 @@ pub fn decide(applicable: &[&Policy], facts: &RequestFacts, evaluation: Evaluati
                 .iter()
                 .filter_map(|p| p.spec.approval.as_ref()?.approvers.clone())
                 .collect();
+            approvers.sort();
             approvers.dedup();
             Verdict::Manual {
                 policies: names(&manual),
@@ -259,10 +260,10 @@ pub fn check(policy: &Policy, facts: &RequestFacts) -> Vec<Violation> {
     }
     let nothing = certwright_api::Allowed::default();
     let allowed = policy.spec.allowed.as_ref().unwrap_or(&nothing);
-    out.single(
+    out.every(
         "commonName",
         allowed.common_name.as_ref(),
-        facts.common_name.as_deref(),
+        &string_values(facts, "CN"),
     );
     out.slice("dnsNames", allowed.dns_names.as_ref(), &facts.dns_names);
     out.slice(
@@ -283,6 +284,31 @@ pub fn check(policy: &Policy, facts: &RequestFacts) -> Vec<Violation> {
         );
     }
     check_subject(&mut out, allowed.subject.as_ref(), facts);
+    for (i, oid) in facts.other_extensions.iter().enumerate() {
+        out.add(
+            &format!("extensions[{i}]"),
+            format!("{oid} not allowed (a CA may honour it, and no policy field can check it)"),
+        );
+    }
+    for (i, oid) in facts.other_attributes.iter().enumerate() {
+        out.add(
+            &format!("attributes[{i}]"),
+            format!("{oid} not allowed (a CA may honour it, and no policy field can check it)"),
+        );
+    }
+    if let Some(template) = &facts.template {
+        let patterns = allowed
+            .templates
+            .as_ref()
+            .and_then(|t| t.values.as_deref())
+            .unwrap_or_default();
+        if !any_matches(patterns, template) {
+            out.add(
+                "metadata.annotations[pki.certwright.io/template]",
+                format!("{template:?} not allowed"),
+            );
+        }
+    }
     let default_usages: Vec<String> = CERT_MANAGER_DEFAULT_USAGES
         .iter()
         .map(|u| (*u).to_string())
@@ -294,7 +320,7 @@ pub fn check(policy: &Policy, facts: &RequestFacts) -> Vec<Violation> {
         }
     }
     if facts.is_ca && allowed.is_ca != Some(true) {
-        out.add("isCA", "a CA certificate is not allowed".to_string());
+        out.add("isCA", "true not allowed (no CA certificates)".to_string());
     }
     if let Some(min) = policy.min_duration
         && facts.effective_duration() < min
@@ -368,47 +394,43 @@ impl Found<'_> {
         });
     }
 
-    /// A single-valued field: not allowed at all unless the policy names it; then it
-    /// must match `value` (if set) and be present if `required`.
-    fn single(&mut self, field: &str, allowed: Option<&AllowedString>, value: Option<&str>) {
-        match (allowed, value) {
-            (None, Some(v)) => self.add(field, format!("{v:?} not allowed")),
-            (None, None) => {}
-            (Some(a), None) => {
-                if a.required == Some(true) {
-                    self.add(field, "is required".to_string());
-                }
+    /// A single-valued field, as approver-policy reads it: a value must match the
+    /// policy's `value` (no `value`: no value is allowed); absent, it must not be
+    /// `required`. Every occurrence is checked (a subject may repeat an attribute).
+    fn every(&mut self, field: &str, allowed: Option<&AllowedString>, values: &[String]) {
+        if values.is_empty() {
+            if allowed.is_some_and(|a| a.required == Some(true)) {
+                self.add(field, "is required".to_string());
             }
-            (Some(a), Some(v)) => {
-                if let Some(pattern) = &a.value
-                    && !matches(pattern, v)
-                {
-                    self.add(field, format!("{v:?} not allowed"));
-                }
+            return;
+        }
+        if values.len() > 1 {
+            self.add(
+                field,
+                format!("appears {} times; at most once", values.len()),
+            );
+        }
+        for v in values {
+            match allowed.and_then(|a| a.value.as_deref()) {
+                Some(pattern) if matches(pattern, v) => {}
+                _ => self.add(field, format!("{v:?} not allowed")),
             }
         }
     }
 
-    /// A list field: each value must match one allowed value; not allowed at all unless
-    /// the policy names it; at least one if `required`.
+    /// A list field, as approver-policy reads it: each value must match one of the
+    /// policy's `values` (no `values`: no value is allowed); at least one if
+    /// `required`.
     fn slice(&mut self, field: &str, allowed: Option<&AllowedStringSlice>, values: &[String]) {
-        match allowed {
-            None => {
-                for (i, v) in values.iter().enumerate() {
-                    self.add(&format!("{field}[{i}]"), format!("{v:?} not allowed"));
-                }
-            }
-            Some(a) => {
-                if a.required == Some(true) && values.is_empty() {
-                    self.add(field, "at least one is required".to_string());
-                }
-                if let Some(patterns) = &a.values {
-                    for (i, v) in values.iter().enumerate() {
-                        if !any_matches(patterns, v) {
-                            self.add(&format!("{field}[{i}]"), format!("{v:?} not allowed"));
-                        }
-                    }
-                }
+        if values.is_empty() && allowed.is_some_and(|a| a.required == Some(true)) {
+            self.add(field, "at least one is required".to_string());
+        }
+        let patterns = allowed
+            .and_then(|a| a.values.as_deref())
+            .unwrap_or_default();
+        for (i, v) in values.iter().enumerate() {
+            if !any_matches(patterns, v) {
+                self.add(&format!("{field}[{i}]"), format!("{v:?} not allowed"));
             }
         }
     }
@@ -432,36 +454,45 @@ fn check_subject(
 ) {
     let empty = certwright_api::AllowedSubject::default();
     let allowed = allowed.unwrap_or(&empty);
-    let values_of = |kind: &str| -> Vec<String> {
-        facts
-            .subject
-            .iter()
-            .filter(|(k, _)| k == kind)
-            .map(|(_, v)| v.clone().unwrap_or_else(|| "(not a string)".to_string()))
-            .collect()
-    };
     for ((field, slice), (_, kind)) in subject_slices(allowed).into_iter().zip(SUBJECT_KINDS) {
         out.slice(
             &format!("subject.{field}"),
             slice.as_ref(),
-            &values_of(kind),
+            &string_values(facts, kind),
         );
     }
-    let serials = values_of("serialNumber");
-    out.single(
+    out.every(
         "subject.serialNumber",
         allowed.serial_number.as_ref(),
-        serials.first().map(String::as_str),
+        &string_values(facts, "serialNumber"),
     );
-    for (i, (kind, _)) in facts.subject.iter().enumerate() {
-        let known = kind == "serialNumber" || SUBJECT_KINDS.iter().any(|(_, k)| k == kind);
+    for (i, (kind, value)) in facts.subject.iter().enumerate() {
+        let known =
+            kind == "CN" || kind == "serialNumber" || SUBJECT_KINDS.iter().any(|(_, k)| k == kind);
         if !known {
             out.add(
                 &format!("subject[{i}]"),
                 format!("attribute {kind} not allowed (no policy field allows it)"),
             );
+        } else if value.is_none() {
+            out.add(
+                &format!("subject[{i}]"),
+                format!(
+                    "attribute {kind} is not a string a policy can check (use UTF8String or PrintableString)"
+                ),
+            );
         }
     }
+}
+
+/// The string values of one kind of subject attribute, in order.
+fn string_values(facts: &RequestFacts, kind: &str) -> Vec<String> {
+    facts
+        .subject
+        .iter()
+        .filter(|(k, _)| k == kind)
+        .filter_map(|(_, v)| v.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -488,6 +519,7 @@ mod tests {
                 group: "cert-manager.io".to_string(),
             },
             duration: Some(Duration::from_secs(720 * 3600)),
+            issuer_default_duration: None,
             is_ca: false,
             usages: vec!["digital signature".to_string(), "server auth".to_string()],
             common_name: Some("api.payments.corp".to_string()),
@@ -496,7 +528,10 @@ mod tests {
             uris: vec![],
             email_addresses: vec![],
             other_names: vec![],
-            subject: vec![],
+            subject: vec![("CN".to_string(), Some("api.payments.corp".to_string()))],
+            other_extensions: vec![],
+            other_attributes: vec![],
+            template: None,
             key: KeyFacts {
                 algorithm: Some(KeyAlgorithmName::Ecdsa),
                 size: 256,
@@ -576,17 +611,15 @@ selector: { namespace: { matchNames: [payments] } }
         let mut f = facts();
         f.is_ca = true;
         f.ip_addresses = vec!["10.0.0.1".to_string()];
-        f.subject = vec![
-            ("O".to_string(), Some("Evil".to_string())),
-            ("title".to_string(), Some("x".to_string())),
-        ];
+        f.subject.push(("O".to_string(), Some("Evil".to_string())));
+        f.subject.push(("title".to_string(), Some("x".to_string())));
         let got: Vec<String> = check(&p, &f).iter().map(|v| v.field.clone()).collect();
         for want in [
             "commonName",
             "dnsNames[0]",
             "ipAddresses[0]",
             "subject.organizations[0]",
-            "subject[1]",
+            "subject[2]",
             "usages",
             "isCA",
         ] {
@@ -648,7 +681,7 @@ selector: { namespace: {} }
 allowed: { commonName: { value: '*' }, dnsNames: { values: ['*'] }, usages: ['digital signature', 'server auth'] }
 approval:
   mode: Ticket
-  ticket: { url: "https://t.corp/{ticket}", statusField: /state, approvedValues: [approved] }
+  ticket: { url: "https://t.corp/{ticket}", idPattern: "T-*", statusField: /state, approvedValues: [approved] }
 "#,
         );
         let Verdict::Ticket { checks, all, .. } =
@@ -659,6 +692,113 @@ approval:
         assert!(all);
         assert_eq!(checks.len(), 1);
         assert_eq!(checks[0].policy, "change");
+    }
+
+    #[test]
+    fn every_common_name_and_every_odd_attribute_is_checked() {
+        let p = policy(
+            "p",
+            "selector: { namespace: {} }\nallowed: { commonName: { value: '*.payments.corp' }, dnsNames: { values: ['*'] }, usages: ['digital signature', 'server auth'] }",
+        );
+        let mut f = facts();
+        // A second CN (which some software reads first) is checked too.
+        f.subject
+            .insert(0, ("CN".to_string(), Some("admin".to_string())));
+        let found: Vec<String> = check(&p, &f).iter().map(ToString::to_string).collect();
+        assert!(
+            found.contains(&"p: commonName appears 2 times; at most once".to_string()),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&"p: commonName \"admin\" not allowed".to_string()),
+            "{found:?}"
+        );
+        // A CN that is not a string cannot be checked: refused.
+        let mut f = facts();
+        f.subject = vec![("CN".to_string(), None)];
+        let found: Vec<String> = check(&p, &f).iter().map(|v| v.field.clone()).collect();
+        assert_eq!(found, ["subject[0]"]);
+        // Extensions and attributes no field can check are refused.
+        let mut f = facts();
+        f.other_extensions = vec!["1.3.6.1.4.1.311.21.10".to_string()];
+        f.other_attributes = vec!["1.3.6.1.4.1.311.13.2.1".to_string()];
+        let found: Vec<String> = check(&p, &f).iter().map(|v| v.field.clone()).collect();
+        assert_eq!(found, ["extensions[0]", "attributes[0]"]);
+    }
+
+    #[test]
+    fn fields_without_values_allow_no_value_as_approver_policy_reads_them() {
+        let p = policy(
+            "p",
+            "selector: { namespace: {} }\nallowed: { commonName: { required: true }, dnsNames: { required: true }, usages: ['digital signature', 'server auth'] }",
+        );
+        let found: Vec<String> = check(&p, &facts())
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
+        assert_eq!(found, ["commonName", "dnsNames[0]"]);
+        // A template the policy does not list is refused.
+        let mut f = facts();
+        f.subject.clear();
+        f.dns_names.clear();
+        f.template = Some("SubCA".to_string());
+        let found: Vec<String> = check(&p, &f).iter().map(ToString::to_string).collect();
+        assert!(
+            found.contains(
+                &"p: metadata.annotations[pki.certwright.io/template] \"SubCA\" not allowed"
+                    .to_string()
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_unset_duration_is_the_issuers_default() {
+        let p = policy(
+            "p",
+            "selector: { namespace: {} }\nallowed: { commonName: { value: '*' }, dnsNames: { values: ['*'] }, usages: ['digital signature', 'server auth'] }\nconstraints: { maxDuration: 2160h }",
+        );
+        let mut f = facts();
+        f.duration = None;
+        assert!(check(&p, &f).is_empty());
+        f.issuer_default_duration = Some(Duration::from_secs(8760 * 3600));
+        let found: Vec<String> = check(&p, &f).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            ["p: spec.duration unset (the issuer's default 8760h) exceeds maxDuration 2160h"]
+        );
+    }
+
+    proptest::proptest! {
+        /// Layered governance: under all, another policy never turns a denial into an
+        /// approval; under any, another policy never turns an approval into a denial.
+        #[test]
+        fn another_policy_never_loosens_all_nor_tightens_any(
+            base_max in 1u64..5000,
+            extra_max in 1u64..5000,
+            asked in 1u64..5000,
+            base_names in proptest::sample::select(vec!["*", "*.payments.corp", "*.other.corp"]),
+            extra_names in proptest::sample::select(vec!["*", "*.payments.corp", "*.other.corp"]),
+            extra_ns in proptest::sample::select(vec!["payments", "other", "*"]),
+        ) {
+            let yaml = |names: &str, max: u64, ns: &str| format!(
+                "selector: {{ namespace: {{ matchNames: ['{ns}'] }} }}\nallowed: {{ commonName: {{ value: '{names}' }}, dnsNames: {{ values: ['{names}'] }}, usages: ['digital signature', 'server auth'] }}\nconstraints: {{ maxDuration: {max}h }}"
+            );
+            let base = policy("base", &yaml(base_names, base_max, "*"));
+            let extra = policy("extra", &yaml(extra_names, extra_max, extra_ns));
+            let mut f = facts();
+            f.duration = Some(Duration::from_secs(asked * 3600));
+            let one = PolicySet::new([base.clone()]);
+            let two = PolicySet::new([base, extra]);
+            if matches!(one.evaluate(&f, None, Evaluation::All), Verdict::Denied { .. }) {
+                let still_denied = matches!(two.evaluate(&f, None, Evaluation::All), Verdict::Denied { .. });
+                proptest::prop_assert!(still_denied);
+            }
+            if matches!(one.evaluate(&f, None, Evaluation::Any), Verdict::Approved { .. }) {
+                let still_approved = matches!(two.evaluate(&f, None, Evaluation::Any), Verdict::Approved { .. });
+                proptest::prop_assert!(still_approved);
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::wildcard::{self, any_matches, check_pattern};
 /// The most values one list field of a policy may hold.
 pub const MAX_VALUES: usize = 256;
 
+/// Why a policy with CEL validations is refused.
+const CEL_REFUSED: &str = "approver-policy's CEL validations are not supported; express the rule with values (wildcards), or the policy would allow more than its author meant";
+
 /// A policy ready to evaluate.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -96,6 +99,7 @@ impl Policy {
             return true;
         };
         if let Some(names) = &selector.match_names
+            && !names.is_empty()
             && !any_matches(names, namespace)
         {
             return false;
@@ -135,10 +139,22 @@ pub fn validate(spec: &IssuancePolicySpec) -> Vec<FieldError> {
                 {
                     out(format!("spec.allowed.{field}.value"), why);
                 }
+                if value.as_ref().is_some_and(|v| v.validations.is_some()) {
+                    out(
+                        format!("spec.allowed.{field}.validations"),
+                        CEL_REFUSED.to_string(),
+                    );
+                }
             };
         let slice = |field: &str,
                      value: &Option<AllowedStringSlice>,
                      out: &mut dyn FnMut(String, String)| {
+            if value.as_ref().is_some_and(|v| v.validations.is_some()) {
+                out(
+                    format!("spec.allowed.{field}.validations"),
+                    CEL_REFUSED.to_string(),
+                );
+            }
             if let Some(AllowedStringSlice {
                 values: Some(values),
                 ..
@@ -162,6 +178,7 @@ pub fn validate(spec: &IssuancePolicySpec) -> Vec<FieldError> {
         slice("ipAddresses", &allowed.ip_addresses, &mut invalid);
         slice("uris", &allowed.uris, &mut invalid);
         slice("emailAddresses", &allowed.email_addresses, &mut invalid);
+        slice("templates", &allowed.templates, &mut invalid);
         if let Some(subject) = &allowed.subject {
             for (field, value) in subject_slices(subject) {
                 slice(&format!("subject.{field}"), value, &mut invalid);
@@ -308,6 +325,25 @@ fn validate_ticket(check: &TicketCheck) -> Vec<FieldError> {
     if let Err(why) = ticket::check_pointer(&check.status_field) {
         invalid("statusField", why);
     }
+    if check.id_pattern.is_empty() {
+        invalid(
+            "idPattern",
+            "is required: the ticket ids this policy accepts, for example \"SEC-*\"".to_string(),
+        );
+    } else if let Err(why) = check_pattern(&check.id_pattern) {
+        invalid("idPattern", why);
+    } else if check.id_pattern.chars().all(|c| c == '*') {
+        invalid(
+            "idPattern",
+            "accepts a ticket of any project; name the change project (for example \"SEC-*\")"
+                .to_string(),
+        );
+    }
+    if let Some(field) = &check.reference_field
+        && let Err(why) = ticket::check_pointer(field)
+    {
+        invalid("referenceField", why);
+    }
     if check.approved_values.is_empty() {
         errors.push(FieldError {
             field: "spec.approval.ticket.approvedValues".to_string(),
@@ -428,6 +464,7 @@ approval:
   mode: Ticket
   ticket:
     url: https://jira.corp/rest/api/2/issue/{ticket}
+    idPattern: SEC-*
     statusField: /fields/status/name
     approvedValues: [Approved]
     rejectedValues: [Rejected]
@@ -483,7 +520,7 @@ approval:
         let s = spec("selector: { namespace: {} }\napproval: { mode: Ticket }");
         assert_eq!(fields(&s), ["spec.approval.ticket"]);
         let s = spec(
-            "selector: { namespace: {} }\napproval: { mode: Manual, ticket: { url: 'https://t/{ticket}', statusField: /s, approvedValues: [a] } }",
+            "selector: { namespace: {} }\napproval: { mode: Manual, ticket: { url: 'https://t/{ticket}', idPattern: 'T-*', statusField: /s, approvedValues: [a] } }",
         );
         assert_eq!(fields(&s), ["spec.approval.ticket"]);
     }

@@ -43,6 +43,16 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// The issuer a request's `spec.issuerRef` names, with cert-manager's defaults for
+    /// an empty kind (`Issuer`) and group (`cert-manager.io`).
+    pub fn of(issuer_ref: &certwright_api::IssuerRef) -> Issuer {
+        Issuer {
+            name: issuer_ref.name.clone(),
+            kind: non_empty_or(&issuer_ref.kind, "Issuer"),
+            group: non_empty_or(&issuer_ref.group, "cert-manager.io"),
+        }
+    }
+
     /// `kind/name (group)`, for messages.
     pub fn describe(&self) -> String {
         format!("{} {} ({})", self.kind, self.name, self.group)
@@ -84,12 +94,17 @@ pub struct RequestFacts {
     pub issuer: Issuer,
     /// `spec.duration`, when set.
     pub duration: Option<Duration>,
+    /// What the issuer gives a request that names no duration, when the caller knows
+    /// (certwright's own issuers' `defaultDuration`); cert-manager's 2160h otherwise.
+    pub issuer_default_duration: Option<Duration>,
     /// `spec.isCA`, or a CSR asking for a CA certificate.
     pub is_ca: bool,
     /// Every usage asked for, spelled as cert-manager does: `spec.usages` and the key
-    /// usages and extended key usages in the CSR, without repeats.
+    /// usages and extended key usages in the CSR, without repeats; cert-manager's
+    /// defaults (what a signer issues) when neither names any.
     pub usages: Vec<String>,
-    /// The subject common name.
+    /// The subject common name (the last CN, as cert-manager reads it; every CN is in
+    /// [`RequestFacts::subject`]).
     pub common_name: Option<String>,
     /// DNS names.
     pub dns_names: Vec<String>,
@@ -101,9 +116,16 @@ pub struct RequestFacts {
     pub email_addresses: Vec<String>,
     /// Subject alternative names of other types, which no policy field allows.
     pub other_names: Vec<String>,
-    /// Subject attributes other than the common name: (short name, value); a value that
-    /// is not a string is `None`.
+    /// Every subject attribute, in encoding order: (short name or dotted OID, value); a
+    /// value that is not a string is `None`.
     pub subject: Vec<(String, Option<String>)>,
+    /// The OIDs of requested extensions a policy cannot check (not subjectAltName,
+    /// keyUsage, extendedKeyUsage or basicConstraints).
+    pub other_extensions: Vec<String>,
+    /// The OIDs of CSR attributes other than extensionRequest.
+    pub other_attributes: Vec<String>,
+    /// The `pki.certwright.io/template` annotation, when set.
+    pub template: Option<String>,
     /// The public key.
     pub key: KeyFacts,
     /// The request's annotations.
@@ -131,11 +153,7 @@ impl RequestFacts {
         let mut facts = RequestFacts::from_csr(&csr);
         facts.namespace = request.metadata.namespace.clone().unwrap_or_default();
         facts.name = request.metadata.name.clone().unwrap_or_default();
-        facts.issuer = Issuer {
-            name: spec.issuer_ref.name.clone(),
-            kind: non_empty_or(&spec.issuer_ref.kind, "Issuer"),
-            group: non_empty_or(&spec.issuer_ref.group, "cert-manager.io"),
-        };
+        facts.issuer = Issuer::of(&spec.issuer_ref);
         facts.duration = duration;
         facts.is_ca |= spec.is_ca;
         let mut usages: Vec<String> = Vec::new();
@@ -147,9 +165,14 @@ impl RequestFacts {
             usages.push(name);
         }
         usages.append(&mut facts.usages);
-        usages.dedup_by(|a, b| a == b);
         let mut seen = std::collections::HashSet::new();
         usages.retain(|u| seen.insert(u.clone()));
+        if usages.is_empty() {
+            usages = CERT_MANAGER_DEFAULT_USAGES
+                .iter()
+                .map(|u| (*u).to_string())
+                .collect();
+        }
         facts.usages = usages;
         facts.annotations = request
             .metadata
@@ -158,6 +181,10 @@ impl RequestFacts {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        facts.template = facts
+            .annotations
+            .get(certwright_api::TEMPLATE_ANNOTATION)
+            .cloned();
         facts.requester = Requester {
             username: spec.username.clone().unwrap_or_default(),
             uid: spec.uid.clone().unwrap_or_default(),
@@ -174,7 +201,6 @@ impl RequestFacts {
         let subject = csr
             .subject()
             .attributes()
-            .filter(|(kind, _)| *kind != "CN")
             .map(|(kind, value)| (kind.to_string(), value.map(str::to_string)))
             .collect();
         let mut usages: Vec<String> = Vec::new();
@@ -195,6 +221,7 @@ impl RequestFacts {
                 group: "cert-manager.io".to_string(),
             },
             duration: None,
+            issuer_default_duration: None,
             is_ca: csr.basic_constraints().is_some_and(|bc| bc.ca),
             usages,
             common_name: csr.common_name().map(str::to_string),
@@ -204,23 +231,30 @@ impl RequestFacts {
             email_addresses: sans.emails.clone(),
             other_names: sans.other.clone(),
             subject,
+            other_extensions: csr.other_extensions().to_vec(),
+            other_attributes: csr.other_attributes().to_vec(),
+            template: None,
             key: key_facts(&csr.public_key().algorithm),
             annotations: BTreeMap::new(),
             requester: Requester::default(),
         }
     }
 
-    /// The lifetime the request asks for: `spec.duration`, or cert-manager's default.
+    /// The lifetime the request gets: `spec.duration`, else the issuer's default when
+    /// known, else cert-manager's.
     pub fn effective_duration(&self) -> Duration {
-        self.duration.unwrap_or(CERT_MANAGER_DEFAULT_DURATION)
+        self.duration
+            .or(self.issuer_default_duration)
+            .unwrap_or(CERT_MANAGER_DEFAULT_DURATION)
     }
 
-    /// `spec.duration` as written in a message: `2400h`, or `unset (cert-manager's
-    /// default 2160h)`.
+    /// `spec.duration` as written in a message: `2400h`, or `unset (the issuer's
+    /// default 8760h)`.
     pub fn describe_duration(&self) -> String {
-        match self.duration {
-            Some(d) => short_duration(d),
-            None => format!(
+        match (self.duration, self.issuer_default_duration) {
+            (Some(d), _) => short_duration(d),
+            (None, Some(d)) => format!("unset (the issuer's default {})", short_duration(d)),
+            (None, None) => format!(
                 "unset (cert-manager's default {})",
                 short_duration(CERT_MANAGER_DEFAULT_DURATION)
             ),
@@ -346,6 +380,31 @@ mod tests {
         assert_eq!(facts.key.algorithm, Some(KeyAlgorithmName::Ecdsa));
         assert_eq!(facts.key.size, 256);
         assert!(!facts.is_ca);
+    }
+
+    #[test]
+    fn extensions_and_attributes_a_policy_cannot_check_are_listed() {
+        use certwright_testkit::rcgen::{CertificateParams, CustomExtension};
+        let key = KeyKind::EcdsaP256.key_pair();
+        let mut params = CertificateParams::new(vec!["a.corp".to_string()]).unwrap();
+        // Microsoft's Application Policies extension (an AD CS CA may honour it).
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 311, 21, 10],
+                vec![0x30, 0x00],
+            ));
+        let csr = params.serialize_request(&key).unwrap();
+        let facts = RequestFacts::from_request(&request(csr.pem().unwrap().into_bytes())).unwrap();
+        assert_eq!(facts.other_extensions, ["1.3.6.1.4.1.311.21.10"]);
+        assert!(facts.other_attributes.is_empty());
+    }
+
+    #[test]
+    fn no_usages_means_cert_managers_defaults() {
+        let csr = CsrBuilder::new(KeyKind::EcdsaP256).dns("a.corp").build();
+        let facts = RequestFacts::from_request(&request(csr.csr_pem.into_bytes())).unwrap();
+        assert_eq!(facts.usages, CERT_MANAGER_DEFAULT_USAGES);
     }
 
     #[test]

@@ -71,9 +71,13 @@ fn describe(out: &mut String, policy: &Policy) {
     if let Some(ticket) = &policy.ticket {
         let _ = write!(
             mode,
-            " (annotation {}: an approved change ticket)",
-            ticket.annotation
+            " (annotation {}: an approved change ticket matching {}",
+            ticket.annotation, ticket.id_pattern
         );
+        if let Some(field) = &ticket.reference_field {
+            let _ = write!(mode, ", whose {field} names <namespace>/<certificate>");
+        }
+        mode.push(')');
     }
     line(out, "approval", &mode);
     if !policy.problems.is_empty() {
@@ -93,6 +97,11 @@ fn describe(out: &mut String, policy: &Policy) {
         out,
         "emailAddresses",
         &slice(allowed.email_addresses.as_ref()),
+    );
+    line(
+        out,
+        "templates (pki.certwright.io/template)",
+        &slice(allowed.templates.as_ref()),
     );
     if let Some(subject) = &allowed.subject {
         for (field, value) in subject_slices(subject) {
@@ -162,31 +171,20 @@ fn line(out: &mut String, field: &str, value: &str) {
 }
 
 fn single(value: Option<&AllowedString>) -> String {
-    match value {
+    match value.and_then(|a| a.value.as_deref()) {
         None => "not allowed".to_string(),
-        Some(a) => {
-            let mut s = a.value.clone().unwrap_or_else(|| "any".to_string());
-            if a.required == Some(true) {
-                s.push_str(" (required)");
-            }
-            s
-        }
+        Some(v) if value.is_some_and(|a| a.required == Some(true)) => format!("{v} (required)"),
+        Some(v) => v.to_string(),
     }
 }
 
 fn slice(value: Option<&AllowedStringSlice>) -> String {
-    match value {
-        None => "not allowed".to_string(),
-        Some(a) => {
-            let mut s = a
-                .values
-                .as_ref()
-                .map_or_else(|| "any".to_string(), |v| v.join(", "));
-            if a.required == Some(true) {
-                s.push_str(" (at least one required)");
-            }
-            s
+    match value.and_then(|a| a.values.as_deref()) {
+        None | Some([]) => "not allowed".to_string(),
+        Some(values) if value.is_some_and(|a| a.required == Some(true)) => {
+            format!("{} (at least one required)", values.join(", "))
         }
+        Some(values) => values.join(", "),
     }
 }
 

@@ -20,6 +20,10 @@ pub const PLACEHOLDER: &str = "{ticket}";
 pub struct TicketConfig {
     /// The annotation that names the ticket.
     pub annotation: String,
+    /// The ticket ids accepted (`*` wildcards).
+    pub id_pattern: String,
+    /// Where the answer names what the ticket approves (a JSON pointer).
+    pub reference_field: Option<String>,
     /// The URL template, with [`PLACEHOLDER`].
     pub url: String,
     /// The JSON pointer to the ticket's state.
@@ -49,6 +53,8 @@ impl TicketConfig {
                 .annotation
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TICKET_ANNOTATION.to_string()),
+            id_pattern: check.id_pattern.clone(),
+            reference_field: check.reference_field.clone(),
             url: check.url.clone(),
             status_field: check.status_field.clone(),
             approved: check.approved_values.clone(),
@@ -66,15 +72,24 @@ impl TicketConfig {
     /// The ticket a request names in its annotations: `Ok(None)` when it names none.
     ///
     /// # Errors
-    /// When the annotation holds something that is not a ticket id.
+    /// When the annotation holds something that is not a ticket id, or an id the
+    /// policy's `idPattern` does not accept.
     pub fn ticket_of<'a>(
         &self,
         annotations: &'a std::collections::BTreeMap<String, String>,
     ) -> Result<Option<&'a str>, String> {
-        match annotations.get(&self.annotation) {
-            None => Ok(None),
-            Some(id) => check_ticket_id(id).map(|()| Some(id.trim())),
+        let Some(id) = annotations.get(&self.annotation) else {
+            return Ok(None);
+        };
+        check_ticket_id(id).map_err(|why| format!("is not a ticket id: it {why}"))?;
+        let id = id.trim();
+        if !crate::wildcard::matches(&self.id_pattern, id) {
+            return Err(format!(
+                "is {id:?}, not a ticket this policy accepts (ids matching {:?})",
+                self.id_pattern
+            ));
         }
+        Ok(Some(id))
     }
 
     /// The URL that tells the state of `ticket` (already checked with
@@ -93,8 +108,10 @@ impl TicketConfig {
         self.recheck.saturating_mul(factor)
     }
 
-    /// What a ticket system's answer says.
-    pub fn read_answer(&self, body: &[u8]) -> TicketState {
+    /// What a ticket system's answer says. `reference` is what the ticket must name
+    /// (the request's `<namespace>/<certificate>`), checked when the policy has a
+    /// `referenceField`.
+    pub fn read_answer(&self, body: &[u8], reference: &str) -> TicketState {
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
             return TicketState::Unreadable("the answer is not JSON".to_string());
         };
@@ -112,6 +129,18 @@ impl TicketConfig {
             }
         };
         let state: String = state.chars().take(MAX_TICKET_LEN).collect();
+        if let Some(field) = &self.reference_field {
+            let names = json
+                .pointer(field)
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            if !mentions(&names, reference) {
+                return TicketState::NotForThis(format!("its {field} does not name {reference}"));
+            }
+        }
         if self.approved.contains(&state) {
             TicketState::Approved(state)
         } else if self.rejected.contains(&state) {
@@ -133,6 +162,19 @@ pub enum TicketState {
     Open(String),
     /// The answer could not be read (why).
     Unreadable(String),
+    /// The ticket does not name the request it is offered for (why): it approves
+    /// something else.
+    NotForThis(String),
+}
+
+/// Whether `text` names `reference` as a whole token (not as part of a longer name).
+fn mentions(text: &str, reference: &str) -> bool {
+    let boundary =
+        |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || "-_./".contains(c)));
+    text.match_indices(reference).any(|(at, _)| {
+        boundary(text[..at].chars().next_back())
+            && boundary(text[at + reference.len()..].chars().next())
+    })
 }
 
 /// Whether `id` can be a ticket id: 1 to 128 characters of letters, digits and
@@ -269,6 +311,7 @@ mod tests {
     fn config() -> TicketConfig {
         TicketConfig::new(&TicketCheck {
             url: "https://jira.corp/rest/api/2/issue/{ticket}".to_string(),
+            id_pattern: "SEC-*".to_string(),
             status_field: "/fields/status/name".to_string(),
             approved_values: vec!["Approved".to_string()],
             rejected_values: vec!["Rejected".to_string()],
@@ -283,23 +326,23 @@ mod tests {
         let answer =
             |s: &str| format!(r#"{{"key":"SEC-1","fields":{{"status":{{"name":"{s}"}}}}}}"#);
         assert_eq!(
-            c.read_answer(answer("Approved").as_bytes()),
+            c.read_answer(answer("Approved").as_bytes(), "ns/web"),
             TicketState::Approved("Approved".to_string())
         );
         assert_eq!(
-            c.read_answer(answer("Rejected").as_bytes()),
+            c.read_answer(answer("Rejected").as_bytes(), "ns/web"),
             TicketState::Rejected("Rejected".to_string())
         );
         assert_eq!(
-            c.read_answer(answer("In Review").as_bytes()),
+            c.read_answer(answer("In Review").as_bytes(), "ns/web"),
             TicketState::Open("In Review".to_string())
         );
         assert!(matches!(
-            c.read_answer(b"<html>login</html>"),
+            c.read_answer(b"<html>login</html>", "ns/web"),
             TicketState::Unreadable(_)
         ));
         assert!(matches!(
-            c.read_answer(br#"{"fields":{}}"#),
+            c.read_answer(br#"{"fields":{}}"#, "ns/web"),
             TicketState::Unreadable(_)
         ));
     }
@@ -330,6 +373,34 @@ mod tests {
         assert_eq!(c.ticket_of(&annotations), Ok(Some("SEC-4521")));
         annotations.insert(DEFAULT_TICKET_ANNOTATION.to_string(), "x y".to_string());
         assert!(c.ticket_of(&annotations).is_err());
+        // Another project's ticket is not accepted.
+        annotations.insert(DEFAULT_TICKET_ANNOTATION.to_string(), "OPS-1".to_string());
+        assert!(c.ticket_of(&annotations).unwrap_err().contains("SEC-*"));
+    }
+
+    #[test]
+    fn a_ticket_must_name_the_request_it_approves() {
+        let mut c = config();
+        c.reference_field = Some("/fields/customfield_1".to_string());
+        let answer = |refs: &str| {
+            format!(r#"{{"fields":{{"status":{{"name":"Approved"}},"customfield_1":"{refs}"}}}}"#)
+        };
+        assert_eq!(
+            c.read_answer(
+                answer("renew payments/api-tls and payments/db").as_bytes(),
+                "payments/api-tls"
+            ),
+            TicketState::Approved("Approved".to_string())
+        );
+        for other in ["payments/api-tls-2", "xpayments/api-tls", "payments/db"] {
+            assert!(
+                matches!(
+                    c.read_answer(answer(other).as_bytes(), "payments/api-tls"),
+                    TicketState::NotForThis(_)
+                ),
+                "{other}"
+            );
+        }
     }
 
     #[test]

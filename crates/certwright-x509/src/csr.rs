@@ -28,6 +28,7 @@ pub struct Csr {
     key: PublicKeyInfo,
     signature_algorithm: SignatureAlgorithm,
     inspected: Inspected,
+    other_attributes: Vec<String>,
 }
 
 impl Csr {
@@ -75,6 +76,13 @@ impl Csr {
         let subject = DistinguishedName::from_name(&request.info.subject, "CSR: subject")?;
         let extensions = requested_extensions(&request)?;
         let inspected = Inspected::from_extensions(&extensions, "CSR: extensionRequest")?;
+        let other_attributes = request
+            .info
+            .attributes
+            .iter()
+            .filter(|a| a.oid != EXTENSION_REQUEST)
+            .map(|a| a.oid.to_string())
+            .collect();
 
         Ok(Csr {
             der: der.to_vec(),
@@ -82,6 +90,7 @@ impl Csr {
             key: key.info,
             signature_algorithm,
             inspected,
+            other_attributes,
         })
     }
 
@@ -133,6 +142,19 @@ impl Csr {
     /// The requested basicConstraints, if the CSR requests them.
     pub fn basic_constraints(&self) -> Option<BasicConstraints> {
         self.inspected.basic_constraints
+    }
+
+    /// The OIDs of the requested extensions certwright does not inspect (anything but
+    /// subjectAltName, keyUsage, extendedKeyUsage and basicConstraints), in order: a
+    /// CA may honour them, so policy can refuse what it cannot check.
+    pub fn other_extensions(&self) -> &[String] {
+        &self.inspected.other_extensions
+    }
+
+    /// The OIDs of the CSR's attributes other than extensionRequest (a
+    /// challengePassword, Microsoft's enrollment name-value pairs, ...), in order.
+    pub fn other_attributes(&self) -> &[String] {
+        &self.other_attributes
     }
 }
 

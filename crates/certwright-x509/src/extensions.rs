@@ -269,6 +269,8 @@ pub(crate) struct Inspected {
     pub(crate) key_usage: Option<KeyUsages>,
     pub(crate) extended_key_usages: Vec<ExtendedKeyUsage>,
     pub(crate) basic_constraints: Option<BasicConstraints>,
+    /// The OIDs of every other extension, in order (not inspected, but present).
+    pub(crate) other_extensions: Vec<String>,
 }
 
 impl Inspected {
@@ -311,7 +313,7 @@ impl Inspected {
                         path_len: bc.path_len_constraint,
                     });
                 }
-                _ => {}
+                other => inspected.other_extensions.push(other.to_string()),
             }
         }
         Ok(inspected)

@@ -187,26 +187,33 @@ fn manual_and_ticket_policies_say_what_the_request_waits_for() {
         .dns("db.internal.acme.corp")
         .build();
     std::fs::write(&csr_path, &csr.csr_pem).unwrap();
-    let out = run(&[
-        "policy",
-        "test",
-        "--policy",
-        ticket.to_str().unwrap(),
-        "--request",
-        csr_path.to_str().unwrap(),
-        "--namespace",
-        "db",
-        "--namespace-label",
-        "pki.certwright.io/change-controlled=true",
-        "--issuer-name",
-        "corp",
-        "--duration",
-        "720h",
-        "--annotation",
-        "pki.certwright.io/change-ticket=SEC-4521",
-    ]);
+    let with_ticket = |id: &str| {
+        run(&[
+            "policy",
+            "test",
+            "--policy",
+            ticket.to_str().unwrap(),
+            "--request",
+            csr_path.to_str().unwrap(),
+            "--namespace",
+            "db",
+            "--namespace-label",
+            "pki.certwright.io/change-controlled=true",
+            "--issuer-name",
+            "corp",
+            "--duration",
+            "720h",
+            "--annotation",
+            &format!("pki.certwright.io/change-ticket={id}"),
+        ])
+    };
+    let out = with_ticket("CHG-4521");
     assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
-    assert!(stdout(&out).contains("SEC-4521"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("CHG-4521"), "{}", stdout(&out));
+    // A ticket of another project is not accepted.
+    let out = with_ticket("OPS-1");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("CHG-*"), "{}", stdout(&out));
 }
 
 #[test]

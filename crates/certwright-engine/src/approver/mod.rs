@@ -4,9 +4,10 @@
 //! change ticket those a `Ticket` policy holds once the ticket system says so.
 //!
 //! It runs on kube-runtime's `Controller` (scheduler, concurrency limit, requeues) over a
-//! reflector store that holds **undecided requests only**: the watch turns a request
-//! that is approved or denied into a deletion before it reaches the store, so however
-//! many decided requests a cluster keeps, the approver holds none of them. Policies and
+//! reflector store that holds **undecided requests only**, slim ([`CachedRequest`]: no
+//! CSR, no certificate): the watch turns a request that is approved or denied into a
+//! deletion before it reaches the store, so however many decided requests a cluster
+//! keeps, the approver holds none of them; a request is read whole when looked at. Policies and
 //! namespaces (for `matchLabels`) are reflector stores too; any change to either looks
 //! again at every undecided request, never at a decided one.
 //!
@@ -28,8 +29,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use certwright_api::{CertificateRequest, Conditions as _, IssuancePolicy};
-use certwright_policy::{Evaluation, Policy, PolicySet, RequestFacts, Verdict, decide};
+use certwright_api::{CertificateRequest, Conditions as _, IssuancePolicy, RequestConditions as _};
+use certwright_policy::{Evaluation, Issuer, Policy, PolicySet, RequestFacts, Verdict, decide};
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -50,7 +51,8 @@ use tracing::{error, info, warn};
 
 use plan::{Step, Waiting};
 
-use crate::config::PolicyConfig;
+use crate::cached::CachedRequest;
+use crate::config::{PolicyConfig, Unmatched};
 use crate::controller::{Shared, object_reference};
 use crate::error::{Error, api_code};
 use crate::events::Transition;
@@ -63,6 +65,10 @@ pub(crate) const QUEUE_APPROVALS: &str = "approvals";
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// Conflicting writes of a decision retried before the look is left to the watch.
 const CONFLICT_WAIT: Duration = Duration::from_millis(100);
+/// How long a request to a certwright issuer not yet known waits before another look.
+const ISSUER_WAIT: Duration = Duration::from_secs(5);
+/// The annotation cert-manager puts on a request with the name of its Certificate.
+const CERTIFICATE_NAME_ANNOTATION: &str = "cert-manager.io/certificate-name";
 
 /// What the approver remembers of one undecided request (by uid) between looks.
 #[derive(Default)]
@@ -75,6 +81,8 @@ struct Remembered {
     ticket_looks: u32,
     /// No ticket check before this instant.
     next_ticket_check: Option<Instant>,
+    /// Failed looks in a row, for backoff.
+    failures: u32,
 }
 
 /// What the approver shares between looks.
@@ -92,19 +100,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A watch event as the request store takes it: decided requests leave the store.
-fn undecided_only(event: Event<CertificateRequest>) -> Option<Event<CertificateRequest>> {
+/// Whether an approver (certwright or a person) has decided the request.
+fn decided(cached: &CachedRequest) -> bool {
+    let conditions = cached.conditions();
+    conditions.is_approved() || conditions.is_denied()
+}
+
+/// A watch event as the request store takes it: decided requests leave the store, and
+/// what stays is slim (no CSR, no certificate, no messages).
+fn undecided_only(event: Event<CachedRequest>) -> Option<Event<CachedRequest>> {
     match event {
-        Event::Apply(obj) if plan::decided(&obj) => Some(Event::Delete(obj)),
-        Event::InitApply(obj) if plan::decided(&obj) => None,
-        Event::Apply(mut obj) => {
-            obj.managed_fields_mut().clear();
-            Some(Event::Apply(obj))
-        }
-        Event::InitApply(mut obj) => {
-            obj.managed_fields_mut().clear();
-            Some(Event::InitApply(obj))
-        }
+        Event::Apply(obj) if decided(&obj) => Some(Event::Delete(obj.slim())),
+        Event::InitApply(obj) if decided(&obj) => None,
+        Event::Apply(obj) => Some(Event::Apply(obj.slim())),
+        Event::InitApply(obj) => Some(Event::InitApply(obj.slim())),
         other => Some(other),
     }
 }
@@ -156,7 +165,7 @@ pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: Cancellation
                 policies = ctx.policies().len(),
                 "policy approver started"
             );
-            let (requests, request_writer) = reflector::store::<CertificateRequest>();
+            let (requests, request_writer) = reflector::store::<CachedRequest>();
             let stream = request_stream(&ctx, request_writer);
             let concurrency =
                 u16::try_from(ctx.s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
@@ -193,9 +202,11 @@ pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: Cancellation
 
 fn request_stream(
     ctx: &Ctx,
-    writer: Writer<CertificateRequest>,
-) -> impl futures::Stream<Item = Result<CertificateRequest, watcher::Error>> + Send + use<> {
-    let api: Api<CertificateRequest> = Api::all(ctx.s.client.clone());
+    writer: Writer<CachedRequest>,
+) -> impl futures::Stream<Item = Result<CachedRequest, watcher::Error>> + Send + use<> {
+    // Decoded slim: the CSR and the certificate of every request, decided or not, are
+    // skipped while decoding; an undecided one is read whole when it is looked at.
+    let api: Api<CachedRequest> = Api::all(ctx.s.client.clone());
     watcher(api, watcher::Config::default())
         .default_backoff()
         .try_filter_map(|event| futures::future::ready(Ok(undecided_only(event))))
@@ -271,7 +282,7 @@ async fn watch_namespaces(
 }
 
 /// Sets the awaiting gauges and forgets requests no longer undecided.
-async fn report(ctx: Arc<Ctx>, requests: Store<CertificateRequest>, stop: CancellationToken) {
+async fn report(ctx: Arc<Ctx>, requests: Store<CachedRequest>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     loop {
         tokio::select! {
@@ -301,13 +312,25 @@ async fn report(ctx: Arc<Ctx>, requests: Store<CertificateRequest>, stop: Cancel
     }
 }
 
-fn error_policy(_cr: Arc<CertificateRequest>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    warn!(error = %error, "policy approver: retrying");
-    Action::requeue(ctx.s.config.retry.min.max(Duration::from_millis(100)))
+/// The longest wait between failed looks at a request.
+const MAX_FAILURE_WAIT: Duration = Duration::from_secs(300);
+
+fn error_policy(cr: Arc<CachedRequest>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    let uid = cr.metadata.uid.clone().unwrap_or_default();
+    let failures = ctx.remember(&uid, |r| {
+        r.failures = r.failures.saturating_add(1);
+        r.failures
+    });
+    let first = ctx.s.config.retry.min.max(Duration::from_millis(100));
+    let wait = first
+        .saturating_mul(1u32 << (failures.clamp(1, 16) - 1))
+        .min(MAX_FAILURE_WAIT);
+    warn!(error = %error, retry_in = ?wait, "policy approver: retrying");
+    Action::requeue(wait)
 }
 
 /// One look at a request; a panic in it fails this look only.
-async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile(cr: Arc<CachedRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let queue = ctx.queue.clone();
     let result = match AssertUnwindSafe(look(&cr, &ctx)).catch_unwind().await {
@@ -323,20 +346,89 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Ctx>) -> Result<Action,
     if !matches!(&result, Ok(action) if *action == Action::await_change()) {
         queue.retried();
     }
+    if result.is_ok()
+        && let Some(uid) = &cr.metadata.uid
+        && let Some(r) = lock(&ctx.remembered).get_mut(uid)
+    {
+        r.failures = 0;
+    }
     result
 }
 
-async fn look(cr: &CertificateRequest, ctx: &Ctx) -> Result<Action, Error> {
-    let uid = cr.metadata.uid.clone().unwrap_or_default();
-    if plan::decided(cr) {
+async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
+    let uid = cached.metadata.uid.clone().unwrap_or_default();
+    if decided(cached) {
         lock(&ctx.remembered).remove(&uid);
         return Ok(Action::await_change());
     }
-    let facts = match RequestFacts::from_request(cr) {
+    // The whole request, as it is now: its CSR to judge, its resourceVersion to write
+    // the decision against.
+    let api: Api<CertificateRequest> = Api::namespaced(
+        ctx.s.client.clone(),
+        &cached.metadata.namespace.clone().unwrap_or_default(),
+    );
+    let full = api
+        .get_opt(&cached.name_any())
+        .await
+        .map_err(|e| Error::kube("reading a CertificateRequest to judge it", e))?;
+    let Some(full) = full.filter(|cr| cr.metadata.uid.as_deref() == Some(uid.as_str())) else {
+        return Ok(Action::await_change());
+    };
+    if plan::decided(&full) {
+        lock(&ctx.remembered).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    let cr = &full;
+    let namespace = cr.namespace().unwrap_or_default();
+    let issuer = Issuer::of(&cr.spec.issuer_ref);
+    // Only requests whose signer certwright may approve (policy.approveSignerNames):
+    // cert-manager's webhook would refuse any other decision.
+    let signer = ctx.signer_of(&issuer, &namespace);
+    if !ctx.config.approves(&signer) {
+        lock(&ctx.remembered).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    let labels = ctx.namespace_labels(&namespace).await?;
+    // Left for another approver when no policy could apply, before the CSR is read: a
+    // request certwright cannot read is not denied on another approver's behalf.
+    let set = ctx.policies();
+    if ctx.config.unmatched == Unmatched::Ignore
+        && !set
+            .iter()
+            .any(|p| p.selects(&issuer, &namespace, labels.as_ref()))
+    {
+        lock(&ctx.remembered).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    let mut facts = match RequestFacts::from_request(cr) {
         Ok(facts) => facts,
         Err(e) => return ctx.decide(cr, plan::unreadable(&e)).await,
     };
-    let verdict = ctx.evaluate(&facts).await?;
+    if facts.duration.is_none() {
+        // A request that names no lifetime gets the issuer's default: a certwright
+        // issuer's is known once the issuer is; until then the request waits.
+        match ctx.s.issuer_default_duration(
+            &cr.spec.issuer_ref.group,
+            &cr.spec.issuer_ref.kind,
+            &namespace,
+            &cr.spec.issuer_ref.name,
+        ) {
+            Ok(default) => facts.issuer_default_duration = default,
+            Err(()) => {
+                ctx.wait(
+                    cr,
+                    None,
+                    plan::EventReason::IssuerUnknown,
+                    format!(
+                        "The request names no duration and {} {} is not known yet: its default lifetime decides whether policy allows the request, so it waits for the issuer",
+                        cr.spec.issuer_ref.kind, cr.spec.issuer_ref.name
+                    ),
+                );
+                return Ok(Action::requeue(ISSUER_WAIT));
+            }
+        }
+    }
+    let verdict = ctx.evaluate(&set, &facts, labels.as_ref()).await?;
     let step = plan::plan(verdict, &facts, ctx.config.unmatched, ctx.config.evaluation);
     match step {
         Step::Approve { .. } | Step::Deny { .. } => ctx.decide(cr, step).await,
@@ -349,7 +441,7 @@ async fn look(cr: &CertificateRequest, ctx: &Ctx) -> Result<Action, Error> {
             reason,
             note,
         } => {
-            ctx.wait(cr, waiting, reason, note);
+            ctx.wait(cr, Some(waiting), reason, note);
             Ok(Action::await_change())
         }
         Step::CheckTickets {
@@ -364,9 +456,16 @@ async fn look(cr: &CertificateRequest, ctx: &Ctx) -> Result<Action, Error> {
             {
                 return Ok(Action::requeue(at - now));
             }
+            let reference = format!(
+                "{namespace}/{}",
+                cr.annotations()
+                    .get(CERTIFICATE_NAME_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_else(|| cr.name_any())
+            );
             let mut answers = Vec::with_capacity(checks.len());
             for (due, ticket) in checks {
-                let answer = ctx.tickets.check(&due.config, &ticket).await;
+                let answer = ctx.tickets.check(&due.config, &ticket, &reference).await;
                 answers.push((due, ticket, answer));
             }
             let step = plan::after_tickets(&answers, all, &policies);
@@ -386,7 +485,7 @@ async fn look(cr: &CertificateRequest, ctx: &Ctx) -> Result<Action, Error> {
                         .min()
                         .unwrap_or(certwright_policy::ticket::DEFAULT_RECHECK);
                     ctx.remember(&uid, |r| r.next_ticket_check = Some(Instant::now() + wait));
-                    ctx.wait(cr, waiting, reason, note);
+                    ctx.wait(cr, Some(waiting), reason, note);
                     Ok(Action::requeue(wait))
                 }
                 step => ctx.decide(cr, step).await,
@@ -404,19 +503,52 @@ impl Ctx {
         f(lock(&self.remembered).entry(uid.to_string()).or_default())
     }
 
-    /// The labels of a namespace, when it is known.
-    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
-        self.namespaces
-            .get(&ObjectRef::new(namespace))
-            .map(|ns| ns.labels().clone())
+    /// The labels of a namespace: from the watch, or read when the watch has not seen
+    /// it yet (a namespace created just before its request), so that a policy selecting
+    /// by label is never skipped for want of them. `None` when it does not exist.
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, Error> {
+        if let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) {
+            return Ok(Some(ns.labels().clone()));
+        }
+        let api: Api<PartialObjectMeta<Namespace>> = Api::all(self.s.client.clone());
+        match api.get_metadata_opt(namespace).await {
+            Ok(found) => Ok(found.map(|ns| ns.labels().clone())),
+            Err(e) => Err(Error::kube(
+                format!("reading the labels of namespace {namespace}"),
+                e,
+            )),
+        }
+    }
+
+    /// The signer a request names, as cert-manager's webhook names it when it checks
+    /// who may approve: `<resource>.<group>/<namespace>.<name>`, or
+    /// `<resource>.<group>/<name>` for a cluster-scoped issuer.
+    fn signer_of(&self, issuer: &Issuer, namespace: &str) -> String {
+        let own = |resource: &kube::core::ApiResource| {
+            issuer.group == resource.group && issuer.kind == resource.kind
+        };
+        let (plural, cluster) = if own(&self.s.cluster_resource) {
+            (self.s.cluster_resource.plural.clone(), true)
+        } else if own(&self.s.namespaced_resource) {
+            (self.s.namespaced_resource.plural.clone(), false)
+        } else {
+            plan::resource_of(&issuer.kind)
+        };
+        plan::signer_name(&plural, issuer, namespace, cluster)
     }
 
     /// The verdict on a request: the applicable policies (under `any`, those the
     /// requester may `use`), then [`decide`].
-    async fn evaluate(&self, facts: &RequestFacts) -> Result<Verdict, Error> {
-        let set = self.policies();
-        let labels = self.namespace_labels(&facts.namespace);
-        let mut applicable = set.applicable(facts, labels.as_ref());
+    async fn evaluate(
+        &self,
+        set: &PolicySet,
+        facts: &RequestFacts,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<Verdict, Error> {
+        let mut applicable = set.applicable(facts, labels);
         if self.config.evaluation == Evaluation::Any {
             let mut usable = Vec::with_capacity(applicable.len());
             for policy in applicable {
@@ -472,7 +604,7 @@ impl Ctx {
     fn wait(
         &self,
         cr: &CertificateRequest,
-        waiting: Waiting,
+        waiting: Option<Waiting>,
         reason: plan::EventReason,
         note: String,
     ) {
@@ -483,7 +615,9 @@ impl Ctx {
             .as_ref()
             .map_or_else(jiff::Timestamp::now, |t| t.0);
         let tell = self.remember(&uid, |r| {
-            r.waiting = Some((waiting, since));
+            if let Some(waiting) = waiting {
+                r.waiting = Some((waiting, since));
+            }
             if r.told.as_deref() == Some(note.as_str()) {
                 false
             } else {
@@ -513,6 +647,11 @@ impl Ctx {
         let Some(condition) = plan::condition(&step, jiff::Timestamp::now()) else {
             return Ok(Action::await_change());
         };
+        // Leadership lost or shutting down: decided on a view that may be stale, and
+        // another replica decides now.
+        if self.s.stopping.is_cancelled() {
+            return Ok(Action::await_change());
+        }
         let namespace = cr.namespace().unwrap_or_default();
         let name = cr.name_any();
         let mut conditions: Vec<certwright_api::Condition> = cr
@@ -539,6 +678,26 @@ impl Ctx {
             // version, which is looked at afresh.
             Err(e) if api_code(&e) == Some(409) => return Ok(Action::requeue(CONFLICT_WAIT)),
             Err(e) if api_code(&e) == Some(404) => return Ok(Action::await_change()),
+            // cert-manager's webhook refuses a decision from an approver that may not
+            // `approve` the request's signer: tell the owner, and back off.
+            Err(e) if matches!(api_code(&e), Some(403 | 422)) => {
+                let said = match &e {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                };
+                self.wait(
+                    cr,
+                    None,
+                    plan::EventReason::PolicyDecisionRefused,
+                    format!(
+                        "The API server refused certwright's decision: {said}. Does the controller hold `approve` on this signer (the chart's policy.approveSignerNames)?"
+                    ),
+                );
+                return Err(Error::kube(
+                    format!("writing the policy decision on CertificateRequest {namespace}/{name}"),
+                    e,
+                ));
+            }
             Err(e) => {
                 return Err(Error::kube(
                     format!("writing the policy decision on CertificateRequest {namespace}/{name}"),

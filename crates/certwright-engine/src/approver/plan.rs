@@ -30,6 +30,10 @@ pub(crate) enum EventReason {
     TicketRequired,
     /// The ticket system could not be asked or answered something unreadable.
     TicketCheckFailed,
+    /// The API server refused the decision (the controller may not approve the signer).
+    PolicyDecisionRefused,
+    /// A request with no duration waits for its certwright issuer to be known.
+    IssuerUnknown,
 }
 
 impl EventReason {
@@ -42,6 +46,8 @@ impl EventReason {
             EventReason::TicketPending => "TicketPending",
             EventReason::TicketRequired => "TicketRequired",
             EventReason::TicketCheckFailed => "TicketCheckFailed",
+            EventReason::PolicyDecisionRefused => "PolicyDecisionRefused",
+            EventReason::IssuerUnknown => "PolicyIssuerUnknown",
         }
     }
 
@@ -49,7 +55,9 @@ impl EventReason {
     pub(crate) fn warning(self) -> bool {
         matches!(
             self,
-            EventReason::PolicyDenied | EventReason::TicketCheckFailed
+            EventReason::PolicyDenied
+                | EventReason::TicketCheckFailed
+                | EventReason::PolicyDecisionRefused
         )
     }
 }
@@ -112,6 +120,34 @@ pub(crate) enum Step {
     },
 }
 
+/// The resource (plural) and scope of an issuer kind that is not the engine's own, as
+/// cert-manager names signers: `Issuer` → `issuers`, `ClusterIssuer` →
+/// `clusterissuers`; a kind whose name starts with `Cluster` or holds `ClusterIssuer`
+/// (external issuers' convention) is taken to be cluster-scoped.
+pub(crate) fn resource_of(kind: &str) -> (String, bool) {
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    let cluster = kind.starts_with("Cluster") || kind.contains("ClusterIssuer");
+    (plural, cluster)
+}
+
+/// cert-manager's name of a request's signer, which its webhook checks the approver
+/// may `approve`.
+pub(crate) fn signer_name(
+    plural: &str,
+    issuer: &certwright_policy::Issuer,
+    namespace: &str,
+    cluster: bool,
+) -> String {
+    if cluster {
+        format!("{plural}.{}/{}", issuer.group, issuer.name)
+    } else {
+        format!("{plural}.{}/{namespace}.{}", issuer.group, issuer.name)
+    }
+}
+
+/// The most violations a Denied message lists; the count of the rest follows.
+const MAX_LISTED: usize = 50;
+
 /// What a request that cannot be read gets: denied, naming why.
 pub(crate) fn unreadable(error: &certwright_policy::FactsError) -> Step {
     Step::Deny {
@@ -143,13 +179,20 @@ pub(crate) fn plan(
                 policies: vec![NO_POLICY.to_string()],
             },
         },
-        Verdict::Denied { violations } => Step::Deny {
-            message: format!(
+        Verdict::Denied { violations } => {
+            let listed = &violations[..violations.len().min(MAX_LISTED)];
+            let mut message = format!(
                 "Denied by IssuancePolicy: {}",
-                Verdict::denial_message(&violations)
-            ),
-            policies: policies_of(&violations),
-        },
+                Verdict::denial_message(listed)
+            );
+            if violations.len() > listed.len() {
+                message.push_str(&format!("; and {} more", violations.len() - listed.len()));
+            }
+            Step::Deny {
+                message,
+                policies: policies_of(&violations),
+            }
+        }
         Verdict::Approved { policies } => Step::Approve {
             message: format!("Approved by IssuancePolicies {}", policies.join(", ")),
             policies,
@@ -181,6 +224,7 @@ pub(crate) fn plan(
         } => {
             let mut named = Vec::new();
             let mut missing = Vec::new();
+            let mut refused = Vec::new();
             for due in checks {
                 match due.config.ticket_of(&facts.annotations) {
                     Ok(Some(ticket)) => {
@@ -188,16 +232,25 @@ pub(crate) fn plan(
                         named.push((due, ticket));
                     }
                     Ok(None) => missing.push(due),
-                    Err(why) => {
-                        return Step::Deny {
-                            message: format!(
-                                "Denied by IssuancePolicy: {}: metadata.annotations[{}] is not a ticket id: it {why}",
-                                due.policy, due.config.annotation
-                            ),
-                            policies: vec![due.policy],
-                        };
-                    }
+                    Err(why) => refused.push((due, why)),
                 }
+            }
+            // A ticket a policy refuses (not an id, or not of its project) denies under
+            // all; under any, only when no policy accepts the ticket named.
+            if !refused.is_empty() && (all || named.is_empty()) {
+                let reasons: Vec<String> = refused
+                    .iter()
+                    .map(|(due, why)| {
+                        format!(
+                            "{}: metadata.annotations[{}] {why}",
+                            due.policy, due.config.annotation
+                        )
+                    })
+                    .collect();
+                return Step::Deny {
+                    message: format!("Denied by IssuancePolicy: {}", reasons.join("; ")),
+                    policies: refused.into_iter().map(|(due, _)| due.policy).collect(),
+                };
             }
             // Under all, every ticket must be named; under any, one is enough.
             let enough = if all {
@@ -230,6 +283,7 @@ pub(crate) fn plan(
 
 fn policies_of(violations: &[Violation]) -> Vec<String> {
     let mut policies: Vec<String> = violations.iter().map(|v| v.policy.clone()).collect();
+    policies.sort();
     policies.dedup();
     policies
 }
@@ -256,13 +310,29 @@ pub(crate) fn after_tickets(
             _ => None,
         })
         .collect();
-    if let Some((due, ticket, Ok(TicketState::Rejected(state)))) = answers
-        .iter()
-        .find(|(_, _, a)| matches!(a, Ok(TicketState::Rejected(_))))
-        && (all || approved.is_empty())
-    {
+    // A rejected ticket, or one raised for something else, is a final no: under all
+    // it denies the request; under any, only when every ticket is one.
+    let final_no =
+        |a: &TicketAnswer| matches!(a, Ok(TicketState::Rejected(_) | TicketState::NotForThis(_)));
+    let denial = answers.iter().find(|(_, _, a)| final_no(a));
+    let denied = if all {
+        denial.is_some()
+    } else {
+        approved.is_empty() && answers.iter().all(|(_, _, a)| final_no(a))
+    };
+    if denied && let Some((due, ticket, answer)) = denial {
+        let message = match answer {
+            Ok(TicketState::Rejected(state)) => {
+                format!("Denied: {} is rejected", describe(due, ticket, state))
+            }
+            Ok(TicketState::NotForThis(why)) => format!(
+                "Denied: change ticket {ticket} (IssuancePolicy {}) does not approve this request: {why}",
+                due.policy
+            ),
+            _ => String::new(),
+        };
         return Step::Deny {
-            message: format!("Denied: {} is rejected", describe(due, ticket, state)),
+            message,
             policies: vec![due.policy.clone()],
         };
     }
@@ -365,6 +435,7 @@ mod tests {
                 group: "cert-manager.io".to_string(),
             },
             duration: None,
+            issuer_default_duration: None,
             is_ca: false,
             usages: vec![],
             common_name: None,
@@ -374,6 +445,9 @@ mod tests {
             email_addresses: vec![],
             other_names: vec![],
             subject: vec![],
+            other_extensions: vec![],
+            other_attributes: vec![],
+            template: None,
             key: KeyFacts {
                 algorithm: None,
                 size: 0,
@@ -389,6 +463,7 @@ mod tests {
             policy: policy.to_string(),
             config: TicketConfig::new(&TicketCheck {
                 url: "https://t.corp/{ticket}".to_string(),
+                id_pattern: "SEC-*".to_string(),
                 status_field: "/state".to_string(),
                 approved_values: vec!["approved".to_string()],
                 rejected_values: vec!["rejected".to_string()],
@@ -508,6 +583,10 @@ mod tests {
             }
         ));
         assert!(matches!(
+            one(Ok(TicketState::NotForThis("names payments/db".to_string()))),
+            Step::Deny { .. }
+        ));
+        assert!(matches!(
             one(Err("timed out".to_string())),
             Step::Wait {
                 reason: EventReason::TicketCheckFailed,
@@ -538,6 +617,27 @@ mod tests {
         assert!(matches!(
             after_tickets(&answers, false, &policies),
             Step::Approve { .. }
+        ));
+        // Under any, one rejected ticket does not deny while another is open.
+        let answers = [
+            (
+                due("a"),
+                "T-1".to_string(),
+                Ok(TicketState::Rejected("rejected".to_string())),
+            ),
+            (
+                due("b"),
+                "T-2".to_string(),
+                Ok(TicketState::Open("open".to_string())),
+            ),
+        ];
+        assert!(matches!(
+            after_tickets(&answers, false, &policies),
+            Step::Wait { .. }
+        ));
+        assert!(matches!(
+            after_tickets(&answers, true, &policies),
+            Step::Deny { .. }
         ));
     }
 
@@ -575,6 +675,52 @@ mod tests {
             "{message}"
         );
         assert_eq!(policies, ["base", "team"]);
+    }
+
+    #[test]
+    fn signers_are_named_as_cert_manager_names_them() {
+        let issuer = |kind: &str, group: &str| certwright_policy::Issuer {
+            name: "corp".to_string(),
+            kind: kind.to_string(),
+            group: group.to_string(),
+        };
+        let name = |kind: &str, group: &str| {
+            let (plural, cluster) = resource_of(kind);
+            signer_name(&plural, &issuer(kind, group), "team", cluster)
+        };
+        assert_eq!(
+            name("Issuer", "cert-manager.io"),
+            "issuers.cert-manager.io/team.corp"
+        );
+        assert_eq!(
+            name("ClusterIssuer", "cert-manager.io"),
+            "clusterissuers.cert-manager.io/corp"
+        );
+        assert_eq!(
+            name("AWSPCAClusterIssuer", "awspca.cert-manager.io"),
+            "awspcaclusterissuers.awspca.cert-manager.io/corp"
+        );
+    }
+
+    #[test]
+    fn a_long_denial_is_cut_with_a_count() {
+        let violations: Vec<Violation> = (0..60)
+            .map(|i| Violation {
+                policy: "p".to_string(),
+                field: format!("dnsNames[{i}]"),
+                detail: "not allowed".to_string(),
+            })
+            .collect();
+        let Step::Deny { message, policies } = plan(
+            Verdict::Denied { violations },
+            &facts(),
+            Unmatched::Deny,
+            Evaluation::All,
+        ) else {
+            panic!("not denied")
+        };
+        assert!(message.ends_with("; and 10 more"), "{message}");
+        assert_eq!(policies, ["p"]);
     }
 
     #[test]

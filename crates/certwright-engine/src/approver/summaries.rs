@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use certwright_policy::summary::namespace_summary;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::{Api, ResourceExt as _};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -29,22 +29,11 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 /// Keeps the summaries until `stop` is cancelled.
 pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToken) {
-    // What is in each namespace's summary now (None: ours, content unknown).
+    // What is in each namespace's summary now (None: ours, content unknown). The first
+    // pass looks in every namespace for a summary an earlier run left (by name: the
+    // controller may read no other ConfigMap).
     let mut written: HashMap<String, Option<String>> = HashMap::new();
-    let all: Api<ConfigMap> = Api::all(ctx.s.client.clone());
-    match all
-        .list_metadata(&ListParams::default().labels(&format!("{SUMMARY_LABEL}=true")))
-        .await
-    {
-        Ok(list) => {
-            for cm in list {
-                if let Some(ns) = cm.namespace() {
-                    written.insert(ns, None);
-                }
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot list policy summaries; stale ones stay"),
-    }
+    let mut first = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -59,6 +48,20 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToke
                 namespace_summary(&set, &name, Some(ns.labels()), ctx.config.evaluation)
             {
                 wanted.insert(name, text);
+            }
+        }
+        if std::mem::take(&mut first) {
+            for ns in ctx.namespaces.state() {
+                let name = ns.name_any();
+                if wanted.contains_key(&name) {
+                    continue;
+                }
+                let api: Api<ConfigMap> = Api::namespaced(ctx.s.client.clone(), &name);
+                if let Ok(Some(cm)) = api.get_opt(SUMMARY_CONFIG_MAP).await
+                    && ours(&cm)
+                {
+                    written.insert(name, None);
+                }
             }
         }
         for (ns, text) in &wanted {
@@ -80,10 +83,26 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToke
             .collect();
         for ns in stale {
             let api: Api<ConfigMap> = Api::namespaced(ctx.s.client.clone(), &ns);
-            match api
-                .delete(SUMMARY_CONFIG_MAP, &DeleteParams::default())
-                .await
-            {
+            // Only ours, and only the one looked at (a uid precondition).
+            let uid = match api.get_opt(SUMMARY_CONFIG_MAP).await {
+                Ok(Some(cm)) if ours(&cm) => cm.metadata.uid.clone(),
+                Ok(_) => {
+                    written.remove(&ns);
+                    continue;
+                }
+                Err(e) => {
+                    warn!(namespace = %ns, error = %e, "cannot read the policy summary");
+                    continue;
+                }
+            };
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(SUMMARY_CONFIG_MAP, &params).await {
                 Ok(_) => {
                     info!(namespace = %ns, "no IssuancePolicy selects the namespace any more; its summary is removed");
                     written.remove(&ns);
@@ -95,6 +114,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToke
             }
         }
     }
+}
+
+/// Whether a ConfigMap is a summary certwright keeps.
+fn ours(cm: &ConfigMap) -> bool {
+    cm.labels().get(SUMMARY_LABEL).map(String::as_str) == Some("true")
 }
 
 /// Creates or updates the summary; false when a ConfigMap of that name is not ours.
@@ -125,9 +149,7 @@ async fn write(ctx: &Ctx, namespace: &str, text: &str) -> Result<bool, kube::Err
             api.create(&PostParams::default(), &config_map(None))
                 .await?;
         }
-        Some(existing)
-            if existing.labels().get(SUMMARY_LABEL).map(String::as_str) != Some("true") =>
-        {
+        Some(existing) if !ours(&existing) => {
             warn!(%namespace, "ConfigMap {SUMMARY_CONFIG_MAP} exists and is not certwright's; the policy summary is not written");
             return Ok(false);
         }

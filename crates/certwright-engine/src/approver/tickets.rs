@@ -42,10 +42,13 @@ impl Tickets {
 
     /// What the ticket system says of `ticket`, or why it could not be asked (never
     /// with a credential in it).
+    /// `reference` is what the ticket must name when the policy has a
+    /// `referenceField` (the request's `<namespace>/<certificate>`).
     pub(crate) async fn check(
         &self,
         config: &TicketConfig,
         ticket: &str,
+        reference: &str,
     ) -> Result<TicketState, String> {
         if !super::plan::ticket_id_ok(ticket) {
             return Err(format!("{ticket:?} is not a ticket id"));
@@ -68,7 +71,7 @@ impl Tickets {
                 "the ticket system answered HTML instead of JSON (a login page or a proxy?)"
                     .to_string(),
             ),
-            200..=299 => Ok(config.read_answer(&answer.body)),
+            200..=299 => Ok(config.read_answer(&answer.body, reference)),
             401 | 403 => Err(format!(
                 "the ticket system refused the credentials (HTTP {})",
                 answer.status.as_u16()

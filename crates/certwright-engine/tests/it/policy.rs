@@ -480,6 +480,7 @@ approval:
   ticket:
     url: URL/rest/api/2/issue/{ticket}
     caBundle: CA
+    idPattern: SEC-*
     credentialsSecretName: jira-token
     statusField: /fields/status/name
     approvedValues: [Approved]
@@ -772,4 +773,107 @@ async fn summaries_are_published_where_policies_apply() {
             .is_none()
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_request_without_duration_is_judged_by_its_issuers_default() {
+    let env = env_with(PolicyConfig::new()).await;
+    env.ca_secret(CLUSTER_NS, "year-ca").await;
+    let mut spec = ca_spec("year-ca");
+    spec.default_duration = Some("8760h".to_string());
+    env.cluster_issuer("yearly", spec).await;
+    env.wait_cluster_issuer("yearly", "Verified").await;
+    policy(
+        &env,
+        "at-most-90-days",
+        "selector: { namespace: {} }\nallowed: { commonName: { value: '*' }, dnsNames: { values: ['*'] } }\nconstraints: { maxDuration: 2160h }",
+    )
+    .await;
+    env.request_with("team", "no-duration", cluster_ref("yearly"), |cr| {
+        cr.spec.duration = None;
+    })
+    .await;
+    let denied = wait_decided(&env, "team", "no-duration").await;
+    assert!(denied.is_denied(), "{:?}", denied.status);
+    assert!(
+        condition_message(&denied, "Denied")
+            .contains("spec.duration unset (the issuer's default 8760h) exceeds maxDuration 2160h"),
+        "{:?}",
+        denied.status
+    );
+}
+
+#[tokio::test]
+async fn only_signers_the_controller_may_approve_are_decided() {
+    let env =
+        env_with(PolicyConfig::new().approve_signers(["clusterissuers.cert-manager.io/*"])).await;
+    // Nothing applies: a signer the controller may approve is denied, another is not
+    // touched (cert-manager's webhook would refuse the decision anyway).
+    env.request(
+        "team",
+        "elsewhere",
+        IssuerRef {
+            name: "vault".to_string(),
+            kind: "Issuer".to_string(),
+            group: "cert-manager.io".to_string(),
+        },
+    )
+    .await;
+    env.request("team", "ours", cert_manager_cluster_issuer("corp"))
+        .await;
+    assert!(wait_decided(&env, "team", "ours").await.is_denied());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = env.requests("team").get("elsewhere").await.unwrap();
+    assert!(
+        !left.is_approved() && !left.is_denied(),
+        "{:?}",
+        left.status
+    );
+}
+
+#[tokio::test]
+async fn a_ticket_must_be_of_the_policys_project_and_name_the_request() {
+    let env = env_with(PolicyConfig::new()).await;
+    let sim = TicketSimulator::start().await.unwrap();
+    env.put_secret(CLUSTER_NS, "jira-token", &[("token", sim.token())])
+        .await;
+    let yaml = TICKET
+        .replace("URL", &sim.url())
+        .replace(
+            "CA",
+            &base64::engine::general_purpose::STANDARD.encode(sim.ca_pem()),
+        )
+        .replace(
+            "    idPattern: SEC-*\n",
+            "    idPattern: SEC-*\n    referenceField: /fields/summary\n",
+        );
+    policy(&env, "change-control", &yaml).await;
+    // The simulator's summary names the ticket only, not any request.
+    sim.set_status("SEC-5", "Approved");
+    sim.set_status("OPS-5", "Approved");
+    let corp = cert_manager_cluster_issuer("corp");
+    for (name, ticket) in [("borrowed", "OPS-5"), ("unrelated", "SEC-5")] {
+        env.request_with("changes", name, corp.clone(), |cr| {
+            cr.metadata.annotations = Some(BTreeMap::from([(
+                "pki.certwright.io/change-ticket".to_string(),
+                ticket.to_string(),
+            )]));
+        })
+        .await;
+    }
+    let borrowed = wait_decided(&env, "changes", "borrowed").await;
+    assert!(borrowed.is_denied());
+    assert!(
+        condition_message(&borrowed, "Denied").contains("SEC-*"),
+        "{:?}",
+        borrowed.status
+    );
+    assert_eq!(sim.lookups_of("OPS-5"), 0);
+    let unrelated = wait_decided(&env, "changes", "unrelated").await;
+    assert!(unrelated.is_denied());
+    assert!(
+        condition_message(&unrelated, "Denied").contains("does not approve this request"),
+        "{:?}",
+        unrelated.status
+    );
 }
