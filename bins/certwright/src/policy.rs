@@ -147,15 +147,21 @@ fn test(args: &TestArgs, output: Output) -> Result<u8, Failure> {
             ),
             Vec::new(),
         ),
-        Verdict::Ticket { checks, .. }
-            if let Some((policy, why)) = checks.iter().find_map(|c| {
-                c.config.ticket_of(&facts.annotations).err().map(|why| {
-                    (
-                        c.policy.clone(),
-                        format!("metadata.annotations[{}] {why}", c.config.annotation),
-                    )
-                })
-            }) =>
+        // As the controller: a ticket a policy refuses denies under all; under any, only
+        // when no policy accepts the ticket named.
+        Verdict::Ticket { checks, all, .. }
+            if (*all
+                || !checks
+                    .iter()
+                    .any(|c| matches!(c.config.ticket_of(&facts.annotations), Ok(Some(_)))))
+                && let Some((policy, why)) = checks.iter().find_map(|c| {
+                    c.config.ticket_of(&facts.annotations).err().map(|why| {
+                        (
+                            c.policy.clone(),
+                            format!("metadata.annotations[{}] {why}", c.config.annotation),
+                        )
+                    })
+                }) =>
         {
             (
                 "denied",

@@ -96,10 +96,10 @@ pub struct PolicyConfig {
     pub unmatched: Unmatched,
     /// Keep a ConfigMap in each namespace summarising the policies that apply there.
     pub publish_summaries: bool,
-    /// The signers the approver decides for, as cert-manager names them
-    /// (`issuers.cert-manager.io/*`, `clusterissuers.cert-manager.io/<name>`, `*`
-    /// wildcards): the ones the controller may `approve`, since cert-manager's webhook
-    /// refuses a decision on any other. Empty: every signer.
+    /// The signers the approver decides for, as cert-manager names them: exactly
+    /// (`clusterissuers.cert-manager.io/corp`) or every one of a resource
+    /// (`issuers.cert-manager.io/*`): the ones the controller may `approve`, since
+    /// cert-manager's webhook refuses a decision on any other. Empty: every signer.
     pub approve_signers: Vec<String>,
 }
 
@@ -137,10 +137,39 @@ impl PolicyConfig {
         self
     }
 
-    /// Whether the approver decides for `signer`.
+    /// Whether the approver decides for `signer`: a name given exactly, or under a
+    /// `<resource>.<group>/*` given, the two forms cert-manager's webhook (and RBAC
+    /// `resourceNames`) understand.
     pub fn approves(&self, signer: &str) -> bool {
         self.approve_signers.is_empty()
-            || certwright_policy::wildcard::any_matches(&self.approve_signers, signer)
+            || self
+                .approve_signers
+                .iter()
+                .any(|given| match given.strip_suffix("/*") {
+                    Some(resource) => signer
+                        .strip_prefix(resource)
+                        .is_some_and(|rest| rest.starts_with('/')),
+                    None => given == signer,
+                })
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn signers_are_given_exactly_or_by_resource() {
+        let config = PolicyConfig::new().approve_signers([
+            "issuers.cert-manager.io/*",
+            "clusterissuers.cert-manager.io/corp",
+        ]);
+        assert!(config.approves("issuers.cert-manager.io/team.vault"));
+        assert!(config.approves("clusterissuers.cert-manager.io/corp"));
+        assert!(!config.approves("clusterissuers.cert-manager.io/corp2"));
+        assert!(!config.approves("issuers.cert-manager.io.evil/x"));
+        assert!(!config.approves("internalissuers.pki.certwright.io/team.a"));
+        assert!(PolicyConfig::new().approves("anything/at.all"));
     }
 }
 

@@ -23,7 +23,7 @@ use certwright_pki::{Outcome, Requester, SignRequest};
 use certwright_x509::Csr;
 use std::panic::AssertUnwindSafe;
 
-use futures::{FutureExt as _, StreamExt};
+use futures::{FutureExt as _, StreamExt, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -259,6 +259,24 @@ impl<K: IssuerKinds> Engine<K> {
         // Everything this run starts ends with it: when its future is dropped (leadership
         // lost, the embedder's task aborted), no watcher, worker or check goes on, and no
         // call reaches a PKI afterwards.
+        if s.config.policy.is_some() {
+            Api::<certwright_api::IssuancePolicy>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map_err(|e| {
+                    Error::kube(
+                        "listing IssuancePolicies for the policy approver (is the CRD installed?)",
+                        e,
+                    )
+                })?;
+        }
+        // With the policy approver on, it sees the engine's CertificateRequest watch.
+        let (feed, requests) = if s.config.policy.is_some() {
+            let (feed, requests) = futures::channel::mpsc::unbounded();
+            (Some(feed), Some(requests))
+        } else {
+            (None, None)
+        };
         let _stop_on_drop = s.stopping.clone().drop_guard();
         let watchers = CancellationToken::new();
         let tasks = vec![
@@ -275,7 +293,7 @@ impl<K: IssuerKinds> Engine<K> {
                 watchers.clone(),
             )),
             tokio::spawn(watch_secrets(s.clone(), watchers.clone())),
-            tokio::spawn(watch_requests(s.clone(), watchers.clone())),
+            tokio::spawn(watch_requests(s.clone(), watchers.clone(), feed)),
             tokio::spawn(report_pending(s.clone(), watchers.clone())),
         ];
         let mut tasks = tasks;
@@ -291,10 +309,11 @@ impl<K: IssuerKinds> Engine<K> {
                 watchers.clone(),
             )));
         }
-        if let Some(policy) = s.config.policy.clone() {
+        if let (Some(policy), Some(requests)) = (s.config.policy.clone(), requests) {
             tasks.push(tokio::spawn(crate::approver::run(
                 s.clone(),
                 policy,
+                requests,
                 watchers.clone(),
             )));
         }
@@ -515,10 +534,18 @@ async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn watch_requests(s: Arc<Shared>, stop: CancellationToken) {
+/// The one CertificateRequest watch of the engine. With the policy approver on, every
+/// event goes on to it too (`feed`), slim as the engine keeps it: one watch and one
+/// decoding of each request per process.
+async fn watch_requests(
+    s: Arc<Shared>,
+    stop: CancellationToken,
+    feed: Option<futures::channel::mpsc::UnboundedSender<Event<CachedRequest>>>,
+) {
     let api: Api<CachedRequest> = Api::all(s.client.clone());
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .map_ok(|event| event.modify(|obj| *obj = std::mem::take(obj).slim()))
         .boxed();
     let mut seen: Option<HashSet<RequestKey>> = None;
     loop {
@@ -526,9 +553,12 @@ async fn watch_requests(s: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             event = stream.next() => match event { Some(e) => e, None => return },
         };
+        if let (Some(feed), Ok(event)) = (&feed, &event) {
+            // The approver's end closes only when it stops, as this watch does.
+            let _ = feed.unbounded_send(event.clone());
+        }
         match event {
             Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
-                let obj = obj.slim();
                 if let Some(seen) = &mut seen {
                     seen.insert(obj.key());
                 }

@@ -296,6 +296,17 @@ pub fn check(policy: &Policy, facts: &RequestFacts) -> Vec<Violation> {
             format!("{oid} not allowed (a CA may honour it, and no policy field can check it)"),
         );
     }
+    if facts.template.is_none()
+        && allowed
+            .templates
+            .as_ref()
+            .is_some_and(|t| t.required == Some(true))
+    {
+        out.add(
+            "metadata.annotations[pki.certwright.io/template]",
+            "is required".to_string(),
+        );
+    }
     if let Some(template) = &facts.template {
         let patterns = allowed
             .templates
@@ -510,36 +521,26 @@ mod tests {
     }
 
     fn facts() -> RequestFacts {
-        RequestFacts {
-            namespace: "payments".to_string(),
-            name: "api-1".to_string(),
-            issuer: Issuer {
+        let mut facts = RequestFacts::new(
+            "payments",
+            "api-1",
+            Issuer {
                 name: "corp".to_string(),
                 kind: "ClusterIssuer".to_string(),
                 group: "cert-manager.io".to_string(),
             },
-            duration: Some(Duration::from_secs(720 * 3600)),
-            issuer_default_duration: None,
-            is_ca: false,
-            usages: vec!["digital signature".to_string(), "server auth".to_string()],
-            common_name: Some("api.payments.corp".to_string()),
-            dns_names: vec!["api.payments.corp".to_string()],
-            ip_addresses: vec![],
-            uris: vec![],
-            email_addresses: vec![],
-            other_names: vec![],
-            subject: vec![("CN".to_string(), Some("api.payments.corp".to_string()))],
-            other_extensions: vec![],
-            other_attributes: vec![],
-            template: None,
-            key: KeyFacts {
-                algorithm: Some(KeyAlgorithmName::Ecdsa),
-                size: 256,
-                description: "ECDSA P-256".to_string(),
-            },
-            annotations: BTreeMap::new(),
-            requester: Default::default(),
-        }
+        );
+        facts.duration = Some(Duration::from_secs(720 * 3600));
+        facts.usages = vec!["digital signature".to_string(), "server auth".to_string()];
+        facts.common_name = Some("api.payments.corp".to_string());
+        facts.dns_names = vec!["api.payments.corp".to_string()];
+        facts.subject = vec![("CN".to_string(), Some("api.payments.corp".to_string()))];
+        facts.key = KeyFacts {
+            algorithm: Some(KeyAlgorithmName::Ecdsa),
+            size: 256,
+            description: "ECDSA P-256".to_string(),
+        };
+        facts
     }
 
     const BASE: &str = r#"
@@ -750,6 +751,29 @@ approval:
             ),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_listed_template_is_allowed_and_a_required_one_must_be_named() {
+        let p = policy(
+            "p",
+            "selector: { namespace: {} }\nallowed: { commonName: { value: '*' }, dnsNames: { values: ['*'] }, usages: ['digital signature', 'server auth'], templates: { values: ['Web*'], required: true } }",
+        );
+        let mut f = facts();
+        f.template = Some("WebServer".to_string());
+        assert!(check(&p, &f).is_empty());
+        f.template = None;
+        let found: Vec<String> = check(&p, &f).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            ["p: metadata.annotations[pki.certwright.io/template] is required"]
+        );
+    }
+
+    #[test]
+    fn an_empty_name_list_selects_every_namespace() {
+        let p = policy("p", "selector: { namespace: { matchNames: [] } }");
+        assert!(p.selects(&facts().issuer, "anything", None));
     }
 
     #[test]

@@ -516,6 +516,20 @@ approval:
     }
 
     #[test]
+    fn cel_validations_are_refused_by_name() {
+        let s = spec(
+            "selector: { namespace: {} }\nallowed: { dnsNames: { values: ['*'], validations: [{ rule: \"self.endsWith('.svc')\" }] }, commonName: { validations: [] } }",
+        );
+        assert_eq!(
+            fields(&s),
+            [
+                "spec.allowed.commonName.validations",
+                "spec.allowed.dnsNames.validations"
+            ]
+        );
+    }
+
+    #[test]
     fn ticket_mode_needs_a_check_and_other_modes_refuse_one() {
         let s = spec("selector: { namespace: {} }\napproval: { mode: Ticket }");
         assert_eq!(fields(&s), ["spec.approval.ticket"]);

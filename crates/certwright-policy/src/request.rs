@@ -145,10 +145,12 @@ impl RequestFacts {
         let csr = Csr::parse(spec.request.as_ref()).map_err(|e| FactsError::Csr(e.to_string()))?;
         let duration = match spec.duration.as_deref() {
             None | Some("") => None,
+            // Zero is what many issuers read as "their default": judged as unset.
             Some(value) => Some(parse_duration(value).map_err(|e| FactsError::Duration {
                 value: value.to_string(),
                 reason: e.to_string(),
-            })?),
+            })?)
+            .filter(|d| !d.is_zero()),
         };
         let mut facts = RequestFacts::from_csr(&csr);
         facts.namespace = request.metadata.namespace.clone().unwrap_or_default();
@@ -192,6 +194,38 @@ impl RequestFacts {
             extra: spec.extra.clone(),
         };
         Ok(facts)
+    }
+
+    /// A request for `issuer` in `namespace` that asks for nothing yet (no names, no
+    /// usages, no key), for a caller that fills in the rest itself (a test, or an
+    /// embedder with its own request type).
+    pub fn new(namespace: &str, name: &str, issuer: Issuer) -> RequestFacts {
+        RequestFacts {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            issuer,
+            duration: None,
+            issuer_default_duration: None,
+            is_ca: false,
+            usages: Vec::new(),
+            common_name: None,
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            uris: Vec::new(),
+            email_addresses: Vec::new(),
+            other_names: Vec::new(),
+            subject: Vec::new(),
+            other_extensions: Vec::new(),
+            other_attributes: Vec::new(),
+            template: None,
+            key: KeyFacts {
+                algorithm: None,
+                size: 0,
+                description: "no key".to_string(),
+            },
+            annotations: BTreeMap::new(),
+            requester: Requester::default(),
+        }
     }
 
     /// What a CSR alone says: names, subject, key, and the usages it asks for. The
@@ -398,6 +432,14 @@ mod tests {
         let facts = RequestFacts::from_request(&request(csr.pem().unwrap().into_bytes())).unwrap();
         assert_eq!(facts.other_extensions, ["1.3.6.1.4.1.311.21.10"]);
         assert!(facts.other_attributes.is_empty());
+    }
+
+    #[test]
+    fn a_zero_duration_is_judged_as_unset() {
+        let csr = CsrBuilder::new(KeyKind::EcdsaP256).dns("a.corp").build();
+        let mut cr = request(csr.csr_pem.into_bytes());
+        cr.spec.duration = Some("0s".to_string());
+        assert_eq!(RequestFacts::from_request(&cr).unwrap().duration, None);
     }
 
     #[test]

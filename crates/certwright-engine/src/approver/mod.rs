@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use certwright_api::{CertificateRequest, Conditions as _, IssuancePolicy, RequestConditions as _};
 use certwright_policy::{Evaluation, Issuer, Policy, PolicySet, RequestFacts, Verdict, decide};
-use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
+use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -83,6 +83,11 @@ struct Remembered {
     next_ticket_check: Option<Instant>,
     /// Failed looks in a row, for backoff.
     failures: u32,
+    /// Looks that found its certwright issuer unknown, for backoff.
+    issuer_waits: u32,
+    /// The tickets the last ticket check asked about: another ticket named in the
+    /// annotation is asked about at once, not after the old one's backoff.
+    tickets: Vec<String>,
 }
 
 /// What the approver shares between looks.
@@ -110,21 +115,25 @@ fn decided(cached: &CachedRequest) -> bool {
 /// what stays is slim (no CSR, no certificate, no messages).
 fn undecided_only(event: Event<CachedRequest>) -> Option<Event<CachedRequest>> {
     match event {
-        Event::Apply(obj) if decided(&obj) => Some(Event::Delete(obj.slim())),
+        Event::Apply(obj) if decided(&obj) => Some(Event::Delete(obj)),
         Event::InitApply(obj) if decided(&obj) => None,
-        Event::Apply(obj) => Some(Event::Apply(obj.slim())),
-        Event::InitApply(obj) => Some(Event::InitApply(obj.slim())),
         other => Some(other),
     }
 }
 
 /// Runs the approver until `stop` is cancelled.
-pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: CancellationToken) {
+pub(crate) async fn run(
+    s: Arc<Shared>,
+    config: PolicyConfig,
+    feed: futures::channel::mpsc::UnboundedReceiver<Event<CachedRequest>>,
+    stop: CancellationToken,
+) {
     let client = s.client.clone();
     let (policy_store, policy_writer) = reflector::store::<IssuancePolicy>();
     let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let (again, again_all) = futures::channel::mpsc::channel::<()>(1);
     let summaries_wake = Arc::new(Notify::new());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctx = Arc::new(Ctx {
         tickets: tickets::Tickets::new(client.clone(), s.config.cluster_resource_namespace.clone()),
         queue: s.metrics.loop_without_depth(QUEUE_APPROVALS),
@@ -147,6 +156,7 @@ pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: Cancellation
         again.clone(),
         summaries_wake.clone(),
     );
+    let ready_for_summaries = ready.clone();
     let looks = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         async move {
@@ -166,7 +176,8 @@ pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: Cancellation
                 "policy approver started"
             );
             let (requests, request_writer) = reflector::store::<CachedRequest>();
-            let stream = request_stream(&ctx, request_writer);
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            let stream = request_stream(feed, request_writer);
             let concurrency =
                 u16::try_from(ctx.s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
             let reporting = report(ctx.clone(), requests.clone(), stop.clone());
@@ -186,7 +197,13 @@ pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: Cancellation
     };
     let publishing = async {
         if ctx.config.publish_summaries {
-            summaries::run(ctx.clone(), summaries_wake, stop.clone()).await;
+            summaries::run(
+                ctx.clone(),
+                summaries_wake,
+                ready_for_summaries,
+                stop.clone(),
+            )
+            .await;
         } else {
             stop.cancelled().await;
         }
@@ -200,16 +217,16 @@ pub(crate) async fn run(s: Arc<Shared>, config: PolicyConfig, stop: Cancellation
     info!("policy approver stopped");
 }
 
+/// The undecided requests, from the engine's own CertificateRequest watch (decoded slim:
+/// the CSR and the certificate of every request are skipped while decoding; an
+/// undecided one is read whole when it is looked at), kept in the store.
 fn request_stream(
-    ctx: &Ctx,
+    requests: futures::channel::mpsc::UnboundedReceiver<Event<CachedRequest>>,
     writer: Writer<CachedRequest>,
 ) -> impl futures::Stream<Item = Result<CachedRequest, watcher::Error>> + Send + use<> {
-    // Decoded slim: the CSR and the certificate of every request, decided or not, are
-    // skipped while decoding; an undecided one is read whole when it is looked at.
-    let api: Api<CachedRequest> = Api::all(ctx.s.client.clone());
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .try_filter_map(|event| futures::future::ready(Ok(undecided_only(event))))
+    requests
+        .filter_map(|event| futures::future::ready(undecided_only(event)))
+        .map(Ok::<_, watcher::Error>)
         .reflect(writer)
         .applied_objects()
 }
@@ -361,6 +378,34 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
         lock(&ctx.remembered).remove(&uid);
         return Ok(Action::await_change());
     }
+    let namespace = cached.metadata.namespace.clone().unwrap_or_default();
+    let issuer_ref = &cached.spec.issuer_ref;
+    // An empty kind with certwright's group: cert-manager reads it as `Issuer`, a
+    // signer that does not exist there, and refuses any decision on it.
+    if issuer_ref.kind.is_empty() && issuer_ref.group == ctx.s.group {
+        lock(&ctx.remembered).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    let issuer = Issuer::of(issuer_ref);
+    // Only requests whose signer certwright may approve (policy.approveSignerNames):
+    // cert-manager's webhook would refuse any other decision.
+    let signer = ctx.signer_of(&issuer, &namespace);
+    if !ctx.config.approves(&signer) {
+        lock(&ctx.remembered).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    let labels = ctx.namespace_labels(&namespace).await?;
+    // Left for another approver when no policy could apply, before the request is read:
+    // a request certwright cannot read is not denied on another approver's behalf.
+    let set = ctx.policies();
+    if ctx.config.unmatched == Unmatched::Ignore
+        && !set
+            .iter()
+            .any(|p| p.selects(&issuer, &namespace, labels.as_ref()))
+    {
+        lock(&ctx.remembered).remove(&uid);
+        return Ok(Action::await_change());
+    }
     // The whole request, as it is now: its CSR to judge, its resourceVersion to write
     // the decision against.
     let api: Api<CertificateRequest> = Api::namespaced(
@@ -379,27 +424,8 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let cr = &full;
-    let namespace = cr.namespace().unwrap_or_default();
-    let issuer = Issuer::of(&cr.spec.issuer_ref);
-    // Only requests whose signer certwright may approve (policy.approveSignerNames):
-    // cert-manager's webhook would refuse any other decision.
-    let signer = ctx.signer_of(&issuer, &namespace);
-    if !ctx.config.approves(&signer) {
-        lock(&ctx.remembered).remove(&uid);
-        return Ok(Action::await_change());
-    }
-    let labels = ctx.namespace_labels(&namespace).await?;
-    // Left for another approver when no policy could apply, before the CSR is read: a
-    // request certwright cannot read is not denied on another approver's behalf.
-    let set = ctx.policies();
-    if ctx.config.unmatched == Unmatched::Ignore
-        && !set
-            .iter()
-            .any(|p| p.selects(&issuer, &namespace, labels.as_ref()))
-    {
-        lock(&ctx.remembered).remove(&uid);
-        return Ok(Action::await_change());
-    }
+    // The request's issuer is immutable (cert-manager's webhook): what was checked on
+    // the cached object holds for the whole one.
     let mut facts = match RequestFacts::from_request(cr) {
         Ok(facts) => facts,
         Err(e) => return ctx.decide(cr, plan::unreadable(&e)).await,
@@ -415,6 +441,10 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
         ) {
             Ok(default) => facts.issuer_default_duration = default,
             Err(()) => {
+                let waits = ctx.remember(&uid, |r| {
+                    r.issuer_waits = r.issuer_waits.saturating_add(1);
+                    r.issuer_waits
+                });
                 ctx.wait(
                     cr,
                     None,
@@ -424,7 +454,10 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
                         cr.spec.issuer_ref.kind, cr.spec.issuer_ref.name
                     ),
                 );
-                return Ok(Action::requeue(ISSUER_WAIT));
+                let wait = ISSUER_WAIT
+                    .saturating_mul(1u32 << waits.clamp(1, 7).saturating_sub(1))
+                    .min(MAX_FAILURE_WAIT);
+                return Ok(Action::requeue(wait));
             }
         }
     }
@@ -449,7 +482,15 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
             all,
             policies,
         } => {
-            let not_before = ctx.remember(&uid, |r| r.next_ticket_check);
+            let named: Vec<String> = checks.iter().map(|(_, t)| t.clone()).collect();
+            let not_before = ctx.remember(&uid, |r| {
+                if r.tickets != named {
+                    r.tickets = named;
+                    r.ticket_looks = 0;
+                    r.next_ticket_check = None;
+                }
+                r.next_ticket_check
+            });
             let now = Instant::now();
             if let Some(at) = not_before
                 && at > now
@@ -467,6 +508,10 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
             for (due, ticket) in checks {
                 let answer = ctx.tickets.check(&due.config, &ticket, &reference).await;
                 answers.push((due, ticket, answer));
+            }
+            // Policies changed while the ticket system answered: decide afresh.
+            if !Arc::ptr_eq(&set, &ctx.policies()) {
+                return Ok(Action::requeue(CONFLICT_WAIT));
             }
             let step = plan::after_tickets(&answers, all, &policies);
             match step {

@@ -421,41 +421,19 @@ mod tests {
     use super::*;
     use certwright_api::{IssuancePolicySpec, TicketCheck};
     use certwright_policy::ticket::TicketConfig;
-    use certwright_policy::{Issuer, KeyFacts, Policy, PolicySet};
-    use std::collections::BTreeMap;
+    use certwright_policy::{Issuer, Policy, PolicySet};
     use std::sync::Arc;
 
     fn facts() -> RequestFacts {
-        RequestFacts {
-            namespace: "payments".to_string(),
-            name: "api-1".to_string(),
-            issuer: Issuer {
+        RequestFacts::new(
+            "payments",
+            "api-1",
+            Issuer {
                 name: "corp".to_string(),
                 kind: "ClusterIssuer".to_string(),
                 group: "cert-manager.io".to_string(),
             },
-            duration: None,
-            issuer_default_duration: None,
-            is_ca: false,
-            usages: vec![],
-            common_name: None,
-            dns_names: vec![],
-            ip_addresses: vec![],
-            uris: vec![],
-            email_addresses: vec![],
-            other_names: vec![],
-            subject: vec![],
-            other_extensions: vec![],
-            other_attributes: vec![],
-            template: None,
-            key: KeyFacts {
-                algorithm: None,
-                size: 0,
-                description: String::new(),
-            },
-            annotations: BTreeMap::new(),
-            requester: Default::default(),
-        }
+        )
     }
 
     fn due(policy: &str) -> TicketDue {

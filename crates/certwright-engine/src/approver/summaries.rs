@@ -28,7 +28,12 @@ const SUMMARY_LABEL: &str = "pki.certwright.io/policy-summary";
 const SETTLE: Duration = Duration::from_millis(500);
 
 /// Keeps the summaries until `stop` is cancelled.
-pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToken) {
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    wake: Arc<Notify>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
     // What is in each namespace's summary now (None: ours, content unknown). The first
     // pass looks in every namespace for a summary an earlier run left (by name: the
     // controller may read no other ConfigMap).
@@ -40,6 +45,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToke
             _ = wake.notified() => {}
         }
         tokio::time::sleep(SETTLE).await;
+        // Nothing is written before every policy and namespace is known: a partial
+        // view would remove summaries that still apply.
+        if !ready.load(std::sync::atomic::Ordering::SeqCst) {
+            wake.notify_one();
+            continue;
+        }
         let set = ctx.policies();
         let mut wanted: BTreeMap<String, String> = BTreeMap::new();
         for ns in ctx.namespaces.state() {
@@ -57,10 +68,16 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToke
                     continue;
                 }
                 let api: Api<ConfigMap> = Api::namespaced(ctx.s.client.clone(), &name);
-                if let Ok(Some(cm)) = api.get_opt(SUMMARY_CONFIG_MAP).await
-                    && ours(&cm)
-                {
-                    written.insert(name, None);
+                match api.get_opt(SUMMARY_CONFIG_MAP).await {
+                    Ok(Some(cm)) if ours(&cm) => {
+                        written.insert(name, None);
+                    }
+                    Ok(_) => {}
+                    // Not known: looked at again on the next pass.
+                    Err(e) => {
+                        warn!(namespace = %name, error = %e, "cannot read the policy summary");
+                        first = true;
+                    }
                 }
             }
         }
