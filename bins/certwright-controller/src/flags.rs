@@ -164,10 +164,11 @@ pub(crate) struct Flags {
     #[arg(long, value_enum, default_value_t = PolicyUnmatched::Deny)]
     pub(crate) policy_unmatched: PolicyUnmatched,
 
-    /// The signers the policy approver decides for, as cert-manager names them
-    /// (`issuers.cert-manager.io/*`, `clusterissuers.cert-manager.io/corp`; `*`
-    /// wildcards), comma-separated or repeated: those the controller may `approve` (the
-    /// chart's `policy.approveSignerNames`). Every signer when none is given.
+    /// The signers the policy approver decides for, as cert-manager names them: exact
+    /// names (`clusterissuers.cert-manager.io/corp`) or every one of a resource
+    /// (`issuers.cert-manager.io/*`), comma-separated or repeated: those the controller
+    /// may `approve` (the chart's `policy.approveSignerNames`). Every signer when none
+    /// is given.
     #[arg(long = "policy-approve-signer", value_delimiter = ',')]
     pub(crate) policy_approve_signers: Vec<String>,
 
