@@ -521,70 +521,42 @@ fn governed_request(name: &str, team: usize) -> CertificateRequest {
     cr
 }
 
-/// Policy decisions per second with [`POLICIES`] policies in the cache, on every core:
-/// (decisions on requests already read, decisions that also read each request — its
-/// CSR parsed and its self-signature verified, as the approver does on each look).
+/// Policy decisions per second with [`POLICIES`] policies in the cache, measured by the
+/// `decisions` bench of `certwright-policy` in a release build, as the controller runs
+/// the evaluation: (decisions on requests already read, decisions that also read each
+/// request — its CSR parsed and its self-signature verified, as the approver does).
 fn policy_decisions_per_second() -> Result<(f64, f64)> {
-    Ok((policy_decisions(false)?, policy_decisions(true)?))
-}
-
-/// Each decision finds the applicable policies among [`POLICIES`] and checks them;
-/// with `read`, it first reads the request.
-fn policy_decisions(read: bool) -> Result<f64> {
-    use certwright_policy::{Evaluation, Policy, PolicySet, RequestFacts, Verdict};
-    let set = Arc::new(PolicySet::new(bench_policies().iter().map(|p| {
-        Arc::new(Policy::compile(
-            &p.metadata.name.clone().unwrap_or_default(),
-            &p.spec,
-        ))
-    })));
-    let requests: Arc<Vec<CertificateRequest>> = Arc::new(
-        (0..400)
-            .map(|i| governed_request(&format!("app-{i}"), i % POLICIES))
-            .collect(),
-    );
-    let read_already: Arc<Vec<RequestFacts>> = Arc::new(
-        requests
-            .iter()
-            .map(RequestFacts::from_request)
-            .collect::<Result<_, _>>()?,
-    );
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let run_for = Duration::from_secs(3);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (set, requests, read_already) =
-                (set.clone(), requests.clone(), read_already.clone());
-            std::thread::spawn(move || -> Result<u64> {
-                let mut decided = 0u64;
-                let mut i = t;
-                while started.elapsed() < run_for {
-                    let n = i % requests.len();
-                    let fresh;
-                    let facts = if read {
-                        fresh = RequestFacts::from_request(&requests[n])?;
-                        &fresh
-                    } else {
-                        &read_already[n]
-                    };
-                    match set.evaluate(facts, None, Evaluation::All) {
-                        Verdict::Approved { .. } => decided += 1,
-                        other => bail!("a bench request was not approved: {other:?}"),
-                    }
-                    i += threads;
-                }
-                Ok(decided)
-            })
-        })
-        .collect();
-    let mut total = 0u64;
-    for handle in handles {
-        total += handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("a decision thread panicked"))??;
+    let output =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "bench",
+                "--quiet",
+                "-p",
+                "certwright-policy",
+                "--bench",
+                "decisions",
+            ])
+            .output()
+            .context("running the policy decisions bench")?;
+    if !output.status.success() {
+        bail!(
+            "the policy decisions bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("policy-decisions "))
+        .context("the policy decisions bench printed no figures")?;
+    let figure = |key: &str| -> Result<f64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key))
+            .context("a figure is missing")?
+            .parse::<f64>()
+            .context("a figure is not a number")
+    };
+    Ok((figure("decided=")?, figure("reading=")?))
 }
 
 async fn bench(root: &Path, options: &Options) -> Result<String> {

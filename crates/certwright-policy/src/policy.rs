@@ -72,21 +72,32 @@ impl Policy {
         namespace: &str,
         labels: Option<&BTreeMap<String, String>>,
     ) -> bool {
-        let selector = &self.spec.selector;
-        if let Some(issuer_ref) = &selector.issuer_ref {
-            let field = |pattern: &Option<String>, value: &str| {
-                pattern
-                    .as_deref()
-                    .is_none_or(|p| wildcard::matches(p, value))
-            };
-            if !(field(&issuer_ref.name, &issuer.name)
-                && field(&issuer_ref.kind, &issuer.kind)
-                && field(&issuer_ref.group, &issuer.group))
-            {
-                return false;
-            }
-        }
-        self.selects_namespace(namespace, labels)
+        self.selects_issuer(issuer) && self.selects_namespace(namespace, labels)
+    }
+
+    /// Whether the issuer part of the selector matches.
+    pub fn selects_issuer(&self, issuer: &Issuer) -> bool {
+        let Some(issuer_ref) = &self.spec.selector.issuer_ref else {
+            return true;
+        };
+        let field = |pattern: &Option<String>, value: &str| {
+            pattern
+                .as_deref()
+                .is_none_or(|p| wildcard::matches(p, value))
+        };
+        field(&issuer_ref.name, &issuer.name)
+            && field(&issuer_ref.kind, &issuer.kind)
+            && field(&issuer_ref.group, &issuer.group)
+    }
+
+    /// Whether the selector looks at namespace labels.
+    pub fn uses_labels(&self) -> bool {
+        self.spec
+            .selector
+            .namespace
+            .as_ref()
+            .and_then(|n| n.match_labels.as_ref())
+            .is_some_and(|l| !l.is_empty())
     }
 
     /// Whether the namespace part of the selector matches.

@@ -394,14 +394,24 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
         lock(&ctx.remembered).remove(&uid);
         return Ok(Action::await_change());
     }
-    let labels = ctx.namespace_labels(&namespace).await?;
+    // The namespace's labels matter only to a policy that selects this issuer by them.
+    let set = ctx.policies();
+    let by_issuer: Vec<&Policy> = set
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| p.selects_issuer(&issuer))
+        .collect();
+    let labels = if by_issuer.iter().any(|p| p.uses_labels()) {
+        ctx.namespace_labels(&namespace).await?
+    } else {
+        None
+    };
     // Left for another approver when no policy could apply, before the request is read:
     // a request certwright cannot read is not denied on another approver's behalf.
-    let set = ctx.policies();
     if ctx.config.unmatched == Unmatched::Ignore
-        && !set
+        && !by_issuer
             .iter()
-            .any(|p| p.selects(&issuer, &namespace, labels.as_ref()))
+            .any(|p| p.selects_namespace(&namespace, labels.as_ref()))
     {
         lock(&ctx.remembered).remove(&uid);
         return Ok(Action::await_change());
