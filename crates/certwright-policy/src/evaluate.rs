@@ -3,6 +3,9 @@
 //! allow the request and the strictest approval mode among them decides how it is
 //! approved; with [`Evaluation::Any`] one allowing policy is enough and the most lenient
 //! mode among the allowing ones decides.
+//!
+//! One file because it is one decision, what each policy finds and how the findings
+//! combine, with its unit and property tests beside it (over half of the file).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,6 +1,10 @@
 //! The policy approver on the test API server: the article's policies, layered policies,
 //! `any` with and without RBAC `use`, default-deny, manual and ticket approval, policy
 //! edits, requests to cert-manager's own issuers, and the namespace summaries.
+//!
+//! One file because every test here drives the same approver through the same helpers
+//! (policies, namespaces, requests, Events, the ticket simulator), each test reading as
+//! one scenario a user sees.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
