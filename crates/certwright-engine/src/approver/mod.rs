@@ -4,25 +4,34 @@
 //! change ticket those a `Ticket` policy holds once the ticket system says so.
 //!
 //! It runs on kube-runtime's `Controller` (scheduler, concurrency limit, requeues) over a
-//! reflector store that holds **undecided requests only**, slim ([`CachedRequest`]: no
-//! CSR, no certificate): the watch turns a request that is approved or denied into a
-//! deletion before it reaches the store, so however many decided requests a cluster
-//! keeps, the approver holds none of them; a request is read whole when looked at. Policies and
+//! reflector store that holds **only the undecided requests it may decide**, slim
+//! ([`CachedRequest`]: no CSR, no certificate), fed by the engine's own watch
+//! ([`watches::admit`]): a request that is approved or denied becomes a deletion before
+//! it reaches the store, and so does one that is not certwright's to decide
+//! ([`scope::scope`]: it names certwright's group and no kind, its signer is not one the
+//! controller may approve, or, under `--policy-unmatched=ignore`, no policy selects it).
+//! However many decided requests a cluster keeps, or requests another approver decides,
+//! the approver holds none of them; a request is read whole when looked at. Policies and
 //! namespaces (for `matchLabels`) are reflector stores too; any change to either looks
-//! again at every undecided request, never at a decided one.
+//! again at every held request, never at a decided one, and, under `ignore`, lists the
+//! requests once more to find those a policy now selects ([`watches::relist`]).
 //!
-//! One look at a request, top to bottom: decided already → nothing; read its CSR and
-//! spec ([`RequestFacts`]); the applicable policies (under `--policy-evaluation=any`,
-//! only those the requester may `use`, by SubjectAccessReview); the verdict
-//! ([`certwright_policy::decide`]); [`plan::plan`] turns it into a step: write
-//! `Approved` or `Denied` (with a resourceVersion precondition, so a person's decision
-//! made meanwhile is never overwritten), leave it, wait for a person (an Event says who
-//! and how, once), or ask the ticket system and then approve, deny or look again later
-//! with backoff ([`plan::after_tickets`]).
+//! One look at a request, top to bottom: decided already → forgotten; not the
+//! approver's on the current policies (and the namespace's labels, when a policy
+//! selects by them) → forgotten, unread; read its CSR and spec ([`RequestFacts`]); the
+//! applicable policies (under `--policy-evaluation=any`, only those the requester may
+//! `use`, by SubjectAccessReview); the verdict ([`certwright_policy::decide`]);
+//! [`plan::plan`] turns it into a step: write `Approved` or `Denied` (with a
+//! resourceVersion precondition, so a person's decision made meanwhile is never
+//! overwritten), leave it, wait for a person (an Event says who and how, once), or ask
+//! the ticket system and then approve, deny or look again later with backoff
+//! ([`plan::after_tickets`]).
 
 pub(crate) mod plan;
+mod scope;
 mod summaries;
 mod tickets;
+mod watches;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -30,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use certwright_api::{CertificateRequest, Conditions as _, IssuancePolicy, RequestConditions as _};
-use certwright_policy::{Evaluation, Issuer, Policy, PolicySet, RequestFacts, Verdict, decide};
+use certwright_policy::{Evaluation, Issuer, PolicySet, RequestFacts, Verdict, decide};
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -40,8 +49,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event, watcher};
-use kube::runtime::{WatchStreamExt as _, reflector::store::Writer};
+use kube::runtime::watcher::Event;
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -50,9 +58,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use plan::{Step, Waiting};
+use scope::{Labels, Scope};
+use watches::{Feed, Forget, Wake, relist, request_stream, watch_namespaces, watch_policies};
 
 use crate::cached::CachedRequest;
-use crate::config::{PolicyConfig, Unmatched};
+use crate::config::PolicyConfig;
 use crate::controller::{Shared, object_reference};
 use crate::error::{Error, api_code};
 use crate::events::Transition;
@@ -97,6 +107,8 @@ pub(crate) struct Ctx {
     policies: Mutex<Arc<PolicySet>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     remembered: Mutex<HashMap<String, Remembered>>,
+    /// Into the request store: listed requests, and requests to forget.
+    replay: futures::channel::mpsc::UnboundedSender<Feed>,
     tickets: tickets::Tickets,
     queue: QueueMetrics,
 }
@@ -111,50 +123,50 @@ fn decided(cached: &CachedRequest) -> bool {
     conditions.is_approved() || conditions.is_denied()
 }
 
-/// A watch event as the request store takes it: decided requests leave the store, and
-/// what stays is slim (no CSR, no certificate, no messages).
-fn undecided_only(event: Event<CachedRequest>) -> Option<Event<CachedRequest>> {
-    match event {
-        Event::Apply(obj) if decided(&obj) => Some(Event::Delete(obj)),
-        Event::InitApply(obj) if decided(&obj) => None,
-        other => Some(other),
-    }
-}
-
 /// Runs the approver until `stop` is cancelled.
 pub(crate) async fn run(
     s: Arc<Shared>,
     config: PolicyConfig,
-    feed: futures::channel::mpsc::UnboundedReceiver<Event<CachedRequest>>,
+    watched: futures::channel::mpsc::UnboundedReceiver<Event<CachedRequest>>,
     stop: CancellationToken,
 ) {
     let client = s.client.clone();
     let (policy_store, policy_writer) = reflector::store::<IssuancePolicy>();
     let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let (again, again_all) = futures::channel::mpsc::channel::<()>(1);
+    let (replay, replayed) = futures::channel::mpsc::unbounded::<Feed>();
     let summaries_wake = Arc::new(Notify::new());
+    let relist_wake = Arc::new(Notify::new());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (requests, request_writer) = reflector::store::<CachedRequest>();
     let ctx = Arc::new(Ctx {
         tickets: tickets::Tickets::new(client.clone(), s.config.cluster_resource_namespace.clone()),
         queue: s.metrics.loop_without_depth(QUEUE_APPROVALS),
         policies: Mutex::new(Arc::new(PolicySet::default())),
         remembered: Mutex::default(),
         namespaces: namespaces.clone(),
+        replay,
         config,
         s,
     });
+    let wake = Wake {
+        again,
+        summaries: summaries_wake.clone(),
+        relist: relist_wake.clone(),
+    };
     let watch_policies = watch_policies(
         ctx.clone(),
         policy_store.clone(),
         policy_writer,
-        again.clone(),
-        summaries_wake.clone(),
+        wake.clone(),
     );
-    let watch_namespaces = watch_namespaces(
+    let watch_namespaces = watch_namespaces(ctx.clone(), namespace_writer, wake);
+    let relisting = relist(
         ctx.clone(),
-        namespace_writer,
-        again.clone(),
-        summaries_wake.clone(),
+        relist_wake,
+        requests.clone(),
+        ready.clone(),
+        stop.clone(),
     );
     let ready_for_summaries = ready.clone();
     let looks = {
@@ -175,9 +187,14 @@ pub(crate) async fn run(
                 policies = ctx.policies().len(),
                 "policy approver started"
             );
-            let (requests, request_writer) = reflector::store::<CachedRequest>();
             ready.store(true, std::sync::atomic::Ordering::SeqCst);
-            let stream = request_stream(feed, request_writer);
+            let stream = request_stream(
+                ctx.clone(),
+                watched,
+                replayed,
+                requests.clone(),
+                request_writer,
+            );
             let concurrency =
                 u16::try_from(ctx.s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
             let reporting = report(ctx.clone(), requests.clone(), stop.clone());
@@ -213,92 +230,12 @@ pub(crate) async fn run(
         () = watch_policies => {}
         () = watch_namespaces => {}
         () = publishing => {}
+        () = relisting => {}
     }
     info!("policy approver stopped");
 }
 
-/// The undecided requests, from the engine's own CertificateRequest watch (decoded slim:
-/// the CSR and the certificate of every request are skipped while decoding; an
-/// undecided one is read whole when it is looked at), kept in the store.
-fn request_stream(
-    requests: futures::channel::mpsc::UnboundedReceiver<Event<CachedRequest>>,
-    writer: Writer<CachedRequest>,
-) -> impl futures::Stream<Item = Result<CachedRequest, watcher::Error>> + Send + use<> {
-    requests
-        .filter_map(|event| futures::future::ready(undecided_only(event)))
-        .map(Ok::<_, watcher::Error>)
-        .reflect(writer)
-        .applied_objects()
-}
-
-async fn watch_policies(
-    ctx: Arc<Ctx>,
-    store: Store<IssuancePolicy>,
-    writer: Writer<IssuancePolicy>,
-    mut again: futures::channel::mpsc::Sender<()>,
-    summaries: Arc<Notify>,
-) {
-    let api: Api<IssuancePolicy> = Api::all(ctx.s.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .boxed();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => {
-                let set = PolicySet::new(
-                    store
-                        .state()
-                        .iter()
-                        .map(|p| Arc::new(Policy::compile(&p.name_any(), &p.spec))),
-                );
-                for policy in set.iter().filter(|p| !p.problems.is_empty()) {
-                    warn!(policy = %policy.name, problems = ?policy.problems, "IssuancePolicy is invalid; it denies every request it selects");
-                }
-                *lock(&ctx.policies) = Arc::new(set);
-                // A full channel already asks for a look at everything.
-                let _ = again.try_send(());
-                summaries.notify_one();
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "IssuancePolicy watch failed; retrying"),
-        }
-    }
-}
-
-async fn watch_namespaces(
-    ctx: Arc<Ctx>,
-    writer: Writer<PartialObjectMeta<Namespace>>,
-    mut again: futures::channel::mpsc::Sender<()>,
-    summaries: Arc<Notify>,
-) {
-    let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.s.client.clone());
-    let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .boxed();
-    while let Some(event) = stream.next().await {
-        let changed = match event {
-            Ok(Event::Apply(ns) | Event::InitApply(ns)) => {
-                labels.insert(ns.name_any(), ns.labels().clone()) != Some(ns.labels().clone())
-            }
-            Ok(Event::Delete(ns)) => labels.remove(&ns.name_any()).is_some(),
-            Ok(Event::InitDone) => true,
-            Ok(Event::Init) => false,
-            Err(e) => {
-                warn!(error = %e, "Namespace watch failed; retrying");
-                false
-            }
-        };
-        if changed {
-            let _ = again.try_send(());
-            summaries.notify_one();
-        }
-    }
-}
-
-/// Sets the awaiting gauges and forgets requests no longer undecided.
+/// Sets the awaiting gauges and the held count, and forgets requests no longer held.
 async fn report(ctx: Arc<Ctx>, requests: Store<CachedRequest>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     loop {
@@ -306,11 +243,15 @@ async fn report(ctx: Arc<Ctx>, requests: Store<CachedRequest>, stop: Cancellatio
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let live: HashSet<String> = requests
-            .state()
+        let held = requests.state();
+        ctx.s
+            .metrics
+            .set_policy_held(i64::try_from(held.len()).unwrap_or(i64::MAX));
+        let live: HashSet<String> = held
             .iter()
             .filter_map(|cr| cr.metadata.uid.clone())
             .collect();
+        drop(held);
         let now = jiff::Timestamp::now();
         let mut counts: HashMap<&'static str, (i64, i64)> = HashMap::new();
         {
@@ -375,47 +316,38 @@ async fn reconcile(cr: Arc<CachedRequest>, ctx: Arc<Ctx>) -> Result<Action, Erro
 async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
     let uid = cached.metadata.uid.clone().unwrap_or_default();
     if decided(cached) {
-        lock(&ctx.remembered).remove(&uid);
+        ctx.forget(cached, Forget::Done);
         return Ok(Action::await_change());
     }
     let namespace = cached.metadata.namespace.clone().unwrap_or_default();
-    let issuer_ref = &cached.spec.issuer_ref;
-    // An empty kind with certwright's group: cert-manager reads it as `Issuer`, a
-    // signer that does not exist there, and refuses any decision on it.
-    if issuer_ref.kind.is_empty() && issuer_ref.group == ctx.s.group {
-        lock(&ctx.remembered).remove(&uid);
-        return Ok(Action::await_change());
-    }
-    let issuer = Issuer::of(issuer_ref);
-    // Only requests whose signer certwright may approve (policy.approveSignerNames):
-    // cert-manager's webhook would refuse any other decision.
-    let signer = ctx.signer_of(&issuer, &namespace);
-    if !ctx.config.approves(&signer) {
-        lock(&ctx.remembered).remove(&uid);
+    // Left for another approver (or a person) before the request is read: a request
+    // certwright cannot read is not denied on another approver's behalf. The policies
+    // may have changed since the request was let into the store.
+    let set = ctx.policies();
+    if ctx.scope(cached, &set, Labels::Unknown) == Scope::Others {
+        ctx.forget(cached, Forget::OutOfScope);
         return Ok(Action::await_change());
     }
     // The namespace's labels matter only to a policy that selects this issuer by them.
-    let set = ctx.policies();
-    let by_issuer: Vec<&Policy> = set
+    let issuer = Issuer::of(&cached.spec.issuer_ref);
+    let labels = if set
         .iter()
-        .map(AsRef::as_ref)
-        .filter(|p| p.selects_issuer(&issuer))
-        .collect();
-    let labels = if by_issuer.iter().any(|p| p.uses_labels()) {
-        ctx.namespace_labels(&namespace).await?
+        .any(|p| p.selects_issuer(&issuer) && p.uses_labels())
+    {
+        let (labels, watched) = ctx.namespace_labels(&namespace).await?;
+        let known = labels.as_ref().map_or(Labels::Absent, Labels::Known);
+        if ctx.scope(cached, &set, known) == Scope::Others {
+            // On labels the watch has not seen yet the request stays held: when the
+            // watch sees them, every held request is looked at again.
+            if watched {
+                ctx.forget(cached, Forget::OutOfScope);
+            }
+            return Ok(Action::await_change());
+        }
+        labels
     } else {
         None
     };
-    // Left for another approver when no policy could apply, before the request is read:
-    // a request certwright cannot read is not denied on another approver's behalf.
-    if ctx.config.unmatched == Unmatched::Ignore
-        && !by_issuer
-            .iter()
-            .any(|p| p.selects_namespace(&namespace, labels.as_ref()))
-    {
-        lock(&ctx.remembered).remove(&uid);
-        return Ok(Action::await_change());
-    }
     // The whole request, as it is now: its CSR to judge, its resourceVersion to write
     // the decision against.
     let api: Api<CertificateRequest> = Api::namespaced(
@@ -427,10 +359,12 @@ async fn look(cached: &CachedRequest, ctx: &Ctx) -> Result<Action, Error> {
         .await
         .map_err(|e| Error::kube("reading a CertificateRequest to judge it", e))?;
     let Some(full) = full.filter(|cr| cr.metadata.uid.as_deref() == Some(uid.as_str())) else {
+        // Deleted: the watch says so too, unless this look came from a list older than it.
+        ctx.forget(cached, Forget::Done);
         return Ok(Action::await_change());
     };
     if plan::decided(&full) {
-        lock(&ctx.remembered).remove(&uid);
+        ctx.forget(cached, Forget::Done);
         return Ok(Action::await_change());
     }
     let cr = &full;
@@ -554,23 +488,67 @@ impl Ctx {
         lock(&self.policies).clone()
     }
 
+    /// Whether a request is the approver's, on the policies given and what is known of
+    /// its namespace's labels ([`scope::scope`]).
+    fn scope(&self, cached: &CachedRequest, set: &PolicySet, labels: Labels<'_>) -> Scope {
+        let namespace = cached.metadata.namespace.as_deref().unwrap_or_default();
+        scope::scope(
+            &cached.spec.issuer_ref,
+            namespace,
+            self.s.group,
+            // Only requests whose signer certwright may approve (the chart's
+            // policy.approveSignerNames): cert-manager's webhook refuses other decisions.
+            |issuer| self.config.approves(&self.signer_of(issuer, namespace)),
+            self.config.unmatched,
+            set,
+            labels,
+        )
+    }
+
+    /// Whether the store holds a request: undecided, and the approver's on the current
+    /// policies and the namespace labels the watch has seen.
+    fn holds(&self, cached: &CachedRequest) -> bool {
+        if decided(cached) {
+            return false;
+        }
+        let namespace = cached.metadata.namespace.as_deref().unwrap_or_default();
+        let stored = self.namespaces.get(&ObjectRef::new(namespace));
+        let labels = stored
+            .as_deref()
+            .map_or(Labels::Unknown, |ns| Labels::Known(ns.labels()));
+        self.scope(cached, &self.policies(), labels) != Scope::Others
+    }
+
+    /// Drops a request from the store (and what is remembered of it): decided, gone,
+    /// or not the approver's ([`Forget`]).
+    fn forget(&self, cached: &CachedRequest, why: Forget) {
+        if let Some(uid) = &cached.metadata.uid {
+            lock(&self.remembered).remove(uid);
+        }
+        // The receiving end closes only when the approver stops.
+        let _ = self
+            .replay
+            .unbounded_send(Feed::Forget(cached.clone(), why));
+    }
+
     fn remember<T>(&self, uid: &str, f: impl FnOnce(&mut Remembered) -> T) -> T {
         f(lock(&self.remembered).entry(uid.to_string()).or_default())
     }
 
-    /// The labels of a namespace: from the watch, or read when the watch has not seen
-    /// it yet (a namespace created just before its request), so that a policy selecting
-    /// by label is never skipped for want of them. `None` when it does not exist.
+    /// The labels of a namespace (`None` when it does not exist), and whether they come
+    /// from the watch: they are read when the watch has not seen the namespace yet (one
+    /// created just before its request), so that a policy selecting by label is never
+    /// skipped for want of them.
     async fn namespace_labels(
         &self,
         namespace: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, Error> {
+    ) -> Result<(Option<BTreeMap<String, String>>, bool), Error> {
         if let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) {
-            return Ok(Some(ns.labels().clone()));
+            return Ok((Some(ns.labels().clone()), true));
         }
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(self.s.client.clone());
         match api.get_metadata_opt(namespace).await {
-            Ok(found) => Ok(found.map(|ns| ns.labels().clone())),
+            Ok(found) => Ok((found.map(|ns| ns.labels().clone()), false)),
             Err(e) => Err(Error::kube(
                 format!("reading the labels of namespace {namespace}"),
                 e,

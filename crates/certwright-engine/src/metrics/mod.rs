@@ -138,6 +138,11 @@ struct AwaitingLabels {
     approval: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabels {
+    result: String,
+}
+
 /// The `approval` labels of the awaiting gauges.
 pub const AWAITING_APPROVALS: [&str; 2] = ["manual", "ticket"];
 
@@ -192,6 +197,8 @@ struct Inner {
     policy_decisions: Family<DecisionLabels, Counter>,
     policy_awaiting: Family<AwaitingLabels, Gauge>,
     policy_awaiting_oldest: Family<AwaitingLabels, Gauge>,
+    policy_held: Gauge,
+    policy_lists: Family<ListLabels, Counter>,
     cached_requests: Gauge,
     leader: Gauge,
     queue_depth: Family<QueueLabels, Gauge>,
@@ -273,6 +280,8 @@ impl Metrics {
         let policy_decisions = Family::<DecisionLabels, Counter>::default();
         let policy_awaiting = Family::<AwaitingLabels, Gauge>::default();
         let policy_awaiting_oldest = Family::<AwaitingLabels, Gauge>::default();
+        let policy_held = Gauge::default();
+        let policy_lists = Family::<ListLabels, Counter>::default();
         let approval_to_ready: HistogramFamily<IssuerLabels> =
             Family::new_with_constructor(approval_to_ready_histogram);
         let cached_requests = Gauge::default();
@@ -358,6 +367,16 @@ impl Metrics {
             policy_awaiting_oldest.clone(),
         );
         sub.register(
+            "policy_held_requests",
+            "Undecided CertificateRequests the policy approver holds in memory: those it may decide, not those it leaves to another approver",
+            policy_held.clone(),
+        );
+        sub.register(
+            "policy_lists",
+            "Lists of every CertificateRequest the policy approver made after IssuancePolicies or namespace labels changed (with --policy-unmatched=ignore), by result (ok, error)",
+            policy_lists.clone(),
+        );
+        sub.register(
             "cached_requests",
             "CertificateRequests the engine holds in memory (approved or denied, not yet final)",
             cached_requests.clone(),
@@ -413,6 +432,8 @@ impl Metrics {
                 policy_decisions,
                 policy_awaiting,
                 policy_awaiting_oldest,
+                policy_held,
+                policy_lists,
                 cached_requests,
                 leader,
                 queue_depth,
@@ -634,6 +655,22 @@ impl Metrics {
             .set(oldest_seconds);
     }
 
+    /// Sets `certwright_policy_held_requests`.
+    pub(crate) fn set_policy_held(&self, count: i64) {
+        self.inner.policy_held.set(count);
+    }
+
+    /// Counts in `certwright_policy_lists_total{result}` a list of every
+    /// CertificateRequest after a policy or label change (`ok` or `error`).
+    pub(crate) fn policy_list(&self, result: &str) {
+        self.inner
+            .policy_lists
+            .get_or_create(&ListLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
     /// Records in `certwright_approval_to_ready_seconds{issuer…}` the time from the
     /// Approved condition's `lastTransitionTime` to the Ready condition being written.
     pub fn observe_approval_to_ready(&self, issuer: &IssuerLabels, seconds: f64) {
@@ -747,8 +784,12 @@ mod tests {
         metrics.policy_decision("payments", "denied", "payments-base");
         metrics.policy_decision("payments", "denied", "payments-base");
         metrics.set_policy_awaiting("ticket", 2, 95);
+        metrics.set_policy_held(3);
+        metrics.policy_list("ok");
         let text = lines(&metrics).join("\n");
         for want in [
+            "certwright_policy_held_requests 3",
+            "certwright_policy_lists_total{result=\"ok\"} 1",
             "certwright_policy_decisions_total{namespace=\"payments\",decision=\"denied\",policy=\"payments-base\"} 2",
             "certwright_policy_awaiting_requests{approval=\"ticket\"} 2",
             "certwright_policy_awaiting_oldest_seconds{approval=\"ticket\"} 95",
@@ -764,11 +805,14 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_the_cache_size_and_leadership() {
+    fn a_fresh_registry_shows_the_cache_sizes_and_leadership() {
         // Families without series are not encoded; the plain gauges always have one.
         assert_eq!(
             lines(&Metrics::new()).join("\n"),
-            "# HELP certwright_cached_requests CertificateRequests the engine holds in memory (approved or denied, not yet final).\n\
+            "# HELP certwright_policy_held_requests Undecided CertificateRequests the policy approver holds in memory: those it may decide, not those it leaves to another approver.\n\
+             # TYPE certwright_policy_held_requests gauge\n\
+             certwright_policy_held_requests 0\n\
+             # HELP certwright_cached_requests CertificateRequests the engine holds in memory (approved or denied, not yet final).\n\
              # TYPE certwright_cached_requests gauge\n\
              certwright_cached_requests 0\n\
              # HELP certwright_leader_is_leader Whether this replica holds the leader-election lease and reconciles (1) or waits (0).\n\

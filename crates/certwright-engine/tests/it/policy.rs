@@ -17,8 +17,9 @@ use certwright_testkit::apiserver::AccessRule;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
 use certwright_testkit::ticket_sim::TicketSimulator;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt as _};
+use serde_json::json;
 
 use crate::support::*;
 
@@ -442,6 +443,13 @@ async fn no_policy_means_denied_or_left_alone() {
         condition_message(&denied, "Denied"),
         "No IssuancePolicy covers namespace payments and issuer ClusterIssuer corp (cert-manager.io): certwright denies requests no policy allows"
     );
+    // Default-deny leaves nothing out of the approver's store, so it never lists.
+    assert!(
+        !env.metrics
+            .encode()
+            .unwrap()
+            .contains("certwright_policy_lists_total{")
+    );
 
     let env = env_with(PolicyConfig::new().unmatched(Unmatched::Ignore)).await;
     policy(&env, "team", TEAM).await;
@@ -471,7 +479,87 @@ async fn no_policy_means_denied_or_left_alone() {
         "{:?}",
         left.status
     );
+
+    // The approver does not hold requests left to others; a policy that comes to
+    // select one finds it by listing, and decides it.
+    let metric = |line: &str| env.metrics.encode().unwrap().contains(line);
+    eventually("nothing held", || {
+        metric("certwright_policy_held_requests 0")
+    })
+    .await;
+    assert!(!metric("certwright_policy_lists_total{"));
+    policy(
+        &env,
+        "other",
+        &ANY_NAME.replace("SELECTOR", "matchNames: [other]"),
+    )
+    .await;
+    assert!(wait_decided(&env, "other", "uncovered").await.is_approved());
+    assert!(metric("certwright_policy_lists_total{result=\"ok\"}"));
+    // So does a label put on the namespace later, for a policy that selects by it.
+    namespace(&env, "labelled", &[]).await;
+    policy(
+        &env,
+        "labelled",
+        &ANY_NAME.replace("SELECTOR", "matchLabels: { governed: \"yes\" }"),
+    )
+    .await;
+    env.request("labelled", "later", corp.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = env.requests("labelled").get("later").await.unwrap();
+    assert!(
+        !left.is_approved() && !left.is_denied(),
+        "{:?}",
+        left.status
+    );
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    namespaces
+        .patch(
+            "labelled",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"governed": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    assert!(wait_decided(&env, "labelled", "later").await.is_approved());
+
+    // A held request (waiting for a person) whose policy goes is let go, undecided.
+    namespace(&env, "waiting", &[]).await;
+    policy(
+        &env,
+        "waiting",
+        &format!(
+            "{}approval: {{ mode: Manual }}\n",
+            ANY_NAME.replace("SELECTOR", "matchNames: [waiting]")
+        ),
+    )
+    .await;
+    env.request("waiting", "person", corp.clone()).await;
+    eventually("one held", || metric("certwright_policy_held_requests 1")).await;
+    Api::<IssuancePolicy>::all(env.client.clone())
+        .delete("waiting", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("nothing held", || {
+        metric("certwright_policy_held_requests 0")
+    })
+    .await;
+    let left = env.requests("waiting").get("person").await.unwrap();
+    assert!(
+        !left.is_approved() && !left.is_denied(),
+        "{:?}",
+        left.status
+    );
 }
+
+/// Allows any name with the default usages, in the namespaces `SELECTOR` selects.
+const ANY_NAME: &str = r#"
+allowed:
+  commonName: { value: "*" }
+  dnsNames: { values: ["*"] }
+  usages: ["digital signature", "key encipherment"]
+selector: { namespace: { SELECTOR } }
+"#;
 
 const TICKET: &str = r#"
 allowed:
