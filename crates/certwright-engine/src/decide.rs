@@ -51,7 +51,8 @@ pub enum Decision {
     },
 }
 
-/// Decides what a request needs, following the flow table in DESIGN.md row by row.
+/// Decides what a request needs, following the flow table of docs/engine.md ("Decide,
+/// then apply") row by row.
 pub fn decide(request: &CachedRequest, group: &str, issuer: IssuerState<'_>) -> Decision {
     let conditions = request.conditions();
     if request.spec.issuer_ref.group != group {

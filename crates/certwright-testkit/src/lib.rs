@@ -1,6 +1,9 @@
 //! Test support for certwright, never published: CSR and CA fixtures built with rcgen
-//! ([`fixtures`]), an HTTPS test server ([`tls`]), PKI simulators ([`rest_sim`]), a
-//! Jira-like change-ticket system ([`ticket_sim`]), a launcher for a real `cfssl serve`
+//! ([`fixtures`]); an in-memory Kubernetes API server with its CRDs and schema checks
+//! ([`apiserver`], [`crds`], [`schema`]); an HTTPS test server ([`tls`]); PKI simulators:
+//! a REST CA ([`rest_sim`]), AD CS certsrv ([`adcs_sim`]) with a Kerberos KDC
+//! ([`kdc_sim`]), EJBCA REST ([`ejbca_sim`]), a CRL server ([`crl_server`]) and a
+//! Jira-like change-ticket system ([`ticket_sim`]); a launcher for a real `cfssl serve`
 //! ([`cfssl`]), SoftHSM2 tokens ([`softhsm`]) and the backend conformance suite
 //! ([`conformance`]).
 //!

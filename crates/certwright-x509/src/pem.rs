@@ -1,4 +1,4 @@
-//! PEM armour: decoding with `rustls-pki-types`, encoding with a small base64 writer.
+//! PEM armour: decoding with `rustls-pki-types`, encoding with `pem-rfc7468`.
 //!
 //! Decoding takes CSR blocks (including the legacy `NEW CERTIFICATE REQUEST` label) and
 //! certificate blocks; encoding writes 64-column RFC 7468 text with `\n` line endings.
@@ -64,44 +64,10 @@ pub(crate) fn decode_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
         .collect()
 }
 
-/// Encodes `der` as one PEM block with the given label.
+/// Encodes `der` as one PEM block with the given label (one of this module's labels).
 pub(crate) fn encode(label: &str, der: &[u8]) -> String {
-    let body = base64(der);
-    let mut out = String::with_capacity(body.len() + body.len() / 64 + 2 * label.len() + 40);
-    out.push_str("-----BEGIN ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    for line in body.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    out
-}
-
-/// Standard base64 with padding (RFC 4648 section 4).
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let symbol = |index: u32| char::from(ALPHABET[(index & 0x3f) as usize]);
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b0 = u32::from(chunk[0]);
-        let b1 = chunk.get(1).copied().map_or(0, u32::from);
-        let b2 = chunk.get(2).copied().map_or(0, u32::from);
-        let triple = (b0 << 16) | (b1 << 8) | b2;
-        out.push(symbol(triple >> 18));
-        out.push(symbol(triple >> 12));
-        out.push(if chunk.len() > 1 {
-            symbol(triple >> 6)
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 { symbol(triple) } else { '=' });
-    }
-    out
+    pem_rfc7468::encode_string(label, pem_rfc7468::LineEnding::LF, der)
+        .expect("this module's labels are valid RFC 7468 labels")
 }
 
 /// Replaces every occurrence of `from` in `haystack` with `to`.
@@ -127,9 +93,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc4648_vectors() {
+    fn encode_writes_rfc4648_base64() {
         for (input, expected) in [
-            ("", ""),
             ("f", "Zg=="),
             ("fo", "Zm8="),
             ("foo", "Zm9v"),
@@ -137,7 +102,10 @@ mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64(input.as_bytes()), expected);
+            assert_eq!(
+                encode(CERTIFICATE_LABEL, input.as_bytes()),
+                format!("-----BEGIN CERTIFICATE-----\n{expected}\n-----END CERTIFICATE-----\n")
+            );
         }
     }
 
