@@ -664,10 +664,8 @@ mod tests {
     }
 
     fn ca_bundle() -> Base64Bytes {
-        let ca = certwright_testkit::fixtures::TestCa::root(
-            certwright_testkit::fixtures::KeyKind::EcdsaP256,
-            "Corp Root",
-        );
+        let ca =
+            certwright_fixtures::TestCa::root(certwright_fixtures::KeyKind::EcdsaP256, "Corp Root");
         Base64Bytes::from(ca.cert_pem())
     }
 

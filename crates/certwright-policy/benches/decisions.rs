@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certwright_api::{CertificateRequest, CertificateRequestSpec, IssuancePolicySpec, IssuerRef};
+use certwright_fixtures::{CsrBuilder, KeyKind};
 use certwright_policy::{Evaluation, Policy, PolicySet, RequestFacts, Verdict};
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
 
 /// Policies in the cache.
 const POLICIES: usize = 200;

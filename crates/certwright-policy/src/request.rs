@@ -375,7 +375,7 @@ mod tests {
 
     use super::*;
     use certwright_api::{CertificateRequestSpec, IssuerRef};
-    use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
+    use certwright_fixtures::{CsrBuilder, KeyKind};
 
     fn request(csr: Vec<u8>) -> CertificateRequest {
         let mut cr = CertificateRequest::new(
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn extensions_and_attributes_a_policy_cannot_check_are_listed() {
-        use certwright_testkit::rcgen::{CertificateParams, CustomExtension};
+        use certwright_fixtures::rcgen::{CertificateParams, CustomExtension};
         let key = KeyKind::EcdsaP256.key_pair();
         let mut params = CertificateParams::new(vec!["a.corp".to_string()]).unwrap();
         // Microsoft's Application Policies extension (an AD CS CA may honour it).

@@ -225,7 +225,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use certwright_testkit::{KeyKind, TestCa};
+    use certwright_fixtures::{KeyKind, TestCa};
 
     use super::*;
 

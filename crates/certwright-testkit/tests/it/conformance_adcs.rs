@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
 use certwright_testkit::adcs_sim::{
     AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
 };
-use certwright_testkit::conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
 use certwright_testkit::tls::refused_url;
 
@@ -127,7 +127,7 @@ impl Harness for AdcsHarness {
     }
 }
 
-certwright_testkit::conformance_suite!(AdcsHarness::start());
+certwright_conformance::conformance_suite!(AdcsHarness::start());
 
 /// The same suite authenticating with Kerberos (Negotiate) through the KDC simulator;
 /// certsrv is addressed as `localhost`, the host of its service principal.
@@ -237,5 +237,5 @@ mod kerberos {
         }
     }
 
-    certwright_testkit::conformance_suite!(KerberosHarness::start());
+    certwright_conformance::conformance_suite!(KerberosHarness::start());
 }

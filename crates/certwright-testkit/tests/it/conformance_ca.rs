@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::ca::{LocalCa, LocalCaConfig};
-use certwright_testkit::conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
 
 struct LocalCaHarness {
@@ -74,4 +74,4 @@ impl Harness for LocalCaHarness {
     }
 }
 
-certwright_testkit::conformance_suite!(LocalCaHarness::start());
+certwright_conformance::conformance_suite!(LocalCaHarness::start());

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::rest::{Flavor, RestAuth, RestBackend, RestConfig};
 use certwright_testkit::cfssl::{AUTH_PROFILE, CfsslServer, PROFILE, RESTRICTED_PROFILE};
-use certwright_testkit::conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
 use certwright_testkit::tls::refused_url;
 
@@ -93,12 +93,12 @@ impl Harness for CfsslHarness {
 
 mod sign {
     use super::*;
-    certwright_testkit::conformance_suite!(CfsslHarness::start(false));
+    certwright_conformance::conformance_suite!(CfsslHarness::start(false));
 }
 
 mod authsign {
     use super::*;
-    certwright_testkit::conformance_suite!(CfsslHarness::start(true));
+    certwright_conformance::conformance_suite!(CfsslHarness::start(true));
 
     #[tokio::test]
     async fn wrong_hmac_key_is_unauthorized() {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::ejbca::{EjbcaBackend, EjbcaConfig, OAuthCredentials, approval_request_id};
-use certwright_testkit::conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_testkit::ejbca_sim::{
     APPROVAL_PROFILE, Behaviour, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };
@@ -177,4 +177,4 @@ impl Harness for EjbcaHarness {
     }
 }
 
-certwright_testkit::conformance_suite!(EjbcaHarness::start());
+certwright_conformance::conformance_suite!(EjbcaHarness::start());

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::rest::{RestBackend, RestConfig};
-use certwright_testkit::conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
 use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
 use certwright_testkit::tls::refused_url;
@@ -141,4 +141,4 @@ impl Harness for RestHarness {
     }
 }
 
-certwright_testkit::conformance_suite!(RestHarness::start());
+certwright_conformance::conformance_suite!(RestHarness::start());

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::ca::{LocalCa, LocalCaConfig, TokenKeyConfig, TokenRef};
-use certwright_testkit::conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
 use certwright_testkit::softhsm::{SoftHsm, USER_PIN};
 
@@ -95,4 +95,4 @@ impl Harness for TokenHarness {
     }
 }
 
-certwright_testkit::conformance_suite!(TokenHarness::start());
+certwright_conformance::conformance_suite!(TokenHarness::start());

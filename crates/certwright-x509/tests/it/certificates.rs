@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use certwright_testkit::{KeyKind, TestCa, VALID_FROM_UNIX, VALID_UNTIL_UNIX};
+use certwright_fixtures::{KeyKind, TestCa, VALID_FROM_UNIX, VALID_UNTIL_UNIX};
 use certwright_x509::{
     BasicConstraints, Certificate, Chain, Error, ExtendedKeyUsage, KeyAlgorithm, KeyUsage,
     certificates_to_pem, parse_pem_bundle,
@@ -371,7 +371,7 @@ fn debug_output_is_short() {
 #[test]
 fn certificate_for_a_csr_chains_to_its_ca() {
     let root = TestCa::root(KeyKind::Rsa3072, "CSR Root");
-    let csr = certwright_testkit::CsrBuilder::new(KeyKind::EcdsaP256)
+    let csr = certwright_fixtures::CsrBuilder::new(KeyKind::EcdsaP256)
         .common_name("api.example.com")
         .dns("api.example.com")
         .build();

@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use certwright_testkit::rcgen::{self, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
-use certwright_testkit::{CsrBuilder, KeyKind};
+use certwright_fixtures::rcgen::{self, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
+use certwright_fixtures::{CsrBuilder, KeyKind};
 use certwright_x509::{
     BasicConstraints, Csr, Error, ExtendedKeyUsage, KeyAlgorithm, KeyUsage, MAX_CSR_BYTES,
     SignatureAlgorithm, SubjectAltNames,

@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use base64::Engine as _;
-use certwright_testkit::{CsrBuilder, KeyKind, TestCa};
+use certwright_fixtures::{CsrBuilder, KeyKind, TestCa};
 use certwright_x509::{Certificate, Chain, Csr, parse_pem_bundle};
 use proptest::prelude::*;
 

@@ -1,7 +1,18 @@
-//! CSR and CA fixtures made with rcgen, returned as bytes (PEM/DER) and key PEM.
+//! CSR and CA fixtures for certwright's tests, made with rcgen and returned as bytes
+//! (PEM/DER) and key PEM: [`CsrBuilder`] for CSRs of every key type and request field,
+//! [`TestCa`] for roots, intermediates, leaves and CRLs.
 //!
-//! Nothing here returns certwright types, so any certwright crate (including
-//! `certwright-x509`, which dev-depends on this one) can use it.
+//! Nothing here returns certwright types and nothing here starts a server, so every
+//! certwright crate (including `certwright-x509` and `certwright-api`, which dev-depend
+//! on this one alone) can use it, and the backend conformance suite builds on it. The
+//! heavier test support (an in-memory API server, PKI simulators) is
+//! `certwright-testkit`.
+
+#![deny(missing_docs)]
+
+/// rcgen, re-exported so tests can name its key usage, EKU and DN types without their own
+/// dependency on it.
+pub use rcgen;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +32,9 @@ pub const VALID_FROM_UNIX: i64 = 1_735_689_600;
 /// 2035-01-01T00:00:00Z, as Unix seconds.
 pub const VALID_UNTIL_UNIX: i64 = 2_051_222_400;
 
-const RSA_2048_PEM: &str = include_str!("../fixtures/rsa2048.pem");
-const RSA_3072_PEM: &str = include_str!("../fixtures/rsa3072.pem");
-const RSA_4096_PEM: &str = include_str!("../fixtures/rsa4096.pem");
+const RSA_2048_PEM: &str = include_str!("../keys/rsa2048.pem");
+const RSA_3072_PEM: &str = include_str!("../keys/rsa3072.pem");
+const RSA_4096_PEM: &str = include_str!("../keys/rsa4096.pem");
 
 /// Serial numbers for [`TestCa`] certificates: unique within a test process.
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0x1000);

@@ -1,20 +1,33 @@
-//! The backend contract as one test suite, run against every backend.
+//! The [`Backend`] contract of `certwright-pki` as one test suite, run against every
+//! backend: certwright's own adapters and yours.
 //!
 //! A [`Harness`] knows how to put its backend (and the CA behind it) into each
 //! [`Scenario`]; the cases here drive the backend through the [`Backend`] trait only and
-//! assert what the engine relies on. [`conformance_suite!`](crate::conformance_suite)
-//! turns a harness into one `#[tokio::test]` per case. A scenario a backend cannot meet
-//! (a local CA cannot be unreachable) is declared by returning `None`, and the case
-//! says so on stderr.
+//! assert what the engine relies on: issued chains ordered and carrying the CSR's key and
+//! names, pending requests polled without a second submission, rejections with the CA's
+//! reason, and every failure classified as the [`Error`] variant that tells the engine
+//! what to do next. [`conformance_suite!`](crate::conformance_suite) turns a harness
+//! into one `#[tokio::test]` per case. A scenario a backend cannot meet (a local CA
+//! cannot be unreachable) is declared by returning `None`, and the case says so on
+//! stderr.
+//!
+//! A crate that runs the suite dev-depends on this crate, on `tokio` (features `macros`
+//! and `rt-multi-thread`, for the generated tests) and on `async-trait` (to implement
+//! [`Harness`]; also re-exported here as [`async_trait`]).
+//! `examples/third-party-backend` in certwright's repository is a backend in its own
+//! crate that passes the suite.
+
+#![deny(missing_docs)]
+
+pub use async_trait::async_trait;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_fixtures::{CsrBuilder, KeyKind};
 use certwright_pki::{Backend, Error, IssuedBundle, Outcome, SignRequest};
 use certwright_x509::Csr;
-
-use crate::fixtures::{CsrBuilder, KeyKind};
 
 /// A situation the CA behind a backend is put in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -490,7 +503,7 @@ pub async fn check_passes(harness: &dyn Harness) {
 /// built by the given async expression.
 ///
 /// ```text
-/// certwright_testkit::conformance_suite!(RestHarness::start());
+/// certwright_conformance::conformance_suite!(RestHarness::start());
 /// ```
 #[macro_export]
 macro_rules! conformance_suite {
@@ -507,7 +520,7 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let harness = $harness.await;
-                $crate::conformance::$case(&harness).await;
+                $crate::$case(&harness).await;
             }
         )*
     };
