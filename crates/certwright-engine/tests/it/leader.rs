@@ -1,15 +1,17 @@
 //! Leader election on a Lease against the testkit API server: one leader at a time, a
-//! graceful stop hands over at once, a leader that cannot renew stops at once.
+//! graceful stop hands over at once, a leader that cannot renew stops at once, and the
+//! engine it ran signs nothing more.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::support::Env;
-use certwright_engine::Error;
+use crate::support::{Env, cluster_ref, fast_config, rest_spec};
 use certwright_engine::leader::{LeaderElector, LeaseConfig};
+use certwright_engine::{CertwrightIssuers, Engine, Error};
 use certwright_testkit::apiserver::Method;
+use certwright_testkit::rest_sim::RestSimulator;
 use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> LeaseConfig {
@@ -139,4 +141,53 @@ async fn a_leader_that_cannot_renew_stops_at_once() {
         .unwrap();
     assert!(matches!(result, Err(Error::LeadershipLost)), "{result:?}");
     assert_eq!(running.load(Ordering::SeqCst), 0, "the work was stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_leadership_signs_nothing_approved_after() {
+    let env = Env::new().await;
+    let sim = RestSimulator::start().await.unwrap();
+    env.cluster_issuer("corp", rest_spec(&sim)).await;
+    let engine =
+        Engine::<CertwrightIssuers>::new(env.client.clone(), fast_config(), env.metrics.clone());
+    let elector = LeaderElector::new(env.client.clone(), config("replica-a"));
+    let task = tokio::spawn(async move {
+        elector
+            .run(CancellationToken::new(), move |leading| engine.run(leading))
+            .await
+    });
+    // While it leads, its engine signs.
+    env.request("apps", "before", cluster_ref("corp")).await;
+    env.approve("apps", "before").await;
+    env.wait_ready_reason("apps", "before", "Issued").await;
+    let signed = sim.sign_submissions();
+
+    // Every renewal fails from now on: it steps down at the renew deadline.
+    env.server
+        .faults()
+        .fail_next(Method::PUT, "leases/certwright-controller", 500, 100_000);
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(Error::LeadershipLost)), "{result:?}");
+
+    // A request approved now is left to the next leader: no watcher sees it, no worker
+    // of this replica takes it, no call reaches the PKI.
+    env.request("apps", "after", cluster_ref("corp")).await;
+    env.approve("apps", "after").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.sign_submissions(),
+        signed,
+        "no sign call after the loss"
+    );
+    let after = env.requests("apps").get("after").await.unwrap();
+    let status = after.status.unwrap_or_default();
+    assert!(status.certificate.is_none(), "signed after the loss");
+    assert!(
+        !status.conditions.iter().any(|c| c.type_ == "Ready"),
+        "this replica wrote {:?}",
+        status.conditions
+    );
 }
