@@ -293,7 +293,7 @@ fn build(args: &IssuerArgs) -> Result<(String, IssuerSpec, std::sync::Arc<dyn Ba
 
 async fn check(args: &IssuerArgs, output: Output) -> Result<u8, Failure> {
     let (name, spec, backend) = build(args)?;
-    let kind = spec.backend_kind().map(|k| k.as_str()).unwrap_or_default();
+    let kind = backend.kind();
     let health = backend.check().await.map_err(pki_failure)?;
     // The signerName Kubernetes CSRs name this issuer by, unless it opted out.
     let signer = (spec.kubernetes_csr != Some(false))

@@ -140,7 +140,9 @@ pub struct IssuerStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The configured backend (`ca`, `rest`, `adcs`, `ejbca`), for `kubectl get`.
+    /// The backend that signs, as it names itself (`ca`, `rest`, `cfssl`, `adcs`,
+    /// `ejbca`, or an embedder's own), for `kubectl get`; while none could be built, the
+    /// block the spec configures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// A local CA's trust bundle (PEM): the root (or top certificate of `tls.crt`) of the

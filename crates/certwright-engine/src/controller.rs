@@ -415,6 +415,7 @@ async fn watch_issuers<R: IssuerResource>(
                     ca: crate::issuers::SeenCaStatus {
                         trust_bundle: status.and_then(|s| s.trust_bundle.clone()),
                         rotation: status.and_then(|s| s.rotation.clone()),
+                        backend: status.and_then(|s| s.backend.clone()),
                     },
                     issued: status.map(|s| s.issued.clone()).unwrap_or_default(),
                     resource_version: obj.meta().resource_version.clone(),
@@ -899,7 +900,9 @@ impl Shared {
         let (attempts, entry_created) = lock(&self.requests).get(key).map_or((0, None), |e| {
             (e.attempts, e.cached.metadata.creation_timestamp.clone())
         });
-        let poll_interval = self.poll_interval(&entry);
+        // How often a CA-side pending request is asked about is the backend's
+        // (`PendingRequest::retry_after`), within the engine's bound.
+        let poll_interval = self.config.max_poll_interval;
         // Protection first: a deferred request costs no API call unless its status
         // changes.
         let admitted = tokio::select! {
@@ -1034,17 +1037,6 @@ impl Shared {
         let mut pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);
         pending.clear_submitted = clear_submitted;
         self.apply(key, pending, Some(full)).await;
-    }
-
-    pub(crate) fn poll_interval(&self, entry: &IssuerEntry) -> Duration {
-        entry
-            .spec
-            .adcs
-            .as_ref()
-            .and_then(|a| a.poll_interval.as_deref())
-            .and_then(|p| certwright_api::parse_duration(p).ok())
-            .unwrap_or(self.config.max_poll_interval)
-            .min(self.config.max_poll_interval)
     }
 
     /// Keeps the issuer's condition in step with its breaker: CircuitOpen while it is
@@ -1931,7 +1923,13 @@ impl Shared {
         // a recreated issuer, or a status someone cleared, is written again. So is what
         // a local CA publishes: its trust bundle and rotation.
         let health = entry.health();
-        let backend = entry.spec.backend_kind().map(|k| k.as_str());
+        // The backend that signs names itself (a third party's too); while none could
+        // be built, the block the spec configures.
+        let backend = entry
+            .backend
+            .as_ref()
+            .map(|b| b.kind())
+            .or_else(|| entry.spec.backend_kind().map(|k| k.as_str()));
         let report = self.ca_report(key, entry, generation);
         let ca = match &report {
             crate::issuers::CaReport::Present(ca) => Some(ca.clone()),

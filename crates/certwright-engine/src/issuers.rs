@@ -296,6 +296,8 @@ impl SecretSource for NamespacedSecrets {
 pub(crate) struct SeenCaStatus {
     pub(crate) trust_bundle: Option<String>,
     pub(crate) rotation: Option<certwright_api::RotationStatus>,
+    /// `status.backend`.
+    pub(crate) backend: Option<String>,
 }
 
 impl SeenCaStatus {
@@ -309,6 +311,10 @@ impl SeenCaStatus {
             rotation: object
                 .pointer("/status/rotation")
                 .and_then(|r| serde_json::from_value(r.clone()).ok()),
+            backend: object
+                .pointer("/status/backend")
+                .and_then(|b| b.as_str())
+                .map(str::to_string),
         }
     }
 }
@@ -370,11 +376,16 @@ pub(crate) fn status_patch(
             conditions.len() != before
         }
     };
+    let backend = backend.map(str::to_string);
     let desired = match report {
-        CaReport::Keep => seen.clone(),
+        CaReport::Keep => SeenCaStatus {
+            backend: backend.clone(),
+            ..seen.clone()
+        },
         _ => SeenCaStatus {
             trust_bundle: ca.map(|c| c.trust_bundle.clone()),
             rotation: ca.and_then(|c| c.rotation.clone()),
+            backend: backend.clone(),
         },
     };
     if !ready_changed && !rotation_changed && desired == *seen {
@@ -544,6 +555,7 @@ mod tests {
         assert_eq!(patch["status"]["backend"], "ca");
         let written: Vec<Condition> =
             serde_json::from_value(patch["status"]["conditions"].clone()).unwrap();
+        let seen = SeenCaStatus::of(&patch);
         assert!(
             status_patch(
                 &written,
@@ -556,6 +568,20 @@ mod tests {
             )
             .is_none()
         );
+        // Another backend name alone is written (an issuer whose status says `rest` for
+        // a backend that names itself `cfssl`).
+        let renamed = status_patch(
+            &written,
+            &seen,
+            &health,
+            Some(2),
+            Some("cfssl"),
+            &CaReport::Keep,
+            now,
+        )
+        .unwrap();
+        assert!(!renamed.ready_changed && !renamed.rotation_changed);
+        assert_eq!(renamed.patch["status"]["backend"], "cfssl");
     }
 
     #[test]

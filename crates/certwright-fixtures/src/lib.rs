@@ -6,7 +6,8 @@
 //! certwright crate (including `certwright-x509` and `certwright-api`, which dev-depend
 //! on this one alone) can use it, and the backend conformance suite builds on it. The
 //! heavier test support (an in-memory API server, PKI simulators) is
-//! `certwright-testkit`.
+//! `certwright-testkit`. Every key here is public or made for one test run: for tests
+//! only.
 
 #![deny(missing_docs)]
 
@@ -42,8 +43,9 @@ static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0x1000);
 /// The kind of key a fixture is made with.
 ///
 /// ECDSA and Ed25519 keys are generated afresh each time. `ring` cannot generate RSA keys,
-/// so each RSA kind is one fixed PKCS#8 key committed under `fixtures/` (made with
-/// `openssl genpkey`); every use of a kind gets the same RSA key.
+/// so each RSA kind is one fixed PKCS#8 key committed under `keys/` (made with
+/// `openssl genpkey`); every use of a kind gets the same RSA key. These keys are public
+/// and for tests only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyKind {
     /// RSA 2048 bits, signing with PKCS#1 v1.5 SHA-256.

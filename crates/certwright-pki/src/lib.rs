@@ -115,8 +115,9 @@ pub struct Health {
 /// A PKI that signs certificates.
 ///
 /// # Contract
-/// Every implementation must honour these rules; the conformance suite in
-/// `certwright-testkit` checks them against each adapter.
+/// Every implementation must honour these rules; the conformance suite
+/// (`certwright-conformance`) checks them against each adapter, and a third party runs
+/// it against its own.
 /// - **Bounded.** Every network call has a timeout and every response a size cap; a
 ///   call never hangs and never buffers an unbounded body.
 /// - **Exactly once.** `sign` submits the request to the CA at most once per call and
@@ -145,7 +146,8 @@ pub struct Health {
 /// - **Shareable.** One instance serves concurrent calls from many tasks.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// A short name for logs and metrics: `ca`, `rest`, `cfssl`, `adcs`, `ejbca`.
+    /// A short name for logs, metrics and the issuer's `status.backend` (`ca`, `rest`,
+    /// `cfssl`, `adcs`, `ejbca`): users see it, so it stays the same across versions.
     fn kind(&self) -> &'static str;
 
     /// Submits a verified CSR to the CA.

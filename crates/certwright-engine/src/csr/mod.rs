@@ -295,7 +295,7 @@ impl Ctx {
             self.remember(uid, |r| r.permitted = true);
         }
         let attempts = self.remember(uid, |r| r.attempts);
-        let poll_interval = s.poll_interval(&entry);
+        let poll_interval = s.config.max_poll_interval;
         let planned = |attempt| plan_of(attempt, attempts + 1, s.config.retry, poll_interval);
         let request = match plan::sign_request(&full) {
             Ok(request) => request,

@@ -673,3 +673,51 @@ async fn a_request_that_keeps_failing_gives_up_after_the_maximum_retry_duration(
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sim.sign_submissions(), calls, "no call after giving up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_shows_the_backend_that_signs_as_it_names_itself() {
+    let env = Env::start().await;
+    let sim = RestSimulator::start().await.unwrap();
+    let mut cfssl = rest_spec(&sim);
+    if let Some(rest) = cfssl.rest.as_mut() {
+        rest.flavor = certwright_api::RestFlavor::Cfssl;
+    }
+    env.cluster_issuer("cfssl", cfssl).await;
+    env.cluster_issuer("plain", rest_spec(&sim)).await;
+    let backend = |issuer: certwright_api::InternalClusterIssuer| {
+        issuer.status.and_then(|s| s.backend).unwrap_or_default()
+    };
+    // The REST block either way; cfssl's flavour is the backend's own name.
+    assert_eq!(
+        backend(env.wait_cluster_issuer("cfssl", "Verified").await),
+        "cfssl"
+    );
+    assert_eq!(
+        backend(env.wait_cluster_issuer("plain", "Verified").await),
+        "rest"
+    );
+    // A status that says otherwise (written by an older version) is put right.
+    let issuers: kube::Api<certwright_api::InternalClusterIssuer> =
+        kube::Api::all(env.client.clone());
+    issuers
+        .patch_status(
+            "cfssl",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"backend": "rest"}})),
+        )
+        .await
+        .unwrap();
+    crate::support::eventually_async("status.backend put right", || {
+        let issuers = issuers.clone();
+        async move {
+            issuers
+                .get("cfssl")
+                .await
+                .ok()
+                .and_then(|i| i.status)
+                .and_then(|s| s.backend)
+                == Some("cfssl".to_string())
+        }
+    })
+    .await;
+}

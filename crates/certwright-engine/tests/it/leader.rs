@@ -151,9 +151,13 @@ async fn a_replica_that_lost_leadership_signs_nothing_approved_after() {
     let engine =
         Engine::<CertwrightIssuers>::new(env.client.clone(), fast_config(), env.metrics.clone());
     let elector = LeaderElector::new(env.client.clone(), config("replica-a"));
+    // The engine's own token is never cancelled: only dropping its future (the elector
+    // aborts it when the lease is lost) can stop it.
     let task = tokio::spawn(async move {
         elector
-            .run(CancellationToken::new(), move |leading| engine.run(leading))
+            .run(CancellationToken::new(), move |_leading| {
+                engine.run(CancellationToken::new())
+            })
             .await
     });
     // While it leads, its engine signs.
@@ -189,5 +193,9 @@ async fn a_replica_that_lost_leadership_signs_nothing_approved_after() {
         !status.conditions.iter().any(|c| c.type_ == "Ready"),
         "this replica wrote {:?}",
         status.conditions
+    );
+    assert!(
+        after.metadata.annotations.unwrap_or_default().is_empty(),
+        "this replica marked the request"
     );
 }

@@ -1,0 +1,3 @@
+//! The example backend as a third party tests it.
+
+mod conformance;
