@@ -170,6 +170,93 @@ impl StatusChange {
     }
 }
 
+/// What an attempt came to, as backoff and the retry deadline count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttemptOutcome {
+    /// Signed.
+    Issued,
+    /// Held by the CA, to be polled.
+    Pending,
+    /// The PKI is unavailable for now.
+    Transient,
+    /// The PKI asked for a slower pace.
+    RateLimited,
+    /// The PKI answered something unusable.
+    InvalidResponse,
+    /// The CA refused the request.
+    Rejected,
+    /// The PKI refused the issuer's credentials.
+    Unauthorized,
+    /// The issuer's configuration cannot work.
+    Misconfigured,
+    /// The answer to a submission was lost, or what became of it cannot be found out.
+    AnswerLost,
+    /// Held back by the issuer's protection (its rate limit, an open breaker).
+    Deferred,
+    /// Waiting for its issuer.
+    Waiting,
+    /// The request itself cannot be signed.
+    InvalidRequest,
+    /// The CA is being asked what became of an earlier submission.
+    Recovering,
+    /// Denied by an approver.
+    Denied,
+}
+
+impl AttemptOutcome {
+    /// The class of an error the PKI answered with.
+    pub fn of_error(error: &PkiError) -> AttemptOutcome {
+        match error {
+            PkiError::Transient { .. } => AttemptOutcome::Transient,
+            PkiError::RateLimited { .. } => AttemptOutcome::RateLimited,
+            PkiError::InvalidResponse { .. } => AttemptOutcome::InvalidResponse,
+            PkiError::Rejected { .. } => AttemptOutcome::Rejected,
+            PkiError::Unauthorized { .. } => AttemptOutcome::Unauthorized,
+            PkiError::Misconfigured { .. } => AttemptOutcome::Misconfigured,
+            PkiError::AnswerLost { .. } => AttemptOutcome::AnswerLost,
+            // A class this version does not know is retried, as a transient error is.
+            _ => AttemptOutcome::Transient,
+        }
+    }
+
+    /// A low-cardinality label (`issued`, `rate_limited`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Issued => "issued",
+            AttemptOutcome::Pending => "pending",
+            AttemptOutcome::Transient => "transient",
+            AttemptOutcome::RateLimited => "rate_limited",
+            AttemptOutcome::InvalidResponse => "invalid_response",
+            AttemptOutcome::Rejected => "rejected",
+            AttemptOutcome::Unauthorized => "unauthorized",
+            AttemptOutcome::Misconfigured => "misconfigured",
+            AttemptOutcome::AnswerLost => "answer_lost",
+            AttemptOutcome::Deferred => "deferred",
+            AttemptOutcome::Waiting => "waiting",
+            AttemptOutcome::InvalidRequest => "invalid_request",
+            AttemptOutcome::Recovering => "recovering",
+            AttemptOutcome::Denied => "denied",
+        }
+    }
+
+    /// Whether it counts as a failed attempt for backoff: holding back for the issuer's
+    /// protection, or waiting for the issuer, does not.
+    pub fn counts_as_attempt(self) -> bool {
+        !matches!(self, AttemptOutcome::Deferred | AttemptOutcome::Waiting)
+    }
+
+    /// Whether it is a failing call that is retried, which the retry deadline ends.
+    pub fn is_retried_failure(self) -> bool {
+        matches!(
+            self,
+            AttemptOutcome::Transient
+                | AttemptOutcome::RateLimited
+                | AttemptOutcome::InvalidResponse
+        )
+    }
+}
+
 /// Everything to do after an attempt, in order: persist the pending id, write the
 /// status, emit the event, tell the issuer, requeue.
 #[derive(Clone, Debug)]
@@ -185,8 +272,8 @@ pub struct Plan {
     pub issuer_fault: Option<(&'static str, String)>,
     /// What the circuit breaker should learn from this attempt.
     pub breaker: CallOutcome,
-    /// A low-cardinality label for metrics.
-    pub metric_outcome: &'static str,
+    /// What the attempt came to.
+    pub outcome: AttemptOutcome,
     /// When to look again.
     pub requeue: Requeue,
 }
@@ -236,10 +323,7 @@ impl Plan {
         max: Option<Duration>,
     ) -> Plan {
         let Some(max) = max else { return self };
-        let retrying = matches!(
-            self.metric_outcome,
-            "transient" | "rate_limited" | "invalid_response"
-        );
+        let retrying = self.outcome.is_retried_failure();
         let elapsed = now.as_second().saturating_sub(since.as_second());
         let limit = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
         if !retrying || self.requeue == Requeue::Never || elapsed < limit {
@@ -263,7 +347,7 @@ impl Plan {
     /// Whether this plan counts as a failed attempt for backoff (deferrals and
     /// waiting for the issuer do not).
     pub fn counts_as_attempt(&self) -> bool {
-        !matches!(self.metric_outcome, "deferred" | "waiting")
+        self.outcome.counts_as_attempt()
     }
 }
 
@@ -282,7 +366,7 @@ pub fn plan_denied() -> Plan {
         event: ("Denied", true),
         issuer_fault: None,
         breaker: CallOutcome::Neutral,
-        metric_outcome: "denied",
+        outcome: AttemptOutcome::Denied,
         requeue: Requeue::Never,
     }
 }
@@ -295,7 +379,7 @@ pub fn plan_waiting(message: String) -> Plan {
         event: ("WaitingForIssuer", false),
         issuer_fault: None,
         breaker: CallOutcome::Neutral,
-        metric_outcome: "waiting",
+        outcome: AttemptOutcome::Waiting,
         requeue: Requeue::IssuerChange(ISSUER_BACKSTOP),
     }
 }
@@ -308,7 +392,7 @@ fn plain(
     status: StatusChange,
     event: (&'static str, bool),
     breaker: CallOutcome,
-    metric_outcome: &'static str,
+    outcome: AttemptOutcome,
     requeue: Requeue,
 ) -> Plan {
     Plan {
@@ -317,7 +401,7 @@ fn plain(
         event,
         issuer_fault: None,
         breaker,
-        metric_outcome,
+        outcome,
         requeue,
     }
 }
@@ -425,7 +509,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                 status,
                 ("Issued", false),
                 CallOutcome::Success,
-                "issued",
+                AttemptOutcome::Issued,
                 Requeue::Never,
             )
         }
@@ -441,7 +525,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                 StatusChange::pending(message),
                 ("CAPending", false),
                 CallOutcome::Success,
-                "pending",
+                AttemptOutcome::Pending,
                 Requeue::After(every),
             )
         }
@@ -455,12 +539,12 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                 StatusChange::failed(message, false),
                 ("UnknownOutcome", true),
                 CallOutcome::Neutral,
-                "invalid_response",
+                AttemptOutcome::InvalidResponse,
                 Requeue::Never,
             )
         }
         Attempt::Answered(Err(e)) => {
-            let label = e.metric_label();
+            let label = AttemptOutcome::of_error(&e);
             match &e {
                 PkiError::Rejected { .. } => plain(
                     None,
@@ -544,7 +628,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                 StatusChange::pending(message),
                 ("Throttled", false),
                 CallOutcome::Neutral,
-                "deferred",
+                AttemptOutcome::Deferred,
                 Requeue::After(retry_after.max(Duration::from_millis(10))),
             )
         }
@@ -553,7 +637,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             StatusChange::failed(why, true),
             ("InvalidRequest", true),
             CallOutcome::Neutral,
-            "invalid_request",
+            AttemptOutcome::InvalidRequest,
             Requeue::Never,
         ),
         Attempt::Recovering(after) => {
@@ -567,7 +651,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                 )),
                 ("AwaitingCA", false),
                 CallOutcome::Neutral,
-                "recovering",
+                AttemptOutcome::Recovering,
                 Requeue::After(after),
             )
         }
@@ -576,7 +660,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             StatusChange::failed(why, false),
             ("SubmissionUnknown", true),
             CallOutcome::Neutral,
-            "answer_lost",
+            AttemptOutcome::AnswerLost,
             Requeue::Never,
         ),
     }
@@ -589,6 +673,49 @@ mod tests {
     use crate::cached::{CachedSpec, CachedStatus};
     use certwright_api::{Condition, IssuerRef};
     use certwright_pki::PendingRequest;
+
+    #[test]
+    fn attempt_outcomes_count_for_backoff_and_the_retry_deadline() {
+        let backoff = Backoff::default();
+        let planned = |attempt| plan(attempt, 1, backoff, Duration::from_secs(300)).outcome;
+        let limited = PkiError::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+            message: "slow down".to_string(),
+        };
+        assert_eq!(
+            planned(Attempt::Answered(Err(limited))),
+            AttemptOutcome::RateLimited
+        );
+        let rejected = PkiError::Rejected {
+            reason: "no".to_string(),
+        };
+        assert_eq!(
+            planned(Attempt::Answered(Err(rejected))),
+            AttemptOutcome::Rejected
+        );
+        let deferred = planned(Attempt::Deferred(Deferred {
+            retry_after: Duration::from_secs(1),
+            reason: DeferReason::RateLimited,
+        }));
+        assert_eq!(deferred, AttemptOutcome::Deferred);
+        // Held back or waiting for the issuer: not a failed attempt.
+        for (outcome, counts, retried) in [
+            (AttemptOutcome::Deferred, false, false),
+            (AttemptOutcome::Waiting, false, false),
+            (AttemptOutcome::Transient, true, true),
+            (AttemptOutcome::RateLimited, true, true),
+            (AttemptOutcome::InvalidResponse, true, true),
+            (AttemptOutcome::Rejected, true, false),
+            (AttemptOutcome::AnswerLost, true, false),
+            (AttemptOutcome::Recovering, true, false),
+        ] {
+            assert_eq!(outcome.counts_as_attempt(), counts, "{outcome:?}");
+            assert_eq!(outcome.is_retried_failure(), retried, "{outcome:?}");
+        }
+        assert_eq!(AttemptOutcome::RateLimited.as_str(), "rate_limited");
+        assert_eq!(plan_waiting(String::new()).outcome, AttemptOutcome::Waiting);
+        assert!(!plan_waiting(String::new()).counts_as_attempt());
+    }
 
     const GROUP: &str = "pki.certwright.io";
     const APPROVED: (&str, ConditionStatus, &str) = ("Approved", ConditionStatus::True, "policy");
