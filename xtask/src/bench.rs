@@ -18,8 +18,8 @@ use certwright_api::{
     IssuerRef, IssuerSpec, RestBackend,
 };
 use certwright_engine::cached::CachedRequest;
+use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
-use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
 use futures::StreamExt as _;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -419,7 +419,7 @@ const SIGNING_IN_FLIGHT: usize = 4;
 async fn signing_throughput() -> Result<(f64, f64)> {
     use certwright_pki::Backend as _;
     use certwright_pki::ca::{LocalCa, LocalCaConfig, TokenKeyConfig, TokenRef};
-    use certwright_testkit::softhsm::{SoftHsm, USER_PIN};
+    use certwright_simulators::softhsm::{SoftHsm, USER_PIN};
 
     let ca = TestCa::root(KeyKind::EcdsaP256, "certwright bench signing CA");
     let memory = LocalCa::from_pem(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 /// A free TCP port on 127.0.0.1, never the same one twice in this process.
-pub(crate) use certwright_testkit::tls::unused_local_port as free_port;
+pub(crate) use certwright_simulators::tls::unused_local_port as free_port;
 
 /// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
 pub(crate) struct Process {

@@ -11,8 +11,8 @@ use base64::Engine as _;
 use certwright_api::{
     Base64Bytes, CertificateRequest, CertificateRequestSpec, IssuancePolicy, IssuerRef,
 };
+use certwright_simulators::ticket_sim::TicketSimulator;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
-use certwright_testkit::ticket_sim::TicketSimulator;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;

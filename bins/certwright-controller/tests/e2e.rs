@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use certwright_simulators::rest_sim::RestSimulator;
+use certwright_simulators::tls::unused_local_port as free_port;
 use certwright_testkit::apiserver::ApiServer;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
-use certwright_testkit::rest_sim::RestSimulator;
-use certwright_testkit::tls::unused_local_port as free_port;
 use serde_json::{Value, json};
 
 const CR: &str = "certificaterequests.cert-manager.io";

@@ -571,7 +571,8 @@ mod tests {
         served: &Served,
         alpn: &[u8],
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let mut config = certwright_testkit::tls::client_config(served.ca_pem.as_bytes()).unwrap();
+        let mut config =
+            certwright_simulators::tls::client_config(served.ca_pem.as_bytes()).unwrap();
         config.alpn_protocols = vec![alpn.to_vec()];
         let tcp = tokio::net::TcpStream::connect(served.addr).await?;
         tokio_rustls::TlsConnector::from(Arc::new(config))

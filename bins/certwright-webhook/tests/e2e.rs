@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use certwright_simulators::tls::unused_local_port;
 use certwright_testkit::apiserver::{ApiServer, Method};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
-use certwright_testkit::tls::unused_local_port;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -97,7 +97,7 @@ impl Webhook {
 
     /// An HTTPS client that trusts only `ca_pem` and reaches `localhost` at the webhook.
     fn client(&self, ca_pem: &str) -> reqwest::Client {
-        let tls = certwright_testkit::tls::client_config(ca_pem.as_bytes()).unwrap();
+        let tls = certwright_simulators::tls::client_config(ca_pem.as_bytes()).unwrap();
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .resolve("localhost", self.addr)

@@ -1072,9 +1072,10 @@ mod tests {
         assert_eq!(err.metric_label(), "misconfigured", "{err}");
         assert!(err.to_string().contains("caBundle"), "{err}");
 
-        let ca = certwright_testkit::TestCa::root(certwright_testkit::KeyKind::EcdsaP256, "Trust");
-        let leaf = ca.issue_leaf(certwright_testkit::KeyKind::EcdsaP256, "client.example");
-        let other = ca.issue_leaf(certwright_testkit::KeyKind::EcdsaP256, "other.example");
+        let ca =
+            certwright_simulators::TestCa::root(certwright_simulators::KeyKind::EcdsaP256, "Trust");
+        let leaf = ca.issue_leaf(certwright_simulators::KeyKind::EcdsaP256, "client.example");
+        let other = ca.issue_leaf(certwright_simulators::KeyKind::EcdsaP256, "other.example");
         let bundle = Some(ca.cert_pem().as_bytes().to_vec());
         HttpClient::new(HttpConfig {
             ca_bundle_pem: bundle.clone(),

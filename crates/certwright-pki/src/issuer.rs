@@ -653,7 +653,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use certwright_api::{AdcsBackend, Base64Bytes, CaBackend, RestBackend, RestFlavor};
-    use certwright_testkit::fixtures::{KeyKind, TestCa};
+    use certwright_simulators::fixtures::{KeyKind, TestCa};
 
     struct Namespaced(BTreeMap<String, SecretData>);
 

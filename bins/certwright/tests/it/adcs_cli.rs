@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use certwright_testkit::adcs_sim::{
+use certwright_simulators::adcs_sim::{
     AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER,
 };
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind};

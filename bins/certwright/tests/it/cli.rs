@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use certwright_testkit::cfssl::{AUTH_PROFILE, CfsslServer, PROFILE};
+use certwright_simulators::cfssl::{AUTH_PROFILE, CfsslServer, PROFILE};
+use certwright_simulators::rest_sim::{Behaviour, RestSimulator, SimAuth};
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
-use certwright_testkit::rest_sim::{Behaviour, RestSimulator, SimAuth};
 
 fn b64(data: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

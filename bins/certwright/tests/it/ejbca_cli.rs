@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use certwright_testkit::ejbca_sim::{
+use certwright_simulators::ejbca_sim::{
     APPROVAL_PROFILE, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};

@@ -6,14 +6,14 @@
 
 use certwright_api::certificate_request::CertificateRequest;
 use certwright_api::{InternalClusterIssuer, InternalIssuer, PENDING_ID_ANNOTATION};
-use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
+use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use serde_json::Value;
 
+use certwright_simulators::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
 use certwright_testkit::apiserver::Method;
-use certwright_testkit::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
 
 use crate::support::{
     CLUSTER_NS, EJBCA_CLIENT_ID, EJBCA_CLIENT_SECRET, Env, ca_spec, cluster_ref, eventually,

@@ -158,7 +158,7 @@ async fn a_ca_its_parent_revoked_is_not_ready_and_its_requests_wait() {
     let ns = "apps";
     let root = TestCa::root(KeyKind::EcdsaP256, "Corp Root");
     let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let url = certwright_testkit::crl_server::serve(served.clone()).await;
+    let url = certwright_simulators::crl_server::serve(served.clone()).await;
     let kept = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing A", &url);
     let revoked = root.intermediate_with_crl(KeyKind::EcdsaP256, "Issuing B", &url);
     *served.lock().unwrap() = root.crl(&[&revoked.cert().serial_hex]);

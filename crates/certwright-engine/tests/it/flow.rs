@@ -8,8 +8,8 @@ use crate::support::{
     CLUSTER_NS, Env, ca_spec, cluster_ref, issued_chain, namespaced_ref, rest_spec,
 };
 use certwright_api::{Base64Bytes, PENDING_ID_ANNOTATION};
+use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 use certwright_testkit::apiserver::Method;
-use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
 
 /// The request's Ready condition.
 fn ready_condition(cr: &certwright_api::CertificateRequest) -> certwright_api::Condition {
@@ -604,7 +604,7 @@ async fn a_namespaced_issuer_cannot_reach_what_the_egress_policy_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_requests_refused_template_does_not_take_a_shared_issuer_offline() {
-    use certwright_testkit::adcs_sim::AdcsSimulator;
+    use certwright_simulators::adcs_sim::AdcsSimulator;
 
     let sim = AdcsSimulator::start().await.unwrap();
     let env = Env::start().await;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use certwright_api::{CaBackend, ConditionStatus, IssuerSpec, Pkcs11Key};
 use certwright_engine::EngineConfig;
+use certwright_simulators::softhsm::{SoftHsm, USER_PIN};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
-use certwright_testkit::softhsm::{SoftHsm, USER_PIN};
 
 use crate::support::{CLUSTER_NS, Env, cluster_ref, eventually, issued_chain};
 

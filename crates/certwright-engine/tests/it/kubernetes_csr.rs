@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use certwright_api::REQUEST_IS_CA_ANNOTATION;
+use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 use certwright_testkit::apiserver::AccessRule;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
-use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
 use certwright_x509::{Certificate, parse_pem_bundle};
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
@@ -306,7 +306,7 @@ async fn an_issuer_that_opts_out_fails_its_csrs_and_a_bad_signer_name_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_csr_held_for_approval_by_ejbca_is_polled_and_finished_later() {
-    use certwright_testkit::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
+    use certwright_simulators::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
     let sim = EjbcaSimulator::start_oauth(
         crate::support::EJBCA_CLIENT_ID,
         crate::support::EJBCA_CLIENT_SECRET,

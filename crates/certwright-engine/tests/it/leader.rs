@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::support::{Env, cluster_ref, fast_config, rest_spec};
 use certwright_engine::leader::{LeaderElector, LeaseConfig};
 use certwright_engine::{CertwrightIssuers, Engine, Error};
+use certwright_simulators::rest_sim::RestSimulator;
 use certwright_testkit::apiserver::Method;
-use certwright_testkit::rest_sim::RestSimulator;
 use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> LeaseConfig {

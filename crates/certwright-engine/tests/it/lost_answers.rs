@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use certwright_api::{PENDING_ID_ANNOTATION, SUBMITTED_ANNOTATION};
-use certwright_testkit::adcs_sim::AdcsSimulator;
-use certwright_testkit::ejbca_sim::{Behaviour, CERTIFICATE_PROFILE, EjbcaSimulator};
+use certwright_simulators::adcs_sim::AdcsSimulator;
+use certwright_simulators::ejbca_sim::{Behaviour, CERTIFICATE_PROFILE, EjbcaSimulator};
 use kube::ResourceExt;
 
 use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
@@ -118,8 +118,8 @@ async fn a_recorded_submission_to_a_local_ca_is_signed_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rest_ca_answers_a_recorded_submission_again_from_its_idempotency_key() {
+    use certwright_simulators::rest_sim::RestSimulator;
     use certwright_testkit::apiserver::Method;
-    use certwright_testkit::rest_sim::RestSimulator;
     let sim = RestSimulator::start().await.unwrap();
     let mut env = Env::start().await;
     env.cluster_issuer("corp-rest", crate::support::rest_spec(&sim))

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::support::{CLUSTER_NS, Env, ca_spec, cluster_ref, eventually};
 use certwright_api::{Base64Bytes, InternalClusterIssuer, IssuerSpec, RestBackend};
+use certwright_simulators::rest_sim::{RestSimulator, SimAuth};
 use certwright_testkit::apiserver::{ApiServerOptions, Method};
-use certwright_testkit::rest_sim::{RestSimulator, SimAuth};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::Api;

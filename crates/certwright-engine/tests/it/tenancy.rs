@@ -74,7 +74,7 @@ async fn fifty_black_holed_issuers_do_not_delay_another_teams_new_issuer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_statuses_say_how_its_pki_failed_never_what_it_answered() {
-    use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
+    use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
     let banner = "admin console v9.1 (build 4711)";
     let sim = RestSimulator::start().await.unwrap();
     sim.set_behaviour(Behaviour::Reject(banner.to_string()));
@@ -219,7 +219,7 @@ async fn the_controller_reads_and_watches_secrets_only_where_it_may() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_requests_pending_id_and_key_written_on_a_tenants_request_open_nothing() {
     use certwright_api::{PENDING_ID_ANNOTATION, SUBMISSION_KEY_ANNOTATION, SUBMITTED_ANNOTATION};
-    use certwright_testkit::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
+    use certwright_simulators::ejbca_sim::{APPROVAL_PROFILE, EjbcaSimulator};
     use kube::ResourceExt;
 
     use crate::support::{EJBCA_CLIENT_ID, EJBCA_CLIENT_SECRET, cluster_ref};

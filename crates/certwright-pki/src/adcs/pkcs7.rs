@@ -234,8 +234,9 @@ mod tests {
 
     #[test]
     fn certificates_are_read_in_any_wrapping() {
-        let root = certwright_testkit::TestCa::root(certwright_testkit::KeyKind::EcdsaP256, "r");
-        let issuing = root.intermediate(certwright_testkit::KeyKind::EcdsaP256, "i");
+        let root =
+            certwright_simulators::TestCa::root(certwright_simulators::KeyKind::EcdsaP256, "r");
+        let issuing = root.intermediate(certwright_simulators::KeyKind::EcdsaP256, "i");
         let (a, b) = (
             root.cert().cert_der.to_vec(),
             issuing.cert().cert_der.to_vec(),
@@ -293,10 +294,12 @@ mod tests {
 
     #[test]
     fn end_point_hash_follows_the_signature_algorithm() {
-        let ca = certwright_testkit::TestCa::root(certwright_testkit::KeyKind::EcdsaP384, "x");
+        let ca =
+            certwright_simulators::TestCa::root(certwright_simulators::KeyKind::EcdsaP384, "x");
         let der = &ca.cert().cert_der;
         assert_eq!(signature_hash(der), Hash::Sha384);
-        let ca = certwright_testkit::TestCa::root(certwright_testkit::KeyKind::EcdsaP256, "x");
+        let ca =
+            certwright_simulators::TestCa::root(certwright_simulators::KeyKind::EcdsaP256, "x");
         assert_eq!(signature_hash(&ca.cert().cert_der), Hash::Sha256);
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use certwright_testkit::{CsrBuilder, KeyKind, TestCa};
+use certwright_simulators::{CsrBuilder, KeyKind, TestCa};
 
 fn bundle() -> Option<Vec<u8>> {
     Some(
@@ -149,7 +149,7 @@ fn the_form_carries_the_reference_fields() {
 async fn unusable_pending_ids_are_rejected_without_a_call() {
     let backend = AdcsBackend::new(AdcsConfig {
         timeout: Duration::from_secs(2),
-        ..config(&certwright_testkit::tls::refused_url(), basic())
+        ..config(&certwright_simulators::tls::refused_url(), basic())
     })
     .expect("valid");
     let generated = CsrBuilder::new(KeyKind::EcdsaP256).common_name("x").build();
@@ -186,7 +186,7 @@ async fn templates_that_would_forge_attributes_are_refused() {
     // A request's override is refused before any call (the URL refuses connections).
     let backend = AdcsBackend::new(AdcsConfig {
         timeout: Duration::from_secs(2),
-        ..config(&certwright_testkit::tls::refused_url(), basic())
+        ..config(&certwright_simulators::tls::refused_url(), basic())
     })
     .expect("valid");
     let generated = CsrBuilder::new(KeyKind::EcdsaP256).common_name("x").build();
@@ -214,7 +214,7 @@ async fn templates_that_would_forge_attributes_are_refused() {
 /// all (older clients), and accepts it when Extended Protection is off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protection_refuses_a_client_without_channel_binding() {
-    use certwright_testkit::adcs_sim::{
+    use certwright_simulators::adcs_sim::{
         AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER,
     };
     let sim = AdcsSimulator::start().await.expect("simulator starts");

@@ -1237,8 +1237,8 @@ fn subject_key_identifier(cert_der: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use certwright_testkit::rcgen::{self, DnType};
-    use certwright_testkit::{
+    use certwright_simulators::rcgen::{self, DnType};
+    use certwright_simulators::{
         CsrBuilder, KeyKind as TestKey, TestCa, VALID_FROM_UNIX, VALID_UNTIL_UNIX,
     };
     use certwright_x509::{Csr, ExtendedKeyUsage, KeyUsages as X509KeyUsages};

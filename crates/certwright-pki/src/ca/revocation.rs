@@ -310,8 +310,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::sync::Mutex as StdMutex;
 
-    use certwright_testkit::crl_server::serve;
-    use certwright_testkit::fixtures::{KeyKind, TestCa};
+    use certwright_simulators::crl_server::serve;
+    use certwright_simulators::fixtures::{KeyKind, TestCa};
 
     use super::*;
 

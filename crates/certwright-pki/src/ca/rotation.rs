@@ -174,7 +174,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::time::Duration;
 
-    use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
+    use certwright_simulators::fixtures::{CsrBuilder, KeyKind, TestCa};
     use certwright_x509::Csr;
 
     use super::*;

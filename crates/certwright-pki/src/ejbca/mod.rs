@@ -1024,7 +1024,7 @@ impl Backend for EjbcaBackend {
 mod tests {
     use super::*;
     use crate::Requester;
-    use certwright_testkit::{CsrBuilder, KeyKind, TestCa};
+    use certwright_simulators::{CsrBuilder, KeyKind, TestCa};
 
     fn bundle() -> Vec<u8> {
         TestCa::root(KeyKind::EcdsaP256, "Trust")
@@ -1258,7 +1258,7 @@ mod tests {
         use base64::Engine as _;
         // Nothing listens there: a call would fail, and is not made after a finalize.
         let backend = EjbcaBackend::new(EjbcaConfig {
-            url: certwright_testkit::tls::refused_url(),
+            url: certwright_simulators::tls::refused_url(),
             timeout: Duration::from_secs(2),
             ..config()
         })
@@ -1307,7 +1307,7 @@ mod tests {
     async fn unusable_pending_ids_are_rejected_without_a_call() {
         // Nothing listens there: a call would be Transient, never Rejected.
         let backend = EjbcaBackend::new(EjbcaConfig {
-            url: certwright_testkit::tls::refused_url(),
+            url: certwright_simulators::tls::refused_url(),
             timeout: Duration::from_secs(2),
             ..config()
         })

@@ -336,7 +336,8 @@ mod tests {
     use crate::http::{HeaderMap, HttpConfig};
 
     fn source() -> TokenSource {
-        let ca = certwright_testkit::TestCa::root(certwright_testkit::KeyKind::EcdsaP256, "T");
+        let ca =
+            certwright_simulators::TestCa::root(certwright_simulators::KeyKind::EcdsaP256, "T");
         let http = HttpClient::new(HttpConfig {
             ca_bundle_pem: Some(ca.cert_pem().as_bytes().to_vec()),
             ..HttpConfig::default()
@@ -483,7 +484,8 @@ mod tests {
     #[test]
     fn credentials_are_checked() {
         let http = || {
-            let ca = certwright_testkit::TestCa::root(certwright_testkit::KeyKind::EcdsaP256, "T");
+            let ca =
+                certwright_simulators::TestCa::root(certwright_simulators::KeyKind::EcdsaP256, "T");
             HttpClient::new(HttpConfig {
                 ca_bundle_pem: Some(ca.cert_pem().as_bytes().to_vec()),
                 ..HttpConfig::default()

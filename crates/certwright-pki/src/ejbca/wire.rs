@@ -510,7 +510,8 @@ mod tests {
 
     #[test]
     fn certificates_come_as_pem_base64_pem_or_base64_der() {
-        let ca = certwright_testkit::TestCa::root(certwright_testkit::KeyKind::EcdsaP256, "R");
+        let ca =
+            certwright_simulators::TestCa::root(certwright_simulators::KeyKind::EcdsaP256, "R");
         let pem = ca.cert_pem().to_string();
         let der = ca.cert().cert_der.clone();
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);

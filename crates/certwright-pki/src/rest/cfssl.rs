@@ -428,14 +428,14 @@ fn cfssl_error(
 mod tests {
     use super::*;
     use crate::http::HeaderMap;
-    use certwright_testkit::{CsrBuilder, KeyKind};
+    use certwright_simulators::{CsrBuilder, KeyKind};
     use std::net::{IpAddr, Ipv4Addr};
 
     mod against_the_simulator {
         use std::time::Duration;
 
-        use certwright_testkit::rest_sim::{Behaviour, CfsslInfo, RestSimulator};
-        use certwright_testkit::{CsrBuilder, KeyKind};
+        use certwright_simulators::rest_sim::{Behaviour, CfsslInfo, RestSimulator};
+        use certwright_simulators::{CsrBuilder, KeyKind};
         use certwright_x509::Csr;
 
         use crate::rest::{Flavor, RestBackend, RestConfig};

@@ -608,7 +608,7 @@ fn issued(call: &str, certs: Vec<Certificate>, csr: &Csr) -> Result<IssuedBundle
 mod tests {
     use super::*;
     use crate::Requester;
-    use certwright_testkit::{CsrBuilder, KeyKind};
+    use certwright_simulators::{CsrBuilder, KeyKind};
 
     fn sign_request() -> SignRequest {
         let generated = CsrBuilder::new(KeyKind::EcdsaP256)
@@ -684,7 +684,7 @@ mod tests {
             err.to_string()
         };
         let bundle = || {
-            let ca = certwright_testkit::TestCa::root(KeyKind::EcdsaP256, "Trust");
+            let ca = certwright_simulators::TestCa::root(KeyKind::EcdsaP256, "Trust");
             Some(ca.cert_pem().as_bytes().to_vec())
         };
         let base = || RestConfig {
@@ -752,7 +752,7 @@ mod tests {
     fn endpoints_extend_the_base_path() {
         let backend = RestBackend::new(RestConfig {
             ca_bundle_pem: Some(
-                certwright_testkit::TestCa::root(KeyKind::EcdsaP256, "Trust")
+                certwright_simulators::TestCa::root(KeyKind::EcdsaP256, "Trust")
                     .cert_pem()
                     .as_bytes()
                     .to_vec(),
@@ -784,7 +784,7 @@ mod tests {
 
     #[test]
     fn url_messages_never_quote_credentials_or_queries() {
-        let bundle = certwright_testkit::TestCa::root(KeyKind::EcdsaP256, "Trust")
+        let bundle = certwright_simulators::TestCa::root(KeyKind::EcdsaP256, "Trust")
             .cert_pem()
             .as_bytes()
             .to_vec();
@@ -812,13 +812,13 @@ mod tests {
         // Nothing listens there: a call would be Transient, never Rejected.
         let backend = RestBackend::new(RestConfig {
             ca_bundle_pem: Some(
-                certwright_testkit::TestCa::root(KeyKind::EcdsaP256, "Trust")
+                certwright_simulators::TestCa::root(KeyKind::EcdsaP256, "Trust")
                     .cert_pem()
                     .as_bytes()
                     .to_vec(),
             ),
             timeout: Duration::from_secs(2),
-            ..RestConfig::new(certwright_testkit::tls::refused_url())
+            ..RestConfig::new(certwright_simulators::tls::refused_url())
         })
         .expect("valid");
         let request = sign_request();
@@ -872,7 +872,7 @@ mod tests {
     mod against_the_simulator {
         use std::time::Duration;
 
-        use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
+        use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 
         use super::sign_request;
         use crate::rest::{RestBackend, RestConfig};

@@ -24,6 +24,10 @@
 //! roots); `matchConditions` are refused when the configuration is stored; a request
 //! is retried from the start, webhooks included, when the object changed while the
 //! webhooks were deciding (upstream retries its storage update the same way).
+//!
+//! One file because it is one path, from a stored configuration to a write's verdict:
+//! defaulting and validation, matching, the HTTPS call and the reading of its answer
+//! share the configuration's types, and its tests sit beside them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -587,9 +591,34 @@ impl Clients {
     }
 }
 
+/// rustls (ring) trusting only the certificates of `ca_pem`.
+fn client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("not PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("an unusable certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate".to_string());
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("no TLS version available: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
 /// reqwest over rustls (ring) trusting only `ca_pem`, never following redirects.
 fn https_client(ca_pem: &[u8]) -> Result<reqwest::Client, String> {
-    let mut tls = crate::tls::client_config(ca_pem).map_err(|e| format!("the caBundle: {e}"))?;
+    let mut tls = client_config(ca_pem).map_err(|e| format!("the caBundle: {e}"))?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)

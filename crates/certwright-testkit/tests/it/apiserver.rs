@@ -1304,7 +1304,7 @@ impl Reviews {
 
 /// Denies objects labelled `deny` (403, with a message), admits the others with a
 /// warning naming them; `/slow` answers after 3 s.
-async fn start_webhook() -> anyhow::Result<(certwright_testkit::tls::RunningServer, Reviews)> {
+async fn start_webhook() -> anyhow::Result<(certwright_simulators::tls::RunningServer, Reviews)> {
     use axum::extract::State;
     use axum::routing::post;
     async fn validate(
@@ -1341,9 +1341,9 @@ async fn start_webhook() -> anyhow::Result<(certwright_testkit::tls::RunningServ
         .route("/validate", post(validate))
         .route("/slow", post(slow))
         .with_state(reviews.clone());
-    let server = certwright_testkit::tls::TlsServer::start(
+    let server = certwright_simulators::tls::TlsServer::start(
         router,
-        certwright_testkit::tls::TlsOptions::new(),
+        certwright_simulators::tls::TlsOptions::new(),
     )
     .await?;
     Ok((server, reviews))
@@ -1520,7 +1520,7 @@ async fn an_unreachable_webhook_fails_closed_or_open_by_its_failure_policy() -> 
     let rules = json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                         "resources": ["configmaps"]}]);
     let refused = json!({
-        "url": certwright_testkit::tls::refused_url(),
+        "url": certwright_simulators::tls::refused_url(),
         "caBundle": ca_bundle(hook_server.ca_pem()),
     });
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());

@@ -185,10 +185,10 @@ impl Env {
     pub async fn adcs_cluster_issuer(
         &self,
         name: &str,
-        sim: &certwright_testkit::adcs_sim::AdcsSimulator,
+        sim: &certwright_simulators::adcs_sim::AdcsSimulator,
         tweak: impl FnOnce(&mut IssuerSpec),
     ) {
-        use certwright_testkit::adcs_sim::{
+        use certwright_simulators::adcs_sim::{
             DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
         };
         let secret = format!("{name}-auth");
@@ -223,11 +223,11 @@ impl Env {
     pub async fn ejbca_cluster_issuer(
         &self,
         name: &str,
-        sim: &certwright_testkit::ejbca_sim::EjbcaSimulator,
+        sim: &certwright_simulators::ejbca_sim::EjbcaSimulator,
         profile: &str,
         timeout: &str,
     ) {
-        use certwright_testkit::ejbca_sim::{CA_NAME, END_ENTITY_PROFILE};
+        use certwright_simulators::ejbca_sim::{CA_NAME, END_ENTITY_PROFILE};
         let secret = format!("{name}-client");
         self.put_secret(
             CLUSTER_NS,
@@ -502,7 +502,7 @@ pub fn namespaced_ref(name: &str) -> IssuerRef {
 }
 
 /// An issuer spec in front of the REST simulator, trusting its TLS certificate.
-pub fn rest_spec(sim: &certwright_testkit::rest_sim::RestSimulator) -> IssuerSpec {
+pub fn rest_spec(sim: &certwright_simulators::rest_sim::RestSimulator) -> IssuerSpec {
     IssuerSpec {
         rest: Some(certwright_api::RestBackend {
             url: sim.url(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::ca::{LocalCa, LocalCaConfig};
-use certwright_testkit::fixtures::{KeyKind, TestCa};
+use certwright_simulators::fixtures::{KeyKind, TestCa};
 
 struct LocalCaHarness {
     root: TestCa,

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::ejbca::{EjbcaBackend, EjbcaConfig, OAuthCredentials, approval_request_id};
-use certwright_testkit::ejbca_sim::{
+use certwright_simulators::ejbca_sim::{
     APPROVAL_PROFILE, Behaviour, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };
-use certwright_testkit::fixtures::{KeyKind, TestCa};
-use certwright_testkit::tls::refused_url;
+use certwright_simulators::fixtures::{KeyKind, TestCa};
+use certwright_simulators::tls::refused_url;
 
 const CLIENT_ID: &str = "certwright";
 const CLIENT_SECRET: &str = "conformance-secret";

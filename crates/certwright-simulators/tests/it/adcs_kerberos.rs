@@ -8,11 +8,11 @@ use certwright_pki::adcs::{
     AdcsAuth, AdcsBackend, AdcsConfig, KerberosCredentials, KerberosSecret,
 };
 use certwright_pki::{Backend, Error, Outcome, SignRequest};
-use certwright_testkit::adcs_sim::{
+use certwright_simulators::adcs_sim::{
     AdcsSimulator, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER, SimAuth, SimOptions,
 };
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
-use certwright_testkit::kdc_sim::{DEFAULT_REALM, KdcSimulator};
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind};
+use certwright_simulators::kdc_sim::{DEFAULT_REALM, KdcSimulator};
 use certwright_x509::Csr;
 
 struct World {
@@ -130,7 +130,7 @@ async fn a_wrong_password_is_unauthorized_at_the_kdc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_kdc_is_transient() {
     let world = world().await;
-    let closed = format!("127.0.0.1:{}", certwright_testkit::tls::refused_port());
+    let closed = format!("127.0.0.1:{}", certwright_simulators::tls::refused_port());
     let backend = backend(
         &world,
         kerberos(&closed, KerberosSecret::Password(DEFAULT_PASSWORD.into())),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::ca::{LocalCa, LocalCaConfig, TokenKeyConfig, TokenRef};
-use certwright_testkit::fixtures::{KeyKind, TestCa};
-use certwright_testkit::softhsm::{SoftHsm, USER_PIN};
+use certwright_simulators::fixtures::{KeyKind, TestCa};
+use certwright_simulators::softhsm::{SoftHsm, USER_PIN};
 
 struct TokenHarness {
     hsm: SoftHsm,

@@ -8,9 +8,9 @@ use certwright_pki::rest::{RestAuth, RestBackend, RestConfig};
 use certwright_pki::{
     Backend, Error, IssuedBundle, Outcome, PendingRequest, Requester, SignRequest,
 };
-use certwright_testkit::rest_sim::{Behaviour, RestSimulator, SimAuth};
-use certwright_testkit::tls::{TlsOptions, refused_url};
-use certwright_testkit::{CsrBuilder, KeyKind, TestCa};
+use certwright_simulators::rest_sim::{Behaviour, RestSimulator, SimAuth};
+use certwright_simulators::tls::{TlsOptions, refused_url};
+use certwright_simulators::{CsrBuilder, KeyKind, TestCa};
 use certwright_x509::Csr;
 
 const UID: &str = "6f1c2a0e-5b1d-4c55-9a43-7f0f5d1e2c3b";

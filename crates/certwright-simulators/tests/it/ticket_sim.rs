@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use certwright_testkit::ticket_sim::{TicketBehaviour, TicketSimulator};
-use certwright_testkit::tls::client_config;
+use certwright_simulators::ticket_sim::{TicketBehaviour, TicketSimulator};
+use certwright_simulators::tls::client_config;
 use serde_json::Value;
 
 /// An HTTPS client trusting only the simulator's CA.

@@ -9,11 +9,11 @@ use std::time::Duration;
 use certwright_pki::adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
 use certwright_pki::http::ClientIdentity;
 use certwright_pki::{Backend, Error, Outcome, SignRequest};
-use certwright_testkit::adcs_sim::{
+use certwright_simulators::adcs_sim::{
     AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
     SimAuth, SimOptions,
 };
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind, TestCa};
 use certwright_x509::Csr;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -504,7 +504,7 @@ async fn polling_an_unknown_request_id_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_in_any_wrapping_is_read() {
-    use certwright_testkit::adcs_sim::ChainFormat;
+    use certwright_simulators::adcs_sim::ChainFormat;
     let sim = AdcsSimulator::start().await.unwrap();
     for format in [
         ChainFormat::Pkcs7Pem,

@@ -11,11 +11,11 @@ use certwright_pki::ejbca::{
     approval_request_id,
 };
 use certwright_pki::{Backend, Error, Outcome, Requester, SignRequest};
-use certwright_testkit::ejbca_sim::{
+use certwright_simulators::ejbca_sim::{
     APPROVAL_PROFILE, Behaviour, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
     PROFILE_VALIDITY, REVISION, UNAVAILABLE_PROFILE,
 };
-use certwright_testkit::fixtures::{CsrBuilder, GeneratedCert, KeyKind, TestCa};
+use certwright_simulators::fixtures::{CsrBuilder, GeneratedCert, KeyKind, TestCa};
 use certwright_x509::Csr;
 
 const CLIENT_ID: &str = "certwright";
@@ -713,7 +713,7 @@ async fn a_lost_answer_to_an_enrollment_is_never_enrolled_again() {
 
     // Nothing sent (the connection is refused): that stays a retryable failure.
     let mut config = base_config(&sim);
-    config.url = certwright_testkit::tls::refused_url();
+    config.url = certwright_simulators::tls::refused_url();
     config.oauth = Some(oauth(&sim, CLIENT_SECRET));
     let unreachable = EjbcaBackend::new(config).unwrap();
     let err = unreachable

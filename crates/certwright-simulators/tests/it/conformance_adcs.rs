@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
-use certwright_testkit::adcs_sim::{
+use certwright_simulators::adcs_sim::{
     AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
 };
-use certwright_testkit::fixtures::{KeyKind, TestCa};
-use certwright_testkit::tls::refused_url;
+use certwright_simulators::fixtures::{KeyKind, TestCa};
+use certwright_simulators::tls::refused_url;
 
 struct AdcsHarness {
     sim: AdcsSimulator,
@@ -134,8 +134,8 @@ certwright_conformance::conformance_suite!(AdcsHarness::start());
 mod kerberos {
     use super::*;
     use certwright_pki::adcs::{KerberosCredentials, KerberosSecret};
-    use certwright_testkit::adcs_sim::{SimAuth, SimOptions};
-    use certwright_testkit::kdc_sim::{DEFAULT_REALM, KdcSimulator};
+    use certwright_simulators::adcs_sim::{SimAuth, SimOptions};
+    use certwright_simulators::kdc_sim::{DEFAULT_REALM, KdcSimulator};
 
     struct KerberosHarness {
         kdc: KdcSimulator,

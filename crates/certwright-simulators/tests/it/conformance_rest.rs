@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::rest::{RestBackend, RestConfig};
-use certwright_testkit::fixtures::{KeyKind, TestCa};
-use certwright_testkit::rest_sim::{Behaviour, RestSimulator};
-use certwright_testkit::tls::refused_url;
+use certwright_simulators::fixtures::{KeyKind, TestCa};
+use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
+use certwright_simulators::tls::refused_url;
 
 struct RestHarness {
     sim: RestSimulator,

@@ -11,14 +11,14 @@ use certwright_pki::egress::EgressPolicy;
 use certwright_pki::ejbca::{EjbcaBackend, EjbcaConfig, OAuthCredentials};
 use certwright_pki::rest::{RestBackend, RestConfig};
 use certwright_pki::{Backend, Error, SignRequest};
-use certwright_testkit::adcs_sim::{
+use certwright_simulators::adcs_sim::{
     AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
 };
-use certwright_testkit::ejbca_sim::{
+use certwright_simulators::ejbca_sim::{
     CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
-use certwright_testkit::rest_sim::RestSimulator;
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind};
+use certwright_simulators::rest_sim::RestSimulator;
 use certwright_x509::Csr;
 
 fn policy() -> Option<Arc<EgressPolicy>> {

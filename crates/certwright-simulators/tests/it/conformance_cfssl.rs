@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
 use certwright_pki::rest::{Flavor, RestAuth, RestBackend, RestConfig};
-use certwright_testkit::cfssl::{AUTH_PROFILE, CfsslServer, PROFILE, RESTRICTED_PROFILE};
-use certwright_testkit::fixtures::{KeyKind, TestCa};
-use certwright_testkit::tls::refused_url;
+use certwright_simulators::cfssl::{AUTH_PROFILE, CfsslServer, PROFILE, RESTRICTED_PROFILE};
+use certwright_simulators::fixtures::{KeyKind, TestCa};
+use certwright_simulators::tls::refused_url;
 
 struct CfsslHarness {
     server: CfsslServer,
@@ -111,7 +111,7 @@ mod authsign {
             key_hex: "00112233445566778899aabbccddeeff".into(),
         };
         let backend = RestBackend::new(config).unwrap();
-        let csr = certwright_testkit::CsrBuilder::new(KeyKind::EcdsaP256)
+        let csr = certwright_simulators::CsrBuilder::new(KeyKind::EcdsaP256)
             .common_name("www.example.test")
             .dns("www.example.test")
             .build();

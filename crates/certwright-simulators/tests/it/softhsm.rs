@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use certwright_pki::ca::{CaFault, LocalCa, LocalCaConfig, RsaScheme, TokenKeyConfig, TokenRef};
 use certwright_pki::{Backend, Error, Outcome, SignRequest};
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
-use certwright_testkit::softhsm::{SoftHsm, USER_PIN};
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind, TestCa};
+use certwright_simulators::softhsm::{SoftHsm, USER_PIN};
 use certwright_x509::{Certificate, Csr};
 
 /// The DER of each signature algorithm's OID, as it appears in a certificate.
