@@ -5,9 +5,9 @@
 //! Nothing here returns certwright types and nothing here starts a server, so every
 //! certwright crate (including `certwright-x509` and `certwright-api`, which dev-depend
 //! on this one alone) can use it, and the backend conformance suite builds on it. The
-//! heavier test support (an in-memory API server, PKI simulators) is
-//! `certwright-testkit`. Every key here is public or made for one test run: for tests
-//! only.
+//! heavier test support is elsewhere: the in-memory API server in `certwright-testkit`,
+//! the PKI simulators in `certwright-simulators`. Every key here is public or made for
+//! one test run: for tests only.
 
 #![deny(missing_docs)]
 

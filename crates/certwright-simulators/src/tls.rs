@@ -117,7 +117,7 @@ impl Drop for RunningServer {
 }
 
 /// A rustls (ring) client configuration that trusts only the certificates in `ca_pem`:
-/// what a test needs to talk to one of the testkit's TLS servers, or to check who
+/// what a test needs to talk to one of this crate's TLS servers, or to check who
 /// answers on a port.
 ///
 /// # Errors

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use certwright_simulators::adcs_sim::{
     AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER,
 };
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind};
 
 fn b64(data: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

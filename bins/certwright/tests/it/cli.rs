@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use certwright_simulators::cfssl::{AUTH_PROFILE, CfsslServer, PROFILE};
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind, TestCa};
 use certwright_simulators::rest_sim::{Behaviour, RestSimulator, SimAuth};
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 
 fn b64(data: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

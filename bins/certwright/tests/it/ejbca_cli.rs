@@ -9,7 +9,7 @@ use base64::Engine as _;
 use certwright_simulators::ejbca_sim::{
     APPROVAL_PROFILE, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind, TestCa};
 
 const CLIENT_ID: &str = "certwright-cli";
 const CLIENT_SECRET: &str = "cli-client-secret";

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
+use certwright_simulators::fixtures::{CsrBuilder, KeyKind};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies")

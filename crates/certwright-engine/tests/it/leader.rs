@@ -152,7 +152,9 @@ async fn a_replica_that_lost_leadership_signs_nothing_approved_after() {
         Engine::<CertwrightIssuers>::new(env.client.clone(), fast_config(), env.metrics.clone());
     let elector = LeaderElector::new(env.client.clone(), config("replica-a"));
     // The engine's own token is never cancelled: only dropping its future (the elector
-    // aborts it when the lease is lost) can stop it.
+    // aborts it when the lease is lost) can stop it. Without the engine's own defences
+    // (its tasks aborted with the future, and the stopping token its drop guard
+    // cancels), this replica signs the request approved after the loss.
     let task = tokio::spawn(async move {
         elector
             .run(CancellationToken::new(), move |_leading| {
