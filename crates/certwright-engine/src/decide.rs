@@ -713,6 +713,33 @@ mod tests {
             assert_eq!(outcome.is_retried_failure(), retried, "{outcome:?}");
         }
         assert_eq!(AttemptOutcome::RateLimited.as_str(), "rate_limited");
+        // An error's outcome carries the PKI crate's own label for its class.
+        for error in [
+            PkiError::transient("down", std::io::Error::other("refused")),
+            PkiError::RateLimited {
+                retry_after: None,
+                message: "slow".into(),
+            },
+            PkiError::Rejected {
+                reason: "policy".into(),
+            },
+            PkiError::Unauthorized {
+                message: "401".into(),
+            },
+            PkiError::misconfigured("bad key"),
+            PkiError::InvalidResponse {
+                message: "html".into(),
+            },
+            PkiError::AnswerLost {
+                message: "reset".into(),
+            },
+        ] {
+            assert_eq!(
+                AttemptOutcome::of_error(&error).as_str(),
+                error.metric_label(),
+                "{error}"
+            );
+        }
         assert_eq!(plan_waiting(String::new()).outcome, AttemptOutcome::Waiting);
         assert!(!plan_waiting(String::new()).counts_as_attempt());
     }

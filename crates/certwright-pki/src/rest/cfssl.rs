@@ -6,6 +6,10 @@
 //! cfssl answers in the CloudFlare envelope `{success, result, errors, messages}` and
 //! never holds a request for approval. Its signing profile decides the lifetime, so the
 //! requested duration is not sent.
+//!
+//! One file because it is one wire protocol: the envelope, the HMAC `authsign` token,
+//! the cached chain and the mapping of cfssl's error codes are used together by the
+//! two calls, and the unit tests of each (about half the file) sit beside them.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
