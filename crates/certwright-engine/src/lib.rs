@@ -21,11 +21,9 @@
 mod approver;
 mod ca_lifecycle;
 pub mod cached;
-mod checks;
 mod config;
-mod controller;
 pub mod csr;
-pub mod decide;
+mod engine;
 mod error;
 pub mod events;
 pub mod issuers;
@@ -33,7 +31,9 @@ pub mod kinds;
 pub mod leader;
 pub mod metrics;
 pub mod protection;
+mod requests;
 mod submission;
+mod watches;
 pub mod workqueue;
 
 pub use certwright_policy::Evaluation;
@@ -41,6 +41,7 @@ pub use config::{
     DEFAULT_CA_EXPIRY_WARNING, DEFAULT_MAX_RETRY_DURATION, EngineConfig, PolicyConfig,
     SecretAccess, Unmatched,
 };
-pub use controller::Engine;
+pub use engine::Engine;
 pub use error::Error;
 pub use kinds::{CertwrightIssuers, IssuerKinds, IssuerResource};
+pub use requests::decide;

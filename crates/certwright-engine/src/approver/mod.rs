@@ -63,10 +63,11 @@ use watches::{Feed, Forget, Wake, relist, request_stream, watch_namespaces, watc
 
 use crate::cached::CachedRequest;
 use crate::config::PolicyConfig;
-use crate::controller::{Shared, object_reference};
+use crate::engine::Shared;
 use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::metrics::{AWAITING_APPROVALS, QueueMetrics};
+use crate::requests::object_reference;
 
 /// The `queue` label of the approver's loop.
 pub(crate) const QUEUE_APPROVALS: &str = "approvals";

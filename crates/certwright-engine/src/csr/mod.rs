@@ -38,8 +38,8 @@ use tracing::{error, info, warn};
 pub use plan::CachedCsr;
 use plan::{Change, Need, Signers};
 
-use crate::controller::Shared;
-use crate::decide::{Attempt, Plan, Requeue, plan as plan_of};
+use crate::decide::{Attempt, EventReason, Plan, Requeue, plan as plan_of};
+use crate::engine::Shared;
 use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::issuers::{IssuerEntry, IssuerKey};
@@ -68,7 +68,7 @@ struct Remembered {
     /// watch event brings earlier (the loop's own annotation patch) waits.
     not_before: Option<Instant>,
     /// The last event reason told, so a repeated wait or retry is told once.
-    told: Option<&'static str>,
+    told: Option<EventReason>,
     /// The requester may use the namespaced issuer (asked once per CSR: its requester
     /// never changes).
     permitted: bool,
@@ -176,7 +176,7 @@ async fn look(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
         Need::BadSigner(why) => {
             let change = Change::Fail {
-                reason: plan::REASON_BAD_SIGNER,
+                reason: EventReason::SignerNameInvalid,
                 message: why,
             };
             return ctx.conclude(&api, &name, &uid, change).await;
@@ -196,12 +196,12 @@ async fn look(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let label = s.issuer_label(&key);
     let Some(entry) = lock(&s.issuers).get(&key).cloned() else {
         let why = format!("{label} does not exist; the CertificateSigningRequest waits for it");
-        ctx.tell(&cached, &uid, ("IssuerNotFound", true), why);
+        ctx.tell(&cached, &uid, (EventReason::IssuerNotFound, true), why);
         return Ok(Action::requeue(wait));
     };
     if entry.spec.kubernetes_csr == Some(false) {
         let change = Change::Fail {
-            reason: plan::REASON_SIGNER_DISABLED,
+            reason: EventReason::SignerDisabled,
             message: format!(
                 "{label} does not sign Kubernetes CertificateSigningRequests (spec.kubernetesCSR: false)"
             ),
@@ -214,7 +214,7 @@ async fn look(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             "{label} is not Ready ({}: {}); the CertificateSigningRequest waits for it",
             health.reason, health.message
         );
-        ctx.tell(&cached, &uid, ("IssuerNotReady", true), why);
+        ctx.tell(&cached, &uid, (EventReason::IssuerNotReady, true), why);
         return Ok(Action::requeue(wait));
     }
     ctx.attempt(&api, &name, &uid, key, entry).await
@@ -227,15 +227,15 @@ impl Ctx {
     }
 
     /// Emits an Event for the CSR, once per reason in a row.
-    fn tell(&self, csr: &CachedCsr, uid: &str, event: (&'static str, bool), note: String) {
+    fn tell(&self, csr: &CachedCsr, uid: &str, event: (EventReason, bool), note: String) {
         let new = self.remember(uid, |r| r.told.replace(event.0) != Some(event.0));
         if !new {
             return;
         }
         if event.1 {
-            warn!(csr = %csr.name_any(), reason = event.0, message = %note, "CertificateSigningRequest");
+            warn!(csr = %csr.name_any(), reason = event.0.as_str(), message = %note, "CertificateSigningRequest");
         } else {
-            info!(csr = %csr.name_any(), reason = event.0, message = %note, "CertificateSigningRequest");
+            info!(csr = %csr.name_any(), reason = event.0.as_str(), message = %note, "CertificateSigningRequest");
         }
         self.s.events.emit(Transition {
             regarding: ObjectReference {
@@ -245,7 +245,7 @@ impl Ctx {
                 uid: csr.metadata.uid.clone(),
                 ..Default::default()
             },
-            reason: event.0,
+            reason: event.0.as_str(),
             note,
             warning: event.1,
         });
@@ -279,7 +279,7 @@ impl Ctx {
         if !issuer.cluster && !self.remember(uid, |r| r.permitted) {
             if !self.may_use(&full, &issuer).await? {
                 let change = Change::Fail {
-                    reason: plan::REASON_NOT_PERMITTED,
+                    reason: EventReason::RequesterNotPermitted,
                     message: format!(
                         "{:?} may not use {}: grant it the verb \"reference\" on \"signers\" \
                          in API group {:?}, name {:?}, in namespace {:?}",
@@ -526,7 +526,7 @@ impl Ctx {
                         if status.code == 422 && matches!(change, Change::Issue(_)) =>
                     {
                         change = Change::Fail {
-                            reason: plan::REASON_CERTIFICATE_REFUSED,
+                            reason: EventReason::CertificateRefused,
                             message: format!(
                                 "the CA issued a certificate the API server refuses to store: {}",
                                 status.message
@@ -541,7 +541,12 @@ impl Ctx {
                                  {:?} (certificates.k8s.io signers); {e}",
                                 full.spec.signer_name
                             );
-                            self.tell_full(&full, uid, ("StatusWriteForbidden", true), why);
+                            self.tell_full(
+                                &full,
+                                uid,
+                                (EventReason::StatusWriteForbidden, true),
+                                why,
+                            );
                         }
                         keep(plan);
                         return Err(Error::kube(
@@ -590,7 +595,7 @@ impl Ctx {
         &self,
         full: &CertificateSigningRequest,
         uid: &str,
-        event: (&'static str, bool),
+        event: (EventReason, bool),
         note: String,
     ) {
         let cached = CachedCsr {

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::ClusterResourceScope;
 use serde::{Deserialize, Deserializer};
 
-use crate::decide::{Plan, Requeue};
+use crate::decide::{EventReason, Plan, Requeue};
 use crate::issuers::IssuerKey;
 
 /// The shortest lifetime the API server accepts in `spec.expirationSeconds`.
@@ -295,7 +295,7 @@ pub(crate) enum Change {
     Issue(String),
     /// A `Failed` condition with this reason and message.
     Fail {
-        reason: &'static str,
+        reason: EventReason,
         message: String,
     },
     /// Nothing on the status yet; look again after this long.
@@ -333,7 +333,7 @@ pub(crate) fn with_change(
             conditions.push(CertificateSigningRequestCondition {
                 type_: "Failed".to_string(),
                 status: "True".to_string(),
-                reason: Some((*reason).to_string()),
+                reason: Some(reason.as_str().to_string()),
                 message: Some(message.clone()),
                 last_update_time: Some(Time(now)),
                 last_transition_time: Some(Time(now)),
@@ -343,15 +343,6 @@ pub(crate) fn with_change(
     }
     csr
 }
-
-/// A `Failed` reason for a CSR the loop refuses before any call.
-pub(crate) const REASON_BAD_SIGNER: &str = "SignerNameInvalid";
-/// A `Failed` reason: the issuer opted out of Kubernetes CSRs.
-pub(crate) const REASON_SIGNER_DISABLED: &str = "SignerDisabled";
-/// A `Failed` reason: the API server refused to store the certificate the CA issued.
-pub(crate) const REASON_CERTIFICATE_REFUSED: &str = "CertificateRefused";
-/// A `Failed` reason: the requester may not use the namespaced issuer.
-pub(crate) const REASON_NOT_PERMITTED: &str = "RequesterNotPermitted";
 
 #[cfg(test)]
 mod tests {

@@ -257,6 +257,81 @@ impl AttemptOutcome {
     }
 }
 
+/// Why the engine emits an Event about a signing request (a cert-manager
+/// CertificateRequest or a Kubernetes CSR), and the `Failed` reason of a refused CSR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventReason {
+    /// `Issued`: the certificate was issued (a warning when shorter than asked).
+    Issued,
+    /// `CAPending`: the CA holds the request for its own approval.
+    CaPending,
+    /// `AwaitingCA`: a request the CA holds is polled again later.
+    AwaitingCa,
+    /// `UnknownOutcome`: the CA answered in a way that says neither issued nor refused.
+    UnknownOutcome,
+    /// `AnswerLost`: the call may have reached the CA but its answer was lost; the CA is asked before any new submission.
+    AnswerLost,
+    /// `SubmissionUnknown`: a lost submission's fate cannot be learnt from the CA: the request fails rather than risk a second certificate.
+    SubmissionUnknown,
+    /// `Rejected`: the CA refused the request.
+    Rejected,
+    /// `InvalidRequest`: the request itself cannot be signed (its CSR, duration, usages or template).
+    InvalidRequest,
+    /// `IssuerNotReady`: the issuer is at fault (credentials, configuration) and not Ready.
+    IssuerNotReady,
+    /// `Retrying`: a transient failure; tried again after a backoff.
+    Retrying,
+    /// `Throttled`: the CA asked certwright to slow down.
+    Throttled,
+    /// `RetriesExhausted`: failures went on past the retry deadline.
+    RetriesExhausted,
+    /// `Denied`: an approver denied the request.
+    Denied,
+    /// `WaitingForIssuer`: the issuer is missing or not Ready.
+    WaitingForIssuer,
+    /// `IssuerNotFound`: (Kubernetes CSRs) the signer names no issuer.
+    IssuerNotFound,
+    /// `SignerNameInvalid`: (Kubernetes CSRs) the signer name is not one of certwright's.
+    SignerNameInvalid,
+    /// `SignerDisabled`: (Kubernetes CSRs) the issuer opted out of Kubernetes CSRs.
+    SignerDisabled,
+    /// `RequesterNotPermitted`: (Kubernetes CSRs) the requester may not use the namespaced issuer.
+    RequesterNotPermitted,
+    /// `CertificateRefused`: (Kubernetes CSRs) the API server refused to store the issued certificate.
+    CertificateRefused,
+    /// `StatusWriteForbidden`: (Kubernetes CSRs) the controller may not write the CSR's status.
+    StatusWriteForbidden,
+}
+
+impl EventReason {
+    /// The reason as Kubernetes shows it (PascalCase).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventReason::Issued => "Issued",
+            EventReason::CaPending => "CAPending",
+            EventReason::AwaitingCa => "AwaitingCA",
+            EventReason::UnknownOutcome => "UnknownOutcome",
+            EventReason::AnswerLost => "AnswerLost",
+            EventReason::SubmissionUnknown => "SubmissionUnknown",
+            EventReason::Rejected => "Rejected",
+            EventReason::InvalidRequest => "InvalidRequest",
+            EventReason::IssuerNotReady => "IssuerNotReady",
+            EventReason::Retrying => "Retrying",
+            EventReason::Throttled => "Throttled",
+            EventReason::RetriesExhausted => "RetriesExhausted",
+            EventReason::Denied => "Denied",
+            EventReason::WaitingForIssuer => "WaitingForIssuer",
+            EventReason::IssuerNotFound => "IssuerNotFound",
+            EventReason::SignerNameInvalid => "SignerNameInvalid",
+            EventReason::SignerDisabled => "SignerDisabled",
+            EventReason::RequesterNotPermitted => "RequesterNotPermitted",
+            EventReason::CertificateRefused => "CertificateRefused",
+            EventReason::StatusWriteForbidden => "StatusWriteForbidden",
+        }
+    }
+}
+
 /// Everything to do after an attempt, in order: persist the pending id, write the
 /// status, emit the event, tell the issuer, requeue.
 #[derive(Clone, Debug)]
@@ -265,9 +340,8 @@ pub struct Plan {
     pub pending_id: Option<String>,
     /// The status to write.
     pub status: StatusChange,
-    /// Event reason (PascalCase) and whether it is a warning; the message is the
-    /// status message.
-    pub event: (&'static str, bool),
+    /// Event reason and whether it is a warning; the message is the status message.
+    pub event: (EventReason, bool),
     /// When the issuer, not the request, is at fault: its Ready reason and message.
     pub issuer_fault: Option<(&'static str, String)>,
     /// What the circuit breaker should learn from this attempt.
@@ -337,7 +411,7 @@ impl Plan {
         Plan {
             pending_id: None,
             status: StatusChange::failed(message, false),
-            event: ("RetriesExhausted", true),
+            event: (EventReason::RetriesExhausted, true),
             issuer_fault: None,
             requeue: Requeue::Never,
             ..self
@@ -363,7 +437,7 @@ pub fn plan_denied() -> Plan {
             failed: true,
             issued: None,
         },
-        event: ("Denied", true),
+        event: (EventReason::Denied, true),
         issuer_fault: None,
         breaker: CallOutcome::Neutral,
         outcome: AttemptOutcome::Denied,
@@ -376,7 +450,7 @@ pub fn plan_waiting(message: String) -> Plan {
     Plan {
         pending_id: None,
         status: StatusChange::pending(message),
-        event: ("WaitingForIssuer", false),
+        event: (EventReason::WaitingForIssuer, false),
         issuer_fault: None,
         breaker: CallOutcome::Neutral,
         outcome: AttemptOutcome::Waiting,
@@ -390,7 +464,7 @@ pub const ISSUER_BACKSTOP: Duration = Duration::from_secs(300);
 fn plain(
     pending_id: Option<String>,
     status: StatusChange,
-    event: (&'static str, bool),
+    event: (EventReason, bool),
     breaker: CallOutcome,
     outcome: AttemptOutcome,
     requeue: Requeue,
@@ -420,7 +494,7 @@ impl Plan {
             format!("The CA refused this request (its issuer is healthy): {message}"),
             false,
         );
-        self.event = ("Rejected", true);
+        self.event = (EventReason::Rejected, true);
         self.requeue = Requeue::Never;
         self
     }
@@ -507,7 +581,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             plain(
                 None,
                 status,
-                ("Issued", false),
+                (EventReason::Issued, false),
                 CallOutcome::Success,
                 AttemptOutcome::Issued,
                 Requeue::Never,
@@ -523,7 +597,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             plain(
                 Some(p.id),
                 StatusChange::pending(message),
-                ("CAPending", false),
+                (EventReason::CaPending, false),
                 CallOutcome::Success,
                 AttemptOutcome::Pending,
                 Requeue::After(every),
@@ -537,7 +611,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             plain(
                 None,
                 StatusChange::failed(message, false),
-                ("UnknownOutcome", true),
+                (EventReason::UnknownOutcome, true),
                 CallOutcome::Neutral,
                 AttemptOutcome::InvalidResponse,
                 Requeue::Never,
@@ -549,7 +623,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                 PkiError::Rejected { .. } => plain(
                     None,
                     StatusChange::failed(e.to_string(), false),
-                    ("Rejected", true),
+                    (EventReason::Rejected, true),
                     CallOutcome::Neutral,
                     label,
                     Requeue::Never,
@@ -567,7 +641,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                             StatusChange::pending(format!(
                                 "Waiting for the issuer to be fixed: {e}"
                             )),
-                            ("IssuerNotReady", true),
+                            (EventReason::IssuerNotReady, true),
                             CallOutcome::Neutral,
                             label,
                             Requeue::IssuerChange(ISSUER_BACKSTOP),
@@ -583,7 +657,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                             "{e}; asking the CA what became of it in {}",
                             format_duration(delay)
                         )),
-                        ("AnswerLost", true),
+                        (EventReason::AnswerLost, true),
                         CallOutcome::Failure,
                         label,
                         Requeue::After(delay),
@@ -604,7 +678,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                             "{e}; retrying in {}",
                             format_duration(delay)
                         )),
-                        ("Retrying", true),
+                        (EventReason::Retrying, true),
                         breaker,
                         label,
                         Requeue::After(delay),
@@ -626,7 +700,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
             plain(
                 None,
                 StatusChange::pending(message),
-                ("Throttled", false),
+                (EventReason::Throttled, false),
                 CallOutcome::Neutral,
                 AttemptOutcome::Deferred,
                 Requeue::After(retry_after.max(Duration::from_millis(10))),
@@ -635,7 +709,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
         Attempt::Invalid(why) => plain(
             None,
             StatusChange::failed(why, true),
-            ("InvalidRequest", true),
+            (EventReason::InvalidRequest, true),
             CallOutcome::Neutral,
             AttemptOutcome::InvalidRequest,
             Requeue::Never,
@@ -649,7 +723,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
                      the CA what became of it in {}",
                     format_duration(after)
                 )),
-                ("AwaitingCA", false),
+                (EventReason::AwaitingCa, false),
                 CallOutcome::Neutral,
                 AttemptOutcome::Recovering,
                 Requeue::After(after),
@@ -658,7 +732,7 @@ pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Dur
         Attempt::Unrecoverable(why) => plain(
             None,
             StatusChange::failed(why, false),
-            ("SubmissionUnknown", true),
+            (EventReason::SubmissionUnknown, true),
             CallOutcome::Neutral,
             AttemptOutcome::AnswerLost,
             Requeue::Never,
@@ -673,6 +747,41 @@ mod tests {
     use crate::cached::{CachedSpec, CachedStatus};
     use certwright_api::{Condition, IssuerRef};
     use certwright_pki::PendingRequest;
+
+    #[test]
+    fn event_reasons_are_distinct_pascal_case_words() {
+        use EventReason::*;
+        let all = [
+            Issued,
+            CaPending,
+            AwaitingCa,
+            UnknownOutcome,
+            AnswerLost,
+            SubmissionUnknown,
+            Rejected,
+            InvalidRequest,
+            IssuerNotReady,
+            Retrying,
+            Throttled,
+            RetriesExhausted,
+            Denied,
+            WaitingForIssuer,
+            IssuerNotFound,
+            SignerNameInvalid,
+            SignerDisabled,
+            RequesterNotPermitted,
+            CertificateRefused,
+            StatusWriteForbidden,
+        ];
+        let words: std::collections::HashSet<&str> = all.iter().map(|r| r.as_str()).collect();
+        assert_eq!(words.len(), all.len());
+        for word in words {
+            assert!(word.starts_with(|c: char| c.is_ascii_uppercase()), "{word}");
+            assert!(word.chars().all(|c| c.is_ascii_alphanumeric()), "{word}");
+        }
+        assert_eq!(CaPending.as_str(), "CAPending");
+        assert_eq!(AwaitingCa.as_str(), "AwaitingCA");
+    }
 
     #[test]
     fn attempt_outcomes_count_for_backoff_and_the_retry_deadline() {
@@ -909,7 +1018,7 @@ mod tests {
         // As long as asked (or within a minute of it), or nothing asked: as before.
         for requested in [None, Some(lifetime), Some(lifetime + 59)] {
             let p = issued().with_requested_duration(requested.map(Duration::from_secs));
-            assert_eq!(p.event, ("Issued", false), "{requested:?}");
+            assert_eq!(p.event, (EventReason::Issued, false), "{requested:?}");
             assert!(
                 !p.status.message.contains("shorter"),
                 "{}",
@@ -918,7 +1027,7 @@ mod tests {
         }
         // Cut short: the message says by how much, and the Event is a warning.
         let p = issued().with_requested_duration(Some(Duration::from_secs(lifetime * 2)));
-        assert_eq!(p.event, ("Issued", true));
+        assert_eq!(p.event, (EventReason::Issued, true));
         assert_eq!(p.status.ready, ConditionStatus::True);
         assert!(
             p.status.message.contains("shorter than the requested")
@@ -1072,7 +1181,7 @@ mod tests {
         assert_eq!(unknown.status.reason, "Failed");
         assert!(unknown.status.failed && !unknown.status.invalid_request);
         assert_eq!(unknown.requeue, Requeue::Never);
-        assert_eq!(unknown.event, ("SubmissionUnknown", true));
+        assert_eq!(unknown.event, (EventReason::SubmissionUnknown, true));
     }
 
     #[test]
@@ -1093,7 +1202,7 @@ mod tests {
         assert_eq!(late.status.reason, "Failed");
         assert!(late.status.failed);
         assert_eq!(late.requeue, Requeue::Never);
-        assert_eq!(late.event, ("RetriesExhausted", true));
+        assert_eq!(late.event, (EventReason::RetriesExhausted, true));
         assert!(
             late.status.message.contains("1h"),
             "{}",

@@ -405,6 +405,21 @@ pub(crate) fn status_patch(
     })
 }
 
+/// The error as a tenant's status may tell it: a local CA's refusal of its own
+/// certificate or key is certwright's words about the tenant's own Secret, told whole;
+/// anything else is redacted as [`IssuerEntry::tellable`] decides.
+pub(crate) fn tell_unless_own(
+    entry: &IssuerEntry,
+    e: certwright_pki::Error,
+    fault: Option<CaFault>,
+) -> certwright_pki::Error {
+    if fault.is_some() {
+        e
+    } else {
+        entry.tellable(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
