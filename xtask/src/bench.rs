@@ -417,8 +417,8 @@ const SIGNING_IN_FLIGHT: usize = 4;
 /// whole certificate: encoding, signature, read back and verified), with the ECDSA
 /// P-256 key in memory and in a SoftHSM2 token through PKCS#11.
 async fn signing_throughput() -> Result<(f64, f64)> {
+    use certwright_backend_ca::{LocalCa, LocalCaConfig, TokenKeyConfig, TokenRef};
     use certwright_pki::Backend as _;
-    use certwright_pki::ca::{LocalCa, LocalCaConfig, TokenKeyConfig, TokenRef};
     use certwright_simulators::softhsm::{SoftHsm, USER_PIN};
 
     let ca = TestCa::root(KeyKind::EcdsaP256, "certwright bench signing CA");
@@ -449,7 +449,7 @@ async fn signing_throughput() -> Result<(f64, f64)> {
 /// Signs [`SIGNATURES`] certificates, [`SIGNING_IN_FLIGHT`] at once, each call a task of
 /// its own as the engine's workers make them: certificates per second.
 async fn sign_rate(
-    backend: Arc<certwright_pki::ca::LocalCa>,
+    backend: Arc<certwright_backend_ca::LocalCa>,
     request: &certwright_pki::SignRequest,
 ) -> Result<f64> {
     use certwright_pki::Backend as _;

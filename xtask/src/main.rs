@@ -277,6 +277,24 @@ fn test() -> Result<()> {
     }
     cargo(&["deny", "check", "bans", "licenses", "sources"])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    // Adapters are cargo features: a build without one refuses an issuer that names it,
+    // and the engine builds with the local CA alone.
+    cargo(&[
+        "test",
+        "-p",
+        "certwright-backends",
+        "--no-default-features",
+        "--features",
+        "ca,rest,ejbca",
+        "--lib",
+    ])?;
+    cargo(&[
+        "check",
+        "-p",
+        "certwright-engine",
+        "--no-default-features",
+        "--tests",
+    ])?;
     // The README's first command must keep working.
     println!("==> demo");
     demo::run(&root())?;

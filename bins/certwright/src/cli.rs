@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use certwright_api::{IssuerSpec, parse_duration};
-use certwright_pki::issuer::{BuildError, SecretData, build_backend};
+use certwright_backends::{BuildError, SecretData, build_backend};
 use certwright_pki::{Backend, Error as PkiError, Outcome, Requester, SignRequest};
 use certwright_x509::{Certificate, Csr};
 use clap::{Parser, Subcommand, ValueEnum};

@@ -6,8 +6,8 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use certwright_api::{Condition, InternalClusterIssuer, InternalIssuer, IssuerSpec, IssuerStatus};
+use certwright_backends::{BuildError, SecretSource, build_backend};
 use certwright_pki::Backend;
-use certwright_pki::issuer::{BuildError, SecretSource, build_backend};
 use kube::Resource;
 use kube::core::{ClusterResourceScope, NamespaceResourceScope};
 use serde::Serialize;

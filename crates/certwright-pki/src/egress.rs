@@ -252,42 +252,6 @@ fn parse_net(entry: &str) -> Option<IpNet> {
         .map(|net| net.trunc())
 }
 
-/// Resolves `host` and returns the addresses the policy lets through, each with `port`.
-///
-/// # Errors
-/// [`Refused`] when every address is refused; the resolver's error when the name does
-/// not resolve.
-#[cfg(any(feature = "http", feature = "adcs"))]
-pub(crate) async fn resolve(
-    policy: Option<&EgressPolicy>,
-    host: &str,
-    port: u16,
-) -> std::io::Result<Vec<std::net::SocketAddr>> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((bare, port)).await?.collect();
-    let Some(policy) = policy else {
-        return Ok(found);
-    };
-    let mut refused = None;
-    let allowed: Vec<_> = found
-        .into_iter()
-        .filter(|addr| match policy.check(host, addr.ip()) {
-            Ok(()) => true,
-            Err(r) => {
-                refused.get_or_insert(r);
-                false
-            }
-        })
-        .collect();
-    match (allowed.is_empty(), refused) {
-        (true, Some(refused)) => Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            refused,
-        )),
-        _ => Ok(allowed),
-    }
-}
-
 /// The [`Refused`] inside an error chain, if a policy refused the connection.
 pub fn refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
     let mut current = Some(err);

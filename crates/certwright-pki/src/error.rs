@@ -196,6 +196,51 @@ impl std::fmt::Display for AnsweredStatus {
 
 impl std::error::Error for AnsweredStatus {}
 
+/// A cause an adapter has classified where it knew the error's type (a TLS handshake
+/// that failed, a client that gave up waiting): [`Error::redacted`] tells `class`, in
+/// certwright's own words, instead of looking further down the chain. Otherwise it is
+/// transparent: it displays as the error it holds and reports that error's causes.
+///
+/// The contract knows no HTTP or TLS library; the adapters that use one wrap what it
+/// returns in this.
+#[derive(Debug)]
+pub struct Classified {
+    class: &'static str,
+    inner: Cause,
+}
+
+impl Classified {
+    /// `inner`, told as `class` (for example "the PKI did not answer in time").
+    pub fn new(class: &'static str, inner: impl Into<Cause>) -> Self {
+        Classified {
+            class,
+            inner: inner.into(),
+        }
+    }
+
+    /// The words [`Error::redacted`] tells.
+    pub fn class(&self) -> &'static str {
+        self.class
+    }
+
+    /// The error it holds.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.inner
+    }
+}
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl std::error::Error for Classified {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
+    }
+}
+
 /// How a call failed, from the types among its causes, in words that hold nothing the
 /// remote end sent. `None` when no cause says.
 fn failure_class(err: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -212,15 +257,8 @@ fn failure_class(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(status) = e.downcast_ref::<AnsweredStatus>() {
             return Some(status.to_string());
         }
-        #[cfg(feature = "http")]
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return Some("the TLS handshake with the PKI failed".to_string());
-        }
-        #[cfg(feature = "http")]
-        if let Some(r) = e.downcast_ref::<reqwest::Error>()
-            && r.is_timeout()
-        {
-            return Some("the PKI did not answer in time".to_string());
+        if let Some(classified) = e.downcast_ref::<Classified>() {
+            return Some(classified.class.to_string());
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
@@ -254,6 +292,32 @@ fn failure_class(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_classified_cause_is_told_by_its_class_and_shows_what_it_holds() {
+        let inner = std::io::Error::other("tls: bad certificate from 10.0.0.7");
+        let classified = Classified::new("the TLS handshake with the PKI failed", inner);
+        assert_eq!(classified.to_string(), "tls: bad certificate from 10.0.0.7");
+        assert_eq!(classified.class(), "the TLS handshake with the PKI failed");
+        assert!(
+            classified
+                .get_ref()
+                .downcast_ref::<std::io::Error>()
+                .is_some()
+        );
+        let err = Error::Misconfigured {
+            message: "handshake".into(),
+            source: Some(Box::new(classified)),
+        };
+        assert_eq!(
+            err.redacted().to_string(),
+            Error::Misconfigured {
+                message: "the TLS handshake with the PKI failed".into(),
+                source: None
+            }
+            .to_string()
+        );
+    }
 
     #[test]
     fn each_kind_decides_one_next_step() {

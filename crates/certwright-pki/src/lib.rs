@@ -1,33 +1,23 @@
-//! The PKI backend contract for certwright, and its adapters.
+//! The PKI backend contract for certwright.
 //!
 //! A backend turns a verified CSR into a certificate chain by asking a CA. The engine
-//! knows backends only through the [`Backend`] trait; each adapter is a type that
-//! implements it plus a constructor from its configuration, compiled in behind a cargo
-//! feature (`ca`, `rest`, `adcs`, `ejbca`). A third party adds a backend by implementing
-//! [`Backend`] in its own crate. Nothing here knows Kubernetes. [`egress`] is the policy
-//! network adapters keep to for the issuers a tenant writes.
+//! knows backends only through the [`Backend`] trait, its [`Outcome`], [`SignRequest`],
+//! [`Error`] and [`Health`]; this crate holds that contract and nothing that talks to
+//! a network. The adapters are crates of their own (`certwright-backend-ca`, `-rest`,
+//! `-adcs`, `-ejbca`, over the shared HTTPS client in `certwright-backend-http`), and
+//! `certwright-backends` builds one from an issuer spec. A third party adds a backend
+//! by implementing [`Backend`] in its own crate and running the conformance suite
+//! (`certwright-conformance`) against it. [`egress`] is the policy network adapters
+//! keep to for the issuers a tenant writes.
 #![deny(missing_docs)]
 
 pub mod egress;
 mod error;
 mod request;
 
-#[cfg(feature = "adcs")]
-pub mod adcs;
-#[cfg(feature = "ca")]
-pub mod ca;
-#[cfg(feature = "ejbca")]
-pub mod ejbca;
-#[cfg(feature = "http")]
-pub mod http;
-#[cfg(feature = "api")]
-pub mod issuer;
-#[cfg(feature = "rest")]
-pub mod rest;
-
 use std::time::Duration;
 
-pub use error::{AnsweredStatus, Error};
+pub use error::{AnsweredStatus, Classified, Error};
 pub use request::{Requester, SignRequest};
 
 use certwright_x509::{Certificate, Chain};
@@ -313,23 +303,4 @@ pub enum Recovery {
     },
     /// The CA cannot be asked; it may have issued a certificate for the request.
     Unknown,
-}
-
-#[cfg(all(test, feature = "ca", feature = "rest"))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_adapter_defaults_to_the_shared_timeout_and_duration() {
-        assert_eq!(DEFAULT_DURATION, Duration::from_secs(90 * 24 * 3600));
-        assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(30));
-        assert_eq!(
-            ca::LocalCaConfig::default().default_duration,
-            DEFAULT_DURATION
-        );
-        let rest = rest::RestConfig::new("https://pki.example/api/v1");
-        assert_eq!(rest.default_duration, DEFAULT_DURATION);
-        assert_eq!(rest.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(http::HttpConfig::default().timeout, DEFAULT_TIMEOUT);
-    }
 }

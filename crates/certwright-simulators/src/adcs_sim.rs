@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use certwright_pki::ca::{LocalCa, LocalCaConfig};
+use certwright_backend_ca::{LocalCa, LocalCaConfig};
 use certwright_pki::{Backend, Outcome, SignRequest};
 use certwright_x509::Csr;
 

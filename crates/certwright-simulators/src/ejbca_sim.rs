@@ -37,7 +37,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use certwright_pki::ca::{LocalCa, LocalCaConfig};
+use certwright_backend_ca::{LocalCa, LocalCaConfig};
 use certwright_pki::{Backend, Outcome, SignRequest};
 use certwright_x509::{Certificate, Csr};
 

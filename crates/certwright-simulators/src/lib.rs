@@ -7,8 +7,8 @@
 //! SoftHSM2 tokens ([`softhsm`]).
 //!
 //! The in-memory Kubernetes API server is `certwright-testkit`; the CSR and CA fixtures
-//! are `certwright-fixtures`, re-exported here as [`fixtures`]. The adapters of
-//! `certwright-pki` test against this crate without compiling the API server.
+//! are `certwright-fixtures`, re-exported here as [`fixtures`]. The adapter crates
+//! (`certwright-backend-*`) test against this crate without compiling the API server.
 
 #![deny(missing_docs)]
 

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use certwright_pki::ca::{LocalCa, LocalCaConfig};
+use certwright_backend_ca::{LocalCa, LocalCaConfig};
 use certwright_pki::{Backend, Outcome, Requester, SignRequest};
 use certwright_x509::Csr;
 

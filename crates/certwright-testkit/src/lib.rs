@@ -5,8 +5,8 @@
 //!
 //! The PKI simulators are `certwright-simulators`, and the backend conformance suite is
 //! `certwright-conformance`. Crates below `certwright-pki` (`certwright-x509`,
-//! `certwright-api`, `certwright-policy`) test with `certwright-fixtures` alone, and
-//! `certwright-pki` tests its adapters without this crate.
+//! `certwright-api`, `certwright-policy`) test with `certwright-fixtures` alone, and the
+//! adapter crates (`certwright-backend-*`) test without this crate.
 
 #![deny(missing_docs)]
 

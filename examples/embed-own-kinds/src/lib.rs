@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use certwright_api::validation::ValidationErrors;
 use certwright_api::{Condition, FieldError, FieldErrorKind, IssuerSpec};
+use certwright_backends::{BuildError, SecretSource, build_backend};
 use certwright_engine::metrics::Metrics;
 use certwright_engine::{Engine, EngineConfig, IssuerKinds, IssuerResource};
 use certwright_pki::Backend;
-use certwright_pki::issuer::{BuildError, SecretSource, build_backend};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;

@@ -6,7 +6,7 @@ use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certwright_pki::http::{HttpClient, HttpConfig, Method, Url, header};
+use certwright_backend_http::{HttpClient, HttpConfig, Method, Url, header};
 use certwright_policy::ticket::{TicketConfig, TicketState};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};

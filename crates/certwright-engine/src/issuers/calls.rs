@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_backend_ca::CaFault;
 use certwright_pki::Outcome;
-use certwright_pki::ca::CaFault;
 use tracing::{debug, info};
 
 use super::{

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certwright_api::{Condition, ConditionStatus};
-use certwright_pki::ca::CaFault;
+use certwright_backend_ca::CaFault;
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::Api;
@@ -130,7 +130,7 @@ impl Shared {
                 let redact = self.config.redact_tenant_errors && !exempt;
                 let built = match (invalid, out_of_scope) {
                     (Some(errors), _) => Err(build_health(
-                        &certwright_pki::issuer::BuildError::InvalidSpec(errors),
+                        &certwright_backends::BuildError::InvalidSpec(errors),
                     )),
                     (None, Some(message)) => Err(Health {
                         reason: REASON_SECRET_OUT_OF_SCOPE,

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certwright_api::{Condition, ConditionStatus, Conditions, IssuerSpec};
-use certwright_pki::ca::CaFault;
-use certwright_pki::issuer::{BuildError, SecretData, SecretSource};
+use certwright_backend_ca::CaFault;
+use certwright_backends::{BuildError, SecretData, SecretSource};
 use certwright_pki::{Backend, Error as PkiError};
 
 use crate::protection::{Protection, ProtectionConfig};

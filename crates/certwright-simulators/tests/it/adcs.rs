@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certwright_pki::adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
-use certwright_pki::http::ClientIdentity;
+use certwright_backend_adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
+use certwright_backend_http::ClientIdentity;
 use certwright_pki::{Backend, Error, Outcome, SignRequest};
 use certwright_simulators::adcs_sim::{
     AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,

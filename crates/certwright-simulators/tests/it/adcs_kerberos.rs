@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use certwright_pki::adcs::{
+use certwright_backend_adcs::{
     AdcsAuth, AdcsBackend, AdcsConfig, KerberosCredentials, KerberosSecret,
 };
 use certwright_pki::{Backend, Error, Outcome, SignRequest};

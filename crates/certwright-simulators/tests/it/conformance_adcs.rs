@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_backend_adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
-use certwright_pki::adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
 use certwright_simulators::adcs_sim::{
     AdcsSimulator, Behaviour, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,
 };
@@ -133,7 +133,7 @@ certwright_conformance::conformance_suite!(AdcsHarness::start());
 /// certsrv is addressed as `localhost`, the host of its service principal.
 mod kerberos {
     use super::*;
-    use certwright_pki::adcs::{KerberosCredentials, KerberosSecret};
+    use certwright_backend_adcs::{KerberosCredentials, KerberosSecret};
     use certwright_simulators::adcs_sim::{SimAuth, SimOptions};
     use certwright_simulators::kdc_sim::{DEFAULT_REALM, KdcSimulator};
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use certwright_backend_ca::{LocalCa, LocalCaConfig};
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
-use certwright_pki::ca::{LocalCa, LocalCaConfig};
 use certwright_simulators::fixtures::{KeyKind, TestCa};
 
 struct LocalCaHarness {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_backend_rest::{Flavor, RestAuth, RestBackend, RestConfig};
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
-use certwright_pki::rest::{Flavor, RestAuth, RestBackend, RestConfig};
 use certwright_simulators::cfssl::{AUTH_PROFILE, CfsslServer, PROFILE, RESTRICTED_PROFILE};
 use certwright_simulators::fixtures::{KeyKind, TestCa};
 use certwright_simulators::tls::refused_url;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_backend_ejbca::{EjbcaBackend, EjbcaConfig, OAuthCredentials, approval_request_id};
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
-use certwright_pki::ejbca::{EjbcaBackend, EjbcaConfig, OAuthCredentials, approval_request_id};
 use certwright_simulators::ejbca_sim::{
     APPROVAL_PROFILE, Behaviour, CA_NAME, CERTIFICATE_PROFILE, END_ENTITY_PROFILE, EjbcaSimulator,
 };

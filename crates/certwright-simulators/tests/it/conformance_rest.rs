@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certwright_backend_rest::{RestBackend, RestConfig};
 use certwright_conformance::{Capabilities, Harness, Scenario, Setup};
-use certwright_pki::rest::{RestBackend, RestConfig};
 use certwright_simulators::fixtures::{KeyKind, TestCa};
 use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 use certwright_simulators::tls::refused_url;

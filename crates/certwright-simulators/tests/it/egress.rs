@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certwright_pki::adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
+use certwright_backend_adcs::{AdcsAuth, AdcsBackend, AdcsConfig};
+use certwright_backend_ejbca::{EjbcaBackend, EjbcaConfig, OAuthCredentials};
+use certwright_backend_rest::{RestBackend, RestConfig};
 use certwright_pki::egress::EgressPolicy;
-use certwright_pki::ejbca::{EjbcaBackend, EjbcaConfig, OAuthCredentials};
-use certwright_pki::rest::{RestBackend, RestConfig};
 use certwright_pki::{Backend, Error, SignRequest};
 use certwright_simulators::adcs_sim::{
     AdcsSimulator, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_TEMPLATE, DEFAULT_USER,

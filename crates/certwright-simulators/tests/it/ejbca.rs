@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use certwright_pki::ejbca::{
+use certwright_backend_ejbca::{
     ClientIdentity, EjbcaBackend, EjbcaConfig, EndEntityNaming, OAuthCredentials,
     approval_request_id,
 };

@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use certwright_pki::http::ClientIdentity;
-use certwright_pki::rest::{RestAuth, RestBackend, RestConfig};
+use certwright_backend_http::ClientIdentity;
+use certwright_backend_rest::{RestAuth, RestBackend, RestConfig};
 use certwright_pki::{
     Backend, Error, IssuedBundle, Outcome, PendingRequest, Requester, SignRequest,
 };

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certwright_pki::ca::{CaFault, LocalCa, LocalCaConfig, RsaScheme, TokenKeyConfig, TokenRef};
+use certwright_backend_ca::{CaFault, LocalCa, LocalCaConfig, RsaScheme, TokenKeyConfig, TokenRef};
 use certwright_pki::{Backend, Error, Outcome, SignRequest};
 use certwright_simulators::fixtures::{CsrBuilder, KeyKind, TestCa};
 use certwright_simulators::softhsm::{SoftHsm, USER_PIN};

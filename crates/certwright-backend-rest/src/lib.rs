@@ -1,5 +1,5 @@
 //! An internal REST CA as a [`Backend`]: certwright's own JSON contract
-//! (`docs/backends/rest.md`) or CloudFlare cfssl's API, over [`crate::http::HttpClient`].
+//! (`docs/backends/rest.md`) or CloudFlare cfssl's API, over [`certwright_backend_http::HttpClient`].
 //!
 //! [`RestBackend::new`] checks the configuration once; every call then maps the CA's answer
 //! onto an [`Outcome`] or an [`Error`] kind, and checks that the issued certificate carries
@@ -17,16 +17,16 @@ use serde::{Deserialize, Serialize};
 
 use certwright_x509::{Certificate, Csr, parse_pem_bundle};
 
-use crate::http::{
+use certwright_backend_http::{
     HttpClient, HttpConfig, HttpResponse, Method, RequestBuilder, StatusCode, Url, describe_call,
     header, status_error,
 };
-use crate::{
+use certwright_pki::{
     Backend, DEFAULT_DURATION, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome,
     PendingRequest, Recovery, SignRequest,
 };
 
-pub use crate::http::ClientIdentity;
+pub use certwright_backend_http::ClientIdentity;
 
 /// The header carrying [`SignRequest::idempotency_key`] in the certwright contract.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
@@ -115,7 +115,7 @@ pub struct RestConfig {
     /// decides). Default: [`DEFAULT_DURATION`].
     pub default_duration: Duration,
     /// Where the CA may be (issuers a tenant writes); anywhere when `None`.
-    pub egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
+    pub egress: Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>>,
 }
 
 impl RestConfig {
@@ -175,7 +175,7 @@ impl RestBackend {
     /// fit the flavour (HMAC keys are for cfssl only) or are malformed, or the caBundle or
     /// client certificate is unusable.
     pub fn new(config: RestConfig) -> Result<RestBackend, Error> {
-        let base = crate::http::parse_https_url("url", &config.url)?;
+        let base = certwright_backend_http::parse_https_url("url", &config.url)?;
         let mut client_identity = None;
         let auth = match config.auth {
             RestAuth::None => Auth::None,
@@ -214,7 +214,9 @@ impl RestBackend {
             ca_bundle_pem: config.ca_bundle_pem,
             client_identity,
             timeout: config.timeout,
-            connect_timeout: config.timeout.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout: config
+                .timeout
+                .min(certwright_backend_http::DEFAULT_CONNECT_TIMEOUT),
             egress: config.egress,
             ..HttpConfig::default()
         })?;
@@ -494,7 +496,7 @@ fn contract_reason(body: &[u8]) -> Option<String> {
 
 fn sanitized(reason: Option<String>) -> Option<String> {
     reason
-        .map(|r| crate::http::excerpt(r.as_bytes()))
+        .map(|r| certwright_backend_http::excerpt(r.as_bytes()))
         .filter(|r| r != "(empty body)")
 }
 
@@ -607,7 +609,7 @@ fn issued(call: &str, certs: Vec<Certificate>, csr: &Csr) -> Result<IssuedBundle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Requester;
+    use certwright_pki::Requester;
     use certwright_simulators::{CsrBuilder, KeyKind};
 
     fn sign_request() -> SignRequest {
@@ -841,7 +843,7 @@ mod tests {
         let csr = sign_request().csr;
         let answer = |status: u16, body: &str| HttpResponse {
             status: StatusCode::from_u16(status).expect("status"),
-            headers: crate::http::HeaderMap::new(),
+            headers: certwright_backend_http::HeaderMap::new(),
             body: body.as_bytes().to_vec(),
         };
         let call = "GET https://pki.example/api/v1/requests/req-1";
@@ -875,8 +877,8 @@ mod tests {
         use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 
         use super::sign_request;
-        use crate::rest::{RestBackend, RestConfig};
-        use crate::{Backend, Error, Outcome};
+        use crate::{RestBackend, RestConfig};
+        use certwright_pki::{Backend, Error, Outcome};
 
         async fn simulator() -> RestSimulator {
             RestSimulator::start().await.expect("simulator starts")
@@ -937,7 +939,7 @@ mod tests {
                 .iter()
                 .filter_map(|outcome| match outcome {
                     Outcome::Issued(bundle) => bundle.leaf().map(|leaf| leaf.serial_hex()),
-                    Outcome::Pending(_) => None,
+                    _ => None,
                 })
                 .collect();
             // The poll that signs gets the certificate; the other hears pending (or, on a

@@ -24,16 +24,16 @@ use ring::rand::SystemRandom;
 
 use certwright_x509::{Certificate, Csr, parse_pem_bundle};
 
-use crate::http::{
+use certwright_backend_http::{
     HttpClient, HttpConfig, HttpResponse, Method, RequestBuilder, StatusCode, Url, describe_call,
     header,
 };
-use crate::{
+use certwright_pki::{
     Backend, DEFAULT_DURATION, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome,
     PendingRequest, Recovery, SignRequest,
 };
 
-pub use crate::http::ClientIdentity;
+pub use certwright_backend_http::ClientIdentity;
 pub use oauth::OAuthCredentials;
 
 use wire::{CallKind, api_error, parse_json};
@@ -111,7 +111,7 @@ pub struct EjbcaConfig {
     pub poll_interval: Duration,
     /// Where EJBCA and the token endpoint may be (issuers a tenant writes); anywhere
     /// when `None`.
-    pub egress: Option<Arc<crate::egress::EgressPolicy>>,
+    pub egress: Option<Arc<certwright_pki::egress::EgressPolicy>>,
 }
 
 impl EjbcaConfig {
@@ -174,7 +174,7 @@ pub struct EjbcaBackend {
 impl fmt::Debug for EjbcaBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EjbcaBackend")
-            .field("url", &crate::http::redacted_url(&self.base))
+            .field("url", &certwright_backend_http::redacted_url(&self.base))
             .field("ca", &self.ca_name)
             .field("certificate_profile", &self.certificate_profile)
             .field("end_entity_profile", &self.end_entity_profile)
@@ -220,7 +220,9 @@ impl EjbcaBackend {
             ca_bundle_pem: config.ca_bundle_pem.clone(),
             client_identity: None,
             timeout: config.timeout,
-            connect_timeout: config.timeout.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout: config
+                .timeout
+                .min(certwright_backend_http::DEFAULT_CONNECT_TIMEOUT),
             egress: config.egress.clone(),
             ..HttpConfig::default()
         };
@@ -491,7 +493,7 @@ impl EjbcaBackend {
                     .certificate_authorities
                     .iter()
                     .take(10)
-                    .map(|ca| format!("{:?}", crate::http::excerpt(ca.name.as_bytes())))
+                    .map(|ca| format!("{:?}", certwright_backend_http::excerpt(ca.name.as_bytes())))
                     .collect();
                 Err(Error::misconfigured(format!(
                     "{call}: EJBCA lists no CA named {:?} for these credentials (it lists {}); \
@@ -767,7 +769,7 @@ impl Backend for EjbcaBackend {
             // Sent, and then the answer never came (a timeout, a reset): EJBCA may have
             // enrolled, and enrolling again would sign a second certificate.
             // The caller asks `recover` (a certificate search) before enrolling again.
-            Err(e) if crate::http::may_have_been_sent(&e) => {
+            Err(e) if certwright_backend_http::may_have_been_sent(&e) => {
                 return Err(Error::AnswerLost {
                     message: format!(
                         "{call}: the answer to the enrollment was lost ({e}); EJBCA may have \
@@ -986,7 +988,7 @@ impl Backend for EjbcaBackend {
             return Err(Error::Transient {
                 message: format!(
                     "{call}: EJBCA reports status {:?}",
-                    crate::http::excerpt(state.as_bytes())
+                    certwright_backend_http::excerpt(state.as_bytes())
                 ),
                 source: None,
             });
@@ -1000,12 +1002,17 @@ impl Backend for EjbcaBackend {
         let revision = status
             .revision
             .as_deref()
-            .map(|r| crate::http::excerpt(r.as_bytes()))
+            .map(|r| certwright_backend_http::excerpt(r.as_bytes()))
             .unwrap_or_else(|| "EJBCA".to_string());
         let version = status
             .version
             .as_deref()
-            .map(|v| format!(", REST API {}", crate::http::excerpt(v.as_bytes())))
+            .map(|v| {
+                format!(
+                    ", REST API {}",
+                    certwright_backend_http::excerpt(v.as_bytes())
+                )
+            })
             .unwrap_or_default();
         Ok(Health {
             message: format!(
@@ -1023,7 +1030,7 @@ impl Backend for EjbcaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Requester;
+    use certwright_pki::Requester;
     use certwright_simulators::{CsrBuilder, KeyKind, TestCa};
 
     fn bundle() -> Vec<u8> {
@@ -1277,7 +1284,7 @@ mod tests {
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let answer = HttpResponse {
             status: StatusCode::CREATED,
-            headers: crate::http::HeaderMap::new(),
+            headers: certwright_backend_http::HeaderMap::new(),
             body: serde_json::to_vec(&serde_json::json!({
                 "certificate": b64(leaf.der()),
                 "response_format": "DER",

@@ -17,12 +17,17 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::egress::EgressPolicy;
-use crate::error::AnsweredStatus;
-use crate::{DEFAULT_TIMEOUT, Error};
+use certwright_pki::AnsweredStatus;
+use certwright_pki::egress::EgressPolicy;
+use certwright_pki::{Classified, DEFAULT_TIMEOUT, Error};
 
 pub use reqwest::header::{self, HeaderMap};
 pub use reqwest::{Method, RequestBuilder, StatusCode, Url};
+
+/// How [`Error::redacted`] tells a failed TLS handshake (see [`Classified`]).
+pub const TLS_FAILED: &str = "the TLS handshake with the PKI failed";
+/// How [`Error::redacted`] tells a call the client gave up waiting for.
+pub const NO_ANSWER_IN_TIME: &str = "the PKI did not answer in time";
 
 /// Default cap on a response body: 1 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -348,7 +353,7 @@ impl HttpClient {
     }
 
     fn transport_error(&self, call: &str, err: reqwest::Error) -> Error {
-        if let Some(refused) = crate::egress::refusal(&err) {
+        if let Some(refused) = certwright_pki::egress::refusal(&err) {
             return egress_error(call, refused);
         }
         if let Some(failure) = tls_failure(&err) {
@@ -373,9 +378,14 @@ impl HttpClient {
         } else {
             format!("{call}: the connection failed: {}", root_cause(&err))
         };
+        let source: Box<dyn StdError + Send + Sync> = if err.is_timeout() {
+            Box::new(Classified::new(NO_ANSWER_IN_TIME, err))
+        } else {
+            Box::new(err)
+        };
         Error::Transient {
             message,
-            source: Some(Box::new(err)),
+            source: Some(source),
         }
     }
 
@@ -386,7 +396,7 @@ impl HttpClient {
                     "{call}: the PKI's TLS certificate is not trusted by {}: {why}",
                     self.trust
                 ),
-                source: Some(Box::new(err)),
+                source: Some(Box::new(Classified::new(TLS_FAILED, err))),
             },
             TlsFailure::ClientCertificateRefused(alert) => Error::Unauthorized {
                 message: if self.has_identity {
@@ -402,7 +412,7 @@ impl HttpClient {
                 message: format!(
                     "{call}: the TLS handshake failed (is this an https endpoint?): {why}"
                 ),
-                source: Some(Box::new(err)),
+                source: Some(Box::new(Classified::new(TLS_FAILED, err))),
             },
         }
     }
@@ -797,16 +807,23 @@ pub fn may_have_been_sent(err: &Error) -> bool {
         Error::Transient {
             source: Some(source),
             ..
-        } => source
-            .downcast_ref::<reqwest::Error>()
-            .is_some_and(|e| !e.is_connect()),
+        } => {
+            let source: &(dyn StdError + Send + Sync + 'static) =
+                match source.downcast_ref::<Classified>() {
+                    Some(classified) => classified.get_ref(),
+                    None => &**source,
+                };
+            source
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(|e| !e.is_connect())
+        }
         _ => false,
     }
 }
 
 /// A connection the egress policy refuses: the issuer's configuration names a host it
 /// may not reach.
-pub(crate) fn egress_error(call: &str, refused: &crate::egress::Refused) -> Error {
+pub fn egress_error(call: &str, refused: &certwright_pki::egress::Refused) -> Error {
     Error::Misconfigured {
         message: format!("{call}: {refused}"),
         source: Some(Box::new(refused.clone())),
@@ -822,9 +839,44 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let policy = self.0.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs = crate::egress::resolve(Some(&policy), &host, 0).await?;
+            let addrs = resolve(Some(&policy), &host, 0).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+/// Resolves `host` and returns the addresses the policy lets through, each with `port`.
+///
+/// # Errors
+/// [`Refused`](certwright_pki::egress::Refused) when every address is refused; the resolver's error when the name does
+/// not resolve.
+pub async fn resolve(
+    policy: Option<&EgressPolicy>,
+    host: &str,
+    port: u16,
+) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((bare, port)).await?.collect();
+    let Some(policy) = policy else {
+        return Ok(found);
+    };
+    let mut refused = None;
+    let allowed: Vec<_> = found
+        .into_iter()
+        .filter(|addr| match policy.check(host, addr.ip()) {
+            Ok(()) => true,
+            Err(r) => {
+                refused.get_or_insert(r);
+                false
+            }
+        })
+        .collect();
+    match (allowed.is_empty(), refused) {
+        (true, Some(refused)) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            refused,
+        )),
+        _ => Ok(allowed),
     }
 }
 

@@ -18,7 +18,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf::{HKDF_SHA256, Salt};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::Error;
+use certwright_pki::Error;
 
 /// Random bytes in each enrollment password (base64url: 32 characters).
 const PASSWORD_BYTES: usize = 24;

@@ -22,8 +22,8 @@ use tokio::net::TcpStream;
 
 use super::pkcs7::tls_server_end_point;
 use super::{kerberos, ntlm};
-use crate::Error;
-use crate::http::{Url, format_duration};
+use certwright_backend_http::{TLS_FAILED, Url, format_duration};
+use certwright_pki::{Classified, Error};
 
 /// A browser-like User-Agent: certsrv changes the content type of certificates for
 /// clients it does not take for a browser.
@@ -53,7 +53,7 @@ pub(crate) struct Transport {
     pub(crate) max_response_bytes: usize,
     pub(crate) trust: &'static str,
     pub(crate) has_identity: bool,
-    pub(crate) egress: Option<Arc<crate::egress::EgressPolicy>>,
+    pub(crate) egress: Option<Arc<certwright_pki::egress::EgressPolicy>>,
 }
 
 /// An answer read in full.
@@ -87,7 +87,7 @@ impl Transport {
 
     /// The URL of `path` (relative to certsrv), without the query, for messages.
     fn show(&self, path: &str) -> String {
-        let shown = crate::http::redacted_url(&self.base);
+        let shown = certwright_backend_http::redacted_url(&self.base);
         let file = path.split('?').next().unwrap_or(path);
         format!("{}/{file}", shown.trim_end_matches('/'))
     }
@@ -96,7 +96,10 @@ impl Transport {
     pub(crate) async fn open(&self) -> Result<Session<'_>, Error> {
         let host = self.base.host_str().unwrap_or_default().to_string();
         let port = self.base.port_or_known_default().unwrap_or(443);
-        let call = format!("connecting to {}", crate::http::redacted_url(&self.base));
+        let call = format!(
+            "connecting to {}",
+            certwright_backend_http::redacted_url(&self.base)
+        );
         let bare = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -104,10 +107,10 @@ impl Transport {
         let server_name = ServerName::try_from(bare.clone())
             .map_err(|e| Error::misconfigured(format!("url host {host:?} is unusable: {e}")))?;
         let connect = async {
-            let addrs = crate::egress::resolve(self.egress.as_deref(), &host, port)
+            let addrs = certwright_backend_http::resolve(self.egress.as_deref(), &host, port)
                 .await
-                .map_err(|e| match crate::egress::refusal(&e) {
-                    Some(refused) => crate::http::egress_error(&call, refused),
+                .map_err(|e| match certwright_pki::egress::refusal(&e) {
+                    Some(refused) => certwright_backend_http::egress_error(&call, refused),
                     None => Error::transient(format!("{call}: cannot connect: {e}"), e),
                 })?;
             let tcp = TcpStream::connect(&addrs[..])
@@ -170,7 +173,7 @@ impl Transport {
                     "{call}: the certsrv TLS certificate is not trusted by {}: {why:?}",
                     self.trust
                 ),
-                source: Some(Box::new(err)),
+                source: Some(Box::new(Classified::new(TLS_FAILED, err))),
             },
             Some(rustls::Error::AlertReceived(alert)) if client_cert_alert(alert) => {
                 self.client_cert_refused(call, alert)
@@ -179,7 +182,7 @@ impl Transport {
                 message: format!(
                     "{call}: the TLS handshake failed (is this an https endpoint?): {other}"
                 ),
-                source: Some(Box::new(err)),
+                source: Some(Box::new(Classified::new(TLS_FAILED, err))),
             },
             None => Error::transient(format!("{call}: the TLS handshake failed: {err}"), err),
         }
@@ -552,7 +555,11 @@ impl Session<'_> {
         {
             return self.transport.client_cert_refused(call, alert);
         }
-        Error::transient(format!("{call}: the connection failed: {err}"), err)
+        let message = format!("{call}: the connection failed: {err}");
+        if tls.is_some() {
+            return Error::transient(message, Classified::new(TLS_FAILED, err));
+        }
+        Error::transient(message, err)
     }
 }
 

@@ -27,8 +27,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use certwright_x509::{Certificate, Csr};
 
-use crate::http::{ClientIdentity, excerpt, redacted_url};
-use crate::{
+use certwright_backend_http::{ClientIdentity, excerpt, redacted_url};
+use certwright_pki::{
     Backend, DEFAULT_TIMEOUT, Error, Health, IssuedBundle, Outcome, PendingRequest, SignRequest,
 };
 use conn::{ConnAuth, Response, Session, Transport};
@@ -147,10 +147,10 @@ pub struct AdcsConfig {
     /// request attributes (honoured by a CA with `EDITF_ATTRIBUTEENDDATE`).
     pub send_validity_period: bool,
     /// The lifetime sent with `send_validity_period` when the request names none.
-    /// Default: [`crate::DEFAULT_DURATION`].
+    /// Default: [`certwright_pki::DEFAULT_DURATION`].
     pub default_duration: Duration,
     /// Where certsrv and the KDC may be (issuers a tenant writes); anywhere when `None`.
-    pub egress: Option<Arc<crate::egress::EgressPolicy>>,
+    pub egress: Option<Arc<certwright_pki::egress::EgressPolicy>>,
     /// Timeout of each step (connect, each request with its answer).
     pub timeout: Duration,
     /// Largest answer accepted.
@@ -167,7 +167,7 @@ impl AdcsConfig {
             template: template.into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             send_validity_period: false,
-            default_duration: crate::DEFAULT_DURATION,
+            default_duration: certwright_pki::DEFAULT_DURATION,
             egress: None,
             timeout: DEFAULT_TIMEOUT,
             max_response_bytes: MAX_RESPONSE_BYTES,
@@ -205,7 +205,7 @@ impl AdcsBackend {
     /// credentials (a keytab without the principal's aes256 key), an unusable caBundle or
     /// client certificate.
     pub fn new(config: AdcsConfig) -> Result<AdcsBackend, Error> {
-        let base = crate::http::parse_https_url("url", &config.url)?;
+        let base = certwright_backend_http::parse_https_url("url", &config.url)?;
         let template = config.template.trim().to_string();
         if template.is_empty() {
             return Err(Error::misconfigured("templateName is empty"));
@@ -261,7 +261,9 @@ impl AdcsBackend {
                 base,
                 auth,
                 timeout: config.timeout,
-                connect_timeout: config.timeout.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+                connect_timeout: config
+                    .timeout
+                    .min(certwright_backend_http::DEFAULT_CONNECT_TIMEOUT),
                 max_response_bytes: config.max_response_bytes,
                 trust,
                 has_identity,
@@ -902,7 +904,7 @@ fn read_certificate(call: &str, body: &[u8], csr: &Csr) -> Result<Certificate, E
 /// Checks Kerberos credentials and reads the key out of a keytab.
 fn kerberos_credentials(
     k: KerberosCredentials,
-    egress: Option<Arc<crate::egress::EgressPolicy>>,
+    egress: Option<Arc<certwright_pki::egress::EgressPolicy>>,
 ) -> Result<kerberos::Credentials, Error> {
     check_username(&k.username)?;
     let username = k.username.trim().to_string();

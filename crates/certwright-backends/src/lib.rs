@@ -1,12 +1,31 @@
-//! Turns an issuer spec and the Secrets it references into a ready backend.
+//! Builds a backend from an issuer spec and the Secrets it references.
 //!
 //! This is the one place where `certwright-api` types meet the adapters' own
-//! configuration, behind the `api` feature, so that the engine, the CLI and embedders
-//! build backends the same way. Secrets come in as plain maps; how they are fetched
-//! (API server, files) is the caller's business.
+//! configuration, so that the engine, the CLI and embedders build backends the same
+//! way. The adapters are compiled in by cargo feature (`ca`, `pkcs11`, `rest`, `adcs`,
+//! `ejbca`, all on by default) and re-exported under their short names; a spec naming
+//! an adapter this build lacks gets [`BuildError::Unavailable`]. Secrets come in as
+//! plain maps; how they are fetched (API server, files) is the caller's business.
 //!
 //! One file because it is the one mapping from an issuer spec and its Secrets to a
 //! backend, with a unit test per backend and auth method (over two fifths of the file).
+#![deny(missing_docs)]
+// With adapters left out, the helpers only they use are unused.
+#![cfg_attr(
+    not(all(feature = "ca", feature = "rest", feature = "adcs", feature = "ejbca")),
+    allow(unused_imports, dead_code)
+)]
+
+#[cfg(feature = "adcs")]
+pub use certwright_backend_adcs as adcs;
+#[cfg(feature = "ca")]
+pub use certwright_backend_ca as ca;
+#[cfg(feature = "ejbca")]
+pub use certwright_backend_ejbca as ejbca;
+#[cfg(any(feature = "rest", feature = "adcs", feature = "ejbca"))]
+pub use certwright_backend_http as http;
+#[cfg(feature = "rest")]
+pub use certwright_backend_rest as rest;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +34,7 @@ use std::time::Duration;
 use certwright_api::validation::ValidationErrors;
 use certwright_api::{BackendKind, IssuerSpec, parse_duration, validate_issuer_spec};
 
-use crate::{Backend, DEFAULT_TIMEOUT, Error};
+use certwright_pki::{Backend, DEFAULT_TIMEOUT, Error};
 
 /// The data of one Secret: key to bytes, as in `Secret.data`.
 pub type SecretData = BTreeMap<String, Vec<u8>>;
@@ -62,11 +81,11 @@ fn namespace_hint(namespace: &Option<String>) -> String {
 
 impl BuildError {
     /// The issuer's Ready reason for this error: `InvalidSpec`, `SecretNotFound`, or a
-    /// local CA's own fault (`CAExpired`, `CAKeyMismatch`... [`CaFault::reason`](crate::ca::CaFault::reason)),
+    /// local CA's own fault (`CAExpired`, `CAKeyMismatch`... [`CaFault::reason`](certwright_backend_ca::CaFault::reason)),
     /// as documented on the issuer status.
     pub fn reason(&self) -> &'static str {
         #[cfg(feature = "ca")]
-        if let Some(fault) = crate::ca::CaFault::of(self) {
+        if let Some(fault) = certwright_backend_ca::CaFault::of(self) {
             return fault.reason();
         }
         match self {
@@ -92,7 +111,7 @@ pub trait SecretSource {
     /// The egress policy the built backend keeps to: where its PKI (and KDC) may be.
     /// The engine gives one for the issuers a tenant writes; `None` lets the backend
     /// connect anywhere.
-    fn egress(&self) -> Option<Arc<crate::egress::EgressPolicy>> {
+    fn egress(&self) -> Option<Arc<certwright_pki::egress::EgressPolicy>> {
         None
     }
 
@@ -108,7 +127,7 @@ pub trait SecretSource {
     /// The issuer's issuance records (until when the certificates issued under each
     /// trust anchor are valid), which a rotation's `Retire` waits for, read live. `None`:
     /// nothing is recorded, and `Retire` waits for nothing.
-    fn issuance_records(&self) -> Option<Arc<dyn crate::IssuanceRecords>> {
+    fn issuance_records(&self) -> Option<Arc<dyn certwright_pki::IssuanceRecords>> {
         None
     }
 }
@@ -160,19 +179,23 @@ fn local_ca<S: SecretSource + ?Sized>(
     pkcs11: Option<&certwright_api::Pkcs11Key>,
     field: &str,
     max_concurrent: u32,
-    config: crate::ca::LocalCaConfig,
-) -> Result<crate::ca::LocalCa, BuildError> {
+    config: certwright_backend_ca::LocalCaConfig,
+) -> Result<certwright_backend_ca::LocalCa, BuildError> {
     let data = lookup.secret(secret)?;
     let chain = lookup.key(secret, data, "tls.crt", "the CA certificate (PEM)")?;
     match pkcs11 {
         None => {
             let key = lookup.key(secret, data, "tls.key", "the CA private key (PEM)")?;
-            Ok(crate::ca::LocalCa::from_pem(chain, key, config)?)
+            Ok(certwright_backend_ca::LocalCa::from_pem(
+                chain, key, config,
+            )?)
         }
         #[cfg(feature = "pkcs11")]
         Some(token) => {
             let token = token_key(lookup, secret, token, field, max_concurrent)?;
-            Ok(crate::ca::LocalCa::with_token(chain, token, config)?)
+            Ok(certwright_backend_ca::LocalCa::with_token(
+                chain, token, config,
+            )?)
         }
         #[cfg(not(feature = "pkcs11"))]
         Some(_) => {
@@ -191,9 +214,9 @@ fn token_key<S: SecretSource + ?Sized>(
     key: &certwright_api::Pkcs11Key,
     field: &str,
     max_concurrent: u32,
-) -> Result<crate::ca::TokenKeyConfig, BuildError> {
-    use crate::ca::{RsaScheme, TokenKeyConfig, TokenRef};
+) -> Result<certwright_backend_ca::TokenKeyConfig, BuildError> {
     use certwright_api::validation::{FieldError, FieldErrorKind};
+    use certwright_backend_ca::{RsaScheme, TokenKeyConfig, TokenRef};
     let module = std::path::PathBuf::from(&key.module);
     let allowed = lookup.source.pkcs11_modules();
     // The path as written, compared as the webhook compares it: no normalization.
@@ -303,7 +326,7 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                     pkcs11,
                     field,
                     spec.max_concurrent_requests(),
-                    crate::ca::LocalCaConfig { default_duration },
+                    certwright_backend_ca::LocalCaConfig { default_duration },
                 )?;
                 Ok::<_, BuildError>(if check_revocation {
                     local.with_revocation_check(secrets.egress())
@@ -321,11 +344,13 @@ pub fn build_backend<S: SecretSource + ?Sized>(
                 "spec.ca.rotation.nextPkcs11",
             )?;
             let phase = match rotation.phase {
-                certwright_api::RotationPhase::Distribute => crate::RotationPhase::Distribute,
-                certwright_api::RotationPhase::Switch => crate::RotationPhase::Switch,
-                certwright_api::RotationPhase::Retire => crate::RotationPhase::Retire,
+                certwright_api::RotationPhase::Distribute => {
+                    certwright_pki::RotationPhase::Distribute
+                }
+                certwright_api::RotationPhase::Switch => certwright_pki::RotationPhase::Switch,
+                certwright_api::RotationPhase::Retire => certwright_pki::RotationPhase::Retire,
             };
-            Ok(Arc::new(crate::ca::RotatingCa::new(
+            Ok(Arc::new(certwright_backend_ca::RotatingCa::new(
                 current,
                 next,
                 phase,
@@ -334,7 +359,7 @@ pub fn build_backend<S: SecretSource + ?Sized>(
         }
         #[cfg(feature = "rest")]
         Some(BackendKind::Rest) => {
-            use crate::rest::{Flavor, RestAuth, RestBackend, RestConfig};
+            use certwright_backend_rest::{Flavor, RestAuth, RestBackend, RestConfig};
             let rest = spec
                 .rest
                 .as_ref()
@@ -389,10 +414,10 @@ pub fn build_backend<S: SecretSource + ?Sized>(
 fn rest_auth<S: SecretSource + ?Sized>(
     lookup: &Lookup<'_, S>,
     name: &str,
-    flavor: crate::rest::Flavor,
-) -> Result<crate::rest::RestAuth, BuildError> {
-    use crate::http::ClientIdentity;
-    use crate::rest::{Flavor, RestAuth};
+    flavor: certwright_backend_rest::Flavor,
+) -> Result<certwright_backend_rest::RestAuth, BuildError> {
+    use certwright_backend_http::ClientIdentity;
+    use certwright_backend_rest::{Flavor, RestAuth};
     let data = lookup.secret(name)?;
     if flavor == Flavor::Cfssl {
         let key = lookup.key(name, data, "key", "the cfssl authsign HMAC key (hex)")?;
@@ -434,11 +459,11 @@ fn ejbca_backend<S: SecretSource + ?Sized>(
     lookup: &Lookup<'_, S>,
     spec: &certwright_api::EjbcaBackend,
     default_duration: Duration,
-) -> Result<crate::ejbca::EjbcaBackend, BuildError> {
-    use crate::ejbca::{
+) -> Result<certwright_backend_ejbca::EjbcaBackend, BuildError> {
+    use certwright_api::issuer::EndEntityName;
+    use certwright_backend_ejbca::{
         ClientIdentity, EjbcaBackend, EjbcaConfig, EndEntityNaming, OAuthCredentials,
     };
-    use certwright_api::issuer::EndEntityName;
 
     let name = spec.auth_secret_name.as_str();
     let data = lookup.secret(name)?;
@@ -558,9 +583,9 @@ fn adcs_backend<S: SecretSource + ?Sized>(
     lookup: &Lookup<'_, S>,
     spec: &certwright_api::AdcsBackend,
     default_duration: Duration,
-) -> Result<crate::adcs::AdcsBackend, BuildError> {
-    use crate::adcs::{AdcsAuth, AdcsBackend, AdcsConfig, DEFAULT_POLL_INTERVAL};
+) -> Result<certwright_backend_adcs::AdcsBackend, BuildError> {
     use certwright_api::AdcsAuthMethod;
+    use certwright_backend_adcs::{AdcsAuth, AdcsBackend, AdcsConfig, DEFAULT_POLL_INTERVAL};
     let name = spec.auth_secret_name.as_str();
     let utf8 = |key: &str, bytes: &[u8]| {
         String::from_utf8(bytes.to_vec())
@@ -573,7 +598,7 @@ fn adcs_backend<S: SecretSource + ?Sized>(
     };
     let auth = match spec.auth_method {
         AdcsAuthMethod::Kerberos => {
-            use crate::adcs::{KerberosCredentials, KerberosSecret};
+            use certwright_backend_adcs::{KerberosCredentials, KerberosSecret};
             let data = lookup.secret(name)?;
             let text = |key: &str, what: &str| -> Result<String, BuildError> {
                 utf8(key, lookup.key(name, data, key, what)?)
@@ -623,7 +648,7 @@ fn adcs_backend<S: SecretSource + ?Sized>(
             let data = lookup.secret(name)?;
             let cert = lookup.key(name, data, "tls.crt", "the client certificate (PEM)")?;
             let key = lookup.key(name, data, "tls.key", "the client certificate's key (PEM)")?;
-            AdcsAuth::ClientCertificate(crate::http::ClientIdentity {
+            AdcsAuth::ClientCertificate(certwright_backend_http::ClientIdentity {
                 cert_pem: cert.to_vec(),
                 key_pem: key.to_vec(),
             })
@@ -652,6 +677,22 @@ fn adcs_backend<S: SecretSource + ?Sized>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[cfg(all(feature = "ca", feature = "rest"))]
+    #[test]
+    fn every_adapter_defaults_to_the_shared_timeout_and_duration() {
+        use certwright_pki::DEFAULT_DURATION;
+        assert_eq!(DEFAULT_DURATION, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(30));
+        assert_eq!(
+            ca::LocalCaConfig::default().default_duration,
+            DEFAULT_DURATION
+        );
+        let rest = rest::RestConfig::new("https://pki.example/api/v1");
+        assert_eq!(rest.default_duration, DEFAULT_DURATION);
+        assert_eq!(rest.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(http::HttpConfig::default().timeout, DEFAULT_TIMEOUT);
+    }
     use certwright_api::{AdcsBackend, Base64Bytes, CaBackend, RestBackend, RestFlavor};
     use certwright_simulators::fixtures::{KeyKind, TestCa};
 

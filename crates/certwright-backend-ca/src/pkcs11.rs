@@ -44,7 +44,7 @@ use ring::signature as ring_sig;
 use sha2::Digest;
 
 use super::{CaFault, KeyKind, fault, lock, sequence, tlv};
-use crate::Error;
+use certwright_pki::Error;
 
 /// The least time between two reloads of one module, by default
 /// ([`TokenKeyConfig::reload_interval`]).

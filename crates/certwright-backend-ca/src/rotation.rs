@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use certwright_x509::Certificate;
 
 use super::LocalCa;
-use crate::{
+use certwright_pki::{
     Backend, CaCertificates, Error, Health, IssuanceRecords, Outcome, Recovery, RotationPhase,
     RotationState, SignRequest,
 };
@@ -88,7 +88,8 @@ impl RotatingCa {
     fn signer(&self, now: SystemTime) -> &LocalCa {
         match self.phase_at(now) {
             RotationPhase::Distribute => &self.current,
-            RotationPhase::Switch | RotationPhase::Retire => &self.next,
+            // Switch and Retire; a phase this version does not know signs with the next.
+            _ => &self.next,
         }
     }
 
@@ -96,7 +97,8 @@ impl RotatingCa {
     fn trust_at(&self, now: SystemTime) -> Vec<Certificate> {
         let mut trust = match self.phase_at(now) {
             RotationPhase::Retire => vec![self.next.trust_anchor().clone()],
-            RotationPhase::Distribute | RotationPhase::Switch => vec![
+            // Distribute and Switch, and a phase this version does not know.
+            _ => vec![
                 self.current.trust_anchor().clone(),
                 self.next.trust_anchor().clone(),
             ],
@@ -178,7 +180,7 @@ mod tests {
     use certwright_x509::Csr;
 
     use super::*;
-    use crate::ca::LocalCaConfig;
+    use crate::LocalCaConfig;
 
     fn local(ca: &TestCa) -> LocalCa {
         LocalCa::from_pem(

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::Error;
-use crate::http::{HttpClient, HttpResponse, Method, StatusCode, Url, describe_call, header};
+use certwright_backend_http::{
+    HttpClient, HttpResponse, Method, StatusCode, Url, describe_call, header,
+};
+use certwright_pki::Error;
 
 use super::wire::{form_encode, parse_https_url};
 
@@ -82,7 +84,10 @@ pub(super) struct TokenSource {
 impl fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenSource")
-            .field("token_url", &crate::http::redacted_url(&self.token_url))
+            .field(
+                "token_url",
+                &certwright_backend_http::redacted_url(&self.token_url),
+            )
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
@@ -252,7 +257,7 @@ impl TokenSource {
             return Err(Error::InvalidResponse {
                 message: format!(
                     "{call} issued a token of type {:?}; EJBCA takes bearer tokens",
-                    crate::http::excerpt(kind.as_bytes())
+                    certwright_backend_http::excerpt(kind.as_bytes())
                 ),
             });
         }
@@ -282,11 +287,11 @@ impl TokenSource {
         let code = parsed
             .as_ref()
             .and_then(|e| e.error.as_deref())
-            .map(|c| crate::http::excerpt(c.as_bytes()));
+            .map(|c| certwright_backend_http::excerpt(c.as_bytes()));
         let description = parsed
             .as_ref()
             .and_then(|e| e.error_description.as_deref())
-            .map(|d| crate::http::excerpt(d.as_bytes()));
+            .map(|d| certwright_backend_http::excerpt(d.as_bytes()));
         let said = match (&code, &description) {
             (Some(code), Some(description)) => format!("{code}: {description}"),
             (Some(code), None) => code.clone(),
@@ -333,7 +338,7 @@ impl TokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{HeaderMap, HttpConfig};
+    use certwright_backend_http::{HeaderMap, HttpConfig};
 
     fn source() -> TokenSource {
         let ca =

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use certwright_x509::{Certificate, parse_pem_bundle};
 
-use crate::Error;
-use crate::http::{HttpResponse, StatusCode, excerpt, status_error};
+use certwright_backend_http::{HttpResponse, StatusCode, excerpt, status_error};
+use certwright_pki::Error;
 
 /// The response format certwright asks for: the certificate as base64 DER, the chain as a
 /// list of base64 DER certificates.
@@ -298,7 +298,7 @@ fn is_base64_text(bytes: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"+/=-_".contains(b) || b.is_ascii_whitespace())
 }
 
-pub(super) use crate::http::parse_https_url;
+pub(super) use certwright_backend_http::parse_https_url;
 
 /// `application/x-www-form-urlencoded` encoding of `pairs`.
 pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {
@@ -381,7 +381,7 @@ fn civil_date(days_since_epoch: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::HeaderMap;
+    use certwright_backend_http::HeaderMap;
 
     fn answer(status: u16, body: &str) -> HttpResponse {
         HttpResponse {

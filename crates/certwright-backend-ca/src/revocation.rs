@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use certwright_x509::{Certificate, Crl};
 
 use super::{CaFault, describe, fault, lock};
-use crate::Error;
+use certwright_pki::Error;
 
 /// How long a CRL download may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +66,7 @@ pub(crate) struct Revocation {
     ca: Certificate,
     parent: Certificate,
     /// The client, or why none could be built.
-    http: Result<crate::http::HttpClient, String>,
+    http: Result<certwright_backend_http::HttpClient, String>,
     state: Mutex<State>,
     /// Told each time a fetch ends.
     done: tokio::sync::watch::Sender<u64>,
@@ -86,20 +86,20 @@ impl Revocation {
     pub(crate) fn new(
         ca: &Certificate,
         parent: &Certificate,
-        egress: Option<Arc<crate::egress::EgressPolicy>>,
+        egress: Option<Arc<certwright_pki::egress::EgressPolicy>>,
     ) -> Option<Arc<Revocation>> {
         let mut urls = ca.crl_urls();
         if urls.is_empty() {
             return None;
         }
         urls.truncate(MAX_URLS);
-        let http = crate::http::HttpClient::new(crate::http::HttpConfig {
+        let http = certwright_backend_http::HttpClient::new(certwright_backend_http::HttpConfig {
             timeout: FETCH_TIMEOUT,
-            connect_timeout: FETCH_TIMEOUT.min(crate::http::DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout: FETCH_TIMEOUT.min(certwright_backend_http::DEFAULT_CONNECT_TIMEOUT),
             max_response_bytes: MAX_CRL_BYTES,
             egress,
             allow_http: true,
-            ..crate::http::HttpConfig::default()
+            ..certwright_backend_http::HttpConfig::default()
         })
         .map_err(|e| e.to_string());
         let verdict = match lock(&REVOKED).get(&ca.fingerprint_hex()) {
@@ -190,7 +190,7 @@ impl Revocation {
         };
         let mut problems = Vec::new();
         for url in &self.urls {
-            let parsed = match crate::http::Url::parse(url) {
+            let parsed = match certwright_backend_http::Url::parse(url) {
                 Ok(u) => u,
                 Err(e) => {
                     problems.push(format!("{url}: {e}"));
@@ -198,7 +198,7 @@ impl Revocation {
                 }
             };
             let answer = match http
-                .send(http.request(crate::http::Method::GET, parsed))
+                .send(http.request(certwright_backend_http::Method::GET, parsed))
                 .await
             {
                 Ok(a) if a.is_success() => a,

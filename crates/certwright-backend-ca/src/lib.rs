@@ -31,7 +31,7 @@ use x509_cert::ext::pkix::{
 };
 use x509_cert::spki::SubjectPublicKeyInfoRef;
 
-use crate::{
+use certwright_pki::{
     Backend, DEFAULT_DURATION, Error, Health, IssuedBundle, Outcome, Recovery, SignRequest,
 };
 
@@ -257,7 +257,7 @@ impl LocalCa {
     /// server's outage must not stop a CA nobody revoked.
     pub fn with_revocation_check(
         mut self,
-        egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
+        egress: Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>>,
     ) -> LocalCa {
         // The certificate of tls.crt that issued the CA: its CRL's signer.
         let ca = self.ca();
@@ -466,8 +466,8 @@ impl Backend for LocalCa {
         std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
     }
 
-    fn ca_certificates(&self) -> Option<crate::CaCertificates> {
-        Some(crate::CaCertificates::new(
+    fn ca_certificates(&self) -> Option<certwright_pki::CaCertificates> {
+        Some(certwright_pki::CaCertificates::new(
             self.ca().clone(),
             self.trust_anchor().clone(),
             vec![self.trust_anchor().clone()],

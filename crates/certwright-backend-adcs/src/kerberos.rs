@@ -37,8 +37,8 @@ use picky_krb::messages::{
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::Error;
-use crate::http::format_duration;
+use certwright_backend_http::format_duration;
+use certwright_pki::Error;
 
 /// aes256-cts-hmac-sha1-96, the only encryption type used.
 const AES256: u8 = 18;
@@ -69,7 +69,7 @@ pub(crate) struct Credentials {
     pub(crate) kdc: String,
     pub(crate) secret: Secret,
     /// Where the KDC may be (issuers a tenant writes); anywhere when `None`.
-    pub(crate) egress: Option<std::sync::Arc<crate::egress::EgressPolicy>>,
+    pub(crate) egress: Option<std::sync::Arc<certwright_pki::egress::EgressPolicy>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -186,10 +186,10 @@ async fn kdc_call(
             .rsplit_once(':')
             .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
             .ok_or_else(|| Error::misconfigured(format!("{call}: not host:port")))?;
-        let addrs = crate::egress::resolve(credentials.egress.as_deref(), host, port)
+        let addrs = certwright_backend_http::resolve(credentials.egress.as_deref(), host, port)
             .await
-            .map_err(|e| match crate::egress::refusal(&e) {
-                Some(refused) => crate::http::egress_error(&call, refused),
+            .map_err(|e| match certwright_pki::egress::refusal(&e) {
+                Some(refused) => certwright_backend_http::egress_error(&call, refused),
                 None => Error::transient(format!("{call} is unreachable: {e}"), e),
             })?;
         let mut tcp = TcpStream::connect(&addrs[..])
@@ -883,7 +883,9 @@ mod tests {
             realm: "CORP.EXAMPLE".into(),
             kdc: "127.0.0.1:1".into(),
             secret: Secret::Password("pw".into()),
-            egress: Some(std::sync::Arc::new(crate::egress::EgressPolicy::new())),
+            egress: Some(std::sync::Arc::new(
+                certwright_pki::egress::EgressPolicy::new(),
+            )),
         };
         let err = match kdc_call(&credentials, b"x", Duration::from_secs(2)).await {
             Err(e) => e,

@@ -23,8 +23,10 @@ use sha2::Sha256;
 use certwright_x509::{Certificate, Csr};
 
 use super::{Auth, RestBackend, issued, parse_certificates};
-use crate::http::{HttpResponse, Method, StatusCode, describe_call, header, status_error};
-use crate::{Error, Health, Outcome, SignRequest};
+use certwright_backend_http::{
+    HttpResponse, Method, StatusCode, describe_call, header, status_error,
+};
+use certwright_pki::{Error, Health, Outcome, SignRequest};
 
 /// The CA chain from `info`, once fetched.
 #[derive(Debug, Default)]
@@ -366,7 +368,7 @@ fn cfssl_error(
     profile: Option<&str>,
 ) -> Error {
     let message = message
-        .map(|m| crate::http::excerpt(m.as_bytes()))
+        .map(|m| certwright_backend_http::excerpt(m.as_bytes()))
         .filter(|m| m != "(empty body)")
         .unwrap_or_else(|| response.excerpt());
     let profile = profile.unwrap_or("(default)");
@@ -431,7 +433,7 @@ fn cfssl_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::HeaderMap;
+    use certwright_backend_http::HeaderMap;
     use certwright_simulators::{CsrBuilder, KeyKind};
     use std::net::{IpAddr, Ipv4Addr};
 
@@ -442,8 +444,8 @@ mod tests {
         use certwright_simulators::{CsrBuilder, KeyKind};
         use certwright_x509::Csr;
 
-        use crate::rest::{Flavor, RestBackend, RestConfig};
-        use crate::{Backend, IssuedBundle, Outcome, SignRequest};
+        use crate::{Flavor, RestBackend, RestConfig};
+        use certwright_pki::{Backend, IssuedBundle, Outcome, SignRequest};
 
         async fn simulator() -> RestSimulator {
             RestSimulator::start().await.expect("simulator starts")
