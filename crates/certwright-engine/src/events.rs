@@ -1,15 +1,19 @@
 //! Kubernetes Events for request and issuer transitions, written in the background so
 //! that the signing path never waits on them. Events are best effort: when the API
 //! server falls behind, the oldest unsent ones are dropped and counted in the log.
+//!
+//! Each event is published through kube-runtime's [`Recorder`], one recorder per
+//! event: a long-lived recorder keeps every event it published in the last six minutes
+//! (to merge repeats into a series), which at hundreds of requests a second would hold
+//! tens of thousands of Events in the controller's memory, and merging needs `patch`
+//! on Events too.
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use kube::api::PostParams;
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Notify;
 
 /// How many events may wait to be written.
@@ -92,46 +96,16 @@ impl EventSink {
     pub fn start(client: Client, controller: String, instance: Option<String>) -> EventSink {
         let queue = Arc::new(Queue::new(QUEUE));
         let pending = queue.clone();
+        let reporter = Reporter {
+            controller,
+            instance,
+        };
         tokio::spawn(async move {
             loop {
                 let t = pending.pop().await;
-                let namespace = t
-                    .regarding
-                    .namespace
-                    .clone()
-                    .filter(|ns| !ns.is_empty())
-                    .unwrap_or_else(|| "default".to_string());
-                let mut note = t.note;
-                if note.len() > MAX_NOTE {
-                    let mut cut = MAX_NOTE;
-                    while !note.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    note.truncate(cut);
-                }
-                let event = Event {
-                    metadata: ObjectMeta {
-                        generate_name: Some(format!(
-                            "{}.",
-                            t.regarding.name.as_deref().unwrap_or("certwright")
-                        )),
-                        namespace: Some(namespace.clone()),
-                        ..Default::default()
-                    },
-                    action: Some(t.reason.to_string()),
-                    event_time: Some(MicroTime(jiff::Timestamp::now())),
-                    note: Some(note),
-                    reason: Some(t.reason.to_string()),
-                    regarding: Some(t.regarding),
-                    reporting_controller: Some(controller.clone()),
-                    reporting_instance: Some(
-                        instance.clone().unwrap_or_else(|| controller.clone()),
-                    ),
-                    type_: Some(if t.warning { "Warning" } else { "Normal" }.to_string()),
-                    ..Default::default()
-                };
-                let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-                if let Err(e) = api.create(&PostParams::default(), &event).await {
+                let (event, regarding) = event_of(t);
+                let recorder = Recorder::new(client.clone(), reporter.clone());
+                if let Err(e) = recorder.publish(&event, &regarding).await {
                     tracing::debug!(error = %e, "could not write an event");
                 }
             }
@@ -158,6 +132,36 @@ impl EventSink {
     }
 }
 
+/// The Event a transition is published as, and the object it is about: the action is
+/// the reason, the note is cut to what the API server takes, and a cluster-scoped
+/// object's Event goes to `default`.
+fn event_of(t: Transition) -> (Event, ObjectReference) {
+    let mut note = t.note;
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let mut regarding = t.regarding;
+    if regarding.namespace.as_deref() == Some("") {
+        regarding.namespace = None;
+    }
+    let event = Event {
+        type_: if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: t.reason.to_string(),
+        note: Some(note),
+        action: t.reason.to_string(),
+        secondary: None,
+    };
+    (event, regarding)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +173,38 @@ mod tests {
             note: String::new(),
             warning: false,
         }
+    }
+
+    #[test]
+    fn a_transition_becomes_an_event_about_its_object() {
+        let warning = Transition {
+            regarding: ObjectReference {
+                namespace: Some("team-a".into()),
+                name: Some("web-1".into()),
+                ..Default::default()
+            },
+            note: "é".repeat(MAX_NOTE),
+            warning: true,
+            ..transition("Rejected")
+        };
+        let (event, regarding) = event_of(warning);
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!((event.reason.as_str(), event.action.as_str()), ("Rejected", "Rejected"));
+        let note = event.note.expect("a note");
+        assert!(note.len() <= MAX_NOTE && note.chars().all(|c| c == 'é'));
+        assert_eq!(regarding.namespace.as_deref(), Some("team-a"));
+
+        let cluster = Transition {
+            regarding: ObjectReference {
+                namespace: Some(String::new()),
+                name: Some("corp".into()),
+                ..Default::default()
+            },
+            ..transition("Verified")
+        };
+        let (event, regarding) = event_of(cluster);
+        assert_eq!(event.type_, EventType::Normal);
+        assert_eq!(regarding.namespace, None, "published to default");
     }
 
     #[tokio::test]
