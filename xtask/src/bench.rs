@@ -17,7 +17,6 @@ use certwright_api::{
     Base64Bytes, CaBackend, CertificateRequest, CertificateRequestSpec, InternalClusterIssuer,
     IssuerRef, IssuerSpec, RestBackend,
 };
-use certwright_engine::cached::CachedRequest;
 use certwright_simulators::rest_sim::{Behaviour, RestSimulator};
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 use futures::StreamExt as _;
@@ -102,6 +101,29 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// Watches CertificateRequests in the bench namespace and records when each became Ready.
+/// A CertificateRequest's status conditions, all the driver's watches read.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+struct Conditions {
+    #[serde(default)]
+    conditions: Vec<certwright_api::Condition>,
+}
+
+/// A CertificateRequest decoded without its spec (no CSR), as the controller decodes
+/// the ones it watches: the driver shares the machine with it.
+type SlimRequest = kube::core::Object<kube::core::NotUsed, Conditions>;
+
+fn slim_requests(client: Client, namespace: &str) -> Api<SlimRequest> {
+    let resource = kube::core::ApiResource::erase::<CertificateRequest>(&());
+    Api::namespaced_with(client, namespace, &resource)
+}
+
+fn conditions_of(request: &SlimRequest) -> &[certwright_api::Condition] {
+    request
+        .status
+        .as_ref()
+        .map_or(&[], |s| s.conditions.as_slice())
+}
+
 #[derive(Clone, Default)]
 struct ReadyTimes(Arc<Mutex<HashMap<String, Instant>>>);
 
@@ -110,7 +132,7 @@ impl ReadyTimes {
         let times = ReadyTimes::default();
         let inner = times.clone();
         tokio::spawn(async move {
-            let api: Api<CachedRequest> = Api::namespaced(client, APPS);
+            let api = slim_requests(client, APPS);
             let mut stream = watcher(api, watcher::Config::default()).boxed();
             while let Some(event) = stream.next().await {
                 let Ok(event) = event else { continue };
@@ -119,7 +141,7 @@ impl ReadyTimes {
                     _ => continue,
                 };
                 for o in objs {
-                    let ready = o.status.conditions.iter().any(|c| {
+                    let ready = conditions_of(&o).iter().any(|c| {
                         c.type_ == "Ready" && c.status == certwright_api::ConditionStatus::True
                     });
                     if ready {
@@ -1034,25 +1056,25 @@ async fn policy_latency(client: &Client, controller: &mut Process) -> Result<(f6
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), GOVERNED);
     let approved = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
     let seen = approved.clone();
-    let watched = Api::<CachedRequest>::namespaced(client.clone(), GOVERNED);
-    let watch =
-        tokio::spawn(async move {
-            let mut stream = watcher(watched, watcher::Config::default()).boxed();
-            while let Some(event) = stream.next().await {
-                let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event else {
-                    continue;
-                };
-                if o.status.conditions.iter().any(|c| {
-                    c.type_ == "Approved" && c.status == certwright_api::ConditionStatus::True
-                }) {
-                    let name = o.metadata.name.clone().unwrap_or_default();
-                    seen.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(name)
-                        .or_insert_with(Instant::now);
-                }
+    let watched = slim_requests(client.clone(), GOVERNED);
+    let watch = tokio::spawn(async move {
+        let mut stream = watcher(watched, watcher::Config::default()).boxed();
+        while let Some(event) = stream.next().await {
+            let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event else {
+                continue;
+            };
+            if conditions_of(&o)
+                .iter()
+                .any(|c| c.type_ == "Approved" && c.status == certwright_api::ConditionStatus::True)
+            {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name)
+                    .or_insert_with(Instant::now);
             }
-        });
+        }
+    });
     // The requests are built (keys and CSRs) before the clock starts.
     let team: usize = GOVERNED.trim_start_matches("team-").parse()?;
     let requests: Vec<CertificateRequest> = (0..N)

@@ -211,26 +211,27 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
     serve(flags.health_probe_bind_address, health_app, "health probes").await?;
 
     let identity = flags.pod_name.clone().unwrap_or_else(default_identity);
-    let config = EngineConfig {
-        max_concurrent_reconciles: flags.max_concurrent_reconciles,
-        cluster_resource_namespace: flags.cluster_resource_namespace.clone(),
-        issuer_health_check_interval: flags.issuer_health_check_interval,
-        instance: Some(identity.clone()),
-        egress: Some(Arc::new(egress)),
-        egress_exempt_cluster_issuers: flags.egress_exempt_cluster_issuers,
-        redact_tenant_errors: true,
-        kubernetes_csr: flags.kubernetes_csr,
+    let config = {
+        let mut config = EngineConfig::default();
+        config.max_concurrent_reconciles = flags.max_concurrent_reconciles;
+        config.cluster_resource_namespace = flags.cluster_resource_namespace.clone();
+        config.issuer_health_check_interval = flags.issuer_health_check_interval;
+        config.instance = Some(identity.clone());
+        config.egress = Some(Arc::new(egress));
+        config.egress_exempt_cluster_issuers = flags.egress_exempt_cluster_issuers;
+        config.redact_tenant_errors = true;
+        config.kubernetes_csr = flags.kubernetes_csr;
         // Cluster issuers read their Secrets in the cluster resource namespace: a list
         // of namespaces always includes it.
-        secret_access: SecretAccess::only(flags.secret_namespaces.iter().cloned().chain(
+        config.secret_access = SecretAccess::only(flags.secret_namespaces.iter().cloned().chain(
             (!flags.secret_namespaces.is_empty()).then(|| flags.cluster_resource_namespace.clone()),
-        )),
-        ca_expiry_warning: flags.ca_expiry_warning,
-        pkcs11_modules: flags.pkcs11_modules.clone(),
-        pkcs11_namespaced_issuers: flags.pkcs11_namespaced_issuers,
-        max_retry_duration: (!flags.max_retry_duration.is_zero())
-            .then_some(flags.max_retry_duration),
-        policy: flags.policy_approver.then(|| {
+        ));
+        config.ca_expiry_warning = flags.ca_expiry_warning;
+        config.pkcs11_modules = flags.pkcs11_modules.clone();
+        config.pkcs11_namespaced_issuers = flags.pkcs11_namespaced_issuers;
+        config.max_retry_duration =
+            (!flags.max_retry_duration.is_zero()).then_some(flags.max_retry_duration);
+        config.policy = flags.policy_approver.then(|| {
             PolicyConfig::new()
                 .evaluation(match flags.policy_evaluation {
                     PolicyEvaluation::All => Evaluation::All,
@@ -242,8 +243,8 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
                 })
                 .publish_summaries(flags.publish_policy_summaries)
                 .approve_signers(flags.policy_approve_signers.iter().cloned())
-        }),
-        ..EngineConfig::default()
+        });
+        config
     };
     let shutdown = shutdown_on_signal();
     // Standby replicas are ready too: they serve probes and wait for the lease.
@@ -260,11 +261,13 @@ pub(crate) async fn run(flags: Flags) -> anyhow::Result<()> {
             .leader_election_namespace
             .clone()
             .unwrap_or_else(|| flags.cluster_resource_namespace.clone());
-        let lease = LeaseConfig {
-            lease_duration: flags.leader_election_lease_duration,
-            renew_deadline: flags.leader_election_renew_deadline,
-            retry_period: flags.leader_election_retry_period,
-            ..LeaseConfig::new(namespace, flags.leader_election_id.clone(), identity)
+        let lease = {
+            let mut config =
+                LeaseConfig::new(namespace, flags.leader_election_id.clone(), identity);
+            config.lease_duration = flags.leader_election_lease_duration;
+            config.renew_deadline = flags.leader_election_renew_deadline;
+            config.retry_period = flags.leader_election_retry_period;
+            config
         };
         let elector = LeaderElector::new(client, lease);
         metrics.set_leader(false);

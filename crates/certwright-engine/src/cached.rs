@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// It deserializes from the full object (unknown fields are skipped), so a watch on
 /// `Api<CachedRequest>` never holds CSRs or certificates in memory.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct CachedRequest {
+pub(crate) struct CachedRequest {
     /// Metadata, reduced by [`CachedRequest::slim`].
     pub metadata: ObjectMeta,
     /// The parts of the spec decisions need.
@@ -30,7 +30,7 @@ pub struct CachedRequest {
 /// The parts of a CertificateRequest spec the engine decides on.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct CachedSpec {
+pub(crate) struct CachedSpec {
     /// The issuer asked to sign.
     #[serde(default)]
     pub issuer_ref: IssuerRef,
@@ -38,7 +38,7 @@ pub struct CachedSpec {
 
 /// The conditions of a CertificateRequest.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct CachedStatus {
+pub(crate) struct CachedStatus {
     /// Ready, Approved, Denied, InvalidRequest.
     #[serde(default)]
     pub conditions: Vec<Condition>,
@@ -76,7 +76,7 @@ impl kube::Resource for CachedRequest {
 impl CachedRequest {
     /// Drops what no decision needs: managed fields, labels, owner references, and every
     /// annotation except certwright's own (`pki.certwright.io/...`).
-    pub fn slim(mut self) -> Self {
+    pub(crate) fn slim(mut self) -> Self {
         let meta = &mut self.metadata;
         meta.managed_fields = None;
         meta.labels = None;
@@ -97,7 +97,7 @@ impl CachedRequest {
     }
 
     /// `namespace/name`.
-    pub fn key(&self) -> RequestKey {
+    pub(crate) fn key(&self) -> RequestKey {
         RequestKey {
             namespace: self.metadata.namespace.clone().unwrap_or_default(),
             name: self.metadata.name.clone().unwrap_or_default(),
@@ -105,7 +105,7 @@ impl CachedRequest {
     }
 
     /// The annotation value, if set.
-    pub fn annotation(&self, key: &str) -> Option<&str> {
+    pub(crate) fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata
             .annotations
             .as_ref()
@@ -114,14 +114,14 @@ impl CachedRequest {
     }
 
     /// The conditions, for [`RequestConditions`](certwright_api::RequestConditions).
-    pub fn conditions(&self) -> &[Condition] {
+    pub(crate) fn conditions(&self) -> &[Condition] {
         &self.status.conditions
     }
 }
 
 /// A CertificateRequest's `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestKey {
+pub(crate) struct RequestKey {
     /// The namespace.
     pub namespace: String,
     /// The name.

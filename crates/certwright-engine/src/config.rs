@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use certwright_pki::egress::EgressPolicy;
 
-use crate::decide::Backoff;
+use crate::requests::decide::Backoff;
 
 /// The default of [`EngineConfig::ca_expiry_warning`]: 30 days.
 pub const DEFAULT_CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -15,8 +15,9 @@ pub const DEFAULT_CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 36
 /// The default of [`EngineConfig::max_retry_duration`].
 pub const DEFAULT_MAX_RETRY_DURATION: Duration = Duration::from_secs(3600);
 
-/// Engine configuration.
+/// Engine configuration: `EngineConfig::default()`, then set the fields to change.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// Requests reconciled at once (each may wait on its issuer's own cap).
     pub max_concurrent_reconciles: usize,
@@ -175,6 +176,7 @@ mod policy_tests {
 
 /// What the policy approver does with a request no IssuancePolicy applies to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Unmatched {
     /// Deny it, saying no policy covers its namespace and issuer (default-deny).
     #[default]
@@ -215,6 +217,7 @@ impl Default for EngineConfig {
 
 /// The namespaces whose Secrets the engine may read and watch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SecretAccess {
     /// Every namespace (a ClusterRole): the watch is cluster-wide.
     #[default]

@@ -23,7 +23,7 @@ const MAX_NOTE: usize = 1000;
 
 /// One event about one object.
 #[derive(Clone, Debug)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// The object the event is about.
     pub regarding: ObjectReference,
     /// PascalCase reason, e.g. `Issued`.
@@ -36,7 +36,7 @@ pub struct Transition {
 
 /// Sends events to a background writer.
 #[derive(Clone, Debug)]
-pub struct EventSink {
+pub(crate) struct EventSink {
     queue: Option<Arc<Queue>>,
 }
 
@@ -93,7 +93,7 @@ impl Queue {
 
 impl EventSink {
     /// Starts the writer on the current runtime.
-    pub fn start(client: Client, controller: String, instance: Option<String>) -> EventSink {
+    pub(crate) fn start(client: Client, controller: String, instance: Option<String>) -> EventSink {
         let queue = Arc::new(Queue::new(QUEUE));
         let pending = queue.clone();
         let reporter = Reporter {
@@ -113,14 +113,9 @@ impl EventSink {
         EventSink { queue: Some(queue) }
     }
 
-    /// A sink that drops everything (for tests of other parts).
-    pub fn disabled() -> EventSink {
-        EventSink { queue: None }
-    }
-
     /// Queues an event; never waits. When the queue is full, the oldest queued event is
     /// dropped.
-    pub fn emit(&self, transition: Transition) {
+    pub(crate) fn emit(&self, transition: Transition) {
         if let Some(queue) = &self.queue
             && let Some(dropped) = queue.push(transition)
         {
@@ -189,7 +184,10 @@ mod tests {
         };
         let (event, regarding) = event_of(warning);
         assert_eq!(event.type_, EventType::Warning);
-        assert_eq!((event.reason.as_str(), event.action.as_str()), ("Rejected", "Rejected"));
+        assert_eq!(
+            (event.reason.as_str(), event.action.as_str()),
+            ("Rejected", "Rejected")
+        );
         let note = event.note.expect("a note");
         assert!(note.len() <= MAX_NOTE && note.chars().all(|c| c == 'é'));
         assert_eq!(regarding.namespace.as_deref(), Some("team-a"));

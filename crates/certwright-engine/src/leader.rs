@@ -18,6 +18,7 @@ use crate::error::{Error, api_code};
 
 /// Timings of leader election (client-go's defaults).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LeaseConfig {
     /// The Lease's namespace.
     pub namespace: String,

@@ -1,12 +1,21 @@
 //! certwright's reconcile engine: the only library that talks to the API server.
 //!
 //! It watches cert-manager `CertificateRequest`s that name an issuer of the configured
-//! kinds, decides what each needs with a pure function ([`decide`]), and applies that
-//! decision: signs approved requests exactly once through the issuer's
-//! [`certwright_pki::Backend`], protects the PKI ([`protection`]: concurrency cap, token
-//! bucket, circuit breaker), writes conditions, emits Kubernetes Events and Prometheus
-//! [`metrics`]. It is generic over the issuer kinds ([`IssuerKinds`]), so an embedder can
-//! drive it with their own CRDs.
+//! kinds, decides what each needs with a pure function, and applies that decision:
+//! signs approved requests exactly once through the issuer's
+//! [`certwright_pki::Backend`], protects the PKI (concurrency cap, token bucket, circuit
+//! breaker), writes conditions, emits Kubernetes Events and Prometheus [`metrics`]. It
+//! is generic over the issuer kinds ([`IssuerKinds`]), so an embedder can drive it with
+//! their own CRDs.
+//!
+//! What it exports is what an embedder uses: [`Engine`] and its [`EngineConfig`]
+//! ([`PolicyConfig`], [`SecretAccess`], [`Backoff`]), the kinds traits
+//! ([`IssuerKinds`], [`IssuerResource`], [`CertwrightIssuers`]), [`metrics::Metrics`],
+//! and leader election ([`leader`]). Configuration types are `#[non_exhaustive]`: start
+//! from `Default` (or `new`) and set the fields to change. The loops themselves (one
+//! module each: the engine's tasks, the watches, requests, issuers, Kubernetes CSRs,
+//! the policy approver) are private; `docs/architecture.md` follows one request
+//! through them.
 //!
 //! ```no_run
 //! # async fn demo(client: kube::Client) -> Result<(), certwright_engine::Error> {
@@ -20,21 +29,21 @@
 
 mod approver;
 mod ca_lifecycle;
-pub mod cached;
+mod cached;
 mod config;
-pub mod csr;
+mod csr;
 mod engine;
 mod error;
-pub mod events;
-pub mod issuers;
-pub mod kinds;
+mod events;
+mod issuers;
+mod kinds;
 pub mod leader;
 pub mod metrics;
-pub mod protection;
+mod protection;
 mod requests;
 mod submission;
 mod watches;
-pub mod workqueue;
+mod workqueue;
 
 pub use certwright_policy::Evaluation;
 pub use config::{
@@ -44,4 +53,4 @@ pub use config::{
 pub use engine::Engine;
 pub use error::Error;
 pub use kinds::{CertwrightIssuers, IssuerKinds, IssuerResource};
-pub use requests::decide;
+pub use requests::decide::Backoff;

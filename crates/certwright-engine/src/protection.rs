@@ -16,13 +16,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Default consecutive failures that open the breaker.
-pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+pub(crate) const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
 /// Default first open period of the breaker.
-pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(30);
 /// Default cap of the doubling open period.
-pub const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(5 * 60);
+pub(crate) const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(5 * 60);
 /// Default longest wait for a token that [`Protection::admit`] spends inline.
-pub const DEFAULT_MAX_INLINE_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_MAX_INLINE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a caller is told to wait while the half-open probe is in flight.
 const PROBE_IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
@@ -33,7 +33,7 @@ const MAX_OPEN_PERIOD: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Limits that protect one issuer's PKI.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProtectionConfig {
+pub(crate) struct ProtectionConfig {
     /// Most backend calls in flight at once (at least 1; 0 is treated as 1).
     pub max_concurrent: u32,
     /// Sustained rate of backend calls (above 0; lower values are raised to 0.001).
@@ -53,7 +53,7 @@ pub struct ProtectionConfig {
 impl ProtectionConfig {
     /// A configuration with the given cap and rate, and defaults for the rest:
     /// `burst = max(1, ceil(rps))`, threshold 5, open 30s doubling up to 5m, 1s inline wait.
-    pub fn new(max_concurrent: u32, requests_per_second: f64) -> ProtectionConfig {
+    pub(crate) fn new(max_concurrent: u32, requests_per_second: f64) -> ProtectionConfig {
         ProtectionConfig {
             max_concurrent,
             requests_per_second,
@@ -95,7 +95,7 @@ fn default_burst(requests_per_second: f64) -> u32 {
 /// The circuit breaker's state as reported to the engine and to metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     /// Calls go through; consecutive failures are being counted.
     Closed,
     /// Calls are refused until `until`, when one probe will be let through.
@@ -110,7 +110,7 @@ pub enum BreakerState {
 impl BreakerState {
     /// The value of the `certwright_circuit_breaker_state` gauge: 0 closed, 1 half-open,
     /// 2 open.
-    pub fn metric_value(&self) -> i64 {
+    pub(crate) fn metric_value(&self) -> i64 {
         match self {
             BreakerState::Closed => 0,
             BreakerState::HalfOpen => 1,
@@ -135,7 +135,7 @@ impl fmt::Display for BreakerState {
 /// What a call made under a [`Permit`] told about the PKI's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum CallOutcome {
+pub(crate) enum CallOutcome {
     /// The PKI answered properly: closes a half-open breaker, resets the failure count.
     Success,
     /// The PKI is unwell (transient error, invalid response): counts toward opening.
@@ -148,7 +148,7 @@ pub enum CallOutcome {
 /// Why [`Protection::admit`] did not hand out a permit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum DeferReason {
+pub(crate) enum DeferReason {
     /// The breaker is open until the given time.
     CircuitOpen {
         /// When the open period ends and a probe may be made.
@@ -162,7 +162,7 @@ pub enum DeferReason {
 
 impl DeferReason {
     /// A stable label for metrics: `circuit_open`, `probe_in_flight` or `rate_limited`.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             DeferReason::CircuitOpen { .. } => "circuit_open",
             DeferReason::ProbeInFlight => "probe_in_flight",
@@ -183,7 +183,7 @@ impl fmt::Display for DeferReason {
 
 /// The caller should try again after `retry_after` instead of calling the PKI now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deferred {
+pub(crate) struct Deferred {
     /// How long to wait before calling [`Protection::admit`] again.
     pub retry_after: Duration,
     /// Why the call was deferred.
@@ -203,7 +203,7 @@ impl fmt::Display for Deferred {
 
 /// Protection of one issuer's PKI. Share it between tasks through an [`Arc`].
 #[derive(Debug)]
-pub struct Protection {
+pub(crate) struct Protection {
     shared: Arc<Shared>,
 }
 
@@ -362,7 +362,7 @@ impl Breaker {
 impl Protection {
     /// Protection with the given limits, breaker closed and token bucket full. Values
     /// out of range are brought into range as documented on [`ProtectionConfig`].
-    pub fn new(config: ProtectionConfig) -> Protection {
+    pub(crate) fn new(config: ProtectionConfig) -> Protection {
         let config = config.normalized();
         let now = Instant::now();
         let state = State {
@@ -392,7 +392,8 @@ impl Protection {
     }
 
     /// The limits in force, after normalization.
-    pub fn config(&self) -> &ProtectionConfig {
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &ProtectionConfig {
         &self.shared.config
     }
 
@@ -404,7 +405,7 @@ impl Protection {
     /// The concurrency slot is awaited without limit. The breaker is checked again after
     /// every wait, so calls queued before an opening do not reach the PKI. A token taken
     /// by an `admit` that is cancelled while sleeping for it is not given back.
-    pub async fn admit(&self) -> Result<Permit, Deferred> {
+    pub(crate) async fn admit(&self) -> Result<Permit, Deferred> {
         let shared = &self.shared;
         shared.lock().gate(Instant::now(), false)?;
 
@@ -477,7 +478,7 @@ impl Protection {
 
     /// The breaker's state now. An open breaker whose period has passed is reported as
     /// half-open: the next [`admit`](Self::admit) will be its probe.
-    pub fn breaker(&self) -> BreakerState {
+    pub(crate) fn breaker(&self) -> BreakerState {
         let state = self.shared.lock();
         match state.breaker.phase {
             Phase::Closed { .. } => BreakerState::Closed,
@@ -487,7 +488,8 @@ impl Protection {
     }
 
     /// How many permits are held right now.
-    pub fn in_flight(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> u32 {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 }
@@ -505,7 +507,7 @@ enum CallKind {
 /// [`CallOutcome::Neutral`].
 #[derive(Debug)]
 #[must_use = "a permit is leave to call the PKI; record the call's outcome"]
-pub struct Permit {
+pub(crate) struct Permit {
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
     call: CallKind,
@@ -514,12 +516,13 @@ pub struct Permit {
 
 impl Permit {
     /// Whether this call is the half-open breaker's probe.
-    pub fn is_probe(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
         matches!(self.call, CallKind::Probe)
     }
 
     /// Reports the call's outcome to the breaker and releases the concurrency slot.
-    pub fn record(mut self, outcome: CallOutcome) {
+    pub(crate) fn record(mut self, outcome: CallOutcome) {
         self.finish(outcome);
     }
 

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::decide::Attempt;
+use crate::requests::decide::Attempt;
 
 /// What one call came to.
 pub(crate) enum Step {

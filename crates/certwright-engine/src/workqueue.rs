@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::metrics::QueueMetrics;
 
 /// A queue of keys to process. Cloning it gives another handle to the same queue.
-pub struct WorkQueue<K> {
+pub(crate) struct WorkQueue<K> {
     shared: Arc<Shared<K>>,
 }
 
@@ -133,12 +133,12 @@ where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
     /// An empty queue whose metrics no registry exports.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_metrics(QueueMetrics::detached())
     }
 
     /// An empty queue that reports to `metrics` ([`Metrics::queue`](crate::metrics::Metrics::queue)).
-    pub fn with_metrics(metrics: QueueMetrics) -> Self {
+    pub(crate) fn with_metrics(metrics: QueueMetrics) -> Self {
         WorkQueue {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -159,7 +159,7 @@ where
     /// Makes the key ready now. No-op if it is already ready; if a worker is processing
     /// it, it is handed out again after [`done`](Self::done). A schedule for the key is
     /// dropped: processing it now decides what comes next. Ignored after shutdown.
-    pub fn add(&self, key: K) {
+    pub(crate) fn add(&self, key: K) {
         let joined = {
             let mut state = self.shared.lock();
             if state.shut_down {
@@ -175,7 +175,7 @@ where
     /// Makes the key ready after `delay`. If it is already scheduled, the earlier time
     /// wins; if it is already ready (or added again while processing), this is a no-op.
     /// A zero delay is [`add`](Self::add). Ignored after shutdown.
-    pub fn add_after(&self, key: K, delay: Duration) {
+    pub(crate) fn add_after(&self, key: K, delay: Duration) {
         if delay.is_zero() {
             self.add(key);
             return;
@@ -210,7 +210,7 @@ where
     /// The next ready key, oldest first, waiting until one is ready; the key is then
     /// processing until [`done`](Self::done). Returns `None` as soon as the queue is shut
     /// down, even if keys remain.
-    pub async fn next(&self) -> Option<K> {
+    pub(crate) async fn next(&self) -> Option<K> {
         loop {
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
@@ -255,7 +255,7 @@ where
 
     /// Marks the key as no longer processing. If it was added meanwhile, it is ready
     /// again at once.
-    pub fn done(&self, key: &K) {
+    pub(crate) fn done(&self, key: &K) {
         let requeued = {
             let mut state = self.shared.lock();
             let Some(started) = state.processing.remove(key) else {
@@ -279,30 +279,34 @@ where
 
     /// Shuts the queue down: every pending and future [`next`](Self::next) returns `None`
     /// and further adds are ignored.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.shared.lock().shut_down = true;
         self.shared.notify.notify_waiters();
     }
 
     /// Whether [`shutdown`](Self::shutdown) has been called.
-    pub fn is_shut_down(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_shut_down(&self) -> bool {
         self.shared.lock().shut_down
     }
 
     /// How many keys are waiting: ready (including processing keys added again) plus
     /// scheduled.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         let state = self.shared.lock();
         state.dirty.len() + state.scheduled.len()
     }
 
     /// Whether no key is waiting.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// How many keys workers are processing.
-    pub fn processing(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn processing(&self) -> usize {
         self.shared.lock().processing.len()
     }
 }

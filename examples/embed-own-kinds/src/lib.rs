@@ -146,12 +146,11 @@ pub fn crds_yaml() -> anyhow::Result<String> {
 /// The engine configuration of this controller: certwright's defaults under its own
 /// name, with the cluster issuers' Secrets in `cluster_resource_namespace`.
 pub fn config(cluster_resource_namespace: &str) -> EngineConfig {
-    EngineConfig {
-        cluster_resource_namespace: cluster_resource_namespace.to_string(),
-        controller_name: "team-issuer".to_string(),
-        redact_tenant_errors: true,
-        ..EngineConfig::default()
-    }
+    let mut config = EngineConfig::default();
+    config.cluster_resource_namespace = cluster_resource_namespace.to_string();
+    config.controller_name = "team-issuer".to_string();
+    config.redact_tenant_errors = true;
+    config
 }
 
 /// The engine for the team's kinds.

@@ -35,16 +35,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use plan::CachedCsr;
+pub(crate) use plan::CachedCsr;
 use plan::{Change, Need, Signers};
 
-use crate::decide::{Attempt, EventReason, Plan, Requeue, plan as plan_of};
 use crate::engine::Shared;
 use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::issuers::{IssuerEntry, IssuerKey};
 use crate::metrics::{IssuerLabels, QUEUE_CSRS, QueueMetrics, RESOURCE_CSR};
 use crate::protection::CallOutcome;
+use crate::requests::decide::{Attempt, EventReason, Plan, Requeue, plan as plan_of};
 use crate::submission::{self, Step};
 
 /// How long a CSR whose issuer is missing or not usable waits before it is looked at

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::ClusterResourceScope;
 use serde::{Deserialize, Deserializer};
 
-use crate::decide::{EventReason, Plan, Requeue};
 use crate::issuers::IssuerKey;
+use crate::requests::decide::{EventReason, Plan, Requeue};
 
 /// The shortest lifetime the API server accepts in `spec.expirationSeconds`.
 pub(crate) const MIN_EXPIRATION: Duration = Duration::from_secs(600);
@@ -26,7 +26,7 @@ pub(crate) const MIN_EXPIRATION: Duration = Duration::from_secs(600);
 /// name, uid and resourceVersion (annotations such as `kubectl apply`'s copy of the
 /// whole object, labels and managed fields are dropped while decoding).
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct CachedCsr {
+pub(crate) struct CachedCsr {
     /// Name, uid, resourceVersion.
     #[serde(deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
@@ -41,7 +41,7 @@ pub struct CachedCsr {
 /// The parts of a CSR's spec the loop decides on.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CachedCsrSpec {
+pub(crate) struct CachedCsrSpec {
     /// Who is asked to sign.
     #[serde(default)]
     pub signer_name: String,
@@ -49,7 +49,7 @@ pub struct CachedCsrSpec {
 
 /// A CSR's status without its certificate.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct CachedCsrStatus {
+pub(crate) struct CachedCsrStatus {
     /// Type and status of each condition.
     #[serde(default)]
     pub conditions: Vec<CachedCsrCondition>,
@@ -60,7 +60,7 @@ pub struct CachedCsrStatus {
 
 /// One condition, without its reason and message.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct CachedCsrCondition {
+pub(crate) struct CachedCsrCondition {
     /// Approved, Denied, Failed.
     #[serde(rename = "type", default)]
     pub type_: String,
@@ -348,7 +348,7 @@ pub(crate) fn with_change(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::decide::{Attempt, Backoff, plan};
+    use crate::requests::decide::{Attempt, Backoff, plan};
     use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
     use k8s_openapi::api::certificates::v1::CertificateSigningRequestSpec;
 

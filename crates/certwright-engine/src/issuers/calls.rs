@@ -14,11 +14,11 @@ use super::{
     Health, IssuerEntry, IssuerKey, REASON_CIRCUIT_OPEN, REASON_UNREACHABLE, REASON_VERIFIED,
     check_health, circuit_open, tell_unless_own,
 };
-use crate::decide::Plan;
 use crate::engine::Shared;
 use crate::issuers::checks::CHECK_TIMEOUT;
 use crate::metrics::{Call, RESOURCE_ISSUER};
 use crate::protection::{BreakerState, CallOutcome};
+use crate::requests::decide::Plan;
 
 impl Shared {
     /// Counts one sign, poll or recover call in the metrics, by its outcome.

@@ -8,7 +8,7 @@ mod calls;
 pub(crate) mod checks;
 mod state;
 
-pub use state::*;
+pub(crate) use state::*;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;

@@ -16,7 +16,7 @@ use crate::protection::{Protection, ProtectionConfig};
 
 /// Identifies one issuer object.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IssuerKey {
+pub(crate) struct IssuerKey {
     /// Cluster-scoped kind (else namespaced).
     pub cluster: bool,
     /// The namespace; empty for cluster-scoped issuers.
@@ -59,7 +59,7 @@ pub(crate) struct Fingerprint {
 
 /// An issuer's Ready condition as the engine last determined it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     /// Verified, CAExpiringSoon, InvalidSpec, SecretNotFound, SecretOutOfScope, a local
     /// CA's own fault (CAExpired, CANotYetValid, CANotACA, CACertificateInvalid,
     /// CARevoked, CAKeyMismatch, CAKeyUnreadable, HSMUnavailable, HSMPinRejected,
@@ -73,7 +73,7 @@ impl Health {
     /// Whether requests may be sent: only faults of the issuer's own configuration or
     /// credentials stop them. An unreachable PKI or an open breaker is handled by the
     /// protection layer, which lets probes through.
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         matches!(
             self.reason,
             REASON_VERIFIED | REASON_CA_EXPIRING_SOON | REASON_UNREACHABLE | REASON_CIRCUIT_OPEN
@@ -81,7 +81,7 @@ impl Health {
     }
 
     /// The Ready condition's status.
-    pub fn ready(&self) -> ConditionStatus {
+    pub(crate) fn ready(&self) -> ConditionStatus {
         if matches!(self.reason, REASON_VERIFIED | REASON_CA_EXPIRING_SOON) {
             ConditionStatus::True
         } else {
@@ -91,29 +91,29 @@ impl Health {
 
     /// Whether the Event of this state is a warning: not Ready, or Ready with a CA about
     /// to expire.
-    pub fn warns(&self) -> bool {
+    pub(crate) fn warns(&self) -> bool {
         self.ready() != ConditionStatus::True || self.reason == REASON_CA_EXPIRING_SOON
     }
 }
 
 /// Ready reason: the PKI answered a health check with these credentials.
-pub const REASON_VERIFIED: &str = "Verified";
+pub(crate) const REASON_VERIFIED: &str = "Verified";
 /// Ready reason (Ready stays True): the CA certificate the issuer signs with expires
 /// within [`EngineConfig::ca_expiry_warning`](crate::EngineConfig::ca_expiry_warning).
-pub const REASON_CA_EXPIRING_SOON: &str = "CAExpiringSoon";
+pub(crate) const REASON_CA_EXPIRING_SOON: &str = "CAExpiringSoon";
 /// Ready reason: the spec (or what the backend made of it) cannot work.
-pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+pub(crate) const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// Ready reason: a referenced Secret or one of its keys is missing.
-pub const REASON_SECRET_NOT_FOUND: &str = "SecretNotFound";
+pub(crate) const REASON_SECRET_NOT_FOUND: &str = "SecretNotFound";
 /// Ready reason: the issuer's Secrets are in a namespace the controller may not read
 /// ([`EngineConfig::secret_access`](crate::EngineConfig::secret_access)).
-pub const REASON_SECRET_OUT_OF_SCOPE: &str = "SecretOutOfScope";
+pub(crate) const REASON_SECRET_OUT_OF_SCOPE: &str = "SecretOutOfScope";
 /// Ready reason: the PKI refused the credentials.
-pub const REASON_UNAUTHORIZED: &str = "Unauthorized";
+pub(crate) const REASON_UNAUTHORIZED: &str = "Unauthorized";
 /// Ready reason: the PKI could not be reached or answered garbage.
-pub const REASON_UNREACHABLE: &str = "Unreachable";
+pub(crate) const REASON_UNREACHABLE: &str = "Unreachable";
 /// Ready reason: the circuit breaker paused calls to a failing PKI.
-pub const REASON_CIRCUIT_OPEN: &str = "CircuitOpen";
+pub(crate) const REASON_CIRCUIT_OPEN: &str = "CircuitOpen";
 
 /// When a CA that expires at `expiry` is within `window` of it at `now`: the Ready
 /// message that says so (the issuer stays Ready, with reason CAExpiringSoon). `None`

@@ -5,7 +5,7 @@
 //! labels cert-manager's own metrics use (`issuer_name`, `issuer_kind`, `issuer_group`,
 //! and `namespace`, the issuer's, empty for a cluster-scoped issuer), so the two join in
 //! PromQL. The registry also carries the standard `process_*` metrics of the process
-//! (Linux only, [`process`]), which Prometheus' conventions leave unprefixed.
+//! (Linux only), which Prometheus' conventions leave unprefixed.
 //! docs/engine.md, "Metrics", lists every family.
 //!
 //! One file because the families, their recording methods and the tests that pin each
@@ -28,18 +28,18 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// The `resource` label of a cert-manager CertificateRequest.
-pub const RESOURCE_REQUEST: &str = "CertificateRequest";
+pub(crate) const RESOURCE_REQUEST: &str = "CertificateRequest";
 /// The `resource` label of a Kubernetes CertificateSigningRequest.
-pub const RESOURCE_CSR: &str = "CertificateSigningRequest";
+pub(crate) const RESOURCE_CSR: &str = "CertificateSigningRequest";
 /// The `resource` label of an issuer's own health check.
-pub const RESOURCE_ISSUER: &str = "Issuer";
+pub(crate) const RESOURCE_ISSUER: &str = "Issuer";
 
 /// The `queue` label of the CertificateRequest work queue.
-pub const QUEUE_REQUESTS: &str = "certificaterequests";
+pub(crate) const QUEUE_REQUESTS: &str = "certificaterequests";
 /// The `queue` label of the issuer work queue.
-pub const QUEUE_ISSUERS: &str = "issuers";
+pub(crate) const QUEUE_ISSUERS: &str = "issuers";
 /// The `queue` label of the Kubernetes CSR loop.
-pub const QUEUE_CSRS: &str = "certificatesigningrequests";
+pub(crate) const QUEUE_CSRS: &str = "certificatesigningrequests";
 
 /// Bucket bounds of `certwright_signing_duration_seconds`: 5ms to 60s.
 const SIGNING_BUCKETS: [f64; 13] = [
@@ -58,7 +58,7 @@ const QUEUE_BUCKETS: [f64; 14] = [
 /// The labels that name an issuer in every per-issuer metric, as cert-manager's
 /// metrics name it.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IssuerLabels {
+pub(crate) struct IssuerLabels {
     /// The issuer's name.
     pub issuer_name: String,
     /// Its kind, e.g. `InternalIssuer`.
@@ -72,7 +72,7 @@ pub struct IssuerLabels {
 impl IssuerLabels {
     /// The labels of the issuer `kind` in `group` named `name` in `namespace` (empty for
     /// a cluster-scoped kind).
-    pub fn new(kind: &str, group: &str, namespace: &str, name: &str) -> Self {
+    pub(crate) fn new(kind: &str, group: &str, namespace: &str, name: &str) -> Self {
         IssuerLabels {
             issuer_name: name.to_owned(),
             issuer_kind: kind.to_owned(),
@@ -144,7 +144,7 @@ struct ListLabels {
 }
 
 /// The `approval` labels of the awaiting gauges.
-pub const AWAITING_APPROVALS: [&str; 2] = ["manual", "ticket"];
+pub(crate) const AWAITING_APPROVALS: [&str; 2] = ["manual", "ticket"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -223,7 +223,7 @@ impl Default for Metrics {
 /// The metrics of one work queue, labelled with its name. Cloning gives another handle
 /// to the same series.
 #[derive(Clone, Debug)]
-pub struct QueueMetrics {
+pub(crate) struct QueueMetrics {
     /// `certwright_workqueue_depth`: keys due and waiting for a worker.
     pub(crate) depth: Gauge,
     /// `certwright_workqueue_adds_total`: keys made due.
@@ -458,7 +458,7 @@ impl Metrics {
     }
 
     /// The series of the work queue named `queue`.
-    pub fn queue(&self, queue: &str) -> QueueMetrics {
+    pub(crate) fn queue(&self, queue: &str) -> QueueMetrics {
         let labels = QueueLabels {
             queue: queue.to_owned(),
         };
@@ -474,7 +474,7 @@ impl Metrics {
     /// The series of a loop whose scheduler does not tell its depth (kube-runtime's
     /// `Controller`): work duration and retries only; depth, adds and wait are not
     /// exported for it rather than exported as a false zero.
-    pub fn loop_without_depth(&self, queue: &str) -> QueueMetrics {
+    pub(crate) fn loop_without_depth(&self, queue: &str) -> QueueMetrics {
         let labels = QueueLabels {
             queue: queue.to_owned(),
         };
@@ -493,7 +493,7 @@ impl Metrics {
     /// checks, whose latency is not a signing latency); `operation` is `sign`, `poll`,
     /// `recover` or `check`; `outcome` is `success`, `pending` or the error's metric
     /// label.
-    pub fn backend_call(&self, call: &Call<'_>, seconds: Option<f64>) {
+    pub(crate) fn backend_call(&self, call: &Call<'_>, seconds: Option<f64>) {
         let issuer = call.issuer.clone();
         if let Some(seconds) = seconds {
             self.inner
@@ -521,7 +521,7 @@ impl Metrics {
     /// Counts one CertificateRequest or Kubernetes CSR that reached a final state in
     /// `certwright_certificate_requests_total{issuer…,resource,result}`; `result` is
     /// `issued`, `failed` or `denied`.
-    pub fn request_finished(&self, issuer: &IssuerLabels, resource: &str, result: &str) {
+    pub(crate) fn request_finished(&self, issuer: &IssuerLabels, resource: &str, result: &str) {
         self.inner
             .requests
             .get_or_create(&RequestLabels {
@@ -534,7 +534,7 @@ impl Metrics {
 
     /// Counts one request held back by the issuer's protection in
     /// `certwright_deferred_requests_total{issuer…,reason}`.
-    pub fn request_deferred(&self, issuer: &IssuerLabels, reason: &str) {
+    pub(crate) fn request_deferred(&self, issuer: &IssuerLabels, reason: &str) {
         self.inner
             .deferred
             .get_or_create(&DeferredLabels {
@@ -545,7 +545,7 @@ impl Metrics {
     }
 
     /// Sets `certwright_cached_requests`: the requests the engine holds in memory.
-    pub fn set_cached_requests(&self, count: i64) {
+    pub(crate) fn set_cached_requests(&self, count: i64) {
         self.inner.cached_requests.set(count);
     }
 
@@ -555,13 +555,13 @@ impl Metrics {
     }
 
     /// Sets `certwright_pending_requests{issuer…}`.
-    pub fn set_pending(&self, issuer: &IssuerLabels, count: i64) {
+    pub(crate) fn set_pending(&self, issuer: &IssuerLabels, count: i64) {
         self.inner.pending.get_or_create(issuer).set(count);
     }
 
     /// Sets `certwright_issuer_ready{issuer…}` to 1 or 0, and
     /// `certwright_issuer_ready_reason{issuer…,reason}` to 1 for `reason` alone.
-    pub fn set_issuer_ready(&self, issuer: &IssuerLabels, ready: bool, reason: &str) {
+    pub(crate) fn set_issuer_ready(&self, issuer: &IssuerLabels, ready: bool, reason: &str) {
         self.inner
             .issuer_ready
             .get_or_create(issuer)
@@ -590,13 +590,13 @@ impl Metrics {
 
     /// Sets `certwright_circuit_breaker_state{issuer…}`: 0 closed, 1 half-open, 2 open
     /// (see [`BreakerState::metric_value`](crate::protection::BreakerState::metric_value)).
-    pub fn set_breaker_state(&self, issuer: &IssuerLabels, state: i64) {
+    pub(crate) fn set_breaker_state(&self, issuer: &IssuerLabels, state: i64) {
         self.inner.breaker_state.get_or_create(issuer).set(state);
     }
 
     /// Sets `certwright_issuer_ca_expiry_timestamp_seconds{issuer…}`, or drops the
     /// series when the backend does not know when its CA expires.
-    pub fn set_ca_expiry(&self, issuer: &IssuerLabels, not_after: Option<i64>) {
+    pub(crate) fn set_ca_expiry(&self, issuer: &IssuerLabels, not_after: Option<i64>) {
         match not_after {
             Some(at) => {
                 self.inner.ca_expiry.get_or_create(issuer).set(at);
@@ -609,7 +609,7 @@ impl Metrics {
 
     /// Sets `certwright_issuer_ca_rotation_phase{issuer…,phase}`: 1 for the phase in
     /// effect and 0 for the others during a CA rotation; no series without one.
-    pub fn set_rotation_phase(&self, issuer: &IssuerLabels, phase: Option<&str>) {
+    pub(crate) fn set_rotation_phase(&self, issuer: &IssuerLabels, phase: Option<&str>) {
         for each in ROTATION_PHASES {
             let labels = PhaseLabels {
                 issuer: issuer.clone(),
@@ -630,7 +630,7 @@ impl Metrics {
     }
 
     /// Counts one decision in `certwright_policy_decisions_total{namespace,decision,policy}`.
-    pub fn policy_decision(&self, namespace: &str, decision: &str, policy: &str) {
+    pub(crate) fn policy_decision(&self, namespace: &str, decision: &str, policy: &str) {
         self.inner
             .policy_decisions
             .get_or_create(&DecisionLabels {
@@ -644,7 +644,7 @@ impl Metrics {
     /// Sets `certwright_policy_awaiting_requests{approval}` and
     /// `certwright_policy_awaiting_oldest_seconds{approval}` (approval `manual` or
     /// `ticket`).
-    pub fn set_policy_awaiting(&self, approval: &str, count: i64, oldest_seconds: i64) {
+    pub(crate) fn set_policy_awaiting(&self, approval: &str, count: i64, oldest_seconds: i64) {
         let labels = AwaitingLabels {
             approval: approval.to_owned(),
         };
@@ -673,7 +673,7 @@ impl Metrics {
 
     /// Records in `certwright_approval_to_ready_seconds{issuer…}` the time from the
     /// Approved condition's `lastTransitionTime` to the Ready condition being written.
-    pub fn observe_approval_to_ready(&self, issuer: &IssuerLabels, seconds: f64) {
+    pub(crate) fn observe_approval_to_ready(&self, issuer: &IssuerLabels, seconds: f64) {
         self.inner
             .approval_to_ready
             .get_or_create(issuer)
@@ -684,7 +684,7 @@ impl Metrics {
     /// expiry) once the issuer is deleted. Counters and histograms are kept: they are
     /// few per issuer and dropping them would hide increases from a scrape that missed
     /// the last ones.
-    pub fn forget_issuer(&self, issuer: &IssuerLabels) {
+    pub(crate) fn forget_issuer(&self, issuer: &IssuerLabels) {
         self.inner.pending.remove(issuer);
         self.inner.issuer_ready.remove(issuer);
         let reason = self
@@ -707,7 +707,7 @@ impl Metrics {
 
 /// One PKI call, as [`Metrics::backend_call`] counts it.
 #[derive(Debug)]
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     /// The issuer whose backend was called.
     pub issuer: &'a IssuerLabels,
     /// The backend type ([`Backend::kind`](certwright_pki::Backend::kind)).

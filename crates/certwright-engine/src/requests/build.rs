@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::cached::RequestKey;
-use crate::decide::StatusChange;
+use crate::requests::decide::StatusChange;
 
 /// A per-request delay of up to a second, so that requests deferred together do not
 /// all come back in the same instant.

@@ -17,7 +17,7 @@ use crate::protection::{CallOutcome, DeferReason, Deferred};
 
 /// What the engine knows of the issuer a request names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IssuerState<'a> {
+pub(crate) enum IssuerState<'a> {
     /// No such issuer (yet).
     Missing,
     /// The issuer exists but cannot sign; `message` says why.
@@ -31,7 +31,7 @@ pub enum IssuerState<'a> {
 
 /// What a request needs, decided from the cached request alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Not ours, terminal, or not yet approved: nothing to do until it changes.
     Nothing,
     /// Denied by an approver: write Ready=False reason Denied and the failure time.
@@ -53,7 +53,7 @@ pub enum Decision {
 
 /// Decides what a request needs, following the flow table of docs/engine.md ("Decide,
 /// then apply") row by row.
-pub fn decide(request: &CachedRequest, group: &str, issuer: IssuerState<'_>) -> Decision {
+pub(crate) fn decide(request: &CachedRequest, group: &str, issuer: IssuerState<'_>) -> Decision {
     let conditions = request.conditions();
     if request.spec.issuer_ref.group != group {
         return Decision::Nothing;
@@ -85,7 +85,7 @@ pub fn decide(request: &CachedRequest, group: &str, issuer: IssuerState<'_>) -> 
 }
 
 /// `InternalClusterIssuer corp` or `InternalIssuer apps/corp`.
-pub fn issuer_display(request: &CachedRequest) -> String {
+pub(crate) fn issuer_display(request: &CachedRequest) -> String {
     let r = &request.spec.issuer_ref;
     if r.kind.ends_with("ClusterIssuer") {
         format!("{} {}", r.kind, r.name)
@@ -101,7 +101,7 @@ pub fn issuer_display(request: &CachedRequest) -> String {
     clippy::large_enum_variant,
     reason = "short-lived: built and consumed within one reconcile"
 )]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// The PKI answered (or failed to).
     Answered(Result<Outcome, PkiError>),
     /// The issuer's protection asked us to come back later.
@@ -119,7 +119,7 @@ pub enum Attempt {
 
 /// When to look at the request again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Requeue {
+pub(crate) enum Requeue {
     /// Never: the request is terminal.
     Never,
     /// After this delay.
@@ -130,7 +130,7 @@ pub enum Requeue {
 
 /// The Ready condition and the rest of the status to write.
 #[derive(Clone, Debug)]
-pub struct StatusChange {
+pub(crate) struct StatusChange {
     /// Ready's status.
     pub ready: ConditionStatus,
     /// Ready's reason: Issued, Pending, Failed or Denied.
@@ -147,7 +147,7 @@ pub struct StatusChange {
 
 impl StatusChange {
     /// Ready=False reason Pending with `message`.
-    pub fn pending(message: String) -> Self {
+    pub(crate) fn pending(message: String) -> Self {
         StatusChange {
             ready: ConditionStatus::False,
             reason: REASON_PENDING,
@@ -173,7 +173,7 @@ impl StatusChange {
 /// What an attempt came to, as backoff and the retry deadline count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum AttemptOutcome {
+pub(crate) enum AttemptOutcome {
     /// Signed.
     Issued,
     /// Held by the CA, to be polled.
@@ -206,7 +206,7 @@ pub enum AttemptOutcome {
 
 impl AttemptOutcome {
     /// The class of an error the PKI answered with.
-    pub fn of_error(error: &PkiError) -> AttemptOutcome {
+    pub(crate) fn of_error(error: &PkiError) -> AttemptOutcome {
         match error {
             PkiError::Transient { .. } => AttemptOutcome::Transient,
             PkiError::RateLimited { .. } => AttemptOutcome::RateLimited,
@@ -221,7 +221,7 @@ impl AttemptOutcome {
     }
 
     /// A low-cardinality label (`issued`, `rate_limited`, ...).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Issued => "issued",
             AttemptOutcome::Pending => "pending",
@@ -242,12 +242,12 @@ impl AttemptOutcome {
 
     /// Whether it counts as a failed attempt for backoff: holding back for the issuer's
     /// protection, or waiting for the issuer, does not.
-    pub fn counts_as_attempt(self) -> bool {
+    pub(crate) fn counts_as_attempt(self) -> bool {
         !matches!(self, AttemptOutcome::Deferred | AttemptOutcome::Waiting)
     }
 
     /// Whether it is a failing call that is retried, which the retry deadline ends.
-    pub fn is_retried_failure(self) -> bool {
+    pub(crate) fn is_retried_failure(self) -> bool {
         matches!(
             self,
             AttemptOutcome::Transient
@@ -261,7 +261,7 @@ impl AttemptOutcome {
 /// CertificateRequest or a Kubernetes CSR), and the `Failed` reason of a refused CSR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum EventReason {
+pub(crate) enum EventReason {
     /// `Issued`: the certificate was issued (a warning when shorter than asked).
     Issued,
     /// `CAPending`: the CA holds the request for its own approval.
@@ -306,7 +306,7 @@ pub enum EventReason {
 
 impl EventReason {
     /// The reason as Kubernetes shows it (PascalCase).
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             EventReason::Issued => "Issued",
             EventReason::CaPending => "CAPending",
@@ -335,7 +335,7 @@ impl EventReason {
 /// Everything to do after an attempt, in order: persist the pending id, write the
 /// status, emit the event, tell the issuer, requeue.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// A CA-side pending id to persist on the request before anything else.
     pub pending_id: Option<String>,
     /// The status to write.
@@ -354,6 +354,7 @@ pub struct Plan {
 
 /// Exponential backoff between attempts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// The first delay.
     pub min: Duration,
@@ -371,6 +372,11 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Delays from `min`, doubling up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max }
+    }
+
     /// The delay after `attempt` failed attempts (counting from 1).
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(20);
@@ -390,7 +396,7 @@ impl Plan {
     /// the issuer's own protection holds back (a backlog under `requestsPerSecond`, an
     /// open breaker) are not failing calls and wait on.
     #[must_use]
-    pub fn with_retry_deadline(
+    pub(crate) fn with_retry_deadline(
         self,
         since: jiff::Timestamp,
         now: jiff::Timestamp,
@@ -420,13 +426,13 @@ impl Plan {
 
     /// Whether this plan counts as a failed attempt for backoff (deferrals and
     /// waiting for the issuer do not).
-    pub fn counts_as_attempt(&self) -> bool {
+    pub(crate) fn counts_as_attempt(&self) -> bool {
         self.outcome.counts_as_attempt()
     }
 }
 
 /// The plan for a request an approver denied.
-pub fn plan_denied() -> Plan {
+pub(crate) fn plan_denied() -> Plan {
     Plan {
         pending_id: None,
         status: StatusChange {
@@ -446,7 +452,7 @@ pub fn plan_denied() -> Plan {
 }
 
 /// The plan for a request whose issuer is missing or not usable.
-pub fn plan_waiting(message: String) -> Plan {
+pub(crate) fn plan_waiting(message: String) -> Plan {
     Plan {
         pending_id: None,
         status: StatusChange::pending(message),
@@ -459,7 +465,7 @@ pub fn plan_waiting(message: String) -> Plan {
 }
 
 /// How long to wait for an issuer that is not ready before looking again anyway.
-pub const ISSUER_BACKSTOP: Duration = Duration::from_secs(300);
+pub(crate) const ISSUER_BACKSTOP: Duration = Duration::from_secs(300);
 
 fn plain(
     pending_id: Option<String>,
@@ -486,7 +492,7 @@ impl Plan {
     /// template override, a profile the CA refuses for it). The request fails; the
     /// issuer, which serves other requests, stays as it is.
     #[must_use]
-    pub fn request_scoped(mut self) -> Plan {
+    pub(crate) fn request_scoped(mut self) -> Plan {
         let Some((_, message)) = self.issuer_fault.take() else {
             return self;
         };
@@ -503,7 +509,7 @@ impl Plan {
     /// check: the issuer's Ready condition says what the check found, so it never shows
     /// one request's details; the request waits for the issuer.
     #[must_use]
-    pub fn issuer_confirmed(mut self, reason: &'static str, message: String) -> Plan {
+    pub(crate) fn issuer_confirmed(mut self, reason: &'static str, message: String) -> Plan {
         if self.issuer_fault.is_some() {
             self.issuer_fault = Some((reason, message));
         }
@@ -514,7 +520,7 @@ impl Plan {
     /// (the check itself failed to get an answer): the issuer is left as it is and the
     /// request tries again after `delay`.
     #[must_use]
-    pub fn issuer_unconfirmed(mut self, delay: Duration) -> Plan {
+    pub(crate) fn issuer_unconfirmed(mut self, delay: Duration) -> Plan {
         if self.issuer_fault.take().is_some() {
             self.requeue = Requeue::After(delay);
         }
@@ -527,7 +533,7 @@ impl Plan {
     /// lifetimes. The Ready message says it, and the Event becomes a warning, so that a
     /// certificate renewed far more often than planned is noticed.
     #[must_use]
-    pub fn with_requested_duration(mut self, requested: Option<Duration>) -> Plan {
+    pub(crate) fn with_requested_duration(mut self, requested: Option<Duration>) -> Plan {
         let (Some(requested), Some(leaf)) = (
             requested,
             self.status.issued.as_ref().and_then(|b| b.leaf()),
@@ -556,7 +562,12 @@ impl Plan {
 /// Maps an attempt to exactly one plan: one match, one condition, one requeue decision.
 /// `attempt` counts the failed attempts of this request so far, this one included;
 /// `poll_interval` bounds how long a CA-side pending request waits between polls.
-pub fn plan(outcome: Attempt, attempt: u32, backoff: Backoff, poll_interval: Duration) -> Plan {
+pub(crate) fn plan(
+    outcome: Attempt,
+    attempt: u32,
+    backoff: Backoff,
+    poll_interval: Duration,
+) -> Plan {
     match outcome {
         Attempt::Answered(Ok(Outcome::Issued(bundle))) => {
             let message = bundle.leaf().map_or_else(

@@ -6,7 +6,7 @@
 //! The pure parts are in [`decide`] and [`build`].
 
 mod build;
-pub mod decide;
+pub(crate) mod decide;
 
 pub(crate) use build::object_reference;
 
@@ -22,13 +22,13 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cached::{CachedRequest, RequestKey};
-use crate::decide::{Attempt, Decision, IssuerState, Plan, Requeue, decide, plan};
 use crate::engine::{Shared, lock};
 use crate::error::api_code;
 use crate::events::Transition;
 use crate::issuers::{Health, IssuerEntry, IssuerKey};
 use crate::metrics::{IssuerLabels, RESOURCE_REQUEST};
 use crate::protection::CallOutcome;
+use crate::requests::decide::{Attempt, Decision, IssuerState, Plan, Requeue, decide, plan};
 use crate::submission::{self, Step};
 use build::{created_at, hash_of, request_status_patch, sign_request, spread};
 
@@ -170,8 +170,10 @@ impl Shared {
         async {
             let plan = match decision {
                 Decision::Nothing => return,
-                Decision::Deny => crate::decide::plan_denied(),
-                Decision::WaitForIssuer { message } => crate::decide::plan_waiting(message),
+                Decision::Deny => crate::requests::decide::plan_denied(),
+                Decision::WaitForIssuer { message } => {
+                    crate::requests::decide::plan_waiting(message)
+                }
                 Decision::Sign | Decision::Poll { .. } => {
                     if let (Some(entry), Some(issuer_key)) = (entry, issuer_key) {
                         self.attempt(key, &uid, entry, issuer_key).await;
@@ -449,9 +451,9 @@ impl Shared {
             warning: plan.event.1,
         });
         if plan.event.1 {
-            warn!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+            warn!(reason = plan.status.reason, outcome = plan.outcome.as_str(), message = %plan.status.message, "CertificateRequest updated");
         } else {
-            info!(reason = plan.status.reason, message = %plan.status.message, "CertificateRequest updated");
+            info!(reason = plan.status.reason, outcome = plan.outcome.as_str(), message = %plan.status.message, "CertificateRequest updated");
         }
         // 5. The issuer, when it is at fault: the build that answered, if it is still
         //    the current one. An answer from a build since replaced (credentials rotated
@@ -568,7 +570,12 @@ impl Shared {
     /// way (what this one decided may be stale), or when a namesake holds the name now
     /// (it has its own timing, and this decision says nothing about it).
     pub(crate) fn schedule(&self, key: &RequestKey, uid: &str, delay: Duration) {
-        let delay = delay.min(self.config.retry.max.max(crate::decide::ISSUER_BACKSTOP));
+        let delay = delay.min(
+            self.config
+                .retry
+                .max
+                .max(crate::requests::decide::ISSUER_BACKSTOP),
+        );
         let at_once = match lock(&self.requests).get_mut(key) {
             Some(entry) if entry.cached.metadata.uid.as_deref() != Some(uid) => true,
             Some(entry) if entry.woken => true,

@@ -87,10 +87,11 @@ async fn a_ca_that_expires_while_running_says_so_whole_on_a_tenants_issuer() {
     // Checked every 300 ms, with tenants' errors redacted as the controller does: the
     // CA's own fault is still told in full.
     let mut env = Env::new().await;
-    env.start_engine(certwright_engine::EngineConfig {
-        issuer_health_check_interval: std::time::Duration::from_millis(300),
-        redact_tenant_errors: true,
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.issuer_health_check_interval = std::time::Duration::from_millis(300);
+        config.redact_tenant_errors = true;
+        config
     });
     let ns = "apps";
     let brief = TestCa::root_valid(KeyKind::EcdsaP256, "brief", now() - DAY, now() + 3);
@@ -107,9 +108,10 @@ async fn a_ca_that_expires_while_running_says_so_whole_on_a_tenants_issuer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_about_to_expire_keeps_signing_with_a_warning() {
     let mut env = Env::new().await;
-    env.start_engine(certwright_engine::EngineConfig {
-        issuer_health_check_interval: std::time::Duration::from_millis(200),
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.issuer_health_check_interval = std::time::Duration::from_millis(200);
+        config
     });
     let ns = "apps";
     let expires = now() + 10 * DAY;

@@ -573,12 +573,13 @@ async fn a_certificate_cut_short_by_the_ca_says_so() {
 async fn a_namespaced_issuer_cannot_reach_what_the_egress_policy_refuses() {
     let sim = RestSimulator::start().await.unwrap();
     let mut env = Env::new().await;
-    env.start_engine(certwright_engine::EngineConfig {
-        egress: Some(std::sync::Arc::new(
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.egress = Some(std::sync::Arc::new(
             certwright_pki::egress::EgressPolicy::new(),
-        )),
-        egress_exempt_cluster_issuers: true,
-        ..crate::support::fast_config()
+        ));
+        config.egress_exempt_cluster_issuers = true;
+        config
     });
     // A tenant points its issuer at loopback (the simulator is there): refused, never
     // connected to, and its requests wait saying why.
@@ -649,9 +650,10 @@ async fn one_requests_refused_template_does_not_take_a_shared_issuer_offline() {
 async fn a_request_that_keeps_failing_gives_up_after_the_maximum_retry_duration() {
     let sim = RestSimulator::start().await.unwrap();
     let mut env = Env::new().await;
-    env.start_engine(certwright_engine::EngineConfig {
-        max_retry_duration: Some(Duration::from_secs(2)),
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.max_retry_duration = Some(Duration::from_secs(2));
+        config
     });
     env.cluster_issuer("corp", rest_spec(&sim)).await;
     env.wait_cluster_issuer("corp", "Verified").await;

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use certwright_api::{CaBackend, ConditionStatus, IssuerSpec, Pkcs11Key};
-use certwright_engine::EngineConfig;
 use certwright_simulators::softhsm::{SoftHsm, USER_PIN};
 use certwright_testkit::fixtures::{KeyKind, TestCa};
 
@@ -47,10 +46,11 @@ async fn a_token_key_signs_and_each_hsm_failure_names_itself() {
     let root = TestCa::root(KeyKind::EcdsaP256, "HSM Root");
     hsm.import(root.key_pem(), "root", &[1]);
     let mut env = Env::new().await;
-    env.start_engine(EngineConfig {
-        issuer_health_check_interval: Duration::from_millis(300),
-        pkcs11_modules: vec![hsm.module().to_path_buf(), hsm.missing_module()],
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.issuer_health_check_interval = Duration::from_millis(300);
+        config.pkcs11_modules = vec![hsm.module().to_path_buf(), hsm.missing_module()];
+        config
     });
 
     // A wrong PIN: HSMPinRejected, until the Secret holds the right one.
@@ -135,9 +135,10 @@ async fn only_allowed_modules_and_cluster_issuers_may_load_a_module() {
     let root = TestCa::root(KeyKind::EcdsaP256, "HSM Root");
     hsm.import(root.key_pem(), "root", &[1]);
     let mut env = Env::new().await;
-    env.start_engine(EngineConfig {
-        pkcs11_modules: vec![hsm.module().to_path_buf()],
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.pkcs11_modules = vec![hsm.module().to_path_buf()];
+        config
     });
     let secret = [("tls.crt", root.cert_pem()), ("pin", USER_PIN)];
     env.put_secret("apps", "tenant-ca", &secret).await;
@@ -171,10 +172,11 @@ async fn only_allowed_modules_and_cluster_issuers_may_load_a_module() {
 
     // With namespaced issuers allowed, the tenant's issuer signs.
     env.stop_engine().await;
-    env.start_engine(EngineConfig {
-        pkcs11_modules: vec![hsm.module().to_path_buf()],
-        pkcs11_namespaced_issuers: true,
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.pkcs11_modules = vec![hsm.module().to_path_buf()];
+        config.pkcs11_namespaced_issuers = true;
+        config
     });
     env.wait_namespaced_issuer("apps", "tenant", "Verified")
         .await;

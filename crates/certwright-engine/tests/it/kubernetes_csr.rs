@@ -341,9 +341,10 @@ async fn a_csr_held_for_approval_by_ejbca_is_polled_and_finished_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_can_be_turned_off() {
     let mut env = Env::new().await;
-    env.start_engine(certwright_engine::EngineConfig {
-        kubernetes_csr: false,
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.kubernetes_csr = false;
+        config
     });
     env.ca_secret(CLUSTER_NS, "dev-ca").await;
     env.cluster_issuer("dev", ca_spec("dev-ca")).await;

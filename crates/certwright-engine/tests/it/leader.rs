@@ -15,14 +15,13 @@ use certwright_testkit::apiserver::Method;
 use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> LeaseConfig {
-    LeaseConfig {
-        // Leases count whole seconds. Long enough that a loaded machine does not make a
-        // leader miss its renewals, short against the test's waits.
-        lease_duration: Duration::from_secs(5),
-        renew_deadline: Duration::from_secs(2),
-        retry_period: Duration::from_millis(100),
-        ..LeaseConfig::new("cert-manager", "certwright-controller", identity)
-    }
+    let mut config = LeaseConfig::new("cert-manager", "certwright-controller", identity);
+    // Leases count whole seconds. Long enough that a loaded machine does not make a
+    // leader miss its renewals, short against the test's waits.
+    config.lease_duration = Duration::from_secs(5);
+    config.renew_deadline = Duration::from_secs(2);
+    config.retry_period = Duration::from_millis(100);
+    config
 }
 
 /// Counts down when the work ends, however it ends (returned or aborted).

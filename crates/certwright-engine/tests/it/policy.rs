@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use certwright_api::{CertificateRequest, IssuancePolicy, IssuancePolicySpec, IssuerRef, KeyUsage};
-use certwright_engine::{EngineConfig, Evaluation, PolicyConfig, Unmatched};
+use certwright_engine::{Evaluation, PolicyConfig, Unmatched};
 use certwright_simulators::ticket_sim::TicketSimulator;
 use certwright_testkit::apiserver::AccessRule;
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind};
@@ -33,9 +33,10 @@ async fn env_with(policy: PolicyConfig) -> Env {
     env.server
         .register_crd(&serde_json::to_value(IssuancePolicy::crd()).unwrap())
         .unwrap();
-    env.start_engine(EngineConfig {
-        policy: Some(policy),
-        ..fast_config()
+    env.start_engine({
+        let mut config = fast_config();
+        config.policy = Some(policy);
+        config
     });
     env
 }
@@ -232,9 +233,10 @@ async fn the_articles_external_policy_leaves_allowed_requests_for_a_person() {
     if let Some(issuer_ref) = external.spec.selector.issuer_ref.as_mut() {
         issuer_ref.kind = Some("InternalClusterIssuer".to_string());
     }
-    env.start_engine(EngineConfig {
-        policy: Some(PolicyConfig::new()),
-        ..fast_config()
+    env.start_engine({
+        let mut config = fast_config();
+        config.policy = Some(PolicyConfig::new());
+        config
     });
     put_policy(&env, &external).await;
     env.ca_secret(CLUSTER_NS, "public-ca").await;

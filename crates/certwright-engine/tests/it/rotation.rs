@@ -10,7 +10,6 @@ use certwright_api::{
     CaBackend, CaRotation, ConditionStatus, Conditions, InternalClusterIssuer, IssuerSpec,
     RotationPhase,
 };
-use certwright_engine::EngineConfig;
 use certwright_testkit::fixtures::{KeyKind, TestCa};
 use certwright_x509::Certificate;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -121,9 +120,10 @@ fn phase_series(phase: &str, value: u8) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_rotates_in_three_phases_and_retires_only_once_its_certificates_expired() {
     let mut env = Env::new().await;
-    env.start_engine(EngineConfig {
-        issuer_health_check_interval: Duration::from_millis(200),
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.issuer_health_check_interval = Duration::from_millis(200);
+        config
     });
     let old = TestCa::root(KeyKind::EcdsaP256, "Old Root");
     let new = TestCa::root(KeyKind::EcdsaP384, "New Root");
@@ -219,9 +219,10 @@ async fn a_ca_rotates_in_three_phases_and_retires_only_once_its_certificates_exp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retire_takes_effect_by_itself_when_the_old_cas_certificates_expire() {
     let mut env = Env::new().await;
-    env.start_engine(EngineConfig {
-        issuer_health_check_interval: Duration::from_millis(200),
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.issuer_health_check_interval = Duration::from_millis(200);
+        config
     });
     let old = TestCa::root(KeyKind::EcdsaP256, "Old Root");
     let new = TestCa::root(KeyKind::EcdsaP256, "New Root");
@@ -296,9 +297,10 @@ async fn a_root_with_valid_certificates_stays_published_whatever_the_spec_says()
     // while certificates of the old CA are valid: the old root stays in the bundle, by
     // the issuance record, until they expire.
     let mut env = Env::new().await;
-    env.start_engine(EngineConfig {
-        issuer_health_check_interval: Duration::from_millis(200),
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.issuer_health_check_interval = Duration::from_millis(200);
+        config
     });
     let old = TestCa::root(KeyKind::EcdsaP256, "Old Root");
     let new = TestCa::root(KeyKind::EcdsaP256, "New Root");

@@ -79,10 +79,11 @@ async fn a_tenants_statuses_say_how_its_pki_failed_never_what_it_answered() {
     let sim = RestSimulator::start().await.unwrap();
     sim.set_behaviour(Behaviour::Reject(banner.to_string()));
     let mut env = Env::new().await;
-    env.start_engine(certwright_engine::EngineConfig {
-        redact_tenant_errors: true,
-        egress_exempt_cluster_issuers: true,
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.redact_tenant_errors = true;
+        config.egress_exempt_cluster_issuers = true;
+        config
     });
     let spec = IssuerSpec {
         rest: Some(RestBackend {
@@ -163,14 +164,15 @@ async fn eventually_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_reads_and_watches_secrets_only_where_it_may() {
-    use certwright_engine::{EngineConfig, SecretAccess};
+    use certwright_engine::SecretAccess;
     let mut env = Env::new().await;
     env.ca_secret("team-a", "ca").await;
     env.ca_secret("team-b", "ca").await;
     env.server.clear_requests();
-    env.start_engine(EngineConfig {
-        secret_access: SecretAccess::only([crate::support::CLUSTER_NS, "team-a"]),
-        ..crate::support::fast_config()
+    env.start_engine({
+        let mut config = crate::support::fast_config();
+        config.secret_access = SecretAccess::only([crate::support::CLUSTER_NS, "team-a"]);
+        config
     });
     env.namespaced_issuer("team-a", "own", ca_spec("ca")).await;
     env.namespaced_issuer("team-b", "other", ca_spec("ca"))

@@ -8,7 +8,7 @@ use certwright_api::{
     Base64Bytes, CertificateRequest, CertificateRequestSpec, Condition, ConditionStatus,
     Conditions, InternalClusterIssuer, InternalIssuer, IssuerRef, IssuerSpec,
 };
-use certwright_engine::decide::Backoff;
+use certwright_engine::Backoff;
 use certwright_engine::metrics::Metrics;
 use certwright_engine::{CertwrightIssuers, Engine, EngineConfig};
 use certwright_testkit::apiserver::{ApiServer, ApiServerOptions};
@@ -66,21 +66,17 @@ pub struct Env {
 /// Engine settings that keep tests fast: short backoff, a breaker that opens after
 /// three failures for 400 ms.
 pub fn fast_config() -> EngineConfig {
-    EngineConfig {
-        cluster_resource_namespace: CLUSTER_NS.to_string(),
-        retry: Backoff {
-            min: Duration::from_millis(50),
-            max: Duration::from_millis(400),
-        },
-        max_poll_interval: Duration::from_millis(200),
-        breaker_failure_threshold: 3,
-        breaker_open_for: Duration::from_millis(400),
-        breaker_max_open_for: Duration::from_millis(400),
-        issuer_health_check_interval: Duration::from_secs(3600),
-        default_requests_per_second: 1000.0,
-        default_max_concurrent_requests: 8,
-        ..EngineConfig::default()
-    }
+    let mut config = EngineConfig::default();
+    config.cluster_resource_namespace = CLUSTER_NS.to_string();
+    config.retry = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
+    config.max_poll_interval = Duration::from_millis(200);
+    config.breaker_failure_threshold = 3;
+    config.breaker_open_for = Duration::from_millis(400);
+    config.breaker_max_open_for = Duration::from_millis(400);
+    config.issuer_health_check_interval = Duration::from_secs(3600);
+    config.default_requests_per_second = 1000.0;
+    config.default_max_concurrent_requests = 8;
+    config
 }
 
 impl Env {
