@@ -100,7 +100,6 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Watches CertificateRequests in the bench namespace and records when each became Ready.
 /// A CertificateRequest's status conditions, all the driver's watches read.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 struct Conditions {
@@ -124,6 +123,7 @@ fn conditions_of(request: &SlimRequest) -> &[certwright_api::Condition] {
         .map_or(&[], |s| s.conditions.as_slice())
 }
 
+/// Watches CertificateRequests in the bench namespace and records when each became Ready.
 #[derive(Clone, Default)]
 struct ReadyTimes(Arc<Mutex<HashMap<String, Instant>>>);
 

@@ -9,6 +9,7 @@
 //! One file because it holds the backend's calls and the one mapping of certsrv's pages to outcomes
 //! (`page_outcome`), which the submission, the first fetch and every poll share;
 //! connections and authentication, pages, PKCS#7 and Kerberos are submodules.
+#![deny(missing_docs)]
 
 mod conn;
 mod kerberos;

@@ -10,6 +10,7 @@
 //!
 //! One file because it is one backend: the certificate encoding and the unit tests
 //! (every usage, key type and chain rule; over half of the file) that pin it down.
+#![deny(missing_docs)]
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -11,6 +11,7 @@
 //! One file because it is the backend's calls in order (enroll, finalize, search,
 //! status) with their unit tests (a quarter of the file); wire formats, OAuth2 and
 //! sealing are submodules.
+#![deny(missing_docs)]
 
 mod oauth;
 mod sealed;

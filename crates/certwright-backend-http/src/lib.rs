@@ -8,6 +8,7 @@
 //!
 //! One file because it is the one HTTPS client every network adapter shares, with its
 //! error classification and unit tests (a third of the file).
+#![deny(missing_docs)]
 
 use std::error::Error as StdError;
 use std::fmt;

@@ -7,6 +7,7 @@
 //!
 //! One file because it is one backend speaking one contract, with its unit tests (over
 //! a third of the file); the cfssl flavour is a submodule.
+#![deny(missing_docs)]
 
 mod cfssl;
 

@@ -6,15 +6,24 @@
 //! event: a long-lived recorder keeps every event it published in the last six minutes
 //! (to merge repeats into a series), which at hundreds of requests a second would hold
 //! tens of thousands of Events in the controller's memory, and merging needs `patch`
-//! on Events too.
+//! on Events too. The Recorder names an Event after its object
+//! (`<name>.<nanoseconds in hex>`), which is too long for an object whose own name is
+//! over 236 characters: such an Event is created here with a `generateName` instead.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::PostParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
 use tokio::sync::Notify;
+
+/// The longest object name the Recorder can name an Event after: `<name>.` and up to
+/// 16 hex digits, within the 253 characters of a name.
+const RECORDER_NAME_MAX: usize = 253 - 1 - 16;
 
 /// How many events may wait to be written.
 const QUEUE: usize = 4096;
@@ -104,8 +113,19 @@ impl EventSink {
             loop {
                 let t = pending.pop().await;
                 let (event, regarding) = event_of(t);
-                let recorder = Recorder::new(client.clone(), reporter.clone());
-                if let Err(e) = recorder.publish(&event, &regarding).await {
+                let written = if recorder_names(&regarding) {
+                    Recorder::new(client.clone(), reporter.clone())
+                        .publish(&event, &regarding)
+                        .await
+                } else {
+                    let generated = with_generated_name(&event, &regarding, &reporter);
+                    let namespace = regarding.namespace.as_deref().unwrap_or("default");
+                    Api::<K8sEvent>::namespaced(client.clone(), namespace)
+                        .create(&PostParams::default(), &generated)
+                        .await
+                        .map(drop)
+                };
+                if let Err(e) = written {
                     tracing::debug!(error = %e, "could not write an event");
                 }
             }
@@ -157,6 +177,53 @@ fn event_of(t: Transition) -> (Event, ObjectReference) {
     (event, regarding)
 }
 
+/// Whether the Recorder can name an Event about `regarding`.
+fn recorder_names(regarding: &ObjectReference) -> bool {
+    regarding
+        .name
+        .as_deref()
+        .is_none_or(|name| name.len() <= RECORDER_NAME_MAX)
+}
+
+/// The Event the Recorder would create, named by the API server from a prefix of the
+/// object's name.
+fn with_generated_name(
+    event: &Event,
+    regarding: &ObjectReference,
+    reporter: &Reporter,
+) -> K8sEvent {
+    let name = regarding.name.as_deref().unwrap_or(&reporter.controller);
+    let mut prefix = name.chars().take(200).collect::<String>();
+    prefix.push('.');
+    K8sEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(prefix),
+            namespace: regarding.namespace.clone(),
+            ..Default::default()
+        },
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        note: event.note.clone(),
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        regarding: Some(regarding.clone()),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match event.type_ {
+                EventType::Warning => "Warning",
+                EventType::Normal => "Normal",
+            }
+            .to_string(),
+        ),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +270,38 @@ mod tests {
         let (event, regarding) = event_of(cluster);
         assert_eq!(event.type_, EventType::Normal);
         assert_eq!(regarding.namespace, None, "published to default");
+    }
+
+    #[test]
+    fn an_object_named_too_long_for_the_recorder_gets_a_generated_event_name() {
+        let named = |len: usize| ObjectReference {
+            namespace: Some("team-a".into()),
+            name: Some("a".repeat(len)),
+            ..Default::default()
+        };
+        assert!(recorder_names(&named(RECORDER_NAME_MAX)));
+        assert!(!recorder_names(&named(RECORDER_NAME_MAX + 1)));
+        assert!(!recorder_names(&named(253)));
+
+        let reporter = Reporter {
+            controller: "certwright".into(),
+            instance: None,
+        };
+        let long = named(253);
+        let (event, regarding) = event_of(Transition {
+            regarding: long.clone(),
+            warning: true,
+            ..transition("Rejected")
+        });
+        let written = with_generated_name(&event, &regarding, &reporter);
+        let prefix = written.metadata.generate_name.expect("generateName");
+        assert_eq!(prefix.len(), 201, "{prefix}");
+        assert!(prefix.ends_with('.') && written.metadata.name.is_none());
+        assert_eq!(written.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(written.regarding, Some(long));
+        assert_eq!(written.type_.as_deref(), Some("Warning"));
+        assert_eq!(written.reason.as_deref(), Some("Rejected"));
+        assert_eq!(written.reporting_instance.as_deref(), Some("certwright"));
     }
 
     #[tokio::test]

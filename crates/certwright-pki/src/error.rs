@@ -273,7 +273,8 @@ fn failure_class(err: &(dyn std::error::Error + 'static)) -> Option<String> {
                 }
                 _ => None,
             };
-            // The innermost io error says most; keep looking for a TLS cause below it.
+            // The innermost io error says most; keep looking for a classified cause below
+            // it.
             if let Some(class) = class {
                 found = Some(class.to_string());
             }

@@ -563,8 +563,6 @@ impl Shared {
         }
     }
 
-    // ---- issuers --------------------------------------------------------------
-
     /// Schedules the next look at the request `uid` without touching the API server. The
     /// next look comes at once instead when its issuer changed while this look was under
     /// way (what this one decided may be stale), or when a namesake holds the name now
@@ -591,8 +589,6 @@ impl Shared {
         }
         self.request_queue.add_after(key.clone(), delay);
     }
-
-    // ---- requests -------------------------------------------------------------
 
     /// Whether exactly this status was the last one written for the request, so that
     /// writing it again can be skipped without reading the object.
