@@ -364,7 +364,7 @@ impl Ctx {
         };
         if let Some((reason, message)) = &plan.issuer_fault
             && entry.set_health(crate::issuers::Health {
-                reason,
+                reason: *reason,
                 message: message.clone(),
             })
         {

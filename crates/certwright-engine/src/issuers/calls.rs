@@ -11,8 +11,7 @@ use certwright_pki::Outcome;
 use tracing::{debug, info};
 
 use super::{
-    Health, IssuerEntry, IssuerKey, REASON_CIRCUIT_OPEN, REASON_UNREACHABLE, REASON_VERIFIED,
-    check_health, circuit_open, tell_unless_own,
+    Health, IssuerEntry, IssuerKey, IssuerReason, check_health, circuit_open, tell_unless_own,
 };
 use crate::engine::Shared;
 use crate::issuers::checks::CHECK_TIMEOUT;
@@ -112,10 +111,13 @@ impl Shared {
         let next = match (state, outcome) {
             (BreakerState::Open { .. }, _) => circuit_open(),
             (BreakerState::Closed, CallOutcome::Success)
-                if matches!(current.reason, REASON_UNREACHABLE | REASON_CIRCUIT_OPEN) =>
+                if matches!(
+                    current.reason,
+                    IssuerReason::Unreachable | IssuerReason::CircuitOpen
+                ) =>
             {
                 Health {
-                    reason: REASON_VERIFIED,
+                    reason: IssuerReason::Verified,
                     message: "The PKI answers again".to_string(),
                 }
             }

@@ -212,7 +212,7 @@ impl Checks {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::issuers::{Fingerprint, REASON_UNREACHABLE, REASON_VERIFIED};
+    use crate::issuers::{Fingerprint, IssuerReason};
     use crate::protection::{Protection, ProtectionConfig};
 
     fn key(namespace: &str, name: &str) -> IssuerKey {
@@ -234,7 +234,7 @@ mod tests {
             backend: None,
             protection: Arc::new(Protection::new(ProtectionConfig::new(1, 1.0))),
             health: Mutex::new(Health {
-                reason: REASON_VERIFIED,
+                reason: IssuerReason::Verified,
                 message: String::new(),
             }),
             checked: Default::default(),
@@ -242,7 +242,7 @@ mod tests {
         })
     }
 
-    fn health(reason: &'static str) -> Health {
+    fn health(reason: IssuerReason) -> Health {
         Health {
             reason,
             message: String::new(),
@@ -259,11 +259,14 @@ mod tests {
         assert!(checks.begin(&k, &b));
         // The old build's verdict does not end the new one's check, and is not taken
         // for it.
-        checks.finish(&k, &a, health(REASON_VERIFIED), false);
+        checks.finish(&k, &a, health(IssuerReason::Verified), false);
         assert!(!checks.begin(&k, &b));
         assert!(checks.take(&k, &b).is_none());
-        checks.finish(&k, &b, health(REASON_UNREACHABLE), false);
-        assert_eq!(checks.take(&k, &b).unwrap().0.reason, REASON_UNREACHABLE);
+        checks.finish(&k, &b, health(IssuerReason::Unreachable), false);
+        assert_eq!(
+            checks.take(&k, &b).unwrap().0.reason,
+            IssuerReason::Unreachable
+        );
         assert!(checks.take(&k, &b).is_none());
     }
 
@@ -273,13 +276,13 @@ mod tests {
         let (k, e) = (key("t", "i"), entry());
         let hour = Duration::from_secs(3600);
         assert_eq!(checks.timeout(&k), FIRST_CHECK_TIMEOUT);
-        checks.finish(&k, &e, health(REASON_UNREACHABLE), true);
+        checks.finish(&k, &e, health(IssuerReason::Unreachable), true);
         assert_eq!(checks.timeout(&k), CHECK_TIMEOUT);
         assert_eq!(checks.next_check(&k, hour), RECHECK_AFTER_FIRST_TIMEOUT);
-        checks.finish(&k, &e, health(REASON_VERIFIED), false);
+        checks.finish(&k, &e, health(IssuerReason::Verified), false);
         assert_eq!(checks.next_check(&k, hour), hour);
         // Once answered, a later timeout does not make checks short again.
-        checks.finish(&k, &e, health(REASON_UNREACHABLE), true);
+        checks.finish(&k, &e, health(IssuerReason::Unreachable), true);
         assert_eq!(checks.timeout(&k), CHECK_TIMEOUT);
         assert_eq!(checks.next_check(&k, hour), hour);
         checks.forget(&k);

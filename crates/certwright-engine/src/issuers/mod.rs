@@ -32,7 +32,7 @@ use crate::protection::{BreakerState, Protection};
 
 fn circuit_open() -> Health {
     Health {
-        reason: REASON_CIRCUIT_OPEN,
+        reason: IssuerReason::CircuitOpen,
         message: "The PKI failed repeatedly; calls are paused and probed periodically (circuit breaker open)".to_string(),
     }
 }
@@ -133,7 +133,7 @@ impl Shared {
                         &certwright_backends::BuildError::InvalidSpec(errors),
                     )),
                     (None, Some(message)) => Err(Health {
-                        reason: REASON_SECRET_OUT_OF_SCOPE,
+                        reason: IssuerReason::SecretOutOfScope,
                         message,
                     }),
                     (None, None) => (snapshot.build)(&NamespacedSecrets {
@@ -154,7 +154,7 @@ impl Shared {
                     Ok(backend) => (
                         Some(backend),
                         Health {
-                            reason: REASON_VERIFIED,
+                            reason: IssuerReason::Verified,
                             message: String::new(),
                         },
                     ),
@@ -231,14 +231,14 @@ impl Shared {
         }
         let fresh = !had_verdict;
         let health = entry.health();
-        if health.reason != REASON_VERIFIED || fresh {
-            info!(issuer = %label, reason = health.reason, message = %health.message, "issuer checked");
+        if health.reason != IssuerReason::Verified || fresh {
+            info!(issuer = %label, reason = health.reason.as_str(), message = %health.message, "issuer checked");
         }
         let metric = self.issuer_metric(key);
         self.metrics.set_issuer_ready(
             &metric,
             health.ready() == ConditionStatus::True,
-            health.reason,
+            health.reason.as_str(),
         );
         self.metrics
             .set_breaker_state(&metric, entry.protection.breaker().metric_value());
@@ -319,7 +319,7 @@ impl Shared {
             let (health, timed_out) = match result {
                 Err(_) => (
                     Health {
-                        reason: REASON_UNREACHABLE,
+                        reason: IssuerReason::Unreachable,
                         message: "the health check failed unexpectedly (the backend panicked)"
                             .to_string(),
                     },
@@ -333,11 +333,11 @@ impl Shared {
                     );
                     let health = match expiring {
                         Some(message) => Health {
-                            reason: REASON_CA_EXPIRING_SOON,
+                            reason: IssuerReason::CaExpiringSoon,
                             message,
                         },
                         None => Health {
-                            reason: REASON_VERIFIED,
+                            reason: IssuerReason::Verified,
                             // What a tenant's PKI says of itself is its own words.
                             message: if entry.redact {
                                 "the PKI answered the health check".to_string()
@@ -357,7 +357,7 @@ impl Shared {
                 }
                 Ok(Err(_)) => (
                     Health {
-                        reason: REASON_UNREACHABLE,
+                        reason: IssuerReason::Unreachable,
                         message: format!(
                             "the health check did not finish within {}",
                             certwright_api::format_duration(timeout)
@@ -521,7 +521,7 @@ impl Shared {
                 if write.ready_changed {
                     self.events.emit(Transition {
                         regarding: reference.clone(),
-                        reason: health.reason,
+                        reason: health.reason.as_str(),
                         note: health.message.clone(),
                         warning: health.warns(),
                     });
@@ -537,7 +537,7 @@ impl Shared {
                         warning: ca.warns,
                     });
                 }
-                debug!(issuer = %label, reason = health.reason, "issuer status written");
+                debug!(issuer = %label, reason = health.reason.as_str(), "issuer status written");
             }
             Err(e) if api_code(&e) == Some(404) => {}
             Err(e) => {

@@ -60,11 +60,8 @@ pub(crate) struct Fingerprint {
 /// An issuer's Ready condition as the engine last determined it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Health {
-    /// Verified, CAExpiringSoon, InvalidSpec, SecretNotFound, SecretOutOfScope, a local
-    /// CA's own fault (CAExpired, CANotYetValid, CANotACA, CACertificateInvalid,
-    /// CARevoked, CAKeyMismatch, CAKeyUnreadable, HSMUnavailable, HSMPinRejected,
-    /// HSMKeyNotFound), Unauthorized, Unreachable, CircuitOpen.
-    pub reason: &'static str,
+    /// The Ready condition's reason.
+    pub reason: IssuerReason,
     /// A sentence a person can act on.
     pub message: String,
 }
@@ -76,13 +73,19 @@ impl Health {
     pub(crate) fn usable(&self) -> bool {
         matches!(
             self.reason,
-            REASON_VERIFIED | REASON_CA_EXPIRING_SOON | REASON_UNREACHABLE | REASON_CIRCUIT_OPEN
+            IssuerReason::Verified
+                | IssuerReason::CaExpiringSoon
+                | IssuerReason::Unreachable
+                | IssuerReason::CircuitOpen
         )
     }
 
     /// The Ready condition's status.
     pub(crate) fn ready(&self) -> ConditionStatus {
-        if matches!(self.reason, REASON_VERIFIED | REASON_CA_EXPIRING_SOON) {
+        if matches!(
+            self.reason,
+            IssuerReason::Verified | IssuerReason::CaExpiringSoon
+        ) {
             ConditionStatus::True
         } else {
             ConditionStatus::False
@@ -92,28 +95,58 @@ impl Health {
     /// Whether the Event of this state is a warning: not Ready, or Ready with a CA about
     /// to expire.
     pub(crate) fn warns(&self) -> bool {
-        self.ready() != ConditionStatus::True || self.reason == REASON_CA_EXPIRING_SOON
+        self.ready() != ConditionStatus::True || self.reason == IssuerReason::CaExpiringSoon
     }
 }
 
-/// Ready reason: the PKI answered a health check with these credentials.
-pub(crate) const REASON_VERIFIED: &str = "Verified";
-/// Ready reason (Ready stays True): the CA certificate the issuer signs with expires
-/// within [`EngineConfig::ca_expiry_warning`](crate::EngineConfig::ca_expiry_warning).
-pub(crate) const REASON_CA_EXPIRING_SOON: &str = "CAExpiringSoon";
-/// Ready reason: the spec (or what the backend made of it) cannot work.
-pub(crate) const REASON_INVALID_SPEC: &str = "InvalidSpec";
-/// Ready reason: a referenced Secret or one of its keys is missing.
-pub(crate) const REASON_SECRET_NOT_FOUND: &str = "SecretNotFound";
-/// Ready reason: the issuer's Secrets are in a namespace the controller may not read
-/// ([`EngineConfig::secret_access`](crate::EngineConfig::secret_access)).
-pub(crate) const REASON_SECRET_OUT_OF_SCOPE: &str = "SecretOutOfScope";
-/// Ready reason: the PKI refused the credentials.
-pub(crate) const REASON_UNAUTHORIZED: &str = "Unauthorized";
-/// Ready reason: the PKI could not be reached or answered garbage.
-pub(crate) const REASON_UNREACHABLE: &str = "Unreachable";
-/// Ready reason: the circuit breaker paused calls to a failing PKI.
-pub(crate) const REASON_CIRCUIT_OPEN: &str = "CircuitOpen";
+/// Why an issuer is or is not Ready: its Ready condition's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IssuerReason {
+    /// `Verified`: the PKI answered a health check with these credentials.
+    Verified,
+    /// `CAExpiringSoon` (Ready stays True): the CA certificate the issuer signs with
+    /// expires within [`EngineConfig::ca_expiry_warning`](crate::EngineConfig::ca_expiry_warning).
+    CaExpiringSoon,
+    /// `InvalidSpec`: the spec (or what the backend made of it) cannot work.
+    InvalidSpec,
+    /// `SecretNotFound`: a referenced Secret or one of its keys is missing.
+    SecretNotFound,
+    /// `SecretOutOfScope`: the issuer's Secrets are in a namespace the controller may not
+    /// read ([`EngineConfig::secret_access`](crate::EngineConfig::secret_access)).
+    SecretOutOfScope,
+    /// `Unauthorized`: the PKI refused the credentials.
+    Unauthorized,
+    /// `Unreachable`: the PKI could not be reached or answered garbage.
+    Unreachable,
+    /// `CircuitOpen`: the circuit breaker paused calls to a failing PKI.
+    CircuitOpen,
+    /// A local CA's own fault, named by the CA (`CAExpired`, `CAKeyMismatch`,
+    /// `HSMPinRejected`, ...).
+    Ca(CaFault),
+}
+
+impl IssuerReason {
+    /// The reason as the Ready condition, the Event and the metrics show it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            IssuerReason::Verified => "Verified",
+            IssuerReason::CaExpiringSoon => "CAExpiringSoon",
+            IssuerReason::InvalidSpec => "InvalidSpec",
+            IssuerReason::SecretNotFound => "SecretNotFound",
+            IssuerReason::SecretOutOfScope => "SecretOutOfScope",
+            IssuerReason::Unauthorized => "Unauthorized",
+            IssuerReason::Unreachable => "Unreachable",
+            IssuerReason::CircuitOpen => "CircuitOpen",
+            IssuerReason::Ca(fault) => fault.reason(),
+        }
+    }
+}
+
+impl std::fmt::Display for IssuerReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// When a CA that expires at `expiry` is within `window` of it at `now`: the Ready
 /// message that says so (the issuer stays Ready, with reason CAExpiringSoon). `None`
@@ -145,16 +178,16 @@ pub(crate) fn expiring_soon(
 pub(crate) fn build_health(e: &BuildError) -> Health {
     if let Some(fault) = CaFault::of(e) {
         return Health {
-            reason: fault.reason(),
+            reason: IssuerReason::Ca(fault),
             message: e.to_string(),
         };
     }
     Health {
         reason: match e {
             BuildError::SecretNotFound { .. } | BuildError::SecretKeyMissing { .. } => {
-                REASON_SECRET_NOT_FOUND
+                IssuerReason::SecretNotFound
             }
-            _ => REASON_INVALID_SPEC,
+            _ => IssuerReason::InvalidSpec,
         },
         message: e.to_string(),
     }
@@ -165,15 +198,15 @@ pub(crate) fn build_health(e: &BuildError) -> Health {
 pub(crate) fn check_health(e: &PkiError, fault: Option<CaFault>) -> Health {
     if let Some(fault) = fault {
         return Health {
-            reason: fault.reason(),
+            reason: IssuerReason::Ca(fault),
             message: e.to_string(),
         };
     }
     Health {
         reason: match e {
-            PkiError::Unauthorized { .. } => REASON_UNAUTHORIZED,
-            PkiError::Misconfigured { .. } => REASON_INVALID_SPEC,
-            _ => REASON_UNREACHABLE,
+            PkiError::Unauthorized { .. } => IssuerReason::Unauthorized,
+            PkiError::Misconfigured { .. } => IssuerReason::InvalidSpec,
+            _ => IssuerReason::Unreachable,
         },
         message: e.to_string(),
     }
@@ -361,7 +394,7 @@ pub(crate) fn status_patch(
         Condition::new(
             "Ready",
             health.ready(),
-            health.reason,
+            health.reason.as_str(),
             health.message.clone(),
         )
         .with_observed_generation(generation),
@@ -426,6 +459,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn issuer_reasons_are_the_words_the_ready_condition_shows() {
+        use IssuerReason::*;
+        let words: Vec<&str> = [
+            Verified,
+            CaExpiringSoon,
+            InvalidSpec,
+            SecretNotFound,
+            SecretOutOfScope,
+            Unauthorized,
+            Unreachable,
+            CircuitOpen,
+            Ca(CaFault::KeyMismatch),
+        ]
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
+        assert_eq!(
+            words,
+            [
+                "Verified",
+                "CAExpiringSoon",
+                "InvalidSpec",
+                "SecretNotFound",
+                "SecretOutOfScope",
+                "Unauthorized",
+                "Unreachable",
+                "CircuitOpen",
+                CaFault::KeyMismatch.reason(),
+            ]
+        );
+        assert_eq!(Ca(CaFault::Expired).to_string(), "CAExpired");
+        // Only faults of the issuer's own configuration stop requests.
+        let health = |reason| Health {
+            reason,
+            message: String::new(),
+        };
+        assert!(health(Unreachable).usable() && health(CircuitOpen).usable());
+        assert!(!health(Unauthorized).usable() && !health(Ca(CaFault::Expired)).usable());
+    }
+
+    #[test]
     fn a_ca_within_the_window_is_expiring_soon_and_stays_ready() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let day = Duration::from_secs(86_400);
@@ -450,7 +524,7 @@ mod tests {
             assert_eq!(expiring_soon(expiry, now, window), None);
         }
         let health = Health {
-            reason: REASON_CA_EXPIRING_SOON,
+            reason: IssuerReason::CaExpiringSoon,
             message,
         };
         assert_eq!(health.ready(), ConditionStatus::True);
@@ -464,12 +538,14 @@ mod tests {
             source: Some(Box::new(CaFault::KeyUnreadable)),
         });
         let health = build_health(&e);
-        assert_eq!(health.reason, "CAKeyUnreadable");
+        assert_eq!(health.reason.as_str(), "CAKeyUnreadable");
         assert_eq!(health.ready(), ConditionStatus::False);
         assert!(!health.usable() && health.warns());
         let expired = PkiError::misconfigured("redacted words");
         assert_eq!(
-            check_health(&expired, Some(CaFault::Expired)).reason,
+            check_health(&expired, Some(CaFault::Expired))
+                .reason
+                .as_str(),
             "CAExpired"
         );
     }
@@ -480,14 +556,14 @@ mod tests {
             reason,
             message: String::new(),
         };
-        assert!(h(REASON_VERIFIED).usable());
-        assert!(h(REASON_UNREACHABLE).usable());
-        assert!(h(REASON_CIRCUIT_OPEN).usable());
-        assert!(!h(REASON_UNAUTHORIZED).usable());
-        assert!(!h(REASON_INVALID_SPEC).usable());
-        assert!(!h(REASON_SECRET_NOT_FOUND).usable());
-        assert_eq!(h(REASON_VERIFIED).ready(), ConditionStatus::True);
-        assert_eq!(h(REASON_UNREACHABLE).ready(), ConditionStatus::False);
+        assert!(h(IssuerReason::Verified).usable());
+        assert!(h(IssuerReason::Unreachable).usable());
+        assert!(h(IssuerReason::CircuitOpen).usable());
+        assert!(!h(IssuerReason::Unauthorized).usable());
+        assert!(!h(IssuerReason::InvalidSpec).usable());
+        assert!(!h(IssuerReason::SecretNotFound).usable());
+        assert_eq!(h(IssuerReason::Verified).ready(), ConditionStatus::True);
+        assert_eq!(h(IssuerReason::Unreachable).ready(), ConditionStatus::False);
     }
 
     #[test]
@@ -495,20 +571,20 @@ mod tests {
         let e = PkiError::Unauthorized {
             message: "401".into(),
         };
-        assert_eq!(check_health(&e, None).reason, REASON_UNAUTHORIZED);
+        assert_eq!(check_health(&e, None).reason, IssuerReason::Unauthorized);
         assert_eq!(
             check_health(&PkiError::misconfigured("tls"), None).reason,
-            REASON_INVALID_SPEC
+            IssuerReason::InvalidSpec
         );
         assert_eq!(
             check_health(&PkiError::transient("x", std::io::Error::other("y")), None).reason,
-            REASON_UNREACHABLE
+            IssuerReason::Unreachable
         );
         let missing = BuildError::SecretNotFound {
             name: "a".into(),
             namespace: None,
         };
-        assert_eq!(build_health(&missing).reason, REASON_SECRET_NOT_FOUND);
+        assert_eq!(build_health(&missing).reason, IssuerReason::SecretNotFound);
     }
 
     #[test]
@@ -549,7 +625,7 @@ mod tests {
     fn status_is_written_only_when_it_changes() {
         let now = jiff::Timestamp::from_second(1_000).unwrap();
         let health = Health {
-            reason: REASON_VERIFIED,
+            reason: IssuerReason::Verified,
             message: "ok".into(),
         };
         let seen = SeenCaStatus::default();
@@ -604,7 +680,7 @@ mod tests {
         use crate::ca_lifecycle::CaStatus;
         let now = jiff::Timestamp::from_second(1_000).unwrap();
         let health = Health {
-            reason: REASON_VERIFIED,
+            reason: IssuerReason::Verified,
             message: "ok".into(),
         };
         let ready = status_patch(

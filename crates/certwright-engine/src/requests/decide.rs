@@ -13,6 +13,7 @@ use certwright_api::{ConditionStatus, PENDING_ID_ANNOTATION, RequestConditions, 
 use certwright_pki::{Error as PkiError, IssuedBundle, Outcome};
 
 use crate::cached::CachedRequest;
+use crate::issuers::IssuerReason;
 use crate::protection::{CallOutcome, DeferReason, Deferred};
 
 /// What the engine knows of the issuer a request names.
@@ -343,7 +344,7 @@ pub(crate) struct Plan {
     /// Event reason and whether it is a warning; the message is the status message.
     pub event: (EventReason, bool),
     /// When the issuer, not the request, is at fault: its Ready reason and message.
-    pub issuer_fault: Option<(&'static str, String)>,
+    pub issuer_fault: Option<(IssuerReason, String)>,
     /// What the circuit breaker should learn from this attempt.
     pub breaker: CallOutcome,
     /// What the attempt came to.
@@ -509,7 +510,7 @@ impl Plan {
     /// check: the issuer's Ready condition says what the check found, so it never shows
     /// one request's details; the request waits for the issuer.
     #[must_use]
-    pub(crate) fn issuer_confirmed(mut self, reason: &'static str, message: String) -> Plan {
+    pub(crate) fn issuer_confirmed(mut self, reason: IssuerReason, message: String) -> Plan {
         if self.issuer_fault.is_some() {
             self.issuer_fault = Some((reason, message));
         }
@@ -641,9 +642,9 @@ pub(crate) fn plan(
                 ),
                 PkiError::Unauthorized { .. } | PkiError::Misconfigured { .. } => {
                     let reason = if matches!(e, PkiError::Unauthorized { .. }) {
-                        "Unauthorized"
+                        IssuerReason::Unauthorized
                     } else {
-                        "InvalidSpec"
+                        IssuerReason::InvalidSpec
                     };
                     Plan {
                         issuer_fault: Some((reason, e.to_string())),
@@ -993,9 +994,10 @@ mod tests {
         );
         assert_eq!(p.requeue, Requeue::Never);
         // The check failed too: the issuer shows the check's finding, not the request's.
-        let p = fault().issuer_confirmed("Unauthorized", "certsrv refused us".into());
+        let p = fault().issuer_confirmed(IssuerReason::Unauthorized, "certsrv refused us".into());
         assert_eq!(
-            p.issuer_fault,
+            p.issuer_fault
+                .map(|(reason, message)| (reason.as_str(), message)),
             Some(("Unauthorized", "certsrv refused us".to_string()))
         );
         assert_eq!(p.status.reason, "Pending");
@@ -1112,11 +1114,17 @@ mod tests {
         let p = plan_of(Err(PkiError::Unauthorized {
             message: "401".into(),
         }));
-        assert_eq!(p.issuer_fault.as_ref().map(|f| f.0), Some("Unauthorized"));
+        assert_eq!(
+            p.issuer_fault.as_ref().map(|f| f.0.as_str()),
+            Some("Unauthorized")
+        );
         assert_eq!(p.status.reason, "Pending");
         assert_eq!(p.requeue, Requeue::IssuerChange(ISSUER_BACKSTOP));
         let p = plan_of(Err(PkiError::misconfigured("TLS not trusted")));
-        assert_eq!(p.issuer_fault.as_ref().map(|f| f.0), Some("InvalidSpec"));
+        assert_eq!(
+            p.issuer_fault.as_ref().map(|f| f.0.as_str()),
+            Some("InvalidSpec")
+        );
     }
 
     #[test]

@@ -467,7 +467,7 @@ impl Shared {
                 }
                 (Some(current), _) => {
                     if current.set_health(Health {
-                        reason,
+                        reason: *reason,
                         message: message.clone(),
                     }) {
                         self.write_issuer_status(issuer, &current).await;
