@@ -1,44 +1,43 @@
 //! The engine at run time: it checks that the kinds it needs are served, starts the
-//! watches ([`crate::watches`]), the request and issuer workers
-//! ([`crate::requests`], [`crate::issuers`]), the Kubernetes CSR signer and the policy
-//! approver, and owns every task it starts until it stops.
+//! loops, each on kube-runtime's `Controller` over a watch of [`crate::watches`] (the
+//! request loop, [`crate::requests`]; one issuer loop per issuer kind,
+//! [`crate::issuers`]; the Kubernetes CSR signer and the policy approver) and the Secret
+//! watch, and owns every task it starts until it stops.
 
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::FutureExt as _;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::{Api, Client, Resource};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::EngineConfig;
-use crate::cached::{CachedRequest, RequestKey};
+use crate::cached::CachedRequest;
 use crate::error::Error;
 use crate::events::EventSink;
 use crate::issuers::checks::Checks;
-use crate::issuers::{IssuerEntry, IssuerKey, Snapshot};
+use crate::issuers::stores::IssuerObjects;
+use crate::issuers::{IssuerEntry, IssuerKey, WrittenStatus};
 use crate::kinds::IssuerKinds;
-use crate::metrics::{IssuerLabels, Metrics, QUEUE_ISSUERS, QUEUE_REQUESTS};
-use crate::requests::{RequestEntry, Unwritten};
-use crate::watches::{watch_issuers, watch_requests, watch_secrets};
-use crate::workqueue::WorkQueue;
+use crate::metrics::{IssuerLabels, Metrics, QUEUE_ISSUERS, QUEUE_REQUESTS, QueueMetrics};
+use crate::requests::RequestState;
+use crate::watches::watch_secrets;
 
 /// How often the pending and cached gauges are computed.
 const REPORT_INTERVAL: Duration = Duration::from_secs(2);
-/// Issuers reconciled at once (health checks run off these workers, see `checks`).
-const ISSUER_WORKERS: usize = 4;
 
 /// A lock that survives a panic in another holder: the caches hold plain data.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The state shared by all watchers and workers.
+/// The state shared by all loops, watches and checks.
 pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) config: EngineConfig,
@@ -49,20 +48,33 @@ pub(crate) struct Shared {
     pub(crate) cluster_kind: String,
     pub(crate) namespaced_resource: kube::core::ApiResource,
     pub(crate) cluster_resource: kube::core::ApiResource,
-    pub(crate) snapshots: Mutex<HashMap<IssuerKey, Snapshot>>,
+    /// The issuers of both kinds, as their loops' reflector stores hold them.
+    pub(crate) issuer_objects: IssuerObjects,
+    /// The issuer statuses last written, until the watch brings them.
+    pub(crate) written_status: Mutex<HashMap<IssuerKey, WrittenStatus>>,
     pub(crate) issuers: Mutex<HashMap<IssuerKey, Arc<IssuerEntry>>>,
     pub(crate) last_checked: Mutex<HashMap<IssuerKey, Instant>>,
     pub(crate) secret_index: Mutex<HashMap<(String, String), HashSet<IssuerKey>>>,
-    pub(crate) requests: Mutex<HashMap<RequestKey, RequestEntry>>,
-    pub(crate) unwritten: Mutex<HashMap<RequestKey, Unwritten>>,
-    pub(crate) request_queue: WorkQueue<RequestKey>,
-    pub(crate) issuer_queue: WorkQueue<IssuerKey>,
+    /// The CertificateRequests the request loop may act on (approved or denied, not
+    /// terminal, naming the engine's group), as its watch keeps them.
+    pub(crate) requests: Store<CachedRequest>,
+    /// What the request loop keeps of each request between looks, by uid.
+    pub(crate) request_state: Mutex<HashMap<String, RequestState>>,
+    /// Requests to look at again now (their issuer changed), into the request loop.
+    pub(crate) wake_requests: UnboundedSender<ObjectRef<CachedRequest>>,
+    /// The request loop's looks under way, durations and retries.
+    pub(crate) request_loop: QueueMetrics,
+    /// Issuers to look at now, into their kind's loop.
+    pub(crate) wake_namespaced_issuers: UnboundedSender<IssuerKey>,
+    pub(crate) wake_cluster_issuers: UnboundedSender<IssuerKey>,
+    /// The issuer loops' looks under way, durations and retries.
+    pub(crate) issuer_loop: QueueMetrics,
     /// Issuer health checks under way and their verdicts.
     pub(crate) checks: Checks,
     /// Issuer watchers that have completed their initial list (two when synced).
     pub(crate) issuer_watchers_synced: AtomicUsize,
     /// Cancelled when the engine must stop signing (shutdown or lost leadership): no
-    /// new call reaches a PKI after this, even from a worker already past its checks.
+    /// new call reaches a PKI after this, even from a look already past its checks.
     pub(crate) stopping: CancellationToken,
     /// What local CAs signed, per issuer and CA, recorded before each signature.
     pub(crate) ledger: Arc<crate::ca_lifecycle::Ledger>,
@@ -73,6 +85,16 @@ pub(crate) struct Shared {
 /// The reconcile engine for the issuer kinds `K`.
 pub struct Engine<K: IssuerKinds> {
     shared: Arc<Shared>,
+    /// Fills [`Shared::requests`]; the request watch takes it when the engine runs.
+    request_writer: Writer<CachedRequest>,
+    /// The other end of [`Shared::wake_requests`].
+    woken_requests: UnboundedReceiver<ObjectRef<CachedRequest>>,
+    /// Fill the issuer stores [`Shared::issuer_objects`] reads.
+    namespaced_writer: Writer<K::Namespaced>,
+    cluster_writer: Writer<K::Cluster>,
+    /// The other ends of [`Shared::wake_namespaced_issuers`] and `wake_cluster_issuers`.
+    woken_namespaced: UnboundedReceiver<IssuerKey>,
+    woken_cluster: UnboundedReceiver<IssuerKey>,
     _kinds: PhantomData<K>,
 }
 
@@ -85,6 +107,12 @@ impl<K: IssuerKinds> Engine<K> {
             config.controller_name.clone(),
             config.instance.clone(),
         );
+        let (requests, request_writer) = reflector::store::<CachedRequest>();
+        let (wake_requests, woken_requests) = futures::channel::mpsc::unbounded();
+        let (namespaced_issuers, namespaced_writer) = reflector::store::<K::Namespaced>();
+        let (cluster_issuers, cluster_writer) = reflector::store::<K::Cluster>();
+        let (wake_namespaced_issuers, woken_namespaced) = futures::channel::mpsc::unbounded();
+        let (wake_cluster_issuers, woken_cluster) = futures::channel::mpsc::unbounded();
         let shared = Shared {
             group: K::GROUP,
             namespaced_kind: K::Namespaced::kind(&()).into_owned(),
@@ -95,14 +123,18 @@ impl<K: IssuerKinds> Engine<K> {
             config,
             metrics: metrics.clone(),
             events,
-            snapshots: Mutex::default(),
+            issuer_objects: IssuerObjects::new(namespaced_issuers, cluster_issuers),
+            written_status: Mutex::default(),
             issuers: Mutex::default(),
             last_checked: Mutex::default(),
             secret_index: Mutex::default(),
-            requests: Mutex::default(),
-            unwritten: Mutex::default(),
-            request_queue: WorkQueue::with_metrics(metrics.queue(QUEUE_REQUESTS)),
-            issuer_queue: WorkQueue::with_metrics(metrics.queue(QUEUE_ISSUERS)),
+            requests,
+            request_state: Mutex::default(),
+            wake_requests,
+            request_loop: metrics.queue(QUEUE_REQUESTS),
+            wake_namespaced_issuers,
+            wake_cluster_issuers,
+            issuer_loop: metrics.queue(QUEUE_ISSUERS),
             checks: Checks::new(),
             issuer_watchers_synced: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
@@ -111,6 +143,12 @@ impl<K: IssuerKinds> Engine<K> {
         };
         Engine {
             shared: Arc::new(shared),
+            request_writer,
+            woken_requests,
+            namespaced_writer,
+            cluster_writer,
+            woken_namespaced,
+            woken_cluster,
             _kinds: PhantomData,
         }
     }
@@ -118,7 +156,16 @@ impl<K: IssuerKinds> Engine<K> {
     /// Runs until `shutdown` is cancelled, then stops taking new work, lets in-flight
     /// signing finish and write its results, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let s = self.shared;
+        let Engine {
+            shared: s,
+            request_writer,
+            woken_requests,
+            namespaced_writer,
+            cluster_writer,
+            woken_namespaced,
+            woken_cluster,
+            ..
+        } = self;
         let client = s.client.clone();
         // Fail fast, with a cause a person can act on, when a kind is not served.
         let probe = kube::api::ListParams::default().limit(1);
@@ -150,7 +197,7 @@ impl<K: IssuerKinds> Engine<K> {
                 )
             })?;
         // Everything this run starts ends with it: when its future is dropped (leadership
-        // lost, the embedder's task aborted), no watcher, worker or check goes on, and no
+        // lost, the embedder's task aborted), no watch, look or check goes on, and no
         // call reaches a PKI afterwards.
         if s.config.policy.is_some() {
             Api::<certwright_api::IssuancePolicy>::all(client.clone())
@@ -173,20 +220,30 @@ impl<K: IssuerKinds> Engine<K> {
         let _stop_on_drop = s.stopping.clone().drop_guard();
         let watchers = CancellationToken::new();
         let tasks = vec![
-            tokio::spawn(watch_issuers(
+            tokio::spawn(crate::issuers::run(
                 s.clone(),
                 Api::<K::Namespaced>::all(client.clone()),
                 false,
+                namespaced_writer,
+                woken_namespaced,
                 watchers.clone(),
             )),
-            tokio::spawn(watch_issuers(
+            tokio::spawn(crate::issuers::run(
                 s.clone(),
                 Api::<K::Cluster>::all(client.clone()),
                 true,
+                cluster_writer,
+                woken_cluster,
                 watchers.clone(),
             )),
             tokio::spawn(watch_secrets(s.clone(), watchers.clone())),
-            tokio::spawn(watch_requests(s.clone(), watchers.clone(), feed)),
+            tokio::spawn(crate::requests::run(
+                s.clone(),
+                request_writer,
+                woken_requests,
+                feed,
+                watchers.clone(),
+            )),
             tokio::spawn(report_pending(s.clone(), watchers.clone())),
         ];
         let mut tasks = tasks;
@@ -211,45 +268,12 @@ impl<K: IssuerKinds> Engine<K> {
             )));
         }
         let mut tasks = Owned(tasks);
-        let mut workers = Owned(Vec::new());
-        for _ in 0..ISSUER_WORKERS {
-            let s = s.clone();
-            workers.0.push(tokio::spawn(async move {
-                while let Some(key) = s.issuer_queue.next().await {
-                    // A panic must neither strand the key nor shrink the pool.
-                    let run = AssertUnwindSafe(s.reconcile_issuer(&key)).catch_unwind();
-                    if run.await.is_err() {
-                        tracing::error!(?key, "issuer reconcile panicked; retrying later");
-                        s.issuer_queue
-                            .add_after(key.clone(), Duration::from_secs(30));
-                    }
-                    s.issuer_queue.done(&key);
-                }
-            }));
-        }
-        for _ in 0..s.config.max_concurrent_reconciles.max(1) {
-            let s = s.clone();
-            workers.0.push(tokio::spawn(async move {
-                while let Some(key) = s.request_queue.next().await {
-                    let run = AssertUnwindSafe(s.reconcile_request(&key)).catch_unwind();
-                    if run.await.is_err() {
-                        tracing::error!(%key, "request reconcile panicked; retrying later");
-                        s.request_queue.add_after(key.clone(), s.config.retry.max);
-                    }
-                    s.request_queue.done(&key);
-                }
-            }));
-        }
         info!(group = s.group, "engine started");
         shutdown.cancelled().await;
         info!("shutting down: finishing in-flight requests");
         s.stopping.cancel();
+        // Each loop stops taking work and lets the looks under way finish.
         watchers.cancel();
-        s.request_queue.shutdown();
-        s.issuer_queue.shutdown();
-        for w in &mut workers.0 {
-            let _ = w.await;
-        }
         for t in &mut tasks.0 {
             let _ = t.await;
         }
@@ -278,13 +302,23 @@ async fn report_pending(s: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let mut counts: HashMap<IssuerLabels, i64> = HashMap::new();
+        let requests = s.requests.state();
         s.metrics
-            .set_cached_requests(i64::try_from(lock(&s.requests).len()).unwrap_or(i64::MAX));
-        for entry in lock(&s.requests).values() {
-            if let Some(key) = s.issuer_key_for(&entry.cached) {
+            .set_cached_requests(i64::try_from(requests.len()).unwrap_or(i64::MAX));
+        for request in &requests {
+            if let Some(key) = s.issuer_key_for(request) {
                 *counts.entry(s.issuer_metric(&key)).or_default() += 1;
             }
         }
+        // What is kept of requests no longer in the store (deleted while the watch was
+        // down, or forgotten) goes with them.
+        let live: HashSet<&str> = requests
+            .iter()
+            .filter_map(|r| r.metadata.uid.as_deref())
+            .collect();
+        lock(&s.request_state).retain(|uid, _| live.contains(uid.as_str()));
+        drop(live);
+        drop(requests);
         for label in reported.drain().collect::<Vec<_>>() {
             counts.entry(label).or_insert(0);
         }

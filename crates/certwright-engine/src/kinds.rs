@@ -8,6 +8,7 @@ use std::sync::Arc;
 use certwright_api::{Condition, InternalClusterIssuer, InternalIssuer, IssuerSpec, IssuerStatus};
 use certwright_backends::{BuildError, SecretSource, build_backend};
 use certwright_pki::Backend;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::core::{ClusterResourceScope, NamespaceResourceScope};
 use serde::Serialize;
@@ -99,5 +100,48 @@ impl IssuerResource for InternalClusterIssuer {
 
     fn issuer_status(&self) -> Option<&IssuerStatus> {
         self.status.as_ref()
+    }
+}
+
+/// An issuer object as the issuer loop reads it, whatever its kind's Rust type: the
+/// reflector store's own object, never a copy.
+pub(crate) trait IssuerObject: Send + Sync {
+    /// The object's metadata.
+    fn metadata(&self) -> &ObjectMeta;
+    /// [`IssuerResource::issuer_spec`].
+    fn spec(&self) -> &IssuerSpec;
+    /// [`IssuerResource::conditions`].
+    fn ready_conditions(&self) -> &[Condition];
+    /// [`IssuerResource::issuer_status`].
+    fn status(&self) -> Option<&IssuerStatus>;
+    /// [`IssuerResource::secret_names`].
+    fn secrets(&self) -> Vec<String>;
+    /// [`IssuerResource::build_backend`].
+    fn build(&self, secrets: &dyn SecretSource) -> Result<Arc<dyn Backend>, BuildError>;
+}
+
+impl<R: IssuerResource> IssuerObject for R {
+    fn metadata(&self) -> &ObjectMeta {
+        self.meta()
+    }
+
+    fn spec(&self) -> &IssuerSpec {
+        self.issuer_spec()
+    }
+
+    fn ready_conditions(&self) -> &[Condition] {
+        self.conditions()
+    }
+
+    fn status(&self) -> Option<&IssuerStatus> {
+        self.issuer_status()
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.secret_names()
+    }
+
+    fn build(&self, secrets: &dyn SecretSource) -> Result<Arc<dyn Backend>, BuildError> {
+        self.build_backend(secrets)
     }
 }

@@ -43,7 +43,6 @@ mod protection;
 mod requests;
 mod submission;
 mod watches;
-mod workqueue;
 
 pub use certwright_policy::Evaluation;
 pub use config::{

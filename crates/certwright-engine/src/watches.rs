@@ -1,116 +1,71 @@
-//! The watches that feed the engine: issuers of both kinds, the Secrets they read,
-//! and the one CertificateRequest watch. Each event updates the caches in
-//! [`Shared`] and queues the keys it concerns; nothing here calls a PKI.
+//! The watches that feed the engine: issuers of both kinds and the one
+//! CertificateRequest watch, each the trigger stream of its loop's kube-runtime
+//! `Controller` and the writer of its reflector store, and the Secrets issuers read,
+//! which wake the issuers that use them. Nothing here calls a PKI.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use certwright_api::RequestConditions;
-use futures::{StreamExt, TryStreamExt as _};
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::{Stream, StreamExt, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::cached::{CachedRequest, RequestKey};
+use crate::cached::CachedRequest;
 use crate::engine::{Shared, lock};
-use crate::issuers::{IssuerKey, Snapshot};
+use crate::issuers::{IssuerKey, stores};
 use crate::kinds::IssuerResource;
-use crate::requests::RequestEntry;
 
-/// Watches one issuer kind: snapshots of each issuer, queued for the issuer loop;
-/// the first complete list marks the kind synced.
-pub(crate) async fn watch_issuers<R: IssuerResource>(
+/// One issuer kind's watch, as its issuer loop's trigger stream: each event is turned
+/// into what the store must hold ([`stores::admit`]: a deleted issuer stays as a
+/// tombstone until its last look hands it back through `purged`), applied to the store
+/// through `writer`, and each object the store takes is looked at; `relisted` is told
+/// when a (re)list is complete. The first complete list marks the kind synced.
+pub(crate) fn issuer_stream<R: IssuerResource>(
     s: Arc<Shared>,
     api: Api<R>,
-    cluster: bool,
-    stop: CancellationToken,
-) {
-    let mut stream = watcher(api, watcher::Config::default())
+    writer: Writer<R>,
+    purged: UnboundedReceiver<R>,
+    relisted: futures::channel::mpsc::Sender<()>,
+) -> impl Stream<Item = Result<R, watcher::Error>> + Send + 'static {
+    let held = writer.as_reader();
+    let mut listing = stores::Listing::default();
+    let watched = watcher(api, watcher::Config::default())
         .default_backoff()
-        .boxed();
-    let mut seen: Option<HashSet<IssuerKey>> = None;
+        .filter_map(|event| {
+            std::future::ready(match event {
+                Ok(event) => Some(stores::Feed::Watched(event)),
+                Err(e) => {
+                    warn!(error = %e, kind = %R::kind(&()), "issuer watch failed; retrying");
+                    None
+                }
+            })
+        });
     let mut synced = false;
-    loop {
-        let event = tokio::select! {
-        _ = stop.cancelled() => return,
-        event = stream.next() => match event { Some(e) => e, None => return }};
-        match event {
-            Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
-                let key = IssuerKey {
-                    cluster,
-                    namespace: if cluster {
-                        String::new()
-                    } else {
-                        obj.namespace().unwrap_or_default()
-                    },
-                    name: obj.name_any(),
-                };
-                if let Some(seen) = &mut seen {
-                    seen.insert(key.clone());
-                }
-                let status = obj.issuer_status();
-                let snapshot = Snapshot {
-                    uid: obj.meta().uid.clone(),
-                    generation: obj.meta().generation,
-                    spec: obj.issuer_spec().clone(),
-                    conditions: obj.conditions().to_vec(),
-                    ca: crate::issuers::SeenCaStatus {
-                        trust_bundle: status.and_then(|s| s.trust_bundle.clone()),
-                        rotation: status.and_then(|s| s.rotation.clone()),
-                        backend: status.and_then(|s| s.backend.clone()),
-                    },
-                    issued: status.map(|s| s.issued.clone()).unwrap_or_default(),
-                    resource_version: obj.meta().resource_version.clone(),
-                    secret_names: obj.secret_names(),
-                    build: {
-                        let obj = obj.clone();
-                        Arc::new(move |secrets| obj.build_backend(secrets))
-                    },
-                };
-                lock(&s.snapshots).insert(key.clone(), snapshot);
-                s.issuer_queue.add(key);
+    let mut list_complete = on_list_complete(relisted);
+    futures::stream::select(watched, purged.map(stores::Feed::Purge))
+        .flat_map(move |feed| {
+            futures::stream::iter(stores::admit(&held, &mut listing, feed).into_iter().map(Ok))
+        })
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            list_complete(event);
+            if matches!(event, Event::InitDone) && !synced {
+                synced = true;
+                s.issuer_watchers_synced.fetch_add(1, Ordering::SeqCst);
+                // Requests that arrived first waited for the issuers to be known.
+                s.requeue_all_requests();
             }
-            Ok(Event::Delete(obj)) => {
-                let key = IssuerKey {
-                    cluster,
-                    namespace: if cluster {
-                        String::new()
-                    } else {
-                        obj.namespace().unwrap_or_default()
-                    },
-                    name: obj.name_any(),
-                };
-                lock(&s.snapshots).remove(&key);
-                s.issuer_queue.add(key);
-            }
-            Ok(Event::Init) => seen = Some(HashSet::new()),
-            Ok(Event::InitDone) => {
-                if let Some(seen) = seen.take() {
-                    let gone: Vec<IssuerKey> = lock(&s.snapshots)
-                        .keys()
-                        .filter(|k| k.cluster == cluster && !seen.contains(k))
-                        .cloned()
-                        .collect();
-                    for key in gone {
-                        lock(&s.snapshots).remove(&key);
-                        s.issuer_queue.add(key);
-                    }
-                }
-                if !synced {
-                    synced = true;
-                    s.issuer_watchers_synced.fetch_add(1, Ordering::SeqCst);
-                    // Requests that arrived first waited for the issuers to be known.
-                    s.requeue_all_requests();
-                }
-            }
-            Err(e) => warn!(error = %e, cluster, "issuer watch failed; retrying"),
-        }
-    }
+        })
+        .applied_objects()
 }
 
 /// Watches the Secrets issuers read (metadata only) and queues the issuers that use a
@@ -147,7 +102,7 @@ pub(crate) async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
                     .flat_map(|set| set.iter().cloned())
                     .collect();
                 for issuer in issuers {
-                    s.issuer_queue.add(issuer);
+                    s.wake_issuer(&issuer);
                 }
                 continue;
             }
@@ -163,55 +118,68 @@ pub(crate) async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
             .map(|set| set.iter().cloned().collect())
             .unwrap_or_default();
         for issuer in issuers {
-            s.issuer_queue.add(issuer);
+            s.wake_issuer(&issuer);
         }
     }
 }
 
-/// The one CertificateRequest watch of the engine. With the policy approver on, every
-/// event goes on to it too (`feed`), slim as the engine keeps it: one watch and one
-/// decoding of each request per process.
-pub(crate) async fn watch_requests(
-    s: Arc<Shared>,
-    stop: CancellationToken,
-    feed: Option<futures::channel::mpsc::UnboundedSender<Event<CachedRequest>>>,
-) {
-    let api: Api<CachedRequest> = Api::all(s.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .map_ok(|event| event.modify(|obj| *obj = std::mem::take(obj).slim()))
-        .boxed();
-    let mut seen: Option<HashSet<RequestKey>> = None;
-    loop {
-        let event = tokio::select! {
-        _ = stop.cancelled() => return,
-        event = stream.next() => match event { Some(e) => e, None => return }};
-        if let (Some(feed), Ok(event)) = (&feed, &event) {
-            // The approver's end closes only when it stops, as this watch does.
-            let _ = feed.unbounded_send(event.clone());
-        }
-        match event {
-            Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
-                if let Some(seen) = &mut seen {
-                    seen.insert(obj.key());
-                }
-                s.observe_request(obj);
-            }
-            Ok(Event::Delete(obj)) => {
-                let key = obj.key();
-                lock(&s.requests).remove(&key);
-                lock(&s.unwritten).remove(&key);
-            }
-            Ok(Event::Init) => seen = Some(HashSet::new()),
-            Ok(Event::InitDone) => {
-                if let Some(seen) = seen.take() {
-                    lock(&s.requests).retain(|k, _| seen.contains(k));
-                    lock(&s.unwritten).retain(|k, _| seen.contains(k));
-                }
-            }
-            Err(e) => warn!(error = %e, "CertificateRequest watch failed; retrying"),
+/// For `inspect_ok` after `reflect`: tells `relisted` each time a (re)list is complete
+/// and in the store, so that the loop (`reconcile_all_on`) looks at everything the
+/// list brought.
+///
+/// kube-runtime's `Controller` takes a trigger for each object of a list as it comes,
+/// but its reflector store takes the list only when the last page is in: a look that
+/// finds its object missing from the store is dropped (`ObjectNotFound`), and is not
+/// taken again when the store has it. An object first seen in a list after the watch
+/// was down (created meanwhile, while more changed than the API server remembers), in
+/// a page before the last, would never be looked at. Test
+/// `races::a_request_approved_while_its_watch_was_down_is_signed_after_the_relist`.
+pub(crate) fn on_list_complete<K>(
+    mut relisted: futures::channel::mpsc::Sender<()>,
+) -> impl FnMut(&Event<K>) + Send + 'static {
+    move |event| {
+        if matches!(event, Event::InitDone) {
+            // A full channel means a look at everything is on its way already.
+            let _ = relisted.try_send(());
         }
     }
+}
+
+/// The engine's one CertificateRequest watch, as the request loop's trigger stream.
+/// Each request is decoded slim ([`CachedRequest::slim`]). With the policy approver on,
+/// every event goes on to it too (`feed`): one watch and one decoding of each request
+/// per process. Then [`Shared::admit`] keeps from the store every request the loop will
+/// never act on, the store is updated, and `relisted` is told when a (re)list is
+/// complete ([`on_list_complete`]).
+pub(crate) fn request_stream(
+    s: Arc<Shared>,
+    writer: Writer<CachedRequest>,
+    feed: Option<UnboundedSender<Event<CachedRequest>>>,
+    relisted: futures::channel::mpsc::Sender<()>,
+) -> impl Stream<Item = Result<CachedRequest, watcher::Error>> + Send + 'static {
+    let api: Api<CachedRequest> = Api::all(s.client.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map_ok(|event| event.modify(|obj| *obj = std::mem::take(obj).slim()))
+        .filter_map(move |event| {
+            let admitted = match event {
+                Ok(event) => {
+                    if let Some(feed) = &feed {
+                        // The approver's end closes only when it stops, as this watch does.
+                        let _ = feed.unbounded_send(event.clone());
+                    }
+                    s.admit(event).map(Ok)
+                }
+                Err(e) => {
+                    warn!(error = %e, "CertificateRequest watch failed; retrying");
+                    None
+                }
+            };
+            std::future::ready(admitted)
+        })
+        .reflect(writer)
+        .inspect_ok(on_list_complete(relisted))
+        .applied_objects()
 }
 
 impl Shared {
@@ -237,66 +205,57 @@ impl Shared {
         }
     }
 
-    /// Takes a watched request into the cache, or drops it when nothing will ever be
-    /// needed of it (not ours, terminal, or not yet approved or denied).
-    pub(crate) fn observe_request(&self, obj: CachedRequest) {
-        let key = obj.key();
-        let conditions = obj.conditions();
-        let relevant = obj.spec.issuer_ref.group == self.group
-            && !conditions.is_terminal()
-            && (conditions.is_approved() || conditions.is_denied());
-        if !relevant {
-            lock(&self.requests).remove(&key);
-            if conditions.is_terminal() {
-                lock(&self.unwritten).remove(&key);
+    /// What of a watch event reaches the request store: a request the loop may act on
+    /// (approved or denied, not terminal, naming the engine's group) goes in; any other
+    /// leaves it (an update becomes a deletion) along with what was kept of it.
+    pub(crate) fn admit(&self, event: Event<CachedRequest>) -> Option<Event<CachedRequest>> {
+        let relevant = |obj: &CachedRequest| {
+            let conditions = obj.conditions();
+            obj.spec.issuer_ref.group == self.group
+                && !conditions.is_terminal()
+                && (conditions.is_approved() || conditions.is_denied())
+        };
+        let forget = |obj: &CachedRequest| {
+            if let Some(uid) = &obj.metadata.uid {
+                self.forget_request(uid);
             }
-            return;
-        }
-        {
-            let mut requests = lock(&self.requests);
-            match requests.get_mut(&key) {
-                // The same object: keep its backoff and what was written.
-                Some(entry) if entry.cached.metadata.uid == obj.metadata.uid => entry.cached = obj,
-                // New, or deleted and created again under the same name: start afresh.
-                _ => {
-                    requests.insert(
-                        key.clone(),
-                        RequestEntry {
-                            cached: obj,
-                            attempts: 0,
-                            not_before: None,
-                            last_written: None,
-                            woken: false,
-                        },
-                    );
-                }
+        };
+        match event {
+            Event::Apply(obj) if relevant(&obj) => Some(Event::Apply(obj)),
+            Event::Apply(obj) | Event::Delete(obj) => {
+                forget(&obj);
+                Some(Event::Delete(obj))
             }
+            Event::InitApply(obj) => relevant(&obj).then_some(Event::InitApply(obj)),
+            Event::Init | Event::InitDone => Some(event),
         }
-        self.request_queue.add(key);
     }
 
+    /// Looks again at every request in the store.
     pub(crate) fn requeue_all_requests(&self) {
-        let keys: Vec<RequestKey> = lock(&self.requests).keys().cloned().collect();
-        for key in keys {
-            self.request_queue.add(key);
+        for request in self.requests.state() {
+            let _ = self
+                .wake_requests
+                .unbounded_send(ObjectRef::from_obj(&*request));
         }
     }
 
     /// Looks again at every request waiting for this issuer. With `now`, at once
     /// (the issuer became usable); otherwise each keeps its own backoff or poll time.
     pub(crate) fn requeue_requests_for(&self, issuer: &IssuerKey, now: bool) {
-        let mut keys = Vec::new();
-        for (key, entry) in lock(&self.requests).iter_mut() {
-            if self.issuer_key_for(&entry.cached).as_ref() == Some(issuer) {
-                if now {
-                    entry.not_before = None;
-                    entry.woken = true;
-                }
-                keys.push(key.clone());
+        for request in self.requests.state() {
+            if self.issuer_key_for(&request).as_ref() != Some(issuer) {
+                continue;
             }
-        }
-        for key in keys {
-            self.request_queue.add(key);
+            if now && let Some(uid) = &request.metadata.uid {
+                self.remember(uid, |r| {
+                    r.not_before = None;
+                    r.woken = true;
+                });
+            }
+            let _ = self
+                .wake_requests
+                .unbounded_send(ObjectRef::from_obj(&*request));
         }
     }
 

@@ -135,6 +135,8 @@ pub(crate) async fn run(
     let (policy_store, policy_writer) = reflector::store::<IssuancePolicy>();
     let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let (again, again_all) = futures::channel::mpsc::channel::<()>(1);
+    // A complete list of requests is looked at as a whole too.
+    let relisted = again.clone();
     let (replay, replayed) = futures::channel::mpsc::unbounded::<Feed>();
     let summaries_wake = Arc::new(Notify::new());
     let relist_wake = Arc::new(Notify::new());
@@ -142,7 +144,7 @@ pub(crate) async fn run(
     let (requests, request_writer) = reflector::store::<CachedRequest>();
     let ctx = Arc::new(Ctx {
         tickets: tickets::Tickets::new(client.clone(), s.config.cluster_resource_namespace.clone()),
-        queue: s.metrics.loop_without_depth(QUEUE_APPROVALS),
+        queue: s.metrics.queue(QUEUE_APPROVALS),
         policies: Mutex::new(Arc::new(PolicySet::default())),
         remembered: Mutex::default(),
         namespaces: namespaces.clone(),
@@ -195,6 +197,7 @@ pub(crate) async fn run(
                 replayed,
                 requests.clone(),
                 request_writer,
+                relisted,
             );
             let concurrency =
                 u16::try_from(ctx.s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
@@ -290,8 +293,8 @@ fn error_policy(cr: Arc<CachedRequest>, error: &Error, ctx: Arc<Ctx>) -> Action 
 
 /// One look at a request; a panic in it fails this look only.
 async fn reconcile(cr: Arc<CachedRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let queue = ctx.queue.clone();
+    let measured = queue.look();
     let result = match AssertUnwindSafe(look(&cr, &ctx)).catch_unwind().await {
         Ok(result) => result,
         Err(_) => {
@@ -301,7 +304,7 @@ async fn reconcile(cr: Arc<CachedRequest>, ctx: Arc<Ctx>) -> Result<Action, Erro
             })
         }
     };
-    queue.observe_work(started.elapsed());
+    drop(measured);
     if !matches!(&result, Ok(action) if *action == Action::await_change()) {
         queue.retried();
     }

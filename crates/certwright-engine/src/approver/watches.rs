@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use certwright_api::IssuancePolicy;
 use certwright_policy::{Policy, PolicySet};
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -115,13 +115,15 @@ pub(super) fn admit(
 /// The requests the approver may decide, from the engine's own CertificateRequest
 /// watch (decoded slim: the CSR and the certificate of every request are skipped while
 /// decoding; one is read whole when it is looked at) and from lists after policy
-/// changes, kept in the store ([`admit`]).
+/// changes, kept in the store ([`admit`]). Once a (re)list is complete, every request
+/// held is looked at (`watches::on_list_complete`).
 pub(super) fn request_stream(
     ctx: Arc<Ctx>,
     watched: futures::channel::mpsc::UnboundedReceiver<Event<CachedRequest>>,
     replayed: futures::channel::mpsc::UnboundedReceiver<Feed>,
     held: Store<CachedRequest>,
     writer: Writer<CachedRequest>,
+    relisted: futures::channel::mpsc::Sender<()>,
 ) -> impl futures::Stream<Item = Result<CachedRequest, watcher::Error>> + Send + use<> {
     let mut state = Admission::default();
     futures::stream::select(watched.map(Feed::Watched), replayed)
@@ -130,6 +132,7 @@ pub(super) fn request_stream(
         })
         .map(Ok::<_, watcher::Error>)
         .reflect(writer)
+        .inspect_ok(crate::watches::on_list_complete(relisted))
         .applied_objects()
 }
 

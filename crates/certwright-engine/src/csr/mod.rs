@@ -21,15 +21,16 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt as _, StreamExt};
+use futures::{FutureExt as _, StreamExt, TryStreamExt as _};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, ResourceExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -95,15 +96,22 @@ pub(crate) async fn run(s: Arc<Shared>, signers: Signers, stop: CancellationToke
     let ctx = Arc::new(Ctx {
         signers,
         remembered: Mutex::default(),
-        queue: s.metrics.loop_without_depth(QUEUE_CSRS),
+        queue: s.metrics.queue(QUEUE_CSRS),
         s,
     });
     info!("Kubernetes CSR loop started");
-    let controller = Controller::new(api, watcher::Config::default())
-        .with_config(Config::default().concurrency(concurrency));
+    let (store, writer) = kube::runtime::reflector::store::<CachedCsr>();
+    let (relisted, relists) = futures::channel::mpsc::channel(1);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(crate::watches::on_list_complete(relisted))
+        .applied_objects();
+    let controller = Controller::for_stream(stream, store.clone())
+        .with_config(Config::default().concurrency(concurrency))
+        .reconcile_all_on(relists);
     // A CSR deleted while waiting is never looked at again: drop what is remembered of
     // it once it is gone from the store.
-    let store = controller.store();
     let pruning = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         async move {
@@ -141,8 +149,8 @@ fn error_policy(_csr: Arc<CachedCsr>, error: &Error, ctx: Arc<Ctx>) -> Action {
 
 /// One look at a CSR; a panic in it (a backend's) fails this look only.
 async fn reconcile(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let queue = ctx.queue.clone();
+    let measured = queue.look();
     let result = match AssertUnwindSafe(look(cached, ctx)).catch_unwind().await {
         Ok(result) => result,
         Err(_) => {
@@ -152,7 +160,7 @@ async fn reconcile(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Erro
             })
         }
     };
-    queue.observe_work(started.elapsed());
+    drop(measured);
     if !matches!(&result, Ok(action) if *action == Action::await_change()) {
         queue.retried();
     }
@@ -368,7 +376,7 @@ impl Ctx {
                 message: message.clone(),
             })
         {
-            s.write_issuer_status(&issuer, &entry).await;
+            s.report_issuer(&issuer, &entry).await;
         }
         let clear_submitted = clears && plan.requeue != Requeue::Never;
         self.write(api, name, uid, Some(full), plan, clear_submitted)

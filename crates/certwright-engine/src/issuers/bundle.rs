@@ -1,8 +1,6 @@
 //! What a local CA publishes beside its issuer: the trust bundle ConfigMap in the
 //! issuer's namespace, and the CA report (rotation, expiry) written to its status.
 
-use std::time::Duration;
-
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use tokio::time::Instant;
@@ -47,13 +45,14 @@ impl Shared {
 
     /// Keeps the trust bundle in the ConfigMap `spec.ca.bundleConfigMap` names, in the
     /// namespace the issuer reads its Secrets from. Only a ConfigMap certwright made for
-    /// this issuer is written; another is left alone, with a warning Event.
+    /// this issuer is written; another is left alone, with a warning Event. `false`
+    /// when the ConfigMap could not be read or written, to be tried again soon.
     pub(crate) async fn publish_bundle(
         &self,
         key: &IssuerKey,
         entry: &IssuerEntry,
         namespace: &str,
-    ) {
+    ) -> bool {
         use crate::ca_lifecycle::{BundleWrite, bundle_config_map};
         use k8s_openapi::api::core::v1::ConfigMap;
         let Some(name) = entry
@@ -63,10 +62,10 @@ impl Shared {
             .and_then(|ca| ca.bundle_config_map.clone())
         else {
             lock(&self.bundles).remove(key);
-            return;
+            return true;
         };
         let Some(certificates) = entry.backend.as_ref().and_then(|b| b.ca_certificates()) else {
-            return;
+            return true;
         };
         let bundle = certwright_x509::certificates_to_pem(&crate::ca_lifecycle::trust(
             &certificates,
@@ -79,7 +78,7 @@ impl Shared {
         if lock(&self.bundles).get(key).is_some_and(|(last, at)| {
             *last == done && at.elapsed() < self.config.issuer_health_check_interval
         }) {
-            return;
+            return true;
         }
         let issuer = self.issuer_label(key);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
@@ -100,13 +99,11 @@ impl Shared {
                     warning: true,
                 });
                 lock(&self.bundles).insert(key.clone(), (done, Instant::now()));
-                return;
+                return true;
             }
             Err(e) => {
                 warn!(issuer = %issuer, configmap = %name, error = %e, "could not read the bundle ConfigMap; retrying");
-                self.issuer_queue
-                    .add_after(key.clone(), Duration::from_secs(5));
-                return;
+                return false;
             }
         };
         let result = match bundle_config_map(&name, namespace, &issuer, &bundle, existing.as_ref())
@@ -139,11 +136,11 @@ impl Shared {
         match result {
             Ok(()) => {
                 lock(&self.bundles).insert(key.clone(), (done, Instant::now()));
+                true
             }
             Err(e) => {
                 warn!(issuer = %issuer, configmap = %name, error = %e, "could not write the bundle ConfigMap; retrying");
-                self.issuer_queue
-                    .add_after(key.clone(), Duration::from_secs(5));
+                false
             }
         }
     }

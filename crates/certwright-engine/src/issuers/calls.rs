@@ -124,7 +124,7 @@ impl Shared {
             _ => return,
         };
         if entry.set_health(next) {
-            self.write_issuer_status(issuer, entry).await;
+            self.report_issuer(issuer, entry).await;
         }
     }
 }

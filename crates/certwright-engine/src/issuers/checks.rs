@@ -1,13 +1,13 @@
-//! Issuer health checks, run off the issuer workers.
+//! Issuer health checks, run off the issuer loop.
 //!
 //! A check waits on a PKI, which may take until its timeout when the PKI does not answer.
 //! Run inline, a few issuers pointing at addresses that never answer would hold every
-//! issuer worker and delay every other team's issuer. So a check runs as its own task,
+//! look the issuer loop may run at once and delay every other team's issuer. So a check runs as its own task,
 //! bounded twice: [`CHECKS_AT_ONCE`] in all and [`CHECKS_PER_NAMESPACE`] per namespace
 //! (cluster issuers count as one namespace), so that one namespace's issuers cannot take
 //! the slots of another's. The issuer's reconcile starts a check and takes in its verdict
-//! when the check's end queues the issuer again, so every status write stays on the
-//! issuer's own worker.
+//! when the check's end wakes the issuer again, so every status write stays in a look at
+//! the issuer.
 //!
 //! An issuer that has never answered a check gets [`FIRST_CHECK_TIMEOUT`], so that a
 //! PKI that does not answer makes a new issuer not Ready within seconds; once it timed

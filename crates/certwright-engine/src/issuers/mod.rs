@@ -1,12 +1,16 @@
-//! The issuer loop: [`Shared::reconcile_issuer`] builds each issuer's backend from its
-//! spec and Secrets, checks its health off the worker ([`checks`]), publishes a local
-//! CA's trust bundle and writes the issuer's status. The state it keeps and the pure
-//! decisions about it are in [`state`], re-exported here.
+//! The issuer loop, one kube-runtime `Controller` per issuer kind ([`run`]) over the
+//! kind's watch ([`crate::watches::issuer_stream`]) and reflector store ([`stores`]).
+//! [`Shared::reconcile_issuer`] builds each issuer's backend from its spec and Secrets,
+//! checks its health off the loop ([`checks`]), publishes a local CA's trust bundle and
+//! writes the issuer's status; [`Shared::forget_issuer`] drops what was kept of an
+//! issuer once it is deleted. The state it keeps and the pure decisions about it are in
+//! [`state`], re-exported here.
 
 mod bundle;
 mod calls;
 pub(crate) mod checks;
 mod state;
+pub(crate) mod stores;
 
 pub(crate) use state::*;
 
@@ -17,18 +21,124 @@ use std::time::Duration;
 
 use certwright_api::{Condition, ConditionStatus};
 use certwright_backend_ca::CaFault;
-use futures::FutureExt as _;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{ObjectRef, store::Writer};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use crate::engine::{Shared, lock};
-use crate::error::api_code;
+use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::issuers::checks::CHECK_TIMEOUT;
+use crate::kinds::{IssuerObject, IssuerResource};
 use crate::protection::{BreakerState, Protection};
+
+/// Issuers looked at once per kind (health checks run off the loop, see `checks`).
+const ISSUERS_AT_ONCE: u16 = 4;
+/// When a Secret or ConfigMap could not be read or written, the next look.
+const RETRY_IO: Duration = Duration::from_secs(5);
+/// After a look that panicked, the next one.
+const AFTER_PANIC: Duration = Duration::from_secs(30);
+
+/// The issuer status the engine last wrote, standing in for the watch event still on
+/// its way.
+pub(crate) struct WrittenStatus {
+    /// The resourceVersion the store held when it was written: once the store holds
+    /// another, the watch is the fresher account.
+    pub(crate) over: Option<String>,
+    pub(crate) conditions: Vec<Condition>,
+    pub(crate) ca: SeenCaStatus,
+}
+
+/// What one issuer kind's loop shares between looks.
+struct Ctx<R> {
+    s: Arc<Shared>,
+    cluster: bool,
+    /// Tombstones whose last look is done, back into the store's stream.
+    purge: UnboundedSender<R>,
+}
+
+/// Runs the loop of one issuer kind (`cluster`-scoped or not) until `stop` is
+/// cancelled, then lets the looks under way finish. `woken` carries issuers to look at
+/// now (a Secret they read changed, a health check ended).
+pub(crate) async fn run<R: IssuerResource>(
+    s: Arc<Shared>,
+    api: Api<R>,
+    cluster: bool,
+    writer: Writer<R>,
+    woken: UnboundedReceiver<IssuerKey>,
+    stop: CancellationToken,
+) {
+    let store = writer.as_reader();
+    let (purge, purged) = futures::channel::mpsc::unbounded();
+    let (relisted, relists) = futures::channel::mpsc::channel(1);
+    let stream = crate::watches::issuer_stream(s.clone(), api, writer, purged, relisted);
+    let woken = woken.map(move |key: IssuerKey| {
+        let reference = ObjectRef::<R>::new(&key.name);
+        if cluster {
+            reference
+        } else {
+            reference.within(&key.namespace)
+        }
+    });
+    Controller::for_stream(stream, store)
+        .with_config(Config::default().concurrency(ISSUERS_AT_ONCE))
+        .reconcile_on(woken)
+        .reconcile_all_on(relists)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, Arc::new(Ctx { s, cluster, purge }))
+        .for_each(|result| async move {
+            match result {
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
+                Err(e) => warn!(error = %e, "issuer loop"),
+            }
+        })
+        .await;
+}
+
+/// One look at an issuer, or at its tombstone; a panic in it (a backend's) fails this
+/// look only.
+async fn reconcile<R: IssuerResource>(obj: Arc<R>, ctx: Arc<Ctx<R>>) -> Result<Action, Error> {
+    let s = &ctx.s;
+    let measured = s.issuer_loop.look();
+    let key = stores::key_of(&*obj, ctx.cluster);
+    let look = async {
+        if stores::is_tombstone(&*obj) {
+            s.forget_issuer(&key);
+            // Out of the store now, unless a namesake took its place meanwhile.
+            let _ = ctx.purge.unbounded_send((*obj).clone());
+            return Action::await_change();
+        }
+        s.reconcile_issuer(&key, obj.clone()).await
+    };
+    let result = AssertUnwindSafe(look).catch_unwind().await;
+    drop(measured);
+    match result {
+        Ok(action) => {
+            if action != Action::await_change() {
+                s.issuer_loop.retried();
+            }
+            Ok(action)
+        }
+        Err(_) => {
+            error!(?key, "issuer reconcile panicked; retrying later");
+            Err(Error::Task {
+                message: "a look at an issuer panicked".to_string(),
+            })
+        }
+    }
+}
+
+fn error_policy<R: IssuerResource>(_obj: Arc<R>, _error: &Error, ctx: Arc<Ctx<R>>) -> Action {
+    ctx.s.issuer_loop.retried();
+    Action::requeue(AFTER_PANIC)
+}
 
 fn circuit_open() -> Health {
     Health {
@@ -38,25 +148,44 @@ fn circuit_open() -> Health {
 }
 
 impl Shared {
-    /// One look at an issuer: forget it when deleted; (re)build its backend when its
-    /// spec or Secrets changed; start a health check when one is due; publish a local
-    /// CA's bundle; write the status; wake the requests waiting for it.
-    pub(crate) async fn reconcile_issuer(self: &Arc<Self>, key: &IssuerKey) {
-        let label = self.issuer_label(key);
-        let snapshot = lock(&self.snapshots).get(key).cloned();
-        let Some(snapshot) = snapshot else {
-            if lock(&self.issuers).remove(key).is_some() {
-                info!(issuer = %label, "issuer deleted");
-                self.metrics.forget_issuer(&self.issuer_metric(key));
-            }
-            lock(&self.last_checked).remove(key);
-            self.checks.forget(key);
-            self.ledger.forget(key);
-            lock(&self.bundles).remove(key);
-            self.index_secrets(key, None);
-            self.requeue_requests_for(key, true);
-            return;
+    /// Drops what was kept of a deleted issuer (its built backend, checks, records,
+    /// bundle, Secret index, written status and metric series) and wakes the requests
+    /// that name it.
+    pub(crate) fn forget_issuer(&self, key: &IssuerKey) {
+        if lock(&self.issuers).remove(key).is_some() {
+            info!(issuer = %self.issuer_label(key), "issuer deleted");
+            self.metrics.forget_issuer(&self.issuer_metric(key));
+        }
+        lock(&self.last_checked).remove(key);
+        self.checks.forget(key);
+        self.ledger.forget(key);
+        lock(&self.bundles).remove(key);
+        lock(&self.written_status).remove(key);
+        self.index_secrets(key, None);
+        self.requeue_requests_for(key, true);
+    }
+
+    /// Looks at an issuer now, through its kind's loop.
+    pub(crate) fn wake_issuer(&self, key: &IssuerKey) {
+        let wake = if key.cluster {
+            &self.wake_cluster_issuers
+        } else {
+            &self.wake_namespaced_issuers
         };
+        let _ = wake.unbounded_send(key.clone());
+    }
+
+    /// One look at an issuer: (re)build its backend when its spec or Secrets changed;
+    /// start a health check when one is due; publish a local CA's bundle; write the
+    /// status; wake the requests waiting for it. Returns when to look again.
+    pub(crate) async fn reconcile_issuer(
+        self: &Arc<Self>,
+        key: &IssuerKey,
+        issuer: Arc<dyn IssuerObject>,
+    ) -> Action {
+        let label = self.issuer_label(key);
+        let spec = issuer.spec();
+        let secret_names = issuer.secrets();
         let namespace = if key.cluster {
             self.config.cluster_resource_namespace.clone()
         } else {
@@ -64,14 +193,14 @@ impl Shared {
         };
         // Validate before reading: no Secret is read for a spec that is invalid, so a
         // name that is not a DNS-1123 name never reaches a request path.
-        let invalid = certwright_api::validate_issuer_spec(&snapshot.spec).err();
+        let invalid = certwright_api::validate_issuer_spec(spec).err();
         // Secrets outside the namespaces the controller may read are not asked for: the
         // answer would be Forbidden, and the issuer says why it cannot work instead.
-        let out_of_scope = (invalid.is_none() && !snapshot.secret_names.is_empty())
+        let out_of_scope = (invalid.is_none() && !secret_names.is_empty())
             .then(|| self.config.secret_access.refusal(&namespace))
             .flatten();
         let secret_names: &[String] = match (&invalid, &out_of_scope) {
-            (None, None) => &snapshot.secret_names,
+            (None, None) => &secret_names,
             _ => &[],
         };
         self.index_secrets(key, Some((&namespace, secret_names)));
@@ -96,15 +225,13 @@ impl Shared {
                 Ok(None) => versions.push((name.clone(), None)),
                 Err(e) => {
                     warn!(issuer = %label, secret = %name, error = %e, "could not read a Secret; retrying");
-                    self.issuer_queue
-                        .add_after(key.clone(), Duration::from_secs(5));
-                    return;
+                    return Action::requeue(RETRY_IO);
                 }
             }
         }
         let fingerprint = Fingerprint {
-            uid: snapshot.uid.clone(),
-            generation: snapshot.generation,
+            uid: issuer.metadata().uid.clone(),
+            generation: issuer.metadata().generation,
             secrets: versions,
         };
         let existing = lock(&self.issuers).get(key).cloned();
@@ -115,11 +242,14 @@ impl Shared {
         {
             self.ledger.forget(key);
         }
-        self.ledger.seed(key, &snapshot.issued);
+        self.ledger.seed(
+            key,
+            issuer.status().map_or(&[][..], |s| s.issued.as_slice()),
+        );
         let (entry, rebuilt) = match existing {
             Some(entry) if entry.fingerprint == fingerprint => (entry, false),
             previous => {
-                let protection_cfg = protection_config(&snapshot.spec, &self.config);
+                let protection_cfg = protection_config(spec, &self.config);
                 // Cluster issuers may be exempted from what binds tenants' issuers.
                 let exempt = key.cluster && self.config.egress_exempt_cluster_issuers;
                 let egress = if exempt {
@@ -136,19 +266,21 @@ impl Shared {
                         reason: IssuerReason::SecretOutOfScope,
                         message,
                     }),
-                    (None, None) => (snapshot.build)(&NamespacedSecrets {
-                        namespace: namespace.clone(),
-                        data,
-                        egress,
-                        pkcs11_modules: if key.cluster || self.config.pkcs11_namespaced_issuers {
-                            self.config.pkcs11_modules.clone()
-                        } else {
-                            Vec::new()
-                        },
-                        records: self.ledger.view(key),
-                    })
-                    .map(|backend| self.recorded(key, &snapshot.spec, backend))
-                    .map_err(|e| build_health(&e)),
+                    (None, None) => issuer
+                        .build(&NamespacedSecrets {
+                            namespace: namespace.clone(),
+                            data,
+                            egress,
+                            pkcs11_modules: if key.cluster || self.config.pkcs11_namespaced_issuers
+                            {
+                                self.config.pkcs11_modules.clone()
+                            } else {
+                                Vec::new()
+                            },
+                            records: self.ledger.view(key),
+                        })
+                        .map(|backend| self.recorded(key, spec, backend))
+                        .map_err(|e| build_health(&e)),
                 };
                 let (backend, health) = match built {
                     Ok(backend) => (
@@ -163,10 +295,8 @@ impl Shared {
                 // A rebuild for a rotated Secret keeps the breaker's memory of the PKI.
                 let protection = match previous {
                     Some(prev)
-                        if prev.spec.max_concurrent_requests
-                            == snapshot.spec.max_concurrent_requests
-                            && prev.spec.requests_per_second
-                                == snapshot.spec.requests_per_second =>
+                        if prev.spec.max_concurrent_requests == spec.max_concurrent_requests
+                            && prev.spec.requests_per_second == spec.requests_per_second =>
                     {
                         prev.protection.clone()
                     }
@@ -175,7 +305,7 @@ impl Shared {
                 info!(issuer = %label, backend = backend.as_ref().map(|b| b.kind()).unwrap_or("none"), "issuer backend built");
                 let entry = Arc::new(IssuerEntry {
                     fingerprint,
-                    spec: snapshot.spec.clone(),
+                    spec: spec.clone(),
                     backend,
                     protection,
                     health: Mutex::new(health),
@@ -190,7 +320,7 @@ impl Shared {
         let had_verdict = !rebuilt && entry.checked();
         // Health: a finished check of this build is taken in; a new check starts when the
         // build is new or a check is due, never while the breaker holds calls. Checks run
-        // off this worker (see `checks`): their end queues the issuer again.
+        // off this look (see `checks`): their end wakes the issuer again.
         let interval = self.config.issuer_health_check_interval;
         let was_usable = entry.health().usable();
         let mut overruled = false;
@@ -224,10 +354,8 @@ impl Shared {
         }
         if !entry.checked() {
             // The status and the requests wait for this build's first verdict; the
-            // check's end queues the issuer, and this look comes back regardless.
-            self.issuer_queue
-                .add_after(key.clone(), CHECK_TIMEOUT + Duration::from_secs(5));
-            return;
+            // check's end wakes the issuer, and this look comes back regardless.
+            return Action::requeue(CHECK_TIMEOUT + Duration::from_secs(5));
         }
         let fresh = !had_verdict;
         let health = entry.health();
@@ -251,7 +379,12 @@ impl Shared {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .and_then(|d| i64::try_from(d.as_secs()).ok()),
         );
-        self.write_issuer_status(key, &entry).await;
+        // The next look: the next health check, sooner to retry a failed write or to
+        // let a Retire held back take effect.
+        let mut next = self.checks.next_check(key, interval);
+        if !self.write_issuer_status(key, &entry).await {
+            next = next.min(RETRY_IO);
+        }
         self.metrics.set_rotation_phase(
             &metric,
             entry
@@ -261,7 +394,9 @@ impl Shared {
                 .and_then(|c| c.rotation)
                 .map(|r| r.phase.as_str()),
         );
-        self.publish_bundle(key, &entry, &namespace).await;
+        if !self.publish_bundle(key, &entry, &namespace).await {
+            next = next.min(RETRY_IO);
+        }
         // A Retire held back takes effect when the old anchor's record passes: look then.
         if let Some(until) = entry
             .backend
@@ -272,8 +407,7 @@ impl Shared {
             .and_then(|r| r.current_issued_until)
             .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
         {
-            self.issuer_queue
-                .add_after(key.clone(), until + Duration::from_millis(100));
+            next = next.min(until + Duration::from_millis(100));
         }
         // Requests for this issuer go at once when its build has its first verdict, which
         // includes its first check after it appeared (requests that saw it missing, or
@@ -285,8 +419,7 @@ impl Shared {
         if fresh || usable != was_usable || overruled {
             self.requeue_requests_for(key, fresh || usable);
         }
-        self.issuer_queue
-            .add_after(key.clone(), self.checks.next_check(key, interval));
+        Action::requeue(next)
     }
 
     /// Starts a health check of this build of the issuer as a task of its own, unless
@@ -367,7 +500,7 @@ impl Shared {
                 ),
             };
             s.checks.finish(&key, &entry, health, timed_out);
-            s.issuer_queue.add(key);
+            s.wake_issuer(&key);
         });
     }
 
@@ -439,18 +572,24 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn write_issuer_status(&self, key: &IssuerKey, entry: &IssuerEntry) {
-        let (conditions, generation, read_from) = match lock(&self.snapshots).get(key) {
-            Some(s) => (
-                s.conditions.clone(),
-                s.generation,
-                s.resource_version.clone(),
-            ),
-            None => return,
+    /// Writes the issuer's status when it differs from what the status says (as last
+    /// watched or written). `false` when the write failed, to be tried again soon.
+    pub(crate) async fn write_issuer_status(&self, key: &IssuerKey, entry: &IssuerEntry) -> bool {
+        let Some(issuer) = self.issuer_objects.get(key) else {
+            return true;
         };
-        let seen = match lock(&self.snapshots).get(key) {
-            Some(s) => s.ca.clone(),
-            None => return,
+        let generation = issuer.metadata().generation;
+        let watched = issuer.metadata().resource_version.clone();
+        // The status as last watched, or as last written while the watch has not yet
+        // brought anything newer.
+        let (conditions, seen) = match lock(&self.written_status).get(key) {
+            Some(written) if written.over == watched => {
+                (written.conditions.clone(), written.ca.clone())
+            }
+            _ => (
+                issuer.ready_conditions().to_vec(),
+                SeenCaStatus::of_status(issuer.status()),
+            ),
         };
         // Written when the object's Ready condition (as last watched or written) differs:
         // a recreated issuer, or a status someone cleared, is written again. So is what
@@ -477,7 +616,7 @@ impl Shared {
             &report,
             jiff::Timestamp::now(),
         ) else {
-            return;
+            return true;
         };
         let patch = write.patch;
         let resource = if key.cluster {
@@ -498,16 +637,24 @@ impl Shared {
                 // What was written stands in for the watch event still on its way, unless
                 // a newer event came first (someone may have changed the status since):
                 // then the watch is the fresher account, and the written one is stale.
-                if let Some(snapshot) = lock(&self.snapshots).get_mut(key)
-                    && snapshot.resource_version == read_from
+                let now_watched = self
+                    .issuer_objects
+                    .get(key)
+                    .and_then(|i| i.metadata().resource_version.clone());
+                if now_watched == watched
                     && let Some(conditions) = written
                         .data
                         .pointer("/status/conditions")
                         .and_then(|c| serde_json::from_value::<Vec<Condition>>(c.clone()).ok())
                 {
-                    snapshot.conditions = conditions;
-                    snapshot.ca = crate::issuers::SeenCaStatus::of(&written.data);
-                    snapshot.resource_version = written.metadata.resource_version.clone();
+                    lock(&self.written_status).insert(
+                        key.clone(),
+                        WrittenStatus {
+                            over: watched,
+                            conditions,
+                            ca: crate::issuers::SeenCaStatus::of(&written.data),
+                        },
+                    );
                 }
                 let label = self.issuer_label(key);
                 let reference = ObjectReference {
@@ -542,9 +689,17 @@ impl Shared {
             Err(e) if api_code(&e) == Some(404) => {}
             Err(e) => {
                 warn!(issuer = %self.issuer_label(key), error = %e, "could not write the issuer status; retrying");
-                self.issuer_queue
-                    .add_after(key.clone(), Duration::from_secs(5));
+                return false;
             }
+        }
+        true
+    }
+
+    /// Writes the issuer's status from outside its loop (a request found the issuer at
+    /// fault, a breaker changed); when that fails, the loop takes it on.
+    pub(crate) async fn report_issuer(&self, key: &IssuerKey, entry: &IssuerEntry) {
+        if !self.write_issuer_status(key, entry).await {
+            self.wake_issuer(key);
         }
     }
 

@@ -25,28 +25,6 @@ pub(crate) struct IssuerKey {
     pub name: String,
 }
 
-/// Builds an issuer's backend from Secrets (the issuer kind's own `build_backend`).
-pub(crate) type BuildFn =
-    Arc<dyn Fn(&dyn SecretSource) -> Result<Arc<dyn Backend>, BuildError> + Send + Sync>;
-
-/// What the engine keeps of an issuer object, independent of its Rust type.
-#[derive(Clone)]
-pub(crate) struct Snapshot {
-    pub(crate) uid: Option<String>,
-    pub(crate) generation: Option<i64>,
-    pub(crate) spec: IssuerSpec,
-    pub(crate) conditions: Vec<Condition>,
-    /// `status.trustBundle` and `status.rotation`, as last watched or written.
-    pub(crate) ca: SeenCaStatus,
-    /// `status.issued`, as watched.
-    pub(crate) issued: Vec<certwright_api::IssuedRecord>,
-    /// The resourceVersion `conditions` were read from: a written status only replaces
-    /// them while no newer watch event has.
-    pub(crate) resource_version: Option<String>,
-    pub(crate) secret_names: Vec<String>,
-    pub(crate) build: BuildFn,
-}
-
 /// Identifies the inputs a backend was built from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Fingerprint {
@@ -334,6 +312,15 @@ pub(crate) struct SeenCaStatus {
 }
 
 impl SeenCaStatus {
+    /// Read from an issuer kind's status, when it has certwright's.
+    pub(crate) fn of_status(status: Option<&certwright_api::IssuerStatus>) -> SeenCaStatus {
+        SeenCaStatus {
+            trust_bundle: status.and_then(|s| s.trust_bundle.clone()),
+            rotation: status.and_then(|s| s.rotation.clone()),
+            backend: status.and_then(|s| s.backend.clone()),
+        }
+    }
+
     /// Read from an issuer object's JSON.
     pub(crate) fn of(object: &serde_json::Value) -> SeenCaStatus {
         SeenCaStatus {

@@ -18,7 +18,6 @@ use process::ProcessCollector;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -34,9 +33,9 @@ pub(crate) const RESOURCE_CSR: &str = "CertificateSigningRequest";
 /// The `resource` label of an issuer's own health check.
 pub(crate) const RESOURCE_ISSUER: &str = "Issuer";
 
-/// The `queue` label of the CertificateRequest work queue.
+/// The `queue` label of the CertificateRequest loop.
 pub(crate) const QUEUE_REQUESTS: &str = "certificaterequests";
-/// The `queue` label of the issuer work queue.
+/// The `queue` label of the issuer loops.
 pub(crate) const QUEUE_ISSUERS: &str = "issuers";
 /// The `queue` label of the Kubernetes CSR loop.
 pub(crate) const QUEUE_CSRS: &str = "certificatesigningrequests";
@@ -201,10 +200,8 @@ struct Inner {
     policy_lists: Family<ListLabels, Counter>,
     cached_requests: Gauge,
     leader: Gauge,
-    queue_depth: Family<QueueLabels, Gauge>,
-    queue_adds: Family<QueueLabels, Counter>,
+    queue_in_flight: Family<QueueLabels, Gauge>,
     queue_retries: Family<QueueLabels, Counter>,
-    queue_latency: HistogramFamily<QueueLabels>,
     work_duration: HistogramFamily<QueueLabels>,
 }
 
@@ -220,40 +217,47 @@ impl Default for Metrics {
     }
 }
 
-/// The metrics of one work queue, labelled with its name. Cloning gives another handle
-/// to the same series.
+/// The metrics of one loop (a kube-runtime `Controller`), labelled `queue` with its
+/// name. Its scheduler does not tell how many objects are due and waiting, or for how
+/// long: what is measured is around each look. Cloning gives another handle to the
+/// same series.
 #[derive(Clone, Debug)]
 pub(crate) struct QueueMetrics {
-    /// `certwright_workqueue_depth`: keys due and waiting for a worker.
-    pub(crate) depth: Gauge,
-    /// `certwright_workqueue_adds_total`: keys made due.
-    pub(crate) adds: Counter,
-    /// `certwright_workqueue_retries_total`: keys scheduled for a later attempt.
+    /// `certwright_workqueue_in_flight`: looks under way.
+    pub(crate) in_flight: Gauge,
+    /// `certwright_workqueue_retries_total`: looks that asked for a later look.
     pub(crate) retries: Counter,
-    /// `certwright_workqueue_queue_duration_seconds`: from due to handed to a worker.
-    pub(crate) latency: Histogram,
-    /// `certwright_workqueue_work_duration_seconds`: one reconcile.
+    /// `certwright_workqueue_work_duration_seconds`: one look.
     pub(crate) work: Histogram,
 }
 
+/// One look under way, counted in `in_flight` until dropped, when its duration is
+/// recorded.
+pub(crate) struct Look {
+    metrics: QueueMetrics,
+    started: std::time::Instant,
+}
+
+impl Drop for Look {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        self.metrics
+            .work
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 impl QueueMetrics {
-    /// Series that no registry exports, for a queue nobody measures.
-    pub(crate) fn detached() -> Self {
-        QueueMetrics {
-            depth: Gauge::default(),
-            adds: Counter::default(),
-            retries: Counter::default(),
-            latency: queue_histogram(),
-            work: queue_histogram(),
+    /// Starts measuring one look; it ends when the returned guard is dropped.
+    pub(crate) fn look(&self) -> Look {
+        self.in_flight.inc();
+        Look {
+            metrics: self.clone(),
+            started: std::time::Instant::now(),
         }
     }
 
-    /// Records one reconcile that took `took`.
-    pub(crate) fn observe_work(&self, took: Duration) {
-        self.work.observe(took.as_secs_f64());
-    }
-
-    /// Counts one key scheduled for a later attempt.
+    /// Counts one look that asked for a later look (a retry, a poll, a recheck).
     pub(crate) fn retried(&self) {
         self.retries.inc();
     }
@@ -286,11 +290,8 @@ impl Metrics {
             Family::new_with_constructor(approval_to_ready_histogram);
         let cached_requests = Gauge::default();
         let leader = Gauge::default();
-        let queue_depth = Family::<QueueLabels, Gauge>::default();
-        let queue_adds = Family::<QueueLabels, Counter>::default();
+        let queue_in_flight = Family::<QueueLabels, Gauge>::default();
         let queue_retries = Family::<QueueLabels, Counter>::default();
-        let queue_latency: HistogramFamily<QueueLabels> =
-            Family::new_with_constructor(queue_histogram);
         let work_duration: HistogramFamily<QueueLabels> =
             Family::new_with_constructor(queue_histogram);
 
@@ -387,29 +388,18 @@ impl Metrics {
             leader.clone(),
         );
         sub.register(
-            "workqueue_depth",
-            "Keys due and waiting for a worker, by queue",
-            queue_depth.clone(),
-        );
-        sub.register(
-            "workqueue_adds",
-            "Keys made due, by queue",
-            queue_adds.clone(),
+            "workqueue_in_flight",
+            "Looks under way, by loop (queue); at the loop's concurrency limit it is saturated",
+            queue_in_flight.clone(),
         );
         sub.register(
             "workqueue_retries",
-            "Keys scheduled for a later attempt (a retry, a poll, a recheck), by queue",
+            "Looks that asked for a later look (a retry, a poll, a recheck), by loop (queue)",
             queue_retries.clone(),
         );
         sub.register_with_unit(
-            "workqueue_queue_duration",
-            "Time a due key waited for a worker, by queue",
-            Unit::Seconds,
-            queue_latency.clone(),
-        );
-        sub.register_with_unit(
             "workqueue_work_duration",
-            "Time one reconcile took, by queue",
+            "Time one look took, by loop (queue)",
             Unit::Seconds,
             work_duration.clone(),
         );
@@ -436,10 +426,8 @@ impl Metrics {
                 policy_lists,
                 cached_requests,
                 leader,
-                queue_depth,
-                queue_adds,
+                queue_in_flight,
                 queue_retries,
-                queue_latency,
                 work_duration,
             }),
         }
@@ -457,31 +445,15 @@ impl Metrics {
         Ok(text)
     }
 
-    /// The series of the work queue named `queue`.
+    /// The series of the loop named `queue`.
     pub(crate) fn queue(&self, queue: &str) -> QueueMetrics {
         let labels = QueueLabels {
             queue: queue.to_owned(),
         };
         QueueMetrics {
-            depth: self.inner.queue_depth.get_or_create(&labels).clone(),
-            adds: self.inner.queue_adds.get_or_create(&labels).clone(),
-            retries: self.inner.queue_retries.get_or_create(&labels).clone(),
-            latency: self.inner.queue_latency.get_or_create(&labels).clone(),
-            work: self.inner.work_duration.get_or_create(&labels).clone(),
-        }
-    }
-
-    /// The series of a loop whose scheduler does not tell its depth (kube-runtime's
-    /// `Controller`): work duration and retries only; depth, adds and wait are not
-    /// exported for it rather than exported as a false zero.
-    pub(crate) fn loop_without_depth(&self, queue: &str) -> QueueMetrics {
-        let labels = QueueLabels {
-            queue: queue.to_owned(),
-        };
-        QueueMetrics {
+            in_flight: self.inner.queue_in_flight.get_or_create(&labels).clone(),
             retries: self.inner.queue_retries.get_or_create(&labels).clone(),
             work: self.inner.work_duration.get_or_create(&labels).clone(),
-            ..QueueMetrics::detached()
         }
     }
 
@@ -852,10 +824,8 @@ mod tests {
             "# TYPE certwright_issuer_ca_expiry_timestamp_seconds gauge",
             "# TYPE certwright_approval_to_ready_seconds histogram",
             "# UNIT certwright_approval_to_ready_seconds seconds",
-            "# TYPE certwright_workqueue_depth gauge",
-            "# TYPE certwright_workqueue_adds counter",
+            "# TYPE certwright_workqueue_in_flight gauge",
             "# TYPE certwright_workqueue_retries counter",
-            "# TYPE certwright_workqueue_queue_duration_seconds histogram",
             "# TYPE certwright_workqueue_work_duration_seconds histogram",
         ] {
             assert!(text.contains(family), "missing {family:?} in:\n{text}");
@@ -1090,89 +1060,44 @@ mod tests {
         )));
     }
 
-    #[tokio::test]
-    async fn a_work_queue_reports_depth_adds_retries_and_durations() {
+    #[test]
+    fn a_loop_reports_looks_under_way_retries_and_durations() {
         let metrics = Metrics::new();
-        let queue = crate::workqueue::WorkQueue::with_metrics(metrics.queue(QUEUE_REQUESTS));
-        queue.add("a");
-        queue.add("b");
-        queue.add("a");
-        queue.add_after("c", Duration::from_secs(3600));
-        let lines_now = lines(&metrics);
-        let q = r#"queue="certificaterequests""#;
-        assert_line(&lines_now, &format!("certwright_workqueue_depth{{{q}}} 2"));
+        let csr = metrics.queue(QUEUE_CSRS);
+        let q = r#"queue="certificatesigningrequests""#;
+        let first = csr.look();
+        let second = csr.look();
         assert_line(
-            &lines_now,
-            &format!("certwright_workqueue_adds_total{{{q}}} 2"),
+            &lines(&metrics),
+            &format!("certwright_workqueue_in_flight{{{q}}} 2"),
         );
+        drop(first);
+        csr.retried();
+        let text = lines(&metrics);
+        assert_line(&text, &format!("certwright_workqueue_in_flight{{{q}}} 1"));
         assert_line(
-            &lines_now,
+            &text,
             &format!("certwright_workqueue_retries_total{{{q}}} 1"),
         );
-        let key = queue.next().await.unwrap();
-        queue.done(&key);
-        let lines = lines(&metrics);
-        assert_line(&lines, &format!("certwright_workqueue_depth{{{q}}} 1"));
         assert_line(
-            &lines,
-            &format!("certwright_workqueue_queue_duration_seconds_count{{{q}}} 1"),
-        );
-        assert_line(
-            &lines,
+            &text,
             &format!("certwright_workqueue_work_duration_seconds_count{{{q}}} 1"),
         );
-    }
-
-    #[test]
-    fn a_loop_without_a_visible_scheduler_exports_no_depth() {
-        let metrics = Metrics::new();
-        let csr = metrics.loop_without_depth(QUEUE_CSRS);
-        csr.observe_work(Duration::from_millis(3));
-        csr.retried();
-        let text = lines(&metrics).join("\n");
-        let q = r#"queue="certificatesigningrequests""#;
-        assert!(text.contains(&format!("certwright_workqueue_retries_total{{{q}}} 1")));
-        assert!(text.contains(&format!(
-            "certwright_workqueue_work_duration_seconds_count{{{q}}} 1"
-        )));
+        drop(second);
+        let text = lines(&metrics);
+        assert_line(&text, &format!("certwright_workqueue_in_flight{{{q}}} 0"));
+        assert_line(
+            &text,
+            &format!("certwright_workqueue_work_duration_seconds_count{{{q}}} 2"),
+        );
+        // A scheduler that does not tell its depth or wait gets no series for them.
+        let text = text.join("\n");
         for absent in [
             "workqueue_depth",
-            "workqueue_adds_total",
+            "workqueue_adds",
             "workqueue_queue_duration",
         ] {
-            assert!(
-                !text.contains(&format!("certwright_{absent}{{{q}}}")),
-                "{absent}:\n{text}"
-            );
+            assert!(!text.contains(absent), "{absent}:\n{text}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_key_that_came_due_while_workers_were_busy_waited_since_its_time() {
-        let metrics = Metrics::new();
-        let queue = crate::workqueue::WorkQueue::with_metrics(metrics.queue(QUEUE_ISSUERS));
-        queue.add("busy");
-        let busy = queue.next().await.unwrap();
-        queue.add_after("late", Duration::from_secs(1));
-        // The only worker holds "busy" for 5 s; "late" was due after 1 s.
-        tokio::time::advance(Duration::from_secs(5)).await;
-        queue.done(&busy);
-        let q = r#"queue="issuers""#;
-        assert!(lines(&metrics).contains(&format!("certwright_workqueue_depth{{{q}}} 1")));
-        assert_eq!(queue.next().await, Some("late"));
-        // Waited 4 s in the queue: counted in the 5 s bucket, not the 100 µs one.
-        let text = lines(&metrics).join("\n");
-        assert!(
-            text.contains(&format!(
-                r#"certwright_workqueue_queue_duration_seconds_bucket{{le="1.0",{q}}} 1"#
-            )),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!(
-                r#"certwright_workqueue_queue_duration_seconds_bucket{{le="5.0",{q}}} 2"#
-            )),
-            "{text}"
-        );
     }
 }

@@ -1,29 +1,42 @@
-//! One CertificateRequest's reconcile, top to bottom: [`Shared::reconcile_request`]
-//! reads the request, [`decide`] says what it needs, [`Shared::attempt`] makes the one
-//! PKI call through the protection, [`plan`](decide::plan) turns the answer into a
+//! The CertificateRequest loop. [`run`] drives it with kube-runtime's `Controller`
+//! (its scheduler, runner, concurrency limit and reflector store) over the engine's one
+//! CertificateRequest watch ([`crate::watches::request_stream`]), which keeps in the
+//! store only the requests the loop may act on.
+//!
+//! One request's look, top to bottom: [`Shared::reconcile_request`] reads the request
+//! from the store, [`decide`] says what it needs, [`Shared::attempt`] makes the one PKI
+//! call through the protection, [`plan`](decide::plan) turns the answer into a
 //! [`Plan`], and [`Shared::apply`] writes it (status, submission record, events,
-//! metrics), keeping an unwritten result for a later attempt when the write fails.
-//! The pure parts are in [`decide`] and [`build`].
+//! metrics), keeping an unwritten result for the next look when the write fails. Each
+//! returns the `Action` that says when to look again. What is kept between looks
+//! (attempts, backoff, the last write, an unwritten result) is a [`RequestState`] per
+//! uid in [`Shared::request_state`]. The pure parts are in [`decide`] and [`build`].
 
 mod build;
 pub(crate) mod decide;
 
 pub(crate) use build::object_reference;
 
-use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use certwright_api::CertificateRequest;
 use certwright_api::certificate_request::{CONDITION_APPROVED, REASON_DENIED};
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::{FutureExt as _, StreamExt as _};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{ObjectRef, store::Writer};
+use kube::runtime::watcher::Event;
 use kube::{Api, ResourceExt};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::cached::{CachedRequest, RequestKey};
 use crate::engine::{Shared, lock};
-use crate::error::api_code;
+use crate::error::{Error, api_code};
 use crate::events::Transition;
 use crate::issuers::{Health, IssuerEntry, IssuerKey};
 use crate::metrics::{IssuerLabels, RESOURCE_REQUEST};
@@ -38,9 +51,10 @@ const WRITE_ATTEMPTS: u32 = 3;
 /// How many times a status write is retried after a 409 before trying again later.
 const CONFLICT_RETRIES: usize = 5;
 
-/// What the engine keeps per request that is neither terminal nor unapproved.
-pub(crate) struct RequestEntry {
-    pub(crate) cached: CachedRequest,
+/// What the engine keeps of one request (one uid) between looks. The request itself is
+/// in the store; this is what the store cannot say.
+#[derive(Default)]
+pub(crate) struct RequestState {
     /// Failed attempts so far (for backoff).
     pub(crate) attempts: u32,
     /// No attempt before this instant (backoff, CA poll interval).
@@ -51,6 +65,10 @@ pub(crate) struct RequestEntry {
     /// request began: until a look begins afresh, no backoff or poll time is set, since
     /// one decided before the change would hold the request back for nothing.
     pub(crate) woken: bool,
+    /// A result that could not be written yet: a PKI answer among them is written
+    /// before anything else is done for the request, so that a failed write never leads
+    /// to a second submission.
+    pub(crate) unwritten: Option<Unwritten>,
 }
 
 /// A result on its way to a request, kept until it is written.
@@ -97,54 +115,107 @@ impl Unwritten {
     }
 }
 
+/// Runs the request loop until `stop` is cancelled, then lets the looks under way
+/// finish. The store [`Shared::requests`] is filled through `writer` from the engine's
+/// CertificateRequest watch; `woken` carries requests whose issuer changed; with the
+/// policy approver on, `feed` gets every event of the watch.
+pub(crate) async fn run(
+    s: Arc<Shared>,
+    writer: Writer<CachedRequest>,
+    woken: UnboundedReceiver<ObjectRef<CachedRequest>>,
+    feed: Option<UnboundedSender<Event<CachedRequest>>>,
+    stop: CancellationToken,
+) {
+    // After every (re)list, each request in the store is looked at
+    // (`watches::on_list_complete`).
+    let (relisted, relists) = futures::channel::mpsc::channel(1);
+    let stream = crate::watches::request_stream(s.clone(), writer, feed, relisted);
+    let concurrency = u16::try_from(s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
+    Controller::for_stream(stream, s.requests.clone())
+        .with_config(Config::default().concurrency(concurrency))
+        .reconcile_on(woken)
+        .reconcile_all_on(relists)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, s)
+        .for_each(|result| async move {
+            match result {
+                // A request that left the store (finished, deleted) before its turn.
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
+                Err(e) => warn!(error = %e, "CertificateRequest loop"),
+            }
+        })
+        .await;
+}
+
+/// One look at a request; a panic in it (a backend's) fails this look only.
+async fn reconcile(cached: Arc<CachedRequest>, s: Arc<Shared>) -> Result<Action, Error> {
+    let measured = s.request_loop.look();
+    let result = AssertUnwindSafe(s.reconcile_request(&cached))
+        .catch_unwind()
+        .await;
+    drop(measured);
+    match result {
+        Ok(action) => {
+            if action != Action::await_change() {
+                s.request_loop.retried();
+            }
+            Ok(action)
+        }
+        Err(_) => {
+            error!(request = %cached.key(), "request reconcile panicked; retrying later");
+            Err(Error::Task {
+                message: "a look at a CertificateRequest panicked".to_string(),
+            })
+        }
+    }
+}
+
+fn error_policy(_cached: Arc<CachedRequest>, _error: &Error, s: Arc<Shared>) -> Action {
+    s.request_loop.retried();
+    Action::requeue(s.config.retry.max)
+}
+
 impl Shared {
     /// One look at a request: write what is still unwritten, or decide what the request
-    /// needs and, when approved and its issuer is usable, attempt it.
-    pub(crate) async fn reconcile_request(&self, key: &RequestKey) {
+    /// needs and, when approved and its issuer is usable, attempt it. Returns when to
+    /// look again.
+    pub(crate) async fn reconcile_request(&self, cached: &CachedRequest) -> Action {
+        let key = &cached.key();
+        let uid = cached.metadata.uid.clone().unwrap_or_default();
         // A PKI answer that could not be written yet is written before anything else, so
         // that a failed write never leads to a second submission. Any other unwritten
         // status (waiting for the issuer, deferred, denied, invalid) carries no PKI
         // result and is decided afresh: the issuer may have become usable meanwhile.
-        let unwritten = lock(&self.unwritten).remove(key);
+        let unwritten = self.remember(&uid, |r| r.unwritten.take());
         if let Some(pending) = unwritten
             && pending.answered_by.is_some()
         {
-            self.apply(key, pending, None).await;
-            return;
+            return self.apply(key, pending, None).await;
         }
-        let (cached, not_before) = {
-            let mut requests = lock(&self.requests);
-            match requests.get_mut(key) {
-                Some(e) => {
-                    // This look sees the issuer as it is now.
-                    e.woken = false;
-                    (e.cached.clone(), e.not_before)
-                }
-                None => return,
-            }
-        };
+        let not_before = self.remember(&uid, |r| {
+            // This look sees the issuer as it is now.
+            r.woken = false;
+            r.not_before
+        });
         if let Some(at) = not_before {
             let now = Instant::now();
             if at > now {
-                self.request_queue.add_after(key.clone(), at - now);
-                return;
+                return Action::requeue(at - now);
             }
         }
         if !self.issuers_synced() {
-            self.request_queue
-                .add_after(key.clone(), Duration::from_millis(100));
-            return;
+            return Action::requeue(Duration::from_millis(100));
         }
-        let issuer_key = self.issuer_key_for(&cached);
+        let issuer_key = self.issuer_key_for(cached);
         let entry = issuer_key
             .as_ref()
             .and_then(|k| lock(&self.issuers).get(k).cloned());
         let known = issuer_key
             .as_ref()
-            .is_some_and(|k| lock(&self.snapshots).contains_key(k));
+            .is_some_and(|k| self.issuer_objects.get(k).is_some());
         if known && entry.as_ref().is_none_or(|e| !e.checked()) {
-            // The issuer exists but has not been checked yet: its reconcile requeues us.
-            return;
+            // The issuer exists but has not been checked yet: its reconcile wakes us.
+            return Action::await_change();
         }
         let health = entry.as_ref().map(|e| e.health());
         let state = match &health {
@@ -154,7 +225,7 @@ impl Shared {
                 message: &h.message,
             },
         };
-        let decision = decide(&cached, self.group, state);
+        let decision = decide(cached, self.group, state);
         let label = issuer_key
             .as_ref()
             .map(|k| self.issuer_label(k))
@@ -169,47 +240,51 @@ impl Shared {
         );
         async {
             let plan = match decision {
-                Decision::Nothing => return,
+                Decision::Nothing => return Action::await_change(),
                 Decision::Deny => crate::requests::decide::plan_denied(),
                 Decision::WaitForIssuer { message } => {
                     crate::requests::decide::plan_waiting(message)
                 }
                 Decision::Sign | Decision::Poll { .. } => {
-                    if let (Some(entry), Some(issuer_key)) = (entry, issuer_key) {
-                        self.attempt(key, &uid, entry, issuer_key).await;
-                    }
-                    return;
+                    return match (entry, issuer_key) {
+                        (Some(entry), Some(issuer_key)) => {
+                            self.attempt(cached, entry, issuer_key).await
+                        }
+                        _ => Action::await_change(),
+                    };
                 }
             };
             // Nothing new to say: no read, no write.
-            if self.already_written(key, &plan) {
-                if let Requeue::After(delay) | Requeue::IssuerChange(delay) = plan.requeue {
-                    self.schedule(key, &uid, delay);
-                }
-                return;
+            if self.already_written(&uid, &plan) {
+                return match plan.requeue {
+                    Requeue::After(delay) | Requeue::IssuerChange(delay) => {
+                        self.schedule(key, &uid, delay)
+                    }
+                    Requeue::Never => Action::await_change(),
+                };
             }
-            let pending = Unwritten::new(uid, issuer_key, plan);
-            self.apply(key, pending, None).await;
+            let pending = Unwritten::new(uid.clone(), issuer_key, plan);
+            self.apply(key, pending, None).await
         }
         .instrument(span)
-        .await;
+        .await
     }
 
     /// Submits or polls a request through the issuer's protection, then reads the full
     /// object and applies the outcome.
     pub(crate) async fn attempt(
         &self,
-        key: &RequestKey,
-        uid: &str,
+        cached: &CachedRequest,
         entry: Arc<IssuerEntry>,
         issuer: IssuerKey,
-    ) {
+    ) -> Action {
+        let key = &cached.key();
+        let uid = cached.metadata.uid.as_deref().unwrap_or_default();
         let Some(backend) = entry.backend.clone() else {
-            return;
+            return Action::await_change();
         };
-        let (attempts, entry_created) = lock(&self.requests).get(key).map_or((0, None), |e| {
-            (e.attempts, e.cached.metadata.creation_timestamp.clone())
-        });
+        let attempts = self.remember(uid, |r| r.attempts);
+        let entry_created = cached.metadata.creation_timestamp.clone();
         // How often a CA-side pending request is asked about is the backend's
         // (`PendingRequest::retry_after`), within the engine's bound.
         let poll_interval = self.config.max_poll_interval;
@@ -217,7 +292,7 @@ impl Shared {
         // changes.
         let admitted = tokio::select! {
         admitted = entry.protection.admit() => admitted,
-        _ = self.stopping.cancelled() => return};
+        _ = self.stopping.cancelled() => return Action::await_change()};
         let permit = match admitted {
             Ok(permit) => permit,
             Err(deferred) => {
@@ -234,39 +309,36 @@ impl Shared {
                     jiff::Timestamp::now(),
                     self.config.max_retry_duration,
                 );
-                if self.already_written(key, &plan) {
-                    if let Requeue::After(delay) = plan.requeue {
-                        self.schedule(key, uid, delay + spread(key));
-                    }
-                    return;
+                if self.already_written(uid, &plan) {
+                    return match plan.requeue {
+                        Requeue::After(delay) => self.schedule(key, uid, delay + spread(key)),
+                        _ => Action::await_change(),
+                    };
                 }
                 let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
-                self.apply(key, pending, None).await;
-                return;
+                return self.apply(key, pending, None).await;
             }
         };
         let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
         let mut full = match api.get(&key.name).await {
             Ok(full) => full,
             Err(e) if api_code(&e) == Some(404) => {
-                self.forget_request(key, uid);
-                return;
+                self.forget_request(uid);
+                return Action::await_change();
             }
             Err(e) => {
                 warn!(error = %e, "could not read the CertificateRequest; retrying");
-                self.schedule(key, uid, self.config.retry.min);
-                return;
+                return self.schedule(key, uid, self.config.retry.min);
             }
         };
-        // The cache may lag behind: the fresh object decides whether this is still the
+        // The store may lag behind: the fresh object decides whether this is still the
         // same request, whether it is terminal, and whether the CA already holds it.
         if full.uid().as_deref() != Some(uid) {
-            self.request_queue.add(key.clone());
-            return;
+            return Action::requeue(Duration::ZERO);
         }
         if full.is_terminal() {
-            self.forget_request(key, uid);
-            return;
+            self.forget_request(uid);
+            return Action::await_change();
         }
         // A final verdict reached without a PKI answer, written as any other.
         let concluded = |attempt| {
@@ -276,14 +348,14 @@ impl Shared {
         let request = match sign_request(&full, &entry.spec) {
             Ok(r) => r,
             Err(why) => {
-                self.apply(key, concluded(Attempt::Invalid(why)), Some(full))
+                return self
+                    .apply(key, concluded(Attempt::Invalid(why)), Some(full))
                     .await;
-                return;
             }
         };
-        // Leadership may have been lost while this worker waited for a slot.
+        // Leadership may have been lost while this look waited for a slot.
         if self.stopping.is_cancelled() {
-            return;
+            return Action::await_change();
         }
         // A pending id is polled; a submission recorded without its answer (the process
         // stopped mid-call, or the CA's answer was lost) is recovered before anything is
@@ -302,14 +374,12 @@ impl Shared {
         let (operation, result) = match step {
             Step::Answered { operation, result } => (operation, result),
             Step::Concluded(attempt) => {
-                self.apply(key, concluded(attempt), Some(full)).await;
-                return;
+                return self.apply(key, concluded(attempt), Some(full)).await;
             }
-            Step::Stopped => return,
+            Step::Stopped => return Action::await_change(),
             Step::NotRecorded(e) => {
                 warn!(error = %e, "could not record the submission on the request; nothing was submitted");
-                self.schedule(key, uid, self.config.retry.delay(attempts + 1));
-                return;
+                return self.schedule(key, uid, self.config.retry.delay(attempts + 1));
             }
         };
         let clears = submission::clears_record(operation, &result, false);
@@ -345,40 +415,40 @@ impl Shared {
         let clear_submitted = clears && plan.requeue != Requeue::Never;
         let mut pending = Unwritten::answered(uid.to_string(), issuer, entry, plan);
         pending.clear_submitted = clear_submitted;
-        self.apply(key, pending, Some(full)).await;
+        self.apply(key, pending, Some(full)).await
     }
 
     /// Performs a plan: persist the pending id, write the status (retrying conflicts
-    /// without signing again), emit the event, update metrics, requeue. A plan that
-    /// cannot be written is kept and written on the next attempt, before anything else.
+    /// without signing again), emit the event, update metrics, say when to look again.
+    /// A plan that cannot be written is kept and written on the next look, before
+    /// anything else.
     pub(crate) async fn apply(
         &self,
         key: &RequestKey,
         pending: Unwritten,
         full: Option<CertificateRequest>,
-    ) {
+    ) -> Action {
         let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
         let mut full = match full {
             Some(f) => f,
             None => match api.get(&key.name).await {
                 Ok(f) => f,
-                Err(e) if api_code(&e) == Some(404) => return,
+                Err(e) if api_code(&e) == Some(404) => return Action::await_change(),
                 Err(e) => {
                     warn!(error = %e, "could not read the CertificateRequest to write a result; retrying");
-                    self.defer_write(key, pending);
-                    return;
+                    return self.defer_write(pending);
                 }
             },
         };
         // A result belongs to one object: never to a namesake created later.
         if full.uid().as_deref() != Some(pending.uid.as_str()) {
             debug!("the request was replaced; dropping the result for the old one");
-            self.request_queue.add(key.clone());
-            return;
+            self.forget_request(&pending.uid);
+            return Action::requeue(Duration::ZERO);
         }
         if full.is_terminal() {
-            self.forget_request(key, &pending.uid);
-            return;
+            self.forget_request(&pending.uid);
+            return Action::await_change();
         }
         let plan = &pending.plan;
         // 1. The CA's pending id is persisted before anything else, on this very object
@@ -394,8 +464,7 @@ impl Shared {
                 Ok(updated) => full = updated,
                 Err(e) => {
                     warn!(error = %e, pending_id = ?plan.pending_id, "could not persist the CA's pending id; retrying");
-                    self.defer_write(key, pending);
-                    return;
+                    return self.defer_write(pending);
                 }
             }
         }
@@ -404,13 +473,12 @@ impl Shared {
             Ok(Some(written)) => full = written,
             Ok(None) => {
                 // Became terminal meanwhile, was replaced, or was deleted.
-                self.forget_request(key, &pending.uid);
-                return;
+                self.forget_request(&pending.uid);
+                return Action::await_change();
             }
             Err(e) => {
                 warn!(error = %e, "could not write the status; retrying without signing again");
-                self.defer_write(key, pending);
-                return;
+                return self.defer_write(pending);
             }
         }
         let label = pending
@@ -470,50 +538,46 @@ impl Shared {
                         reason: *reason,
                         message: message.clone(),
                     }) {
-                        self.write_issuer_status(issuer, &current).await;
+                        self.report_issuer(issuer, &current).await;
                     }
                 }
                 (None, _) => {}
             }
         }
-        // 6. When to look again (only for this object: a namesake created meanwhile has
-        //    its own entry and is looked at afresh).
-        let digest = hash_of(plan.status.reason, &plan.status.message);
-        let mut requests = lock(&self.requests);
-        if !self.owns_entry(&requests, key, &pending.uid) {
-            return;
-        }
+        // 6. When to look again.
         match plan.requeue {
             Requeue::Never => {
-                requests.remove(key);
+                self.forget_request(&pending.uid);
+                Action::await_change()
             }
             Requeue::After(delay) | Requeue::IssuerChange(delay) => {
-                if let Some(entry) = requests.get_mut(key) {
-                    entry.last_written = Some(digest);
-                    entry.attempts = match plan.breaker {
+                let digest = hash_of(plan.status.reason, &plan.status.message);
+                self.remember(&pending.uid, |r| {
+                    r.last_written = Some(digest);
+                    r.attempts = match plan.breaker {
                         CallOutcome::Success => 0,
-                        _ if plan.counts_as_attempt() => entry.attempts.saturating_add(1),
-                        _ => entry.attempts,
+                        _ if plan.counts_as_attempt() => r.attempts.saturating_add(1),
+                        _ => r.attempts,
                     };
-                }
-                drop(requests);
+                });
                 let delay = if rebuilt_meanwhile {
                     Duration::ZERO
                 } else {
                     delay
                 };
-                self.schedule(key, &pending.uid, delay);
+                self.schedule(key, &pending.uid, delay)
             }
         }
     }
 
-    /// Keeps a result that could not be written, to be written on the next attempt
-    /// (with backoff), before anything else is done for this request.
-    pub(crate) fn defer_write(&self, key: &RequestKey, mut pending: Unwritten) {
+    /// Keeps a result that could not be written, to be written on the next look (after
+    /// a backoff), before anything else is done for this request.
+    pub(crate) fn defer_write(&self, mut pending: Unwritten) -> Action {
         pending.write_failures = pending.write_failures.saturating_add(1);
         let delay = self.config.retry.delay(pending.write_failures);
-        lock(&self.unwritten).insert(key.clone(), pending);
-        self.request_queue.add_after(key.clone(), delay);
+        let uid = pending.uid.clone();
+        self.remember(&uid, |r| r.unwritten = Some(pending));
+        Action::requeue(delay)
     }
 
     /// Writes the status with the object's resourceVersion as a precondition. On a
@@ -563,68 +627,63 @@ impl Shared {
         }
     }
 
-    /// Schedules the next look at the request `uid` without touching the API server. The
-    /// next look comes at once instead when its issuer changed while this look was under
-    /// way (what this one decided may be stale), or when a namesake holds the name now
-    /// (it has its own timing, and this decision says nothing about it).
-    pub(crate) fn schedule(&self, key: &RequestKey, uid: &str, delay: Duration) {
+    /// When to look next at the request `uid`, with no call to the API server: after
+    /// `delay`, which is kept as the request's own backoff or poll time. The next look
+    /// comes at once instead when its issuer changed while this look was under way (what
+    /// this one decided may be stale), or when a namesake holds the name now (it has its
+    /// own timing, and this decision says nothing about it). Never when the request is
+    /// gone from the store.
+    pub(crate) fn schedule(&self, key: &RequestKey, uid: &str, delay: Duration) -> Action {
         let delay = delay.min(
             self.config
                 .retry
                 .max
                 .max(crate::requests::decide::ISSUER_BACKSTOP),
         );
-        let at_once = match lock(&self.requests).get_mut(key) {
-            Some(entry) if entry.cached.metadata.uid.as_deref() != Some(uid) => true,
-            Some(entry) if entry.woken => true,
-            Some(entry) => {
-                entry.not_before = Instant::now().checked_add(delay);
-                false
-            }
-            None => false,
-        };
-        if at_once {
-            self.request_queue.add(key.clone());
-            return;
+        match self.stored_uid(key) {
+            None => return Action::await_change(),
+            Some(stored) if stored != uid => return Action::requeue(Duration::ZERO),
+            Some(_) => {}
         }
-        self.request_queue.add_after(key.clone(), delay);
+        let woken = self.remember(uid, |r| {
+            if !r.woken {
+                r.not_before = Instant::now().checked_add(delay);
+            }
+            r.woken
+        });
+        if woken {
+            Action::requeue(Duration::ZERO)
+        } else {
+            Action::requeue(delay)
+        }
+    }
+
+    /// The uid of the request the store holds under `key`, if it holds one.
+    fn stored_uid(&self, key: &RequestKey) -> Option<String> {
+        self.requests
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+            .map(|r| r.metadata.uid.clone().unwrap_or_default())
+    }
+
+    /// Reads or changes what is kept of the request `uid`.
+    pub(crate) fn remember<T>(&self, uid: &str, f: impl FnOnce(&mut RequestState) -> T) -> T {
+        f(lock(&self.request_state)
+            .entry(uid.to_string())
+            .or_default())
     }
 
     /// Whether exactly this status was the last one written for the request, so that
     /// writing it again can be skipped without reading the object.
-    pub(crate) fn already_written(&self, key: &RequestKey, plan: &Plan) -> bool {
+    pub(crate) fn already_written(&self, uid: &str, plan: &Plan) -> bool {
         let digest = hash_of(plan.status.reason, &plan.status.message);
-        lock(&self.requests)
-            .get(key)
-            .is_some_and(|e| e.last_written == Some(digest))
+        lock(&self.request_state)
+            .get(uid)
+            .is_some_and(|r| r.last_written == Some(digest))
     }
 
-    /// Drops a request from the cache once nothing more is needed of the object `uid`
-    /// (finished, terminal or deleted). A namesake created meanwhile under another uid
-    /// keeps its entry and is looked at.
-    pub(crate) fn forget_request(&self, key: &RequestKey, uid: &str) {
-        let mut requests = lock(&self.requests);
-        if self.owns_entry(&requests, key, uid) {
-            requests.remove(key);
-        }
-    }
-
-    /// Whether the cache entry under `key` is the object `uid`. When a namesake (another
-    /// uid) holds it, that one is queued to be looked at afresh.
-    pub(crate) fn owns_entry(
-        &self,
-        requests: &HashMap<RequestKey, RequestEntry>,
-        key: &RequestKey,
-        uid: &str,
-    ) -> bool {
-        match requests.get(key) {
-            Some(entry) if entry.cached.metadata.uid.as_deref() == Some(uid) => true,
-            Some(_) => {
-                // The queue has its own lock and never takes this one.
-                self.request_queue.add(key.clone());
-                false
-            }
-            None => false,
-        }
+    /// Drops what is kept of the request `uid` once nothing more is needed of it
+    /// (finished, terminal, replaced or deleted).
+    pub(crate) fn forget_request(&self, uid: &str) {
+        lock(&self.request_state).remove(uid);
     }
 }

@@ -424,3 +424,56 @@ async fn a_failing_pki_is_retried_with_backoff_and_the_csr_signed_once_it_answer
         "{reasons:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_approved_while_its_watch_was_down_is_signed_after_the_relist() {
+    // As for CertificateRequests (races.rs): the CSR comes in the first page of a list
+    // taken after the watch was down, and is signed once the list is complete.
+    use certwright_testkit::apiserver::{ApiServerOptions, Method};
+    const CSRS: &str = "certificatesigningrequests.certificates.k8s.io";
+    let mut env = Env::new_with(ApiServerOptions::new().history_limit(5)).await;
+    let filler = CsrBuilder::new(KeyKind::EcdsaP256)
+        .common_name("filler")
+        .build();
+    let request = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        filler.csr_pem.as_bytes(),
+    );
+    for i in 0..520 {
+        env.server
+            .create_json(
+                CSRS,
+                serde_json::json!({"apiVersion": "certificates.k8s.io/v1",
+                    "kind": "CertificateSigningRequest",
+                    "metadata": {"name": format!("filler-{i}")},
+                    "spec": {"request": request, "signerName": "example.com/other",
+                             "usages": ["digital signature"]}}),
+            )
+            .unwrap();
+    }
+    env.start_engine(crate::support::fast_config());
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+
+    let faults = env.server.faults();
+    let lists = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    faults.fail_ratio(Method::GET, lists, 500, 1.0);
+    let injected = env.server.stats().injected_faults;
+    env.server.drop_watches();
+    crate::support::eventually("the CSR watch to try again and fail", || {
+        env.server.stats().injected_faults > injected
+    })
+    .await;
+    create(&env, "a-during", &format!("{CLUSTER_SIGNER}dev"), |_| {}).await;
+    decide(&env, "a-during", "Approved").await;
+    for i in 0..6 {
+        env.server
+            .delete_json(CSRS, "", &format!("filler-{i}"))
+            .unwrap();
+    }
+    faults.clear();
+    faults.delay_next(Method::GET, lists, Duration::from_secs(1), 2);
+
+    wait_certificate(&env, "a-during").await;
+}

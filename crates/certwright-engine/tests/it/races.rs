@@ -278,3 +278,104 @@ async fn a_secret_deleted_while_its_watch_was_down_is_noticed_after_the_relist()
 
     env.wait_cluster_issuer("dev", "SecretNotFound").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_approved_while_its_watch_was_down_is_signed_after_the_relist() {
+    // The CertificateRequest watch is down while a request is created and approved and
+    // more changes follow than the API server remembers: the watch lists again, in
+    // pages of 500, and the request comes in the first page. A list's objects reach
+    // kube-runtime's reflector store only when the last page is in, while the trigger
+    // for each is taken as its page arrives: a look that finds the request missing
+    // from the store is dropped. The request must still be looked at once the list is
+    // complete.
+    let mut env = Env::new_with(ApiServerOptions::new().history_limit(5)).await;
+    // More requests than one page of a list holds, none of them the engine's to sign.
+    for i in 0..520 {
+        env.server
+            .create_json(
+                CR,
+                json!({"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+                       "metadata": {"name": format!("filler-{i}"), "namespace": "other"},
+                       "spec": {"request": "eA==",
+                                "issuerRef": {"name": "elsewhere", "kind": "Issuer",
+                                              "group": "example.com"}}}),
+            )
+            .unwrap();
+    }
+    env.start_engine(crate::support::fast_config());
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+
+    let faults = env.server.faults();
+    let lists = "/apis/cert-manager.io/v1/certificaterequests";
+    faults.fail_ratio(Method::GET, lists, 500, 1.0);
+    let injected = env.server.stats().injected_faults;
+    env.server.drop_watches();
+    eventually("the request watch to try again and fail", || {
+        env.server.stats().injected_faults > injected
+    })
+    .await;
+    env.request("apps", "during", cluster_ref("dev")).await;
+    env.approve_in_store("apps", "during");
+    for i in 0..6 {
+        env.server
+            .delete_json(CR, "other", &format!("filler-{i}"))
+            .unwrap();
+    }
+    // The list's two pages come a second apart: the first page's triggers are taken
+    // before the second arrives.
+    faults.clear();
+    faults.delay_next(Method::GET, lists, Duration::from_secs(1), 2);
+
+    env.wait_ready_reason("apps", "during", "Issued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_deleted_while_it_is_looked_at_leaves_no_backend_behind() {
+    // The issuer is deleted while the engine builds its backend (its Secret read is
+    // slow). The look under way ends after the deletion and must not leave a backend
+    // behind: a request approved afterwards waits for an issuer that does not exist,
+    // and nothing signs it.
+    let env = Env::start().await;
+    env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    let read_before = env.server.count(Method::GET, "secrets/dev-ca");
+    let faults = env.server.faults();
+    faults.delay_next(
+        Method::GET,
+        "secrets/dev-ca",
+        Duration::from_millis(1500),
+        1,
+    );
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    eventually("the issuer's look to read its Secret", || {
+        env.server.count(Method::GET, "secrets/dev-ca") > read_before
+    })
+    .await;
+    Api::<InternalClusterIssuer>::all(env.client.clone())
+        .delete("dev", &Default::default())
+        .await
+        .unwrap();
+    // The look under way ends (it built a backend), then the deletion is handled.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+
+    env.request("apps", "after", cluster_ref("dev")).await;
+    env.approve("apps", "after").await;
+    let waiting = env
+        .wait_request("apps", "after", "a wait for a missing issuer", |cr| {
+            cr.ready_reason() == Some("Pending")
+                && cr
+                    .conditions()
+                    .iter()
+                    .any(|c| c.message.contains("does not exist"))
+        })
+        .await;
+    assert!(waiting.status.unwrap().certificate.is_none());
+    let text = env.metrics.encode().unwrap();
+    assert!(
+        !text.lines().any(
+            |l| l.starts_with("certwright_issuer_ready{") && l.contains(r#"issuer_name="dev""#)
+        ),
+        "the deleted issuer's series are gone:\n{text}"
+    );
+}
