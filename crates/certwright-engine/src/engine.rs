@@ -84,7 +84,7 @@ pub(crate) struct Shared {
 
 /// The reconcile engine for the issuer kinds `K`.
 pub struct Engine<K: IssuerKinds> {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// Fills [`Shared::requests`]; the request watch takes it when the engine runs.
     request_writer: Writer<CachedRequest>,
     /// The other end of [`Shared::wake_requests`].
@@ -296,6 +296,7 @@ impl Drop for Owned {
 async fn report_pending(s: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     let mut reported: HashSet<IssuerLabels> = HashSet::new();
+    let mut absent_before: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -311,12 +312,24 @@ async fn report_pending(s: Arc<Shared>, stop: CancellationToken) {
             }
         }
         // What is kept of requests no longer in the store (deleted while the watch was
-        // down, or forgotten) goes with them.
+        // down, or forgotten) goes with them: once absent at two reports in a row, so
+        // that a request the store took after the list above was read keeps its state.
         let live: HashSet<&str> = requests
             .iter()
             .filter_map(|r| r.metadata.uid.as_deref())
             .collect();
-        lock(&s.request_state).retain(|uid, _| live.contains(uid.as_str()));
+        let mut absent = HashSet::new();
+        lock(&s.request_state).retain(|uid, _| {
+            if live.contains(uid.as_str()) {
+                return true;
+            }
+            let keep = !absent_before.contains(uid);
+            if keep {
+                absent.insert(uid.clone());
+            }
+            keep
+        });
+        absent_before = absent;
         drop(live);
         drop(requests);
         for label in reported.drain().collect::<Vec<_>>() {

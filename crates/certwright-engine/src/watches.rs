@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 
 use certwright_api::RequestConditions;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
-use futures::{Stream, StreamExt, TryStreamExt as _};
+use futures::{FutureExt as _, Stream, StreamExt, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{ObjectRef, store::Writer};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -142,6 +142,36 @@ pub(crate) fn on_list_complete<K>(
             // A full channel means a look at everything is on its way already.
             let _ = relisted.try_send(());
         }
+    }
+}
+
+/// Runs a loop's `Controller` (`looks`, built with `graceful_shutdown_on(stop)`) until
+/// it ends, or until `stop` if its store has not had its first list by then.
+///
+/// kube-runtime's runner starts no look before the store's first list is in. Once a
+/// graceful shutdown has ended its trigger stream it waits for that list forever,
+/// because the watch that would bring it is no longer polled. Without this, a SIGTERM
+/// during a long first list, or while a kind cannot be listed, would hang the stop. Such
+/// a loop has no look under way, so it is dropped at once. Test
+/// `flow::a_stop_before_the_first_list_does_not_hang`.
+pub(crate) async fn until_stopped<K>(
+    looks: impl Future<Output = ()>,
+    store: &Store<K>,
+    stop: &CancellationToken,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let before_first_list = async {
+        stop.cancelled().await;
+        if store.wait_until_ready().now_or_never().is_none() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = looks => {}
+        () = before_first_list => {}
     }
 }
 

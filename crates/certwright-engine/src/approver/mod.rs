@@ -202,6 +202,7 @@ pub(crate) async fn run(
             let concurrency =
                 u16::try_from(ctx.s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
             let reporting = report(ctx.clone(), requests.clone(), stop.clone());
+            let (held, stopped) = (requests.clone(), stop.clone());
             let controller = Controller::for_stream(stream, requests)
                 .with_config(Config::default().concurrency(concurrency))
                 .reconcile_all_on(again_all)
@@ -213,7 +214,10 @@ pub(crate) async fn run(
                         Err(e) => warn!(error = %e, "policy approver"),
                     }
                 });
-            tokio::join!(controller, reporting);
+            tokio::join!(
+                crate::watches::until_stopped(controller, &held, &stopped),
+                reporting
+            );
         }
     };
     let publishing = async {

@@ -107,6 +107,8 @@ pub(crate) async fn run(s: Arc<Shared>, signers: Signers, stop: CancellationToke
         .reflect(writer)
         .inspect_ok(crate::watches::on_list_complete(relisted))
         .applied_objects();
+    let stopped = stop.clone();
+    let held = store.clone();
     let controller = Controller::for_stream(stream, store.clone())
         .with_config(Config::default().concurrency(concurrency))
         .reconcile_all_on(relists);
@@ -139,7 +141,10 @@ pub(crate) async fn run(s: Arc<Shared>, signers: Signers, stop: CancellationToke
                 Err(e) => warn!(error = %e, "Kubernetes CSR loop"),
             }
         });
-    tokio::join!(pruning, looks);
+    tokio::join!(
+        pruning,
+        crate::watches::until_stopped(looks, &held, &stopped)
+    );
 }
 
 fn error_policy(_csr: Arc<CachedCsr>, error: &Error, ctx: Arc<Ctx>) -> Action {
@@ -202,7 +207,7 @@ async fn look(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     let wait = ISSUER_WAIT.min(s.config.retry.max.max(Duration::from_millis(200)));
     let label = s.issuer_label(&key);
-    let Some(entry) = lock(&s.issuers).get(&key).cloned() else {
+    let Some(entry) = s.live_entry(&key) else {
         let why = format!("{label} does not exist; the CertificateSigningRequest waits for it");
         ctx.tell(&cached, &uid, (EventReason::IssuerNotFound, true), why);
         return Ok(Action::requeue(wait));

@@ -136,7 +136,9 @@ impl Checks {
     }
 
     /// Records a check's verdict for the issuer's reconcile to take in. `timed_out`
-    /// when the check did not finish in time.
+    /// when the check did not finish in time. The verdict of a check that is no longer
+    /// the issuer's (a newer build's check began, or the issuer was deleted and
+    /// forgotten) is dropped: nothing of a deleted issuer's build stays behind.
     pub(crate) fn finish(
         &self,
         key: &IssuerKey,
@@ -144,11 +146,17 @@ impl Checks {
         health: Health,
         timed_out: bool,
     ) {
-        {
+        let ours = {
             let mut in_flight = lock(&self.in_flight);
-            if in_flight.get(key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            let ours = in_flight.get(key).is_some_and(|e| Arc::ptr_eq(e, entry));
+            if ours {
                 in_flight.remove(key);
             }
+            ours
+        };
+        if !ours {
+            self.prune_buckets();
+            return;
         }
         let mut history = lock(&self.history);
         let next = match (history.get(key), timed_out) {
@@ -196,10 +204,20 @@ impl Checks {
         }
     }
 
-    /// Forgets a deleted issuer: one created again under its name starts afresh.
+    /// Forgets a deleted issuer: one created again under its name starts afresh, and a
+    /// check still running for it records nothing when it ends.
     pub(crate) fn forget(&self, key: &IssuerKey) {
+        lock(&self.in_flight).remove(key);
         lock(&self.history).remove(key);
         lock(&self.finished).remove(key);
+    }
+
+    /// Whether nothing of `key` is kept: no check under way, no verdict, no history.
+    #[cfg(test)]
+    pub(crate) fn holds_nothing_of(&self, key: &IssuerKey) -> bool {
+        !lock(&self.in_flight).contains_key(key)
+            && !lock(&self.finished).contains_key(key)
+            && !lock(&self.history).contains_key(key)
     }
 
     /// Drops the buckets of namespaces with no check running or waiting.
@@ -276,17 +294,34 @@ mod tests {
         let (k, e) = (key("t", "i"), entry());
         let hour = Duration::from_secs(3600);
         assert_eq!(checks.timeout(&k), FIRST_CHECK_TIMEOUT);
+        assert!(checks.begin(&k, &e));
         checks.finish(&k, &e, health(IssuerReason::Unreachable), true);
         assert_eq!(checks.timeout(&k), CHECK_TIMEOUT);
         assert_eq!(checks.next_check(&k, hour), RECHECK_AFTER_FIRST_TIMEOUT);
+        assert!(checks.begin(&k, &e));
         checks.finish(&k, &e, health(IssuerReason::Verified), false);
         assert_eq!(checks.next_check(&k, hour), hour);
         // Once answered, a later timeout does not make checks short again.
+        assert!(checks.begin(&k, &e));
         checks.finish(&k, &e, health(IssuerReason::Unreachable), true);
         assert_eq!(checks.timeout(&k), CHECK_TIMEOUT);
         assert_eq!(checks.next_check(&k, hour), hour);
         checks.forget(&k);
         assert_eq!(checks.timeout(&k), FIRST_CHECK_TIMEOUT);
+    }
+
+    #[test]
+    fn a_check_that_ends_after_its_issuer_was_forgotten_leaves_nothing_behind() {
+        let checks = Checks::new();
+        let (k, e) = (key("t", "i"), entry());
+        assert!(checks.begin(&k, &e));
+        checks.forget(&k);
+        checks.finish(&k, &e, health(IssuerReason::Verified), false);
+        assert!(lock(&checks.finished).is_empty(), "no build is held");
+        assert!(checks.take(&k, &e).is_none());
+        // A namesake's first check is a first check.
+        assert_eq!(checks.timeout(&k), FIRST_CHECK_TIMEOUT);
+        assert!(checks.begin(&k, &entry()));
     }
 
     #[tokio::test]

@@ -9,6 +9,8 @@
 mod bundle;
 mod calls;
 pub(crate) mod checks;
+#[cfg(test)]
+mod deletion_tests;
 mod state;
 pub(crate) mod stores;
 
@@ -87,7 +89,8 @@ pub(crate) async fn run<R: IssuerResource>(
             reference.within(&key.namespace)
         }
     });
-    Controller::for_stream(stream, store)
+    let stopped = stop.clone();
+    let looks = Controller::for_stream(stream, store.clone())
         .with_config(Config::default().concurrency(ISSUERS_AT_ONCE))
         .reconcile_on(woken)
         .reconcile_all_on(relists)
@@ -98,8 +101,8 @@ pub(crate) async fn run<R: IssuerResource>(
                 Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
                 Err(e) => warn!(error = %e, "issuer loop"),
             }
-        })
-        .await;
+        });
+    crate::watches::until_stopped(looks, &store, &stopped).await;
 }
 
 /// One look at an issuer, or at its tombstone; a panic in it (a backend's) fails this
@@ -163,6 +166,13 @@ impl Shared {
         lock(&self.written_status).remove(key);
         self.index_secrets(key, None);
         self.requeue_requests_for(key, true);
+    }
+
+    /// The issuer's current build, while the issuer exists: a deleted issuer's build,
+    /// kept until its last look drops it, signs nothing more.
+    pub(crate) fn live_entry(&self, key: &IssuerKey) -> Option<Arc<IssuerEntry>> {
+        self.issuer_objects.get(key)?;
+        lock(&self.issuers).get(key).cloned()
     }
 
     /// Looks at an issuer now, through its kind's loop.

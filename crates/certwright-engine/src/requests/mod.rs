@@ -131,7 +131,9 @@ pub(crate) async fn run(
     let (relisted, relists) = futures::channel::mpsc::channel(1);
     let stream = crate::watches::request_stream(s.clone(), writer, feed, relisted);
     let concurrency = u16::try_from(s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
-    Controller::for_stream(stream, s.requests.clone())
+    let store = s.requests.clone();
+    let stopped = stop.clone();
+    let looks = Controller::for_stream(stream, s.requests.clone())
         .with_config(Config::default().concurrency(concurrency))
         .reconcile_on(woken)
         .reconcile_all_on(relists)
@@ -143,8 +145,8 @@ pub(crate) async fn run(
                 Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
                 Err(e) => warn!(error = %e, "CertificateRequest loop"),
             }
-        })
-        .await;
+        });
+    crate::watches::until_stopped(looks, &store, &stopped).await;
 }
 
 /// One look at a request; a panic in it (a backend's) fails this look only.
@@ -207,9 +209,7 @@ impl Shared {
             return Action::requeue(Duration::from_millis(100));
         }
         let issuer_key = self.issuer_key_for(cached);
-        let entry = issuer_key
-            .as_ref()
-            .and_then(|k| lock(&self.issuers).get(k).cloned());
+        let entry = issuer_key.as_ref().and_then(|k| self.live_entry(k));
         let known = issuer_key
             .as_ref()
             .is_some_and(|k| self.issuer_objects.get(k).is_some());

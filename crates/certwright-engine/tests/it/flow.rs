@@ -723,3 +723,24 @@ async fn an_issuer_shows_the_backend_that_signs_as_it_names_itself() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_before_the_first_list_does_not_hang() {
+    // The CertificateRequest list is slow: the engine is stopped, as by SIGTERM, before
+    // its request loop's first list is in. The stop must not wait for a list that
+    // nothing reads any more.
+    let mut env = Env::new().await;
+    let lists = "/apis/cert-manager.io/v1/certificaterequests";
+    env.server
+        .faults()
+        .delay(Method::GET, lists, Duration::from_secs(3));
+    env.start_engine(crate::support::fast_config());
+    // The start-up check that the kind is served, then the watch's first list.
+    crate::support::eventually("the request watch's first list to be under way", || {
+        env.server.count(Method::GET, lists) >= 2
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(2), env.stop_engine())
+        .await
+        .expect("the stop does not wait for the first list");
+}

@@ -329,26 +329,59 @@ async fn a_request_approved_while_its_watch_was_down_is_signed_after_the_relist(
     faults.delay_next(Method::GET, lists, Duration::from_secs(1), 2);
 
     env.wait_ready_reason("apps", "during", "Issued").await;
+    // Both loops measure their looks.
+    let text = env.metrics.encode().unwrap();
+    for queue in ["certificaterequests", "issuers"] {
+        let count =
+            format!(r#"certwright_workqueue_work_duration_seconds_count{{queue="{queue}"}} "#);
+        let looks: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(count.as_str()))
+            .unwrap_or_else(|| panic!("no looks of {queue}:\n{text}"))
+            .parse()
+            .unwrap();
+        assert!(looks > 0, "{queue}");
+        assert!(text.contains(&format!(
+            r#"certwright_workqueue_in_flight{{queue="{queue}"}}"#
+        )));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_issuer_deleted_while_it_is_looked_at_leaves_no_backend_behind() {
-    // The issuer is deleted while the engine builds its backend (its Secret read is
-    // slow). The look under way ends after the deletion and must not leave a backend
-    // behind: a request approved afterwards waits for an issuer that does not exist,
-    // and nothing signs it.
+async fn an_issuer_deleted_while_it_is_looked_at_signs_nothing_more() {
+    // The issuer is rebuilt (its Secret changed) and deleted while that look reads the
+    // Secret slowly. Once the look has ended, the issuer's metric series are gone, and
+    // a request approved afterwards waits for an issuer that does not exist: nothing
+    // signs it. (`issuers::deletion_tests` checks that the engine keeps nothing of it.)
     let env = Env::start().await;
     env.ca_secret(CLUSTER_NS, "dev-ca").await;
+    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
+    env.wait_cluster_issuer("dev", "Verified").await;
+    let series = |metrics: &certwright_engine::metrics::Metrics| {
+        metrics
+            .encode()
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.starts_with("certwright_issuer_ready{") && l.contains(r#"issuer_name="dev""#)
+            })
+            .count()
+    };
+    assert_eq!(series(&env.metrics), 1);
+
     let read_before = env.server.count(Method::GET, "secrets/dev-ca");
-    let faults = env.server.faults();
-    faults.delay_next(
+    env.server.faults().delay_next(
         Method::GET,
         "secrets/dev-ca",
         Duration::from_millis(1500),
         1,
     );
-    env.cluster_issuer("dev", ca_spec("dev-ca")).await;
-    eventually("the issuer's look to read its Secret", || {
+    let relabel = json!({"metadata": {"labels": {"rotated": "yes"}}});
+    Api::<Secret>::namespaced(env.client.clone(), CLUSTER_NS)
+        .patch("dev-ca", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    eventually("the rebuild to read the Secret", || {
         env.server.count(Method::GET, "secrets/dev-ca") > read_before
     })
     .await;
@@ -356,8 +389,15 @@ async fn an_issuer_deleted_while_it_is_looked_at_leaves_no_backend_behind() {
         .delete("dev", &Default::default())
         .await
         .unwrap();
-    // The look under way ends (it built a backend), then the deletion is handled.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    eventually(
+        "the look under way to end and the issuer to be forgotten",
+        || {
+            let text = env.metrics.encode().unwrap();
+            text.contains(r#"certwright_workqueue_in_flight{queue="issuers"} 0"#)
+                && series(&env.metrics) == 0
+        },
+    )
+    .await;
 
     env.request("apps", "after", cluster_ref("dev")).await;
     env.approve("apps", "after").await;
@@ -371,11 +411,4 @@ async fn an_issuer_deleted_while_it_is_looked_at_leaves_no_backend_behind() {
         })
         .await;
     assert!(waiting.status.unwrap().certificate.is_none());
-    let text = env.metrics.encode().unwrap();
-    assert!(
-        !text.lines().any(
-            |l| l.starts_with("certwright_issuer_ready{") && l.contains(r#"issuer_name="dev""#)
-        ),
-        "the deleted issuer's series are gone:\n{text}"
-    );
 }
