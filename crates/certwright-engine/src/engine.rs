@@ -10,7 +10,11 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt as _;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::{Api, Client, Resource};
 use tokio::time::Instant;
@@ -280,6 +284,31 @@ impl<K: IssuerKinds> Engine<K> {
         info!("engine stopped");
         Ok(())
     }
+}
+
+/// One look of a loop, measured in `queue`'s series; a panic in it (a backend's) fails
+/// this look only, as an error for the loop's error policy. `what` names the object.
+pub(crate) async fn measured_look(
+    queue: &QueueMetrics,
+    what: impl FnOnce() -> String,
+    look: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let measured = queue.look();
+    let result = match AssertUnwindSafe(look).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            let what = what();
+            tracing::error!("a look at {what} panicked; retrying later");
+            Err(Error::Task {
+                message: format!("a look at {what} panicked"),
+            })
+        }
+    };
+    drop(measured);
+    if !matches!(&result, Ok(action) if *action == Action::await_change()) {
+        queue.retried();
+    }
+    result
 }
 
 /// Tasks aborted when dropped: a run owns what it spawned.

@@ -34,13 +34,12 @@ mod tickets;
 mod watches;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use certwright_api::{CertificateRequest, Conditions as _, IssuancePolicy, RequestConditions as _};
 use certwright_policy::{Evaluation, Issuer, PolicySet, RequestFacts, Verdict, decide};
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -55,7 +54,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use plan::{Step, Waiting};
 use scope::{Labels, Scope};
@@ -297,21 +296,12 @@ fn error_policy(cr: Arc<CachedRequest>, error: &Error, ctx: Arc<Ctx>) -> Action 
 
 /// One look at a request; a panic in it fails this look only.
 async fn reconcile(cr: Arc<CachedRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let queue = ctx.queue.clone();
-    let measured = queue.look();
-    let result = match AssertUnwindSafe(look(&cr, &ctx)).catch_unwind().await {
-        Ok(result) => result,
-        Err(_) => {
-            error!("a policy look at a CertificateRequest panicked; retrying later");
-            Err(Error::Task {
-                message: "a policy look at a CertificateRequest panicked".to_string(),
-            })
-        }
-    };
-    drop(measured);
-    if !matches!(&result, Ok(action) if *action == Action::await_change()) {
-        queue.retried();
-    }
+    let result = crate::engine::measured_look(
+        &ctx.queue,
+        || format!("CertificateRequest {} for policy", cr.key()),
+        look(&cr, &ctx),
+    )
+    .await;
     if result.is_ok()
         && let Some(uid) = &cr.metadata.uid
         && let Some(r) = lock(&ctx.remembered).get_mut(uid)

@@ -17,11 +17,10 @@
 pub(crate) mod plan;
 
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt as _, StreamExt, TryStreamExt as _};
+use futures::{StreamExt, TryStreamExt as _};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -34,7 +33,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, ResourceExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub(crate) use plan::CachedCsr;
 use plan::{Change, Need, Signers};
@@ -155,21 +154,13 @@ fn error_policy(_csr: Arc<CachedCsr>, error: &Error, ctx: Arc<Ctx>) -> Action {
 /// One look at a CSR; a panic in it (a backend's) fails this look only.
 async fn reconcile(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let queue = ctx.queue.clone();
-    let measured = queue.look();
-    let result = match AssertUnwindSafe(look(cached, ctx)).catch_unwind().await {
-        Ok(result) => result,
-        Err(_) => {
-            error!("a look at a Kubernetes CSR panicked; retrying later");
-            Err(Error::Task {
-                message: "a look at a CertificateSigningRequest panicked".to_string(),
-            })
-        }
-    };
-    drop(measured);
-    if !matches!(&result, Ok(action) if *action == Action::await_change()) {
-        queue.retried();
-    }
-    result
+    let name = cached.name_any();
+    crate::engine::measured_look(
+        &queue,
+        || format!("CertificateSigningRequest {name}"),
+        look(cached, ctx),
+    )
+    .await
 }
 
 async fn look(cached: Arc<CachedCsr>, ctx: Arc<Ctx>) -> Result<Action, Error> {

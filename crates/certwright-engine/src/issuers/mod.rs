@@ -32,7 +32,7 @@ use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::engine::{Shared, lock};
 use crate::error::{Error, api_code};
@@ -109,37 +109,20 @@ pub(crate) async fn run<R: IssuerResource>(
 /// look only.
 async fn reconcile<R: IssuerResource>(obj: Arc<R>, ctx: Arc<Ctx<R>>) -> Result<Action, Error> {
     let s = &ctx.s;
-    let measured = s.issuer_loop.look();
     let key = stores::key_of(&*obj, ctx.cluster);
     let look = async {
         if stores::is_tombstone(&*obj) {
             s.forget_issuer(&key);
             // Out of the store now, unless a namesake took its place meanwhile.
             let _ = ctx.purge.unbounded_send((*obj).clone());
-            return Action::await_change();
+            return Ok(Action::await_change());
         }
-        s.reconcile_issuer(&key, obj.clone()).await
+        Ok(s.reconcile_issuer(&key, obj.clone()).await)
     };
-    let result = AssertUnwindSafe(look).catch_unwind().await;
-    drop(measured);
-    match result {
-        Ok(action) => {
-            if action != Action::await_change() {
-                s.issuer_loop.retried();
-            }
-            Ok(action)
-        }
-        Err(_) => {
-            error!(?key, "issuer reconcile panicked; retrying later");
-            Err(Error::Task {
-                message: "a look at an issuer panicked".to_string(),
-            })
-        }
-    }
+    crate::engine::measured_look(&s.issuer_loop, || s.issuer_label(&key), look).await
 }
 
-fn error_policy<R: IssuerResource>(_obj: Arc<R>, _error: &Error, ctx: Arc<Ctx<R>>) -> Action {
-    ctx.s.issuer_loop.retried();
+fn error_policy<R: IssuerResource>(_obj: Arc<R>, _error: &Error, _ctx: Arc<Ctx<R>>) -> Action {
     Action::requeue(AFTER_PANIC)
 }
 

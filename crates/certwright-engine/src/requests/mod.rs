@@ -17,14 +17,13 @@ pub(crate) mod decide;
 
 pub(crate) use build::object_reference;
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use certwright_api::CertificateRequest;
 use certwright_api::certificate_request::{CONDITION_APPROVED, REASON_DENIED};
+use futures::StreamExt as _;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
-use futures::{FutureExt as _, StreamExt as _};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{ObjectRef, store::Writer};
@@ -32,7 +31,7 @@ use kube::runtime::watcher::Event;
 use kube::{Api, ResourceExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cached::{CachedRequest, RequestKey};
 use crate::engine::{Shared, lock};
@@ -151,29 +150,15 @@ pub(crate) async fn run(
 
 /// One look at a request; a panic in it (a backend's) fails this look only.
 async fn reconcile(cached: Arc<CachedRequest>, s: Arc<Shared>) -> Result<Action, Error> {
-    let measured = s.request_loop.look();
-    let result = AssertUnwindSafe(s.reconcile_request(&cached))
-        .catch_unwind()
-        .await;
-    drop(measured);
-    match result {
-        Ok(action) => {
-            if action != Action::await_change() {
-                s.request_loop.retried();
-            }
-            Ok(action)
-        }
-        Err(_) => {
-            error!(request = %cached.key(), "request reconcile panicked; retrying later");
-            Err(Error::Task {
-                message: "a look at a CertificateRequest panicked".to_string(),
-            })
-        }
-    }
+    crate::engine::measured_look(
+        &s.request_loop,
+        || format!("CertificateRequest {}", cached.key()),
+        async { Ok(s.reconcile_request(&cached).await) },
+    )
+    .await
 }
 
 fn error_policy(_cached: Arc<CachedRequest>, _error: &Error, s: Arc<Shared>) -> Action {
-    s.request_loop.retried();
     Action::requeue(s.config.retry.max)
 }
 

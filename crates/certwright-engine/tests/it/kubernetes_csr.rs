@@ -429,7 +429,7 @@ async fn a_failing_pki_is_retried_with_backoff_and_the_csr_signed_once_it_answer
 async fn a_csr_approved_while_its_watch_was_down_is_signed_after_the_relist() {
     // As for CertificateRequests (races.rs): the CSR comes in the first page of a list
     // taken after the watch was down, and is signed once the list is complete.
-    use certwright_testkit::apiserver::{ApiServerOptions, Method};
+    use certwright_testkit::apiserver::ApiServerOptions;
     const CSRS: &str = "certificatesigningrequests.certificates.k8s.io";
     let mut env = Env::new_with(ApiServerOptions::new().history_limit(5)).await;
     let filler = CsrBuilder::new(KeyKind::EcdsaP256)
@@ -456,15 +456,8 @@ async fn a_csr_approved_while_its_watch_was_down_is_signed_after_the_relist() {
     env.cluster_issuer("dev", ca_spec("dev-ca")).await;
     env.wait_cluster_issuer("dev", "Verified").await;
 
-    let faults = env.server.faults();
     let lists = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-    faults.fail_ratio(Method::GET, lists, 500, 1.0);
-    let injected = env.server.stats().injected_faults;
-    env.server.drop_watches();
-    crate::support::eventually("the CSR watch to try again and fail", || {
-        env.server.stats().injected_faults > injected
-    })
-    .await;
+    env.take_watch_down(lists).await;
     create(&env, "a-during", &format!("{CLUSTER_SIGNER}dev"), |_| {}).await;
     decide(&env, "a-during", "Approved").await;
     for i in 0..6 {
@@ -472,8 +465,7 @@ async fn a_csr_approved_while_its_watch_was_down_is_signed_after_the_relist() {
             .delete_json(CSRS, "", &format!("filler-{i}"))
             .unwrap();
     }
-    faults.clear();
-    faults.delay_next(Method::GET, lists, Duration::from_secs(1), 2);
+    env.bring_watch_back_in_pages(lists);
 
     wait_certificate(&env, "a-during").await;
 }

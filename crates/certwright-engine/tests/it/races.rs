@@ -307,15 +307,8 @@ async fn a_request_approved_while_its_watch_was_down_is_signed_after_the_relist(
     env.cluster_issuer("dev", ca_spec("dev-ca")).await;
     env.wait_cluster_issuer("dev", "Verified").await;
 
-    let faults = env.server.faults();
     let lists = "/apis/cert-manager.io/v1/certificaterequests";
-    faults.fail_ratio(Method::GET, lists, 500, 1.0);
-    let injected = env.server.stats().injected_faults;
-    env.server.drop_watches();
-    eventually("the request watch to try again and fail", || {
-        env.server.stats().injected_faults > injected
-    })
-    .await;
+    env.take_watch_down(lists).await;
     env.request("apps", "during", cluster_ref("dev")).await;
     env.approve_in_store("apps", "during");
     for i in 0..6 {
@@ -325,8 +318,7 @@ async fn a_request_approved_while_its_watch_was_down_is_signed_after_the_relist(
     }
     // The list's two pages come a second apart: the first page's triggers are taken
     // before the second arrives.
-    faults.clear();
-    faults.delay_next(Method::GET, lists, Duration::from_secs(1), 2);
+    env.bring_watch_back_in_pages(lists);
 
     env.wait_ready_reason("apps", "during", "Issued").await;
     // Both loops measure their looks.

@@ -11,7 +11,7 @@ use certwright_api::{
 use certwright_engine::Backoff;
 use certwright_engine::metrics::Metrics;
 use certwright_engine::{CertwrightIssuers, Engine, EngineConfig};
-use certwright_testkit::apiserver::{ApiServer, ApiServerOptions};
+use certwright_testkit::apiserver::{ApiServer, ApiServerOptions, Method};
 use certwright_testkit::fixtures::{CsrBuilder, KeyKind, TestCa};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -122,6 +122,27 @@ impl Env {
         let engine =
             Engine::<CertwrightIssuers>::new(self.client.clone(), config, self.metrics.clone());
         self.engine = Some(tokio::spawn(engine.run(self.shutdown.clone())));
+    }
+
+    /// Keeps every list and watch under `lists` failing and drops the watches open now;
+    /// returns once the engine's watch has tried again and failed.
+    pub async fn take_watch_down(&self, lists: &str) {
+        let faults = self.server.faults();
+        faults.fail_ratio(Method::GET, lists, 500, 1.0);
+        let injected = self.server.stats().injected_faults;
+        self.server.drop_watches();
+        eventually("the watch to try again and fail", || {
+            self.server.stats().injected_faults > injected
+        })
+        .await;
+    }
+
+    /// Lets the watch taken down by [`Env::take_watch_down`] list again, with its first
+    /// two pages a second apart.
+    pub fn bring_watch_back_in_pages(&self, lists: &str) {
+        let faults = self.server.faults();
+        faults.clear();
+        faults.delay_next(Method::GET, lists, Duration::from_secs(1), 2);
     }
 
     /// Stops the engine the way SIGTERM does, and waits for it.
