@@ -13,6 +13,7 @@ use futures::{FutureExt as _, Stream, StreamExt, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
@@ -145,8 +146,10 @@ pub(crate) fn on_list_complete<K>(
     }
 }
 
-/// Runs a loop's `Controller` (`looks`, built with `graceful_shutdown_on(stop)`) until
-/// it ends, or until `stop` if its store has not had its first list by then.
+/// Runs a loop: consumes what its `Controller` reports of each look (`looks`, built
+/// with `graceful_shutdown_on(stop)`; a look at an object that left the store before its
+/// turn is not worth a word, any other error is logged as `what`'s) until it ends, or
+/// until `stop` if the store has not had its first list by then.
 ///
 /// kube-runtime's runner starts no look before the store's first list is in. Once a
 /// graceful shutdown has ended its trigger stream it waits for that list forever,
@@ -154,14 +157,22 @@ pub(crate) fn on_list_complete<K>(
 /// during a long first list, or while a kind cannot be listed, would hang the stop. Such
 /// a loop has no look under way, so it is dropped at once. Test
 /// `flow::a_stop_before_the_first_list_does_not_hang`.
-pub(crate) async fn until_stopped<K>(
-    looks: impl Future<Output = ()>,
+pub(crate) async fn until_stopped<K, E>(
+    what: &'static str,
+    looks: impl Stream<Item = Result<(ObjectRef<K>, Action), controller::Error<E, watcher::Error>>>,
     store: &Store<K>,
     stop: &CancellationToken,
 ) where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
+    E: std::error::Error + 'static,
 {
+    let looks = looks.for_each(|result| async move {
+        match result {
+            Err(controller::Error::ObjectNotFound(_)) | Ok(_) => {}
+            Err(e) => warn!(error = %e, "{what}"),
+        }
+    });
     let before_first_list = async {
         stop.cancelled().await;
         if store.wait_until_ready().now_or_never().is_none() {

@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use certwright_api::{CertificateRequest, Conditions as _, IssuancePolicy, RequestConditions as _};
 use certwright_policy::{Evaluation, Issuer, PolicySet, RequestFacts, Verdict, decide};
-use futures::StreamExt as _;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -206,15 +205,9 @@ pub(crate) async fn run(
                 .with_config(Config::default().concurrency(concurrency))
                 .reconcile_all_on(again_all)
                 .graceful_shutdown_on(async move { stop.cancelled().await })
-                .run(reconcile, error_policy, ctx)
-                .for_each(|result| async move {
-                    match result {
-                        Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
-                        Err(e) => warn!(error = %e, "policy approver"),
-                    }
-                });
+                .run(reconcile, error_policy, ctx);
             tokio::join!(
-                crate::watches::until_stopped(controller, &held, &stopped),
+                crate::watches::until_stopped("policy approver", controller, &held, &stopped),
                 reporting
             );
         }

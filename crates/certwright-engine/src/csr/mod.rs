@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt as _};
+use futures::TryStreamExt as _;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -133,16 +133,10 @@ pub(crate) async fn run(s: Arc<Shared>, signers: Signers, stop: CancellationToke
     };
     let looks = controller
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
-                Err(e) => warn!(error = %e, "Kubernetes CSR loop"),
-            }
-        });
+        .run(reconcile, error_policy, ctx);
     tokio::join!(
         pruning,
-        crate::watches::until_stopped(looks, &held, &stopped)
+        crate::watches::until_stopped("Kubernetes CSR loop", looks, &held, &stopped)
     );
 }
 

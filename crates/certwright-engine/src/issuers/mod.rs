@@ -95,14 +95,8 @@ pub(crate) async fn run<R: IssuerResource>(
         .reconcile_on(woken)
         .reconcile_all_on(relists)
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, Arc::new(Ctx { s, cluster, purge }))
-        .for_each(|result| async move {
-            match result {
-                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
-                Err(e) => warn!(error = %e, "issuer loop"),
-            }
-        });
-    crate::watches::until_stopped(looks, &store, &stopped).await;
+        .run(reconcile, error_policy, Arc::new(Ctx { s, cluster, purge }));
+    crate::watches::until_stopped("issuer loop", looks, &store, &stopped).await;
 }
 
 /// One look at an issuer, or at its tombstone; a panic in it (a backend's) fails this

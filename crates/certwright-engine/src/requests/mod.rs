@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use certwright_api::CertificateRequest;
 use certwright_api::certificate_request::{CONDITION_APPROVED, REASON_DENIED};
-use futures::StreamExt as _;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config, Controller};
@@ -137,15 +136,8 @@ pub(crate) async fn run(
         .reconcile_on(woken)
         .reconcile_all_on(relists)
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, s)
-        .for_each(|result| async move {
-            match result {
-                // A request that left the store (finished, deleted) before its turn.
-                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
-                Err(e) => warn!(error = %e, "CertificateRequest loop"),
-            }
-        });
-    crate::watches::until_stopped(looks, &store, &stopped).await;
+        .run(reconcile, error_policy, s);
+    crate::watches::until_stopped("CertificateRequest loop", looks, &store, &stopped).await;
 }
 
 /// One look at a request; a panic in it (a backend's) fails this look only.
@@ -194,10 +186,14 @@ impl Shared {
             return Action::requeue(Duration::from_millis(100));
         }
         let issuer_key = self.issuer_key_for(cached);
-        let entry = issuer_key.as_ref().and_then(|k| self.live_entry(k));
         let known = issuer_key
             .as_ref()
             .is_some_and(|k| self.issuer_objects.get(k).is_some());
+        // A deleted issuer's build, kept until its last look drops it, signs nothing.
+        let entry = issuer_key
+            .as_ref()
+            .filter(|_| known)
+            .and_then(|k| lock(&self.issuers).get(k).cloned());
         if known && entry.as_ref().is_none_or(|e| !e.checked()) {
             // The issuer exists but has not been checked yet: its reconcile wakes us.
             return Action::await_change();
