@@ -1,8 +1,9 @@
 //! The engine at run time: it checks that the kinds it needs are served, starts the
-//! loops, each on kube-runtime's `Controller` over a watch of [`crate::watches`] (the
-//! request loop, [`crate::requests`]; one issuer loop per issuer kind,
-//! [`crate::issuers`]; the Kubernetes CSR signer and the policy approver) and the Secret
-//! watch, and owns every task it starts until it stops.
+//! loops, each over a watch of [`crate::watches`] and its reflector store (the request
+//! loop, [`crate::requests`], on a queue of its own; one issuer loop per issuer kind,
+//! [`crate::issuers`], the Kubernetes CSR signer and the policy approver, each on
+//! kube-runtime's `Controller`) and the Secret watch, and owns every task it starts
+//! until it stops.
 
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
@@ -286,13 +287,26 @@ impl<K: IssuerKinds> Engine<K> {
     }
 }
 
+/// What a look says of the next one.
+pub(crate) trait LookResult {
+    /// Whether the look asked to be looked at again (a retry, a poll, a backoff), not
+    /// only on a change.
+    fn looks_again(&self) -> bool;
+}
+
+impl LookResult for Action {
+    fn looks_again(&self) -> bool {
+        *self != Action::await_change()
+    }
+}
+
 /// One look of a loop, measured in `queue`'s series; a panic in it (a backend's) fails
 /// this look only, as an error for the loop's error policy. `what` names the object.
-pub(crate) async fn measured_look(
+pub(crate) async fn measured_look<A: LookResult>(
     queue: &QueueMetrics,
     what: impl FnOnce() -> String,
-    look: impl std::future::Future<Output = Result<Action, Error>>,
-) -> Result<Action, Error> {
+    look: impl std::future::Future<Output = Result<A, Error>>,
+) -> Result<A, Error> {
     let measured = queue.look();
     let result = match AssertUnwindSafe(look).catch_unwind().await {
         Ok(result) => result,
@@ -305,14 +319,14 @@ pub(crate) async fn measured_look(
         }
     };
     drop(measured);
-    if !matches!(&result, Ok(action) if *action == Action::await_change()) {
+    if !matches!(&result, Ok(next) if !next.looks_again()) {
         queue.retried();
     }
     result
 }
 
 /// Tasks aborted when dropped: a run owns what it spawned.
-struct Owned(Vec<tokio::task::JoinHandle<()>>);
+pub(crate) struct Owned(pub(crate) Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for Owned {
     fn drop(&mut self) {

@@ -1,7 +1,7 @@
-//! The watches that feed the engine: issuers of both kinds and the one
-//! CertificateRequest watch, each the trigger stream of its loop's kube-runtime
-//! `Controller` and the writer of its reflector store, and the Secrets issuers read,
-//! which wake the issuers that use them. Nothing here calls a PKI.
+//! The watches that feed the engine: issuers of both kinds (each the trigger stream of
+//! its loop's kube-runtime `Controller`) and the one CertificateRequest watch, each the
+//! writer of its loop's reflector store; and the Secrets issuers read, which wake the
+//! issuers that use them. Nothing here calls a PKI.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -134,7 +134,9 @@ pub(crate) async fn watch_secrets(s: Arc<Shared>, stop: CancellationToken) {
 /// taken again when the store has it. An object first seen in a list after the watch
 /// was down (created meanwhile, while more changed than the API server remembers), in
 /// a page before the last, would never be looked at. Test
-/// `races::a_request_approved_while_its_watch_was_down_is_signed_after_the_relist`.
+/// `kubernetes_csr::a_csr_approved_while_its_watch_was_down_is_signed_after_the_relist`;
+/// the request loop, on a queue of its own, does the same in `requests::run` (test
+/// `races::a_request_approved_while_its_watch_was_down_is_signed_after_the_relist`).
 pub(crate) fn on_list_complete<K>(
     mut relisted: futures::channel::mpsc::Sender<()>,
 ) -> impl FnMut(&Event<K>) + Send + 'static {
@@ -156,7 +158,9 @@ pub(crate) fn on_list_complete<K>(
 /// because the watch that would bring it is no longer polled. Without this, a SIGTERM
 /// during a long first list, or while a kind cannot be listed, would hang the stop. Such
 /// a loop has no look under way, so it is dropped at once. Test
-/// `flow::a_stop_before_the_first_list_does_not_hang`.
+/// `flow::a_stop_before_an_issuer_kinds_first_list_does_not_hang`. (The request loop,
+/// on a queue of its own, stops on `stop` whether or not its list is in: test
+/// `flow::a_stop_before_the_first_list_does_not_hang`.)
 pub(crate) async fn until_stopped<K, E>(
     what: &'static str,
     looks: impl Stream<Item = Result<(ObjectRef<K>, Action), controller::Error<E, watcher::Error>>>,
@@ -186,18 +190,16 @@ pub(crate) async fn until_stopped<K, E>(
     }
 }
 
-/// The engine's one CertificateRequest watch, as the request loop's trigger stream.
-/// Each request is decoded slim ([`CachedRequest::slim`]). With the policy approver on,
-/// every event goes on to it too (`feed`): one watch and one decoding of each request
-/// per process. Then [`Shared::admit`] keeps from the store every request the loop will
-/// never act on, the store is updated, and `relisted` is told when a (re)list is
-/// complete ([`on_list_complete`]).
+/// The engine's one CertificateRequest watch, as the request loop sees it: each request
+/// is decoded slim ([`CachedRequest::slim`]). With the policy approver on, every event
+/// goes on to it too (`feed`): one watch and one decoding of each request per process.
+/// Then [`Shared::admit`] keeps from the store every request the loop will never act
+/// on, and the store is updated through `writer` before the event is yielded.
 pub(crate) fn request_stream(
     s: Arc<Shared>,
     writer: Writer<CachedRequest>,
     feed: Option<UnboundedSender<Event<CachedRequest>>>,
-    relisted: futures::channel::mpsc::Sender<()>,
-) -> impl Stream<Item = Result<CachedRequest, watcher::Error>> + Send + 'static {
+) -> impl Stream<Item = Event<CachedRequest>> + Send + 'static {
     let api: Api<CachedRequest> = Api::all(s.client.clone());
     watcher(api, watcher::Config::default())
         .default_backoff()
@@ -209,7 +211,7 @@ pub(crate) fn request_stream(
                         // The approver's end closes only when it stops, as this watch does.
                         let _ = feed.unbounded_send(event.clone());
                     }
-                    s.admit(event).map(Ok)
+                    s.admit(event).map(Ok::<_, watcher::Error>)
                 }
                 Err(e) => {
                     warn!(error = %e, "CertificateRequest watch failed; retrying");
@@ -219,8 +221,7 @@ pub(crate) fn request_stream(
             std::future::ready(admitted)
         })
         .reflect(writer)
-        .inspect_ok(on_list_complete(relisted))
-        .applied_objects()
+        .filter_map(|event| std::future::ready(event.ok()))
 }
 
 impl Shared {

@@ -1,19 +1,21 @@
-//! The CertificateRequest loop. [`run`] drives it with kube-runtime's `Controller`
-//! (its scheduler, runner, concurrency limit and reflector store) over the engine's one
-//! CertificateRequest watch ([`crate::watches::request_stream`]), which keeps in the
-//! store only the requests the loop may act on.
+//! The CertificateRequest loop. [`run`] feeds the engine's one CertificateRequest watch
+//! ([`crate::watches::request_stream`]) into a kube-runtime reflector store, which holds
+//! only the requests the loop may act on, and hands each changed request to a look
+//! through the loop's own [`queue`] (why not kube-runtime's scheduler: see there), at
+//! most `max_concurrent_reconciles` looks at once.
 //!
 //! One request's look, top to bottom: [`Shared::reconcile_request`] reads the request
 //! from the store, [`decide`] says what it needs, [`Shared::attempt`] makes the one PKI
 //! call through the protection, [`plan`](decide::plan) turns the answer into a
 //! [`Plan`], and [`Shared::apply`] writes it (status, submission record, events,
 //! metrics), keeping an unwritten result for the next look when the write fails. Each
-//! returns the `Action` that says when to look again. What is kept between looks
-//! (attempts, backoff, the last write, an unwritten result) is a [`RequestState`] per
-//! uid in [`Shared::request_state`]. The pure parts are in [`decide`] and [`build`].
+//! returns the [`Next`] look. What is kept between looks (attempts, backoff, the last
+//! write, an unwritten result) is a [`RequestState`] per uid in
+//! [`Shared::request_state`]. The pure parts are in [`decide`] and [`build`].
 
 mod build;
 pub(crate) mod decide;
+mod queue;
 
 pub(crate) use build::object_reference;
 
@@ -22,9 +24,9 @@ use std::time::Duration;
 
 use certwright_api::CertificateRequest;
 use certwright_api::certificate_request::{CONDITION_APPROVED, REASON_DENIED};
+use futures::StreamExt as _;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::Event;
 use kube::{Api, ResourceExt};
@@ -33,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cached::{CachedRequest, RequestKey};
-use crate::engine::{Shared, lock};
-use crate::error::{Error, api_code};
+use crate::engine::{Owned, Shared, lock};
+use crate::error::api_code;
 use crate::events::Transition;
 use crate::issuers::{Health, IssuerEntry, IssuerKey};
 use crate::metrics::{IssuerLabels, RESOURCE_REQUEST};
@@ -42,6 +44,7 @@ use crate::protection::CallOutcome;
 use crate::requests::decide::{Attempt, Decision, IssuerState, Plan, Requeue, decide, plan};
 use crate::submission::{self, Step};
 use build::{created_at, hash_of, request_status_patch, sign_request, spread};
+use queue::Queue;
 
 /// Attempts of a write that failed for a reason other than a conflict, before the
 /// result is kept for a later attempt.
@@ -113,6 +116,21 @@ impl Unwritten {
     }
 }
 
+/// When to look at a request again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// After this long; at once for zero.
+    After(Duration),
+    /// When the request, or its issuer, changes.
+    OnChange,
+}
+
+impl crate::engine::LookResult for Next {
+    fn looks_again(&self) -> bool {
+        *self != Next::OnChange
+    }
+}
+
 /// Runs the request loop until `stop` is cancelled, then lets the looks under way
 /// finish. The store [`Shared::requests`] is filled through `writer` from the engine's
 /// CertificateRequest watch; `woken` carries requests whose issuer changed; with the
@@ -124,41 +142,75 @@ pub(crate) async fn run(
     feed: Option<UnboundedSender<Event<CachedRequest>>>,
     stop: CancellationToken,
 ) {
-    // After every (re)list, each request in the store is looked at
-    // (`watches::on_list_complete`).
-    let (relisted, relists) = futures::channel::mpsc::channel(1);
-    let stream = crate::watches::request_stream(s.clone(), writer, feed, relisted);
-    let concurrency = u16::try_from(s.config.max_concurrent_reconciles.max(1)).unwrap_or(u16::MAX);
-    let store = s.requests.clone();
-    let stopped = stop.clone();
-    let looks = Controller::for_stream(stream, s.requests.clone())
-        .with_config(Config::default().concurrency(concurrency))
-        .reconcile_on(woken)
-        .reconcile_all_on(relists)
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, s);
-    crate::watches::until_stopped("CertificateRequest loop", looks, &store, &stopped).await;
+    let queue = Arc::new(Queue::new());
+    let looks = s
+        .config
+        .max_concurrent_reconciles
+        .clamp(1, usize::from(u16::MAX));
+    let mut lookers = Owned(
+        (0..looks)
+            .map(|_| tokio::spawn(look_at_queued(s.clone(), queue.clone())))
+            .collect(),
+    );
+    let mut watched = std::pin::pin!(crate::watches::request_stream(s.clone(), writer, feed));
+    let mut woken = woken;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            event = watched.next() => match event {
+                Some(Event::Apply(request)) => queue.add(ObjectRef::from_obj(&request)),
+                // A list's requests are in the store only once the list is complete: each
+                // is looked at then, not as it comes (a look would not find it).
+                Some(Event::InitDone) => {
+                    for request in s.requests.state() {
+                        queue.add(ObjectRef::from_obj(&*request));
+                    }
+                }
+                Some(Event::Init | Event::InitApply(_) | Event::Delete(_)) => {}
+                None => break,
+            },
+            Some(request) = woken.next() => queue.add(request),
+        }
+    }
+    // No new look begins; those under way finish and write what they got.
+    queue.shutdown();
+    for looker in &mut lookers.0 {
+        let _ = looker.await;
+    }
 }
 
-/// One look at a request; a panic in it (a backend's) fails this look only.
-async fn reconcile(cached: Arc<CachedRequest>, s: Arc<Shared>) -> Result<Action, Error> {
-    crate::engine::measured_look(
+/// Takes requests from the queue, one look each, until the queue is shut down.
+async fn look_at_queued(s: Arc<Shared>, queue: Arc<Queue<ObjectRef<CachedRequest>>>) {
+    while let Some(key) = queue.next().await {
+        // A request that left the store before its turn has nothing left to do.
+        let next = match s.requests.get(&key) {
+            Some(cached) => look(cached, &s).await,
+            None => Next::OnChange,
+        };
+        queue.done(&key);
+        if let Next::After(delay) = next {
+            queue.add_after(key, delay);
+        }
+    }
+}
+
+/// One look at a request; a panic in it (a backend's) fails this look only, and the
+/// request is looked at again after the longest backoff.
+async fn look(cached: Arc<CachedRequest>, s: &Shared) -> Next {
+    let result = crate::engine::measured_look(
         &s.request_loop,
         || format!("CertificateRequest {}", cached.key()),
         async { Ok(s.reconcile_request(&cached).await) },
     )
-    .await
-}
-
-fn error_policy(_cached: Arc<CachedRequest>, _error: &Error, s: Arc<Shared>) -> Action {
-    Action::requeue(s.config.retry.max)
+    .await;
+    result.unwrap_or(Next::After(s.config.retry.max))
 }
 
 impl Shared {
     /// One look at a request: write what is still unwritten, or decide what the request
     /// needs and, when approved and its issuer is usable, attempt it. Returns when to
     /// look again.
-    pub(crate) async fn reconcile_request(&self, cached: &CachedRequest) -> Action {
+    pub(crate) async fn reconcile_request(&self, cached: &CachedRequest) -> Next {
         let key = &cached.key();
         let uid = cached.metadata.uid.clone().unwrap_or_default();
         // A PKI answer that could not be written yet is written before anything else, so
@@ -179,11 +231,11 @@ impl Shared {
         if let Some(at) = not_before {
             let now = Instant::now();
             if at > now {
-                return Action::requeue(at - now);
+                return Next::After(at - now);
             }
         }
         if !self.issuers_synced() {
-            return Action::requeue(Duration::from_millis(100));
+            return Next::After(Duration::from_millis(100));
         }
         let issuer_key = self.issuer_key_for(cached);
         let known = issuer_key
@@ -196,7 +248,7 @@ impl Shared {
             .and_then(|k| lock(&self.issuers).get(k).cloned());
         if known && entry.as_ref().is_none_or(|e| !e.checked()) {
             // The issuer exists but has not been checked yet: its reconcile wakes us.
-            return Action::await_change();
+            return Next::OnChange;
         }
         let health = entry.as_ref().map(|e| e.health());
         let state = match &health {
@@ -221,7 +273,7 @@ impl Shared {
         );
         async {
             let plan = match decision {
-                Decision::Nothing => return Action::await_change(),
+                Decision::Nothing => return Next::OnChange,
                 Decision::Deny => crate::requests::decide::plan_denied(),
                 Decision::WaitForIssuer { message } => {
                     crate::requests::decide::plan_waiting(message)
@@ -231,7 +283,7 @@ impl Shared {
                         (Some(entry), Some(issuer_key)) => {
                             self.attempt(cached, entry, issuer_key).await
                         }
-                        _ => Action::await_change(),
+                        _ => Next::OnChange,
                     };
                 }
             };
@@ -241,7 +293,7 @@ impl Shared {
                     Requeue::After(delay) | Requeue::IssuerChange(delay) => {
                         self.schedule(key, &uid, delay)
                     }
-                    Requeue::Never => Action::await_change(),
+                    Requeue::Never => Next::OnChange,
                 };
             }
             let pending = Unwritten::new(uid.clone(), issuer_key, plan);
@@ -258,11 +310,11 @@ impl Shared {
         cached: &CachedRequest,
         entry: Arc<IssuerEntry>,
         issuer: IssuerKey,
-    ) -> Action {
+    ) -> Next {
         let key = &cached.key();
         let uid = cached.metadata.uid.as_deref().unwrap_or_default();
         let Some(backend) = entry.backend.clone() else {
-            return Action::await_change();
+            return Next::OnChange;
         };
         let attempts = self.remember(uid, |r| r.attempts);
         let entry_created = cached.metadata.creation_timestamp.clone();
@@ -273,7 +325,7 @@ impl Shared {
         // changes.
         let admitted = tokio::select! {
         admitted = entry.protection.admit() => admitted,
-        _ = self.stopping.cancelled() => return Action::await_change()};
+        _ = self.stopping.cancelled() => return Next::OnChange};
         let permit = match admitted {
             Ok(permit) => permit,
             Err(deferred) => {
@@ -293,7 +345,7 @@ impl Shared {
                 if self.already_written(uid, &plan) {
                     return match plan.requeue {
                         Requeue::After(delay) => self.schedule(key, uid, delay + spread(key)),
-                        _ => Action::await_change(),
+                        _ => Next::OnChange,
                     };
                 }
                 let pending = Unwritten::new(uid.to_string(), Some(issuer), plan);
@@ -305,7 +357,7 @@ impl Shared {
             Ok(full) => full,
             Err(e) if api_code(&e) == Some(404) => {
                 self.forget_request(uid);
-                return Action::await_change();
+                return Next::OnChange;
             }
             Err(e) => {
                 warn!(error = %e, "could not read the CertificateRequest; retrying");
@@ -315,11 +367,11 @@ impl Shared {
         // The store may lag behind: the fresh object decides whether this is still the
         // same request, whether it is terminal, and whether the CA already holds it.
         if full.uid().as_deref() != Some(uid) {
-            return Action::requeue(Duration::ZERO);
+            return Next::After(Duration::ZERO);
         }
         if full.is_terminal() {
             self.forget_request(uid);
-            return Action::await_change();
+            return Next::OnChange;
         }
         // A final verdict reached without a PKI answer, written as any other.
         let concluded = |attempt| {
@@ -336,7 +388,7 @@ impl Shared {
         };
         // Leadership may have been lost while this look waited for a slot.
         if self.stopping.is_cancelled() {
-            return Action::await_change();
+            return Next::OnChange;
         }
         // A pending id is polled; a submission recorded without its answer (the process
         // stopped mid-call, or the CA's answer was lost) is recovered before anything is
@@ -357,7 +409,7 @@ impl Shared {
             Step::Concluded(attempt) => {
                 return self.apply(key, concluded(attempt), Some(full)).await;
             }
-            Step::Stopped => return Action::await_change(),
+            Step::Stopped => return Next::OnChange,
             Step::NotRecorded(e) => {
                 warn!(error = %e, "could not record the submission on the request; nothing was submitted");
                 return self.schedule(key, uid, self.config.retry.delay(attempts + 1));
@@ -408,13 +460,13 @@ impl Shared {
         key: &RequestKey,
         pending: Unwritten,
         full: Option<CertificateRequest>,
-    ) -> Action {
+    ) -> Next {
         let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), &key.namespace);
         let mut full = match full {
             Some(f) => f,
             None => match api.get(&key.name).await {
                 Ok(f) => f,
-                Err(e) if api_code(&e) == Some(404) => return Action::await_change(),
+                Err(e) if api_code(&e) == Some(404) => return Next::OnChange,
                 Err(e) => {
                     warn!(error = %e, "could not read the CertificateRequest to write a result; retrying");
                     return self.defer_write(pending);
@@ -425,11 +477,11 @@ impl Shared {
         if full.uid().as_deref() != Some(pending.uid.as_str()) {
             debug!("the request was replaced; dropping the result for the old one");
             self.forget_request(&pending.uid);
-            return Action::requeue(Duration::ZERO);
+            return Next::After(Duration::ZERO);
         }
         if full.is_terminal() {
             self.forget_request(&pending.uid);
-            return Action::await_change();
+            return Next::OnChange;
         }
         let plan = &pending.plan;
         // 1. The CA's pending id is persisted before anything else, on this very object
@@ -455,7 +507,7 @@ impl Shared {
             Ok(None) => {
                 // Became terminal meanwhile, was replaced, or was deleted.
                 self.forget_request(&pending.uid);
-                return Action::await_change();
+                return Next::OnChange;
             }
             Err(e) => {
                 warn!(error = %e, "could not write the status; retrying without signing again");
@@ -529,7 +581,7 @@ impl Shared {
         match plan.requeue {
             Requeue::Never => {
                 self.forget_request(&pending.uid);
-                Action::await_change()
+                Next::OnChange
             }
             Requeue::After(delay) | Requeue::IssuerChange(delay) => {
                 let digest = hash_of(plan.status.reason, &plan.status.message);
@@ -553,12 +605,12 @@ impl Shared {
 
     /// Keeps a result that could not be written, to be written on the next look (after
     /// a backoff), before anything else is done for this request.
-    pub(crate) fn defer_write(&self, mut pending: Unwritten) -> Action {
+    pub(crate) fn defer_write(&self, mut pending: Unwritten) -> Next {
         pending.write_failures = pending.write_failures.saturating_add(1);
         let delay = self.config.retry.delay(pending.write_failures);
         let uid = pending.uid.clone();
         self.remember(&uid, |r| r.unwritten = Some(pending));
-        Action::requeue(delay)
+        Next::After(delay)
     }
 
     /// Writes the status with the object's resourceVersion as a precondition. On a
@@ -614,7 +666,7 @@ impl Shared {
     /// this one decided may be stale), or when a namesake holds the name now (it has its
     /// own timing, and this decision says nothing about it). Never when the request is
     /// gone from the store.
-    pub(crate) fn schedule(&self, key: &RequestKey, uid: &str, delay: Duration) -> Action {
+    pub(crate) fn schedule(&self, key: &RequestKey, uid: &str, delay: Duration) -> Next {
         let delay = delay.min(
             self.config
                 .retry
@@ -622,8 +674,8 @@ impl Shared {
                 .max(crate::requests::decide::ISSUER_BACKSTOP),
         );
         match self.stored_uid(key) {
-            None => return Action::await_change(),
-            Some(stored) if stored != uid => return Action::requeue(Duration::ZERO),
+            None => return Next::OnChange,
+            Some(stored) if stored != uid => return Next::After(Duration::ZERO),
             Some(_) => {}
         }
         let woken = self.remember(uid, |r| {
@@ -633,9 +685,9 @@ impl Shared {
             r.woken
         });
         if woken {
-            Action::requeue(Duration::ZERO)
+            Next::After(Duration::ZERO)
         } else {
-            Action::requeue(delay)
+            Next::After(delay)
         }
     }
 

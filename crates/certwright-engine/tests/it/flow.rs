@@ -744,3 +744,23 @@ async fn a_stop_before_the_first_list_does_not_hang() {
         .await
         .expect("the stop does not wait for the first list");
 }
+
+#[tokio::test]
+async fn a_stop_before_an_issuer_kinds_first_list_does_not_hang() {
+    // The same for a loop on kube-runtime's `Controller`, whose runner waits for its
+    // store's first list: the InternalIssuer list is slow.
+    let mut env = Env::new().await;
+    let lists = "/apis/pki.certwright.io/v1alpha1/internalissuers";
+    env.server
+        .faults()
+        .delay(Method::GET, lists, Duration::from_secs(3));
+    env.start_engine(crate::support::fast_config());
+    // The start-up check that the kind is served, then the watch's first list.
+    crate::support::eventually("the issuer watch's first list to be under way", || {
+        env.server.count(Method::GET, lists) >= 2
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(2), env.stop_engine())
+        .await
+        .expect("the stop does not wait for the first list");
+}
