@@ -6,7 +6,7 @@
 //! scheduler puts every object it is given into a `tokio_util` `DelayQueue`, an object
 //! due now too, and that queue hands it out only when its next millisecond timer has
 //! fired: each approved request waits for a timer tick before its look begins. On the
-//! signing path that tick was the largest part of approval → Ready at a steady rate
+//! signing path that cost about 2 ms of approval → Ready at a steady rate, half of it
 //! (`cargo xtask bench`, docs/benchmarks.md). Here a due key wakes a waiting look at
 //! once; only a key scheduled for later waits for a timer. Test
 //! `a_due_key_is_handed_out_at_once_where_kube_runtime_waits_for_a_timer_tick`.

@@ -729,34 +729,26 @@ async fn a_stop_before_the_first_list_does_not_hang() {
     // The CertificateRequest list is slow: the engine is stopped, as by SIGTERM, before
     // its request loop's first list is in. The stop must not wait for a list that
     // nothing reads any more.
-    let mut env = Env::new().await;
-    let lists = "/apis/cert-manager.io/v1/certificaterequests";
-    env.server
-        .faults()
-        .delay(Method::GET, lists, Duration::from_secs(3));
-    env.start_engine(crate::support::fast_config());
-    // The start-up check that the kind is served, then the watch's first list.
-    crate::support::eventually("the request watch's first list to be under way", || {
-        env.server.count(Method::GET, lists) >= 2
-    })
-    .await;
-    tokio::time::timeout(Duration::from_secs(2), env.stop_engine())
-        .await
-        .expect("the stop does not wait for the first list");
+    stop_while_a_first_list_is_slow("/apis/cert-manager.io/v1/certificaterequests").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_before_an_issuer_kinds_first_list_does_not_hang() {
     // The same for a loop on kube-runtime's `Controller`, whose runner waits for its
     // store's first list: the InternalIssuer list is slow.
+    stop_while_a_first_list_is_slow("/apis/pki.certwright.io/v1alpha1/internalissuers").await;
+}
+
+/// Starts the engine with every GET of `lists` taking 3 s and stops it once the
+/// watch's first list is under way: the stop must return within 2 s.
+async fn stop_while_a_first_list_is_slow(lists: &str) {
     let mut env = Env::new().await;
-    let lists = "/apis/pki.certwright.io/v1alpha1/internalissuers";
     env.server
         .faults()
         .delay(Method::GET, lists, Duration::from_secs(3));
     env.start_engine(crate::support::fast_config());
     // The start-up check that the kind is served, then the watch's first list.
-    crate::support::eventually("the issuer watch's first list to be under way", || {
+    crate::support::eventually("the watch's first list to be under way", || {
         env.server.count(Method::GET, lists) >= 2
     })
     .await;
