@@ -272,16 +272,14 @@ impl<K: IssuerKinds> Engine<K> {
                 watchers.clone(),
             )));
         }
-        let mut tasks = Owned(tasks);
+        let tasks = Owned(tasks);
         info!(group = s.group, "engine started");
         shutdown.cancelled().await;
         info!("shutting down: finishing in-flight requests");
         s.stopping.cancel();
         // Each loop stops taking work and lets the looks under way finish.
         watchers.cancel();
-        for t in &mut tasks.0 {
-            let _ = t.await;
-        }
+        tasks.join().await;
         info!("engine stopped");
         Ok(())
     }
@@ -327,6 +325,15 @@ pub(crate) async fn measured_look<A: LookResult>(
 
 /// Tasks aborted when dropped: a run owns what it spawned.
 pub(crate) struct Owned(pub(crate) Vec<tokio::task::JoinHandle<()>>);
+
+impl Owned {
+    /// Waits for every task to end; those not ended yet are aborted if this is dropped.
+    pub(crate) async fn join(mut self) {
+        for task in &mut self.0 {
+            let _ = task.await;
+        }
+    }
+}
 
 impl Drop for Owned {
     fn drop(&mut self) {

@@ -147,7 +147,7 @@ pub(crate) async fn run(
         .config
         .max_concurrent_reconciles
         .clamp(1, usize::from(u16::MAX));
-    let mut lookers = Owned(
+    let lookers = Owned(
         (0..looks)
             .map(|_| tokio::spawn(look_at_queued(s.clone(), queue.clone())))
             .collect(),
@@ -174,9 +174,7 @@ pub(crate) async fn run(
     }
     // No new look begins; those under way finish and write what they got.
     queue.shutdown();
-    for looker in &mut lookers.0 {
-        let _ = looker.await;
-    }
+    lookers.join().await;
 }
 
 /// Takes requests from the queue, one look each, until the queue is shut down.
